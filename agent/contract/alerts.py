@@ -1,0 +1,122 @@
+"""Messages the agent publishes: alert events, presence and heartbeats (versioned JSON).
+
+Every payload carries ``schema_version``. An alert event's ``event_id`` is derived
+from the robot, stream, model, alert head, window and state, so replaying the same
+input yields the same ids and subscribers can de-duplicate. All events of one
+alert episode (raised → updated → cleared) share an ``alert_id``: the event id of
+the raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.contract.manifest import Severity
+
+ALERT_SCHEMA_VERSION: Final = "1.0"
+
+AlertState = Literal["raised", "updated", "cleared"]
+
+
+def derive_event_id(
+    robot_id: str,
+    stream: str,
+    model_label: str,
+    component: str,
+    failure_mode: str,
+    window_index: int,
+    state: AlertState,
+) -> str:
+    """A stable id: the same input window and model always give the same id."""
+    key = "|".join((robot_id, stream, model_label, component, failure_mode, str(window_index), state))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class FeatureContribution(_Message):
+    """One feature that pushed the score: its value and z-score against the training data."""
+
+    name: str
+    channel: str
+    statistic: str
+    value: float
+    z: float = Field(description="(value - training mean) / training std")
+
+
+class WindowRef(_Message):
+    """Where the scored window came from."""
+
+    index: int = Field(ge=0, description="Window number within the stream.")
+    start: float = Field(description="Timestamp of the first sample, epoch seconds.")
+    end: float = Field(description="Timestamp of the last sample, epoch seconds.")
+    source_file: str
+    byte_start: int = Field(ge=0, description="Offset of the window's first line in source_file.")
+    byte_end: int = Field(ge=0, description="Offset just past the window's last line.")
+
+
+class ModelRef(_Message):
+    """The model that produced a score."""
+
+    id: str
+    version: int
+
+
+class AlertEvent(_Message):
+    """One event of an alert's life cycle, published QoS 1 to ``…/<robot>/alerts``."""
+
+    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    event_id: str
+    alert_id: str = Field(description="The event_id of the raise that opened this alert.")
+    robot_id: str
+    site: str
+    stream: str
+    component: str
+    failure_mode: str
+    state: AlertState
+    severity: Severity | None = Field(description="None once cleared.")
+    score: float
+    threshold: float = Field(description="The threshold the score was compared with.")
+    window: WindowRef
+    model: ModelRef
+    top_features: tuple[FeatureContribution, ...] = ()
+    agent_version: str
+    replayed: bool = Field(description="Raised while catching up on a backlog, not live.")
+    emitted_at: datetime
+
+
+class Presence(_Message):
+    """Retained presence on ``…/<robot>/status``; also the last will ("offline")."""
+
+    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    state: Literal["online", "offline"]
+    agent_version: str
+    since: datetime | None = None
+    reason: str = ""
+
+
+class Heartbeat(_Message):
+    """Periodic counters on ``…/<robot>/heartbeat``."""
+
+    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    sent_at: datetime
+    uptime_s: float
+    lines: int
+    windows: int
+    alerts: int
+    quarantined: int
+    outbox_depth: int
+    outbox_oldest_age_s: float | None
+    model: ModelRef | None
+    drift: str = "unknown"
+    agent_version: str

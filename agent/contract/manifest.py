@@ -1,0 +1,205 @@
+"""The model manifest: everything the agent must know about a model before it scores with it.
+
+The trainer writes a ``manifest.json`` beside every ``model.onnx``. The agent reads
+it to know which features to compute (the feature spec and its hash), how to feed
+the ONNX graph (input and output names), what each output column means (one
+`AlertHead` per component and failure mode, with calibrated thresholds), the
+training reference statistics (for explanations and drift), and golden vectors
+with expected outputs (a smoke test before a model goes live).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.contract.features import FeatureSpec
+from agent.errors import ManifestError
+
+MANIFEST_SCHEMA_VERSION: Final = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+
+Severity = Literal["warning", "critical"]
+Direction = Literal["higher_is_worse", "lower_is_worse"]
+Task = Literal["failure_classifier", "anomaly", "remaining_life"]
+
+
+class Thresholds(BaseModel):
+    """Calibrated score thresholds of one alert head.
+
+    ``clear`` is the hysteresis threshold: an open alert clears only once the score
+    is back on the good side of it. For ``higher_is_worse`` heads,
+    ``clear <= warning <= critical``; for ``lower_is_worse`` the order is reversed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    warning: float
+    critical: float
+    clear: float
+    target_false_alarm_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class AlertHead(BaseModel):
+    """One column of the model's score output, tied to a component and a failure mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output: str = Field(description="ONNX output name holding the score.")
+    column: int = Field(default=0, ge=0, description="Column of that output for this head.")
+    component: str = Field(min_length=1, description="E.g. 'joint3', 'gripper'.")
+    failure_mode: str = Field(min_length=1, description="E.g. 'bearing_wear'.")
+    meaning: str = Field(description="What the score means, for people.")
+    direction: Direction = "higher_is_worse"
+    thresholds: Thresholds
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AlertHead:
+        t = self.thresholds
+        ordered = (
+            t.clear <= t.warning <= t.critical
+            if self.direction == "higher_is_worse"
+            else t.clear >= t.warning >= t.critical
+        )
+        if not ordered:
+            raise ValueError(
+                f"thresholds of {self.component}/{self.failure_mode} are out of order for "
+                f"{self.direction}: clear={t.clear}, warning={t.warning}, critical={t.critical}"
+            )
+        return self
+
+
+class FeatureReference(BaseModel):
+    """Statistics of the training features, in feature order: for z-scores and drift."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    quantiles: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict, description="E.g. {'p01': (...), 'p99': (...)}"
+    )
+
+
+class GoldenVector(BaseModel):
+    """A feature vector and the outputs the exported model must give for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    features: tuple[float, ...]
+    expected: dict[str, tuple[float, ...]]
+    tolerance: float = 1e-4
+
+
+class OnnxInterface(BaseModel):
+    """How to feed and read the ONNX graph."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_name: str
+    input_shape: tuple[int | None, ...]
+    input_dtype: Literal["float32"] = "float32"
+    outputs: tuple[str, ...] = Field(min_length=1)
+    opset: int | None = None
+
+
+class ModelManifest(BaseModel):
+    """The contract of one model version; see the module docstring."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    model_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: int = Field(ge=1, description="Monotonic; the agent refuses downgrades.")
+    created: datetime
+    task: Task
+    feature_spec: FeatureSpec
+    feature_spec_hash: str
+    feature_names: tuple[str, ...]
+    onnx: OnnxInterface
+    heads: tuple[AlertHead, ...] = Field(min_length=1)
+    reference: FeatureReference
+    golden: tuple[GoldenVector, ...] = ()
+    metrics: dict[str, float] = Field(default_factory=dict)
+    training: dict[str, str] = Field(
+        default_factory=dict, description="Lineage: data hash, code version, config hash."
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Of model.onnx.")
+    length: int = Field(ge=1, description="Size of model.onnx in bytes.")
+    signing_key_id: str | None = None
+    expires: datetime | None = None
+    channel: str = "stable"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        spec = self.feature_spec
+        if self.feature_spec_hash != spec.spec_hash():
+            raise ValueError("feature_spec_hash does not match feature_spec")
+        if self.feature_names != spec.feature_names():
+            raise ValueError("feature_names do not match feature_spec")
+        n = spec.n_features
+        if len(self.reference.mean) != n or len(self.reference.std) != n:
+            raise ValueError(f"reference statistics must have {n} entries")
+        for head in self.heads:
+            if head.output not in self.onnx.outputs:
+                raise ValueError(
+                    f"head {head.component}/{head.failure_mode} reads unknown output {head.output!r}"
+                )
+        keys = [(h.component, h.failure_mode) for h in self.heads]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two heads share a component and failure mode")
+        for golden in self.golden:
+            if len(golden.features) != n:
+                raise ValueError(f"golden vector has {len(golden.features)} features, expected {n}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``<model_id>@<version>``, for logs and alerts."""
+        return f"{self.model_id}@{self.version}"
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON, as written to disk."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, source: str = "manifest") -> ModelManifest:
+        """Parse and validate a manifest; raises `ManifestError` naming the problem."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(root)"
+            raise ManifestError(f"{source}: {where}: {first['msg']}") from exc
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelManifest:
+        """Read ``manifest.json`` from a model directory."""
+        path = model_dir / MANIFEST_FILE
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
+        return cls.from_json(text, source=str(path))
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 hex digest and length of a file."""
+    digest = hashlib.sha256()
+    length = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            length += len(block)
+    return digest.hexdigest(), length
+
+
+def canonical_json(obj: object) -> bytes:
+    """Deterministic JSON bytes (sorted keys, no spaces), e.g. for hashing or signing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
