@@ -296,9 +296,9 @@ class RecordParser:
     def _parse_csv(self, text: str) -> tuple[float, list[float]]:
         assert self._header is not None
         fields = text.split(self._schema.delimiter)
+        if tuple(f.strip() for f in fields) == self._header:
+            raise RecordError("header: repeated header line")
         if len(fields) != self._n_fields:
-            if tuple(f.strip() for f in fields) == self._header:
-                raise RecordError("header: repeated header line")
             raise RecordError(f"field_count: expected {self._n_fields} fields, got {len(fields)}")
         ts = _timestamp_or_error(fields[self._ts_column])
         row = [_number_or_error(fields[i], self._header[i]) for i in self._columns.tolist()]

@@ -1,0 +1,136 @@
+"""``robotpm-agent``: run the agent, check a config, or show local status to a technician.
+
+Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
+line on stderr; 2 a bad configuration, naming the file, key and problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sqlite3
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+from agent import __version__
+from agent.config import AgentConfig, load_agent_config
+from agent.errors import ConfigError, RobotPMError
+from agent.logs import configure_logging
+from agent.state import STATE_FILE
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``robotpm-agent``."""
+    parser = argparse.ArgumentParser(
+        prog="robotpm-agent", description="RobotPM edge agent: sensor logs → ONNX scores → MQTT alerts."
+    )
+    parser.add_argument("--version", action="version", version=f"robotpm-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "run the agent until SIGTERM or SIGINT"),
+        ("check", "validate the configuration and load the model, then exit"),
+        ("status", "show streams, positions, outbox and model from the local state"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--config", type=Path, default=Path("config.toml"), help="config file (TOML)")
+        cmd.add_argument("--profile", default=None, help="profile to apply (dev, test, prod, …)")
+    return parser
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set `stop` on SIGTERM/SIGINT; restore the previous handlers afterwards."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _run(config: AgentConfig) -> int:
+    from agent.daemon import AgentDaemon  # heavy imports (onnxruntime, paho) only when running
+
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        AgentDaemon(config).run(stop)
+    return EXIT_OK
+
+
+def _check(config: AgentConfig) -> int:
+    from agent.model_slot import ModelSlot
+
+    scorer = ModelSlot(config.model).load_initial()
+    print(f"config ok: robot {config.robot_id} at site {config.site}, {len(config.streams)} stream(s)")
+    print(f"model ok: {scorer.manifest.label} ({len(scorer.manifest.heads)} alert heads)")
+    return EXIT_OK
+
+
+def _status(config: AgentConfig) -> int:
+    path = config.state_dir / STATE_FILE
+    if not path.exists():
+        print(f"no state yet at {path}: the agent has not run with this config")
+        return EXIT_OK
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for stream, state, updated in conn.execute("SELECT stream, state, updated FROM stream_state"):
+            data = json.loads(state)
+            pipeline = data.get("pipeline", {})
+            print(
+                f"stream {stream}: model {pipeline.get('model')}, samples {pipeline.get('samples_seen')}, "
+                f"last timestamp {pipeline.get('last_ts')}, saved at {updated:.3f}"
+            )
+            print(f"  position: {json.dumps(data.get('follower'))[:400]}")
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "outbox" in tables:
+            (depth,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            print(f"outbox: {depth} message(s) waiting for the broker")
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``robotpm-agent``."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_agent_config(args.config, args.profile)
+    except ConfigError as exc:
+        print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log_level, config.log_format)
+    if args.command in ("run", "check"):
+        for i, stream in enumerate(config.streams):
+            if not stream.directory.is_dir():
+                print(
+                    f"robotpm-agent: configuration error: {args.config}: agent.streams[{i}].directory: "
+                    f"no such directory: {stream.directory}",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
+    commands = {"run": _run, "check": _check, "status": _status}
+    try:
+        return commands[args.command](config)
+    except ConfigError as exc:
+        print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RobotPMError as exc:
+        print(f"robotpm-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

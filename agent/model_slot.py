@@ -1,0 +1,136 @@
+"""The model slot: which model the agent scores with, and picking up newer versions.
+
+The store is a directory with one sub-directory per model version, each holding
+``model.onnx`` and ``manifest.json`` (write it elsewhere and rename it in, so the
+agent never sees half a model). At start the newest usable version is loaded,
+else the bundled model. While running, `ModelSlot.poll` looks for a version
+newer than the current one; a candidate is loaded and passes its golden test
+*before* it is offered, so the daemon swaps at a window boundary and the old
+model keeps serving if anything is wrong. A refused candidate is remembered and
+not retried until its files change. Versions never go down.
+
+Signature verification, probation and rollback build on this seam (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.config import ModelConfig
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from agent.errors import ContractError, ModelError, ModelLoadError
+from agent.scoring import OnnxScorer
+
+log = structlog.get_logger("robotpm.model")
+
+Loader = Callable[[Path], OnnxScorer]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fingerprint:
+    path: Path
+    stamps: tuple[tuple[int, int], ...]
+
+
+class ModelSlot:
+    """Holds the current scorer and finds newer verified versions in the store."""
+
+    def __init__(self, config: ModelConfig, loader: Loader = OnnxScorer.load) -> None:
+        self._config = config
+        self._loader = loader
+        self._current: OnnxScorer | None = None
+        self._refused: set[_Fingerprint] = set()
+
+    @property
+    def current(self) -> OnnxScorer:
+        """The scorer in use; `load_initial` must have been called."""
+        if self._current is None:
+            raise ModelLoadError("no model loaded yet")
+        return self._current
+
+    def load_initial(self) -> OnnxScorer:
+        """Load the newest usable model in the store, else the bundled one."""
+        for directory, _ in sorted(self._candidates(), key=lambda c: c[1], reverse=True):
+            scorer = self._try_load(directory)
+            if scorer is not None:
+                self._current = scorer
+                return scorer
+        bundled = self._config.bundled
+        if bundled is not None:
+            if not (bundled / MANIFEST_FILE).exists() or not (bundled / MODEL_FILE).exists():
+                raise ModelLoadError(
+                    f"no usable model: the store {self._config.directory} has none and the bundled "
+                    f"model directory {bundled} lacks {MODEL_FILE} or {MANIFEST_FILE}"
+                )
+            scorer = self._loader(bundled)
+            scorer.check_golden()
+            self._current = scorer
+            log.info("model_loaded", model=scorer.manifest.label, source=str(bundled))
+            return scorer
+        raise ModelLoadError(f"no usable model in {self._config.directory} and no bundled model configured")
+
+    def poll(self) -> OnnxScorer | None:
+        """A verified scorer for a version newer than the current one, or None."""
+        current_version = self._current.manifest.version if self._current else 0
+        newer = [(d, v) for d, v in self._candidates() if v > current_version]
+        for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
+            scorer = self._try_load(directory)
+            if scorer is not None:
+                return scorer
+        return None
+
+    def accept(self, scorer: OnnxScorer) -> None:
+        """Make `scorer` the current model (the daemon calls this at a window boundary)."""
+        previous = self._current.manifest.label if self._current else None
+        self._current = scorer
+        log.info("model_swapped", model=scorer.manifest.label, previous=previous)
+
+    def _candidates(self) -> list[tuple[Path, int]]:
+        store = self._config.directory
+        if not store.is_dir():
+            return []
+        found: list[tuple[Path, int]] = []
+        for child in store.iterdir():
+            manifest_path = child / MANIFEST_FILE
+            if not manifest_path.is_file() or child.name.startswith("."):
+                continue
+            fingerprint = _fingerprint(child)
+            if fingerprint in self._refused:
+                continue
+            try:
+                manifest = ModelManifest.read(child)
+            except ContractError as exc:
+                self._refuse(child, fingerprint, str(exc))
+                continue
+            found.append((child, manifest.version))
+        return found
+
+    def _try_load(self, directory: Path) -> OnnxScorer | None:
+        fingerprint = _fingerprint(directory)
+        try:
+            scorer = self._loader(directory)
+            scorer.check_golden()
+        except ModelError as exc:
+            self._refuse(directory, fingerprint, str(exc))
+            return None
+        log.info("model_verified", model=scorer.manifest.label, source=str(directory))
+        return scorer
+
+    def _refuse(self, directory: Path, fingerprint: _Fingerprint, reason: str) -> None:
+        self._refused.add(fingerprint)
+        log.warning("model_refused", source=str(directory), reason=reason)
+
+
+def _fingerprint(directory: Path) -> _Fingerprint:
+    stamps: list[tuple[int, int]] = []
+    for name in (MANIFEST_FILE, MODEL_FILE):
+        try:
+            st = (directory / name).stat()
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamps.append((0, -1))
+    return _Fingerprint(directory, tuple(stamps))

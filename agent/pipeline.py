@@ -1,0 +1,307 @@
+"""One sensor stream's pipeline: line blocks → records → windows → scores → alert events.
+
+`StreamPipeline.process` takes the blocks a follower read and returns the alert
+events they cause. Everything it needs to resume exactly where it stopped (the
+follower's position, the open window, the alert policy's counters) is in
+`StreamPipeline.state`, which the daemon commits in the same transaction as the
+events' outbox rows.
+
+A window that spans two files (a rotation) is attributed to the file of its last
+sample; its ``byte_start`` is then 0.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from agent.config import IngestConfig, StreamConfig
+from agent.contract.alerts import AlertEvent, WindowRef
+from agent.contract.features import FeaturizerState, StreamingFeaturizer
+from agent.contract.manifest import ModelManifest
+from agent.contract.records import RecordParser, RecordSchema, RejectedLine
+from agent.errors import RecordError
+
+log = structlog.get_logger("robotpm.pipeline")
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class Block(Protocol):
+    """What the pipeline needs of a follower's line block (see `agent.ingest.LineBlock`)."""
+
+    @property
+    def file_key(self) -> str:
+        """Stable identity of the file the lines came from."""
+
+    @property
+    def path(self) -> Path:
+        """The path the lines were read from."""
+
+    @property
+    def data(self) -> bytes:
+        """Complete lines, each ending in a newline; never the CSV header."""
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of ``data[0]`` in its file."""
+
+    @property
+    def header(self) -> bytes | None:
+        """The file's CSV header line, None for JSON lines."""
+
+    @property
+    def rejected(self) -> tuple[RejectedLine, ...]:
+        """Lines the follower refused while reading (e.g. over-long)."""
+
+
+class ScoreFunction(Protocol):
+    """The part of a scorer the pipeline uses."""
+
+    @property
+    def manifest(self) -> ModelManifest:
+        """The manifest of the model."""
+
+    def score(self, features: FloatArray) -> Any:
+        """Outputs by name for a batch of feature vectors."""
+
+
+class Policy(Protocol):
+    """The part of the alert policy the pipeline uses (see `agent.policy.AlertPolicy`)."""
+
+    def evaluate(
+        self, scores: Any, windows: Sequence[WindowRef], features: FloatArray, *, replayed: bool
+    ) -> list[AlertEvent]:
+        """Alert events for scored windows."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state, committed with the stream's position."""
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Resume from saved state (None: fresh)."""
+
+    def use_model(self, manifest: ModelManifest) -> None:
+        """Continue with a new model's heads."""
+
+
+class QuarantineSink(Protocol):
+    """Where refused lines go (see `agent.ingest.Quarantine`)."""
+
+    def write(self, stream: str, source: Path, rejected: Sequence[RejectedLine]) -> None:
+        """Record refused lines with their reasons."""
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    """What one stream has done since the agent started."""
+
+    lines: int = 0
+    windows: int = 0
+    alerts: int = 0
+    quarantined: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Meta:
+    """Per-sample metadata kept for the samples of the open window."""
+
+    ts: FloatArray
+    start: IntArray
+    end: IntArray
+    source: list[str]
+
+    @classmethod
+    def empty(cls) -> _Meta:
+        return cls(np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), [])
+
+    def extend(self, ts: FloatArray, start: IntArray, end: IntArray, source: str) -> _Meta:
+        return _Meta(
+            np.concatenate([self.ts, ts]),
+            np.concatenate([self.start, start]),
+            np.concatenate([self.end, end]),
+            [*self.source, *([source] * len(ts))],
+        )
+
+    def last(self, n: int) -> _Meta:
+        cut = len(self.ts) - n if n else len(self.ts)
+        return _Meta(self.ts[cut:].copy(), self.start[cut:].copy(), self.end[cut:].copy(), self.source[cut:])
+
+
+class StreamPipeline:
+    """Turns one stream's line blocks into alert events, with resumable state."""
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        ingest: IngestConfig,
+        scorer: ScoreFunction,
+        policy: Policy,
+        quarantine: QuarantineSink,
+    ) -> None:
+        self.stream = stream
+        self._ingest = ingest
+        self._schema: RecordSchema = stream.record_schema()
+        self._scorer = scorer
+        self._policy = policy
+        self._quarantine = quarantine
+        self._parsers: dict[str, RecordParser] = {}
+        self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
+        self._meta = _Meta.empty()
+        self._last_ts: float | None = None
+        self.counters = StreamCounters()
+        self._check_channels(scorer.manifest)
+
+    @property
+    def name(self) -> str:
+        """The stream's name."""
+        return self.stream.name
+
+    def _check_channels(self, manifest: ModelManifest) -> None:
+        needed = manifest.feature_spec.channels
+        missing = [c for c in needed if c not in self._schema.canonical_channels]
+        if missing:
+            raise RecordError(
+                f"stream {self.name}: model {manifest.label} needs channels {missing} that the "
+                f"stream's channel mapping does not provide"
+            )
+        self._column_order = np.array([self._schema.canonical_channels.index(c) for c in needed])
+
+    def use_scorer(self, scorer: ScoreFunction) -> None:
+        """Score the next windows with `scorer`; the open window is kept when the feature spec is equal."""
+        old_hash = self._scorer.manifest.feature_spec_hash
+        self._check_channels(scorer.manifest)
+        self._scorer = scorer
+        self._policy.use_model(scorer.manifest)
+        if scorer.manifest.feature_spec_hash != old_hash:
+            # Different windows or statistics: the open window cannot be continued.
+            seen = self._featurizer.samples_seen
+            self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
+            self._meta = _Meta.empty()
+            log.info("feature_spec_changed", stream=self.name, samples_before=seen)
+
+    def process(self, blocks: Sequence[Block], *, replayed: bool) -> list[AlertEvent]:
+        """Parse, window, score and judge `blocks` (in stream order); return the alert events."""
+        events: list[AlertEvent] = []
+        for block in blocks:
+            events.extend(self._process_block(block, replayed=replayed))
+        return events
+
+    def _process_block(self, block: Block, *, replayed: bool) -> list[AlertEvent]:
+        rejected: list[RejectedLine] = list(block.rejected)
+        parser = self._parser_for(block)
+        batch = None
+        if parser is None:
+            if block.data:
+                rejected.append(
+                    RejectedLine(block.offset, len(block.data), "bad_header", "file header unusable")
+                )
+        elif block.data:
+            result = parser.parse(block.data, block.offset, self._last_ts, self._ingest.backwards_tolerance_s)
+            rejected.extend(result.rejected)
+            batch = result.batch
+        if rejected:
+            self._quarantine.write(self.name, block.path, rejected)
+            self.counters.quarantined += len(rejected)
+            for line in rejected:
+                self.counters.by_reason[line.reason] = self.counters.by_reason.get(line.reason, 0) + 1
+        if batch is None or not len(batch):
+            return []
+        self.counters.lines += len(batch)
+        newest = float(batch.timestamps.max())
+        self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
+        values = batch.values[:, self._column_order]
+        done = self._featurizer.push(values)
+        meta = self._meta.extend(batch.timestamps, batch.starts, batch.ends, str(block.path))
+        self._meta = meta.last(min(self._featurizer.samples_seen, self._featurizer.spec.window - 1))
+        if not len(done):
+            return []
+        self.counters.windows += len(done)
+        base = len(meta.ts) - len(batch)
+        refs = [
+            self._window_ref(meta, base + int(s), base + int(e), int(k))
+            for s, e, k in zip(done.start_rows, done.end_rows, done.index, strict=True)
+        ]
+        scores = self._scorer.score(done.features)
+        events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
+        self.counters.alerts += len(events)
+        return events
+
+    @staticmethod
+    def _window_ref(meta: _Meta, first: int, last: int, index: int) -> WindowRef:
+        source = meta.source[last]
+        same_file = meta.source[first] == source
+        return WindowRef(
+            index=index,
+            start=float(meta.ts[first]),
+            end=float(meta.ts[last]),
+            source_file=source,
+            byte_start=int(meta.start[first]) if same_file else 0,
+            byte_end=int(meta.end[last]),
+        )
+
+    def _parser_for(self, block: Block) -> RecordParser | None:
+        parser = self._parsers.get(block.file_key)
+        if parser is not None:
+            return parser
+        parser = RecordParser(self._schema)
+        if self._schema.format == "csv":
+            if block.header is None:
+                return None
+            try:
+                parser.set_header(block.header)
+            except RecordError as exc:
+                log.warning("bad_header", stream=self.name, file=str(block.path), error=str(exc))
+                return None
+        if len(self._parsers) > 64:  # forget files long gone
+            self._parsers.pop(next(iter(self._parsers)))
+        self._parsers[block.file_key] = parser
+        return parser
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume this pipeline (JSON-serialisable), minus the follower."""
+        featurizer = self._featurizer.state()
+        return {
+            "model": self._scorer.manifest.label,
+            "spec_hash": self._scorer.manifest.feature_spec_hash,
+            "samples_seen": featurizer.samples_seen,
+            "tail": base64.b64encode(np.ascontiguousarray(featurizer.tail).tobytes()).decode(),
+            "meta_ts": self._meta.ts.tolist(),
+            "meta_start": self._meta.start.tolist(),
+            "meta_end": self._meta.end.tolist(),
+            "meta_source": self._meta.source,
+            "last_ts": self._last_ts,
+            "policy": self._policy.state(),
+        }
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Resume from a `state` saved earlier (None: start fresh)."""
+        if not state:
+            self._policy.restore(None)
+            return
+        self._policy.restore(state.get("policy"))
+        self._last_ts = state.get("last_ts")
+        if state.get("spec_hash") != self._scorer.manifest.feature_spec_hash:
+            log.info("open_window_dropped", stream=self.name, reason="feature spec changed since last run")
+            return
+        spec = self._featurizer.spec
+        tail = np.frombuffer(base64.b64decode(state["tail"]), dtype=np.float64).reshape(
+            -1, len(spec.channels)
+        )
+        self._featurizer = StreamingFeaturizer.from_state(
+            spec, FeaturizerState(samples_seen=int(state["samples_seen"]), tail=tail.copy())
+        )
+        self._meta = _Meta(
+            np.asarray(state["meta_ts"], dtype=np.float64),
+            np.asarray(state["meta_start"], dtype=np.int64),
+            np.asarray(state["meta_end"], dtype=np.int64),
+            list(state["meta_source"]),
+        )
