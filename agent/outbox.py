@@ -1,0 +1,269 @@
+"""The durable outbox: every message bound for the broker is a row in the agent's SQLite file first.
+
+Life cycle of a row: inserted by `Outbox.enqueue` inside the daemon's transaction
+(together with the stream offsets the message was derived from), handed to the
+transport by `agent.publish.delivery.Delivery`, deleted once the broker
+acknowledged it (PUBACK). A crash at any point leaves the row in place, and a
+restarted agent publishes it again with the same key (an alert's ``event_id``),
+so subscribers de-duplicate.
+
+Bounds, checked on every enqueue:
+
+* **Age.** Alerts older than ``alert_ttl_s`` and other messages older than
+  ``telemetry_ttl_s`` are dropped (reason ``expired``).
+* **Bytes.** When the payloads exceed ``max_bytes``, telemetry (heartbeat, status,
+  model, drift) is dropped oldest first (reason ``full``). Alerts are **never**
+  dropped before their TTL: when alerts alone exceed the budget, new alerts are
+  still stored and counted as ``alert_over_budget`` (the disk, not the alert, pays;
+  with the default rate limit the worst case is documented in docs/mqtt-interface.md).
+
+Keys are idempotent: enqueueing a key that is already stored does nothing,
+except for the retained "latest state" kinds (``status``, ``model``), where the
+newer message replaces the older one. Every drop is counted by ``<kind>:<reason>``
+in a table of the same file, so counts survive restarts and are reported in the
+heartbeat.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from agent.config import OutboxConfig
+from agent.errors import StateError
+from agent.seams import Clock, MessageKind, OutboundMessage
+from agent.state import StateStore
+
+_REPLACE_KINDS: Final = frozenset({"status", "model"})
+
+_DDL: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        qos INTEGER NOT NULL,
+        retain INTEGER NOT NULL,
+        created REAL NOT NULL,
+        size INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS outbox_kind_id ON outbox(kind, id)",
+    """
+    CREATE TABLE IF NOT EXISTS outbox_totals (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        rows INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )
+    """,
+    "INSERT OR IGNORE INTO outbox_totals(one, rows, bytes) VALUES (1, 0, 0)",
+    """
+    CREATE TRIGGER IF NOT EXISTS outbox_totals_insert AFTER INSERT ON outbox BEGIN
+        UPDATE outbox_totals SET rows = rows + 1, bytes = bytes + NEW.size WHERE one = 1;
+    END
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS outbox_totals_delete AFTER DELETE ON outbox BEGIN
+        UPDATE outbox_totals SET rows = rows - 1, bytes = bytes - OLD.size WHERE one = 1;
+    END
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS outbox_drops (
+        reason TEXT PRIMARY KEY,
+        count INTEGER NOT NULL
+    )
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored message and its row id (the delivery order)."""
+
+    id: int
+    created: float
+    message: OutboundMessage
+
+
+class Outbox:
+    """The outbox table in the agent's state store; see the module docstring.
+
+    All methods run on the daemon's thread (the one that owns the store).
+    """
+
+    def __init__(self, store: StateStore, config: OutboxConfig, clock: Clock) -> None:
+        self._store = store
+        self._config = config
+        self._clock = clock
+        try:
+            store.migrate(*_DDL)
+        except sqlite3.Error as exc:
+            raise StateError(f"{store.path}: cannot create the outbox: {exc}") from exc
+
+    @property
+    def store(self) -> StateStore:
+        """The state store that holds the table."""
+        return self._store
+
+    @property
+    def config(self) -> OutboxConfig:
+        """The bounds in force."""
+        return self._config
+
+    def enqueue(self, conn: sqlite3.Connection, messages: Sequence[OutboundMessage]) -> None:
+        """Store messages inside the caller's transaction, then enforce the bounds."""
+        if not messages:
+            return
+        now = self._clock.wall()
+        for message in messages:
+            if message.kind in _REPLACE_KINDS:
+                # An explicit delete (not INSERT OR REPLACE) so the totals trigger sees it.
+                conn.execute("DELETE FROM outbox WHERE key = ?", (message.key,))
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox(key, kind, topic, payload, qos, retain, created, size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.key,
+                    message.kind,
+                    message.topic,
+                    message.payload,
+                    message.qos,
+                    int(message.retain),
+                    now,
+                    len(message.payload) + len(message.topic),
+                ),
+            )
+        self._enforce(conn, now, new_alert_bytes=any(m.kind == "alert" for m in messages))
+
+    def enqueue_now(self, messages: Sequence[OutboundMessage]) -> None:
+        """Store messages in a transaction of their own (telemetry outside the stream loop)."""
+        with self._store.transaction() as conn:
+            self.enqueue(conn, messages)
+
+    def expire(self) -> int:
+        """Drop rows past their TTL now; returns how many were dropped."""
+        with self._store.transaction() as conn:
+            return self._expire(conn, self._clock.wall())
+
+    def pending(self, after_id: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` rows with an id above `after_id`, oldest first."""
+        rows = self._store.connection.execute(
+            "SELECT id, key, kind, topic, payload, qos, retain, created FROM outbox "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+        return [
+            OutboxRow(
+                id=int(r[0]),
+                created=float(r[7]),
+                message=OutboundMessage(
+                    key=str(r[1]),
+                    kind=_kind(r[2]),
+                    topic=str(r[3]),
+                    payload=bytes(r[4]),
+                    qos=1 if int(r[5]) else 0,
+                    retain=bool(r[6]),
+                ),
+            )
+            for r in rows
+        ]
+
+    def delete(self, ids: Sequence[int]) -> int:
+        """Delete acknowledged rows in one transaction; returns how many existed."""
+        if not ids:
+            return 0
+        with self._store.transaction() as conn:
+            cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            return max(0, cursor.rowcount)
+
+    def depth(self) -> int:
+        """Rows waiting for an acknowledgement."""
+        return int(self._totals()[0])
+
+    def size_bytes(self) -> int:
+        """Bytes of topics and payloads stored."""
+        return int(self._totals()[1])
+
+    def oldest_age_s(self) -> float | None:
+        """Age of the oldest waiting row, or None when empty."""
+        row = self._store.connection.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else max(0.0, self._clock.wall() - float(row[0]))
+
+    def depth_by_kind(self) -> dict[str, int]:
+        """Rows waiting, per message kind."""
+        rows = self._store.connection.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall()
+        return {str(k): int(n) for k, n in rows}
+
+    def dropped(self) -> dict[str, int]:
+        """Messages dropped since the state file was created, by ``<kind>:<reason>``."""
+        rows = self._store.connection.execute("SELECT reason, count FROM outbox_drops").fetchall()
+        return {str(r): int(c) for r, c in rows}
+
+    # -- internals ------------------------------------------------------------
+
+    def _totals(self) -> tuple[int, int]:
+        row = self._store.connection.execute("SELECT rows, bytes FROM outbox_totals WHERE one = 1").fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def _enforce(self, conn: sqlite3.Connection, now: float, *, new_alert_bytes: bool) -> None:
+        self._expire(conn, now)
+        total = int(conn.execute("SELECT bytes FROM outbox_totals WHERE one = 1").fetchone()[0])
+        limit = self._config.max_bytes
+        if total <= limit:
+            return
+        # Telemetry first, oldest first, in chunks until under the budget.
+        while total > limit:
+            victims = conn.execute(
+                "SELECT id, kind, size FROM outbox WHERE kind != 'alert' ORDER BY id LIMIT 256"
+            ).fetchall()
+            if not victims:
+                break
+            chosen: list[tuple[int, str]] = []
+            for row_id, kind, size in victims:
+                if total <= limit:
+                    break
+                chosen.append((int(row_id), str(kind)))
+                total -= int(size)
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in chosen])
+            for _, kind in chosen:
+                _count(conn, f"{kind}:full")
+        if total > limit and new_alert_bytes:
+            _count(conn, "alert:over_budget")
+
+    def _expire(self, conn: sqlite3.Connection, now: float) -> int:
+        dropped = 0
+        for kind_filter, ttl in (
+            ("kind = 'alert'", self._config.alert_ttl_s),
+            ("kind != 'alert'", self._config.telemetry_ttl_s),
+        ):
+            rows = conn.execute(
+                f"SELECT kind, COUNT(*) FROM outbox WHERE {kind_filter} AND created < ? GROUP BY kind",
+                (now - ttl,),
+            ).fetchall()
+            if not rows:
+                continue
+            conn.execute(f"DELETE FROM outbox WHERE {kind_filter} AND created < ?", (now - ttl,))
+            for kind, n in rows:
+                _count(conn, f"{kind}:expired", int(n))
+                dropped += int(n)
+        return dropped
+
+
+def _count(conn: sqlite3.Connection, reason: str, n: int = 1) -> None:
+    conn.execute(
+        "INSERT INTO outbox_drops(reason, count) VALUES (?, ?) "
+        "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+        (reason, n),
+    )
+
+
+def _kind(value: object) -> MessageKind:
+    kinds: tuple[MessageKind, ...] = ("alert", "status", "heartbeat", "model", "drift")
+    for kind in kinds:
+        if value == kind:
+            return kind
+    raise StateError(f"outbox: unknown message kind {value!r}")

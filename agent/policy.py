@@ -1,0 +1,582 @@
+"""The alert policy: turns per-window scores into alert life-cycle events.
+
+One `AlertPolicy` serves one stream (one asset) of one robot. For every alert head
+of the model manifest (a component and a failure mode) it keeps at most one open
+alert, and moves it through ``raised → updated* → cleared``:
+
+* **On-delay.** A window is *over* when its score is on the bad side of the head's
+  ``warning`` threshold. ``on_delay_windows`` consecutive windows over raise an
+  alert, with the severity of the window that completed the run (``critical`` when
+  over the critical threshold, else ``warning``).
+* **Severity change.** While open, ``on_delay_windows`` consecutive windows at
+  another severity level (both over warning) emit ``updated``. Windows in the
+  hysteresis band (between ``clear`` and ``warning``) keep the current severity.
+* **Hysteresis and off-delay.** ``off_delay_windows`` consecutive windows strictly on
+  the good side of the ``clear`` threshold (lower than ``warning``) emit ``cleared``.
+* **Rate limit.** At most ``max_events_per_minute`` events per policy and at most one
+  ``updated`` per ``min_update_interval_s`` per alert. Time here is *data time* (the
+  window's end timestamp), not the wall clock, so a replay of the same input after
+  a crash emits exactly the same events. A suppressed event is counted and not
+  emitted; the policy state does not move, so the event is tried again on the next
+  window and the life cycle stays consistent (no clear without a raise).
+* A window whose score is not finite (NaN, inf) is no evidence either way: it
+  resets both run counters.
+
+Event ids come from `derive_event_id` (robot, stream, model, head, window index,
+state), so replays give identical ids; ``emitted_at`` comes from the clock and is
+not part of the id. Each event carries the features with the largest ``|z|``
+against the manifest's training reference: the on-device explanation.
+
+Hot swap (`use_model`): open alerts and counters of heads that exist in the new
+manifest (same component and failure mode) are kept, and are compared with the new
+thresholds from the next window on. Open alerts of heads the new model no longer
+has are cleared on the next evaluated window, with an event attributed to the old
+model (its last score and clear threshold), so no subscriber keeps an alert open
+that nothing will ever clear.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.config import PolicyConfig
+from agent.contract.alerts import (
+    AlertEvent,
+    AlertState,
+    FeatureContribution,
+    ModelRef,
+    WindowRef,
+    derive_event_id,
+)
+from agent.contract.manifest import AlertHead, ModelManifest, Severity
+from agent.errors import ContractError
+from agent.seams import Clock
+
+STATE_VERSION: Final = 1
+_RATE_WINDOW_S: Final = 60.0
+_Z_LIMIT: Final = 1e6
+_STD_FLOOR: Final = 1e-12
+
+Level = Literal["none", "warning", "critical"]
+
+
+def head_key(component: str, failure_mode: str) -> str:
+    """The key of an alert head: ``<component>/<failure_mode>``."""
+    return f"{component}/{failure_mode}"
+
+
+@dataclass
+class _OpenAlert:
+    alert_id: str
+    severity: Severity
+    model_id: str
+    model_version: int
+    model_label: str
+    raised_index: int
+    last_event_time: float
+    last_score: float
+    clear_threshold: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "severity": self.severity,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "model_label": self.model_label,
+            "raised_index": self.raised_index,
+            "last_event_time": self.last_event_time,
+            "last_score": self.last_score,
+            "clear_threshold": self.clear_threshold,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _OpenAlert:
+        return cls(
+            alert_id=str(data["alert_id"]),
+            severity=_severity(data["severity"]),
+            model_id=str(data["model_id"]),
+            model_version=int(data["model_version"]),
+            model_label=str(data["model_label"]),
+            raised_index=int(data["raised_index"]),
+            last_event_time=float(data["last_event_time"]),
+            last_score=float(data["last_score"]),
+            clear_threshold=float(data["clear_threshold"]),
+        )
+
+
+@dataclass
+class _HeadState:
+    over: int = 0
+    under: int = 0
+    pending_level: Level = "none"
+    pending: int = 0
+    open: _OpenAlert | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "over": self.over,
+            "under": self.under,
+            "pending_level": self.pending_level,
+            "pending": self.pending,
+            "open": None if self.open is None else self.open.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _HeadState:
+        level = data.get("pending_level", "none")
+        if level not in ("none", "warning", "critical"):
+            raise ContractError(f"policy state: unknown pending level {level!r}")
+        opened = data.get("open")
+        return cls(
+            over=int(data.get("over", 0)),
+            under=int(data.get("under", 0)),
+            pending_level=level,
+            pending=int(data.get("pending", 0)),
+            open=None if opened is None else _OpenAlert.from_json(opened),
+        )
+
+
+@dataclass
+class _Counters:
+    raised: int = 0
+    updated: int = 0
+    cleared: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "raised": self.raised,
+            "updated": self.updated,
+            "cleared": self.cleared,
+            "suppressed": dict(self.suppressed),
+        }
+
+
+def _severity(value: object) -> Severity:
+    if value == "warning":
+        return "warning"
+    if value == "critical":
+        return "critical"
+    raise ContractError(f"policy state: unknown severity {value!r}")
+
+
+def level_of(head: AlertHead, score: float) -> Level:
+    """The severity level a score reaches for a head (``none`` below warning)."""
+    t = head.thresholds
+    if head.direction == "higher_is_worse":
+        if score >= t.critical:
+            return "critical"
+        return "warning" if score >= t.warning else "none"
+    if score <= t.critical:
+        return "critical"
+    return "warning" if score <= t.warning else "none"
+
+
+def is_clear(head: AlertHead, score: float) -> bool:
+    """Whether a score is strictly on the good side of the head's clear threshold."""
+    t = head.thresholds
+    return score < t.clear if head.direction == "higher_is_worse" else score > t.clear
+
+
+def explain(
+    manifest: ModelManifest, row: npt.NDArray[np.float64], top: int
+) -> tuple[FeatureContribution, ...]:
+    """The `top` features of one feature vector with the largest ``|z|`` against the training data.
+
+    Non-finite feature values are skipped; a zero training std gives z = 0 for an
+    equal value and ±1e6 otherwise (JSON has no infinities).
+    """
+    if top <= 0:
+        return ()
+    mean = np.asarray(manifest.reference.mean, dtype=np.float64)
+    std = np.asarray(manifest.reference.std, dtype=np.float64)
+    values = np.asarray(row, dtype=np.float64)
+    if values.shape != mean.shape:
+        raise ContractError(f"feature vector has {values.shape[0]} values, manifest expects {mean.shape[0]}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (values - mean) / np.where(std > _STD_FLOOR, std, np.nan)
+    flat = np.abs(std) <= _STD_FLOOR
+    z = np.where(flat, np.where(np.isclose(values, mean), 0.0, np.sign(values - mean) * _Z_LIMIT), z)
+    z = np.clip(z, -_Z_LIMIT, _Z_LIMIT)
+    usable = np.isfinite(values) & np.isfinite(z)
+    candidates = np.flatnonzero(usable)
+    if candidates.size == 0:
+        return ()
+    # Largest |z| first; ties broken by feature order (stable), so the result is deterministic.
+    order = candidates[np.argsort(-np.abs(z[candidates]), kind="stable")][:top]
+    out: list[FeatureContribution] = []
+    for i in order:
+        name = manifest.feature_names[int(i)]
+        channel, _, statistic = name.rpartition("__")
+        out.append(
+            FeatureContribution(
+                name=name,
+                channel=channel or name,
+                statistic=statistic,
+                value=float(values[i]),
+                z=round(float(z[i]), 6),
+            )
+        )
+    return tuple(out)
+
+
+class AlertPolicy:
+    """Scores → alert events for one stream; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        config: PolicyConfig,
+        *,
+        robot_id: str,
+        site: str,
+        stream: str,
+        agent_version: str,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._robot_id = robot_id
+        self._site = site
+        self._stream = stream
+        self._agent_version = agent_version
+        self._clock = clock
+        self._manifest = manifest
+        self._heads: dict[str, _HeadState] = {}
+        self._orphans: dict[str, tuple[str, str, _OpenAlert]] = {}
+        self._recent: deque[float] = deque()
+        self._counters = _Counters()
+        self._reset_heads(manifest)
+
+    # -- public surface -------------------------------------------------------
+
+    @property
+    def manifest(self) -> ModelManifest:
+        """The manifest of the model whose scores are evaluated."""
+        return self._manifest
+
+    def open_alerts(self) -> dict[str, Severity]:
+        """Open alerts: head key → severity."""
+        return {k: s.open.severity for k, s in self._heads.items() if s.open is not None}
+
+    def counters(self) -> dict[str, Any]:
+        """Events emitted by state, and events suppressed by reason."""
+        return self._counters.to_json()
+
+    def evaluate(
+        self,
+        scores: Mapping[str, npt.NDArray[np.float64]],
+        windows: Sequence[WindowRef],
+        features: npt.NDArray[np.float64],
+        *,
+        replayed: bool,
+    ) -> list[AlertEvent]:
+        """The alert events that a batch of scored windows causes, in window order.
+
+        ``scores`` maps ONNX output names to arrays of shape ``(n_windows, k)``;
+        ``windows`` has one `WindowRef` per row; ``features`` is ``(n_windows, n_features)``.
+        """
+        n = len(windows)
+        if n == 0:
+            return []
+        feats = np.asarray(features, dtype=np.float64)
+        if feats.ndim != 2 or feats.shape[0] != n:
+            raise ContractError(f"features have shape {feats.shape}, expected ({n}, n_features)")
+        columns = self._columns(scores, n)
+        events: list[AlertEvent] = []
+        for row, window in enumerate(windows):
+            if self._orphans:
+                events.extend(self._clear_orphans(window, feats[row], replayed))
+            for head in self._manifest.heads:
+                key = head_key(head.component, head.failure_mode)
+                event = self._step(
+                    head, self._heads[key], float(columns[key][row]), window, feats, row, replayed
+                )
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def state(self) -> dict[str, Any]:
+        """The policy's state as JSON-able data, to commit with the stream's offsets."""
+        return {
+            "version": STATE_VERSION,
+            "model": self._manifest.label,
+            "heads": {k: s.to_json() for k, s in self._heads.items()},
+            "orphans": {
+                k: {"component": c, "failure_mode": f, "open": o.to_json()}
+                for k, (c, f, o) in self._orphans.items()
+            },
+            "recent": list(self._recent),
+            "counters": self._counters.to_json(),
+        }
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Continue from a state returned by `state` (None: start fresh).
+
+        Heads of the saved state that the current manifest lacks are treated as
+        after a model swap: their open alerts are cleared on the next window.
+        """
+        self._orphans = {}
+        self._recent = deque()
+        self._counters = _Counters()
+        self._reset_heads(self._manifest)
+        if state is None:
+            return
+        if state.get("version") != STATE_VERSION:
+            raise ContractError(f"policy state version {state.get('version')!r} is not {STATE_VERSION}")
+        saved = {str(k): _HeadState.from_json(v) for k, v in dict(state.get("heads", {})).items()}
+        for key, head_state in saved.items():
+            if key in self._heads:
+                self._heads[key] = head_state
+            elif head_state.open is not None:
+                component, _, failure_mode = key.partition("/")
+                self._orphans[key] = (component, failure_mode, head_state.open)
+        for key, item in dict(state.get("orphans", {})).items():
+            self._orphans[str(key)] = (
+                str(item["component"]),
+                str(item["failure_mode"]),
+                _OpenAlert.from_json(item["open"]),
+            )
+        self._recent = deque(float(t) for t in state.get("recent", ()))
+        counters = dict(state.get("counters", {}))
+        self._counters = _Counters(
+            raised=int(counters.get("raised", 0)),
+            updated=int(counters.get("updated", 0)),
+            cleared=int(counters.get("cleared", 0)),
+            suppressed={str(k): int(v) for k, v in dict(counters.get("suppressed", {})).items()},
+        )
+
+    def use_model(self, manifest: ModelManifest) -> None:
+        """Switch to a new model at a window boundary (see the module docstring)."""
+        old = self._heads
+        self._manifest = manifest
+        self._reset_heads(manifest)
+        for key, head_state in old.items():
+            if key in self._heads:
+                self._heads[key] = head_state
+            elif head_state.open is not None:
+                component, _, failure_mode = key.partition("/")
+                self._orphans[key] = (component, failure_mode, head_state.open)
+
+    # -- internals ------------------------------------------------------------
+
+    def _reset_heads(self, manifest: ModelManifest) -> None:
+        self._heads = {head_key(h.component, h.failure_mode): _HeadState() for h in manifest.heads}
+        for key in self._heads:
+            self._orphans.pop(key, None)
+
+    def _columns(self, scores: Mapping[str, npt.NDArray[np.float64]], n: int) -> dict[str, npt.NDArray[Any]]:
+        out: dict[str, npt.NDArray[Any]] = {}
+        for head in self._manifest.heads:
+            if head.output not in scores:
+                raise ContractError(
+                    f"scores lack output {head.output!r} of {head.component}/{head.failure_mode}"
+                )
+            array = np.asarray(scores[head.output], dtype=np.float64)
+            if array.ndim == 1:
+                array = array.reshape(-1, 1)
+            if array.shape[0] != n or array.shape[1] <= head.column:
+                raise ContractError(
+                    f"output {head.output!r} has shape {array.shape}, need ({n}, >{head.column})"
+                )
+            out[head_key(head.component, head.failure_mode)] = array[:, head.column]
+        return out
+
+    def _step(
+        self,
+        head: AlertHead,
+        hs: _HeadState,
+        score: float,
+        window: WindowRef,
+        feats: npt.NDArray[np.float64],
+        row: int,
+        replayed: bool,
+    ) -> AlertEvent | None:
+        config = self._config
+        if not math.isfinite(score):
+            hs.over = hs.under = hs.pending = 0
+            hs.pending_level = "none"
+            return None
+        level = level_of(head, score)
+        if hs.open is None:
+            hs.over = hs.over + 1 if level != "none" else 0
+            if hs.over < config.on_delay_windows:
+                return None
+            assert level != "none"  # over > 0 implies this window is over
+            if not self._allow(window, "raised"):
+                return None
+            threshold = head.thresholds.critical if level == "critical" else head.thresholds.warning
+            event = self._event(head, "raised", level, score, threshold, window, feats[row], replayed, None)
+            hs.open = _OpenAlert(
+                alert_id=event.event_id,
+                severity=level,
+                model_id=self._manifest.model_id,
+                model_version=self._manifest.version,
+                model_label=self._manifest.label,
+                raised_index=window.index,
+                last_event_time=window.end,
+                last_score=score,
+                clear_threshold=head.thresholds.clear,
+            )
+            hs.over = hs.under = hs.pending = 0
+            hs.pending_level = "none"
+            self._counters.raised += 1
+            return event
+
+        opened = hs.open
+        opened.last_score = score
+        opened.clear_threshold = head.thresholds.clear
+        if is_clear(head, score):
+            hs.under += 1
+            hs.pending, hs.pending_level = 0, "none"
+            if hs.under < config.off_delay_windows:
+                return None
+            if not self._allow(window, "cleared"):
+                return None
+            event = self._event(
+                head,
+                "cleared",
+                None,
+                score,
+                head.thresholds.clear,
+                window,
+                feats[row],
+                replayed,
+                opened.alert_id,
+            )
+            hs.open = None
+            hs.over = hs.under = 0
+            self._counters.cleared += 1
+            return event
+        hs.under = 0
+        if level == "none" or level == opened.severity:
+            hs.pending, hs.pending_level = 0, "none"
+            return None
+        if level == hs.pending_level:
+            hs.pending += 1
+        else:
+            hs.pending, hs.pending_level = 1, level
+        if hs.pending < config.on_delay_windows:
+            return None
+        if window.end - opened.last_event_time < config.min_update_interval_s:
+            self._suppress("update_interval")
+            return None
+        if not self._allow(window, "updated"):
+            return None
+        threshold = head.thresholds.critical if level == "critical" else head.thresholds.warning
+        event = self._event(
+            head, "updated", level, score, threshold, window, feats[row], replayed, opened.alert_id
+        )
+        opened.severity = level
+        opened.last_event_time = window.end
+        hs.pending, hs.pending_level = 0, "none"
+        self._counters.updated += 1
+        return event
+
+    def _clear_orphans(
+        self, window: WindowRef, row: npt.NDArray[np.float64], replayed: bool
+    ) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for key, (component, failure_mode, opened) in list(self._orphans.items()):
+            if not self._allow(window, "cleared"):
+                continue
+            event_id = derive_event_id(
+                self._robot_id,
+                self._stream,
+                opened.model_label,
+                component,
+                failure_mode,
+                window.index,
+                "cleared",
+            )
+            events.append(
+                AlertEvent(
+                    event_id=event_id,
+                    alert_id=opened.alert_id,
+                    robot_id=self._robot_id,
+                    site=self._site,
+                    stream=self._stream,
+                    component=component,
+                    failure_mode=failure_mode,
+                    state="cleared",
+                    severity=None,
+                    score=opened.last_score,
+                    threshold=opened.clear_threshold,
+                    window=window,
+                    model=ModelRef(id=opened.model_id, version=opened.model_version),
+                    top_features=(),
+                    agent_version=self._agent_version,
+                    replayed=replayed,
+                    emitted_at=self._now(),
+                )
+            )
+            del self._orphans[key]
+            self._counters.cleared += 1
+        return events
+
+    def _allow(self, window: WindowRef, state: AlertState) -> bool:
+        """The per-policy events-per-minute budget, in data time."""
+        now = window.end
+        while self._recent and self._recent[0] <= now - _RATE_WINDOW_S:
+            self._recent.popleft()
+        if len(self._recent) >= self._config.max_events_per_minute:
+            self._suppress(f"rate_limit_{state}")
+            return False
+        self._recent.append(now)
+        return True
+
+    def _suppress(self, reason: str) -> None:
+        self._counters.suppressed[reason] = self._counters.suppressed.get(reason, 0) + 1
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.wall(), tz=timezone.utc)
+
+    def _event(
+        self,
+        head: AlertHead,
+        state: AlertState,
+        severity: Severity | None,
+        score: float,
+        threshold: float,
+        window: WindowRef,
+        row: npt.NDArray[np.float64],
+        replayed: bool,
+        alert_id: str | None,
+    ) -> AlertEvent:
+        manifest = self._manifest
+        event_id = derive_event_id(
+            self._robot_id,
+            self._stream,
+            manifest.label,
+            head.component,
+            head.failure_mode,
+            window.index,
+            state,
+        )
+        return AlertEvent(
+            event_id=event_id,
+            alert_id=alert_id or event_id,
+            robot_id=self._robot_id,
+            site=self._site,
+            stream=self._stream,
+            component=head.component,
+            failure_mode=head.failure_mode,
+            state=state,
+            severity=severity,
+            score=score,
+            threshold=threshold,
+            window=window,
+            model=ModelRef(id=manifest.model_id, version=manifest.version),
+            top_features=explain(manifest, row, self._config.top_features),
+            agent_version=self._agent_version,
+            replayed=replayed,
+            emitted_at=self._now(),
+        )

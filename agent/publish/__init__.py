@@ -1,0 +1,28 @@
+"""Publishing: the MQTT transport, its in-memory twin, outbox delivery and message builders."""
+
+from agent.publish.delivery import Delivery
+from agent.publish.memory import InMemoryTransport, SentMessage
+from agent.publish.mqtt import MqttTransport, read_credentials, tls_context
+from agent.publish.telemetry import (
+    alert_message,
+    heartbeat_message,
+    model_status,
+    model_status_message,
+    presence,
+    presence_message,
+)
+
+__all__ = [
+    "Delivery",
+    "InMemoryTransport",
+    "MqttTransport",
+    "SentMessage",
+    "alert_message",
+    "heartbeat_message",
+    "model_status",
+    "model_status_message",
+    "presence",
+    "presence_message",
+    "read_credentials",
+    "tls_context",
+]

@@ -1,0 +1,90 @@
+"""Delivery: moves outbox rows to the transport and deletes them once the broker acknowledged them."""
+
+from __future__ import annotations
+
+from agent.outbox import Outbox
+from agent.seams import Clock, SystemClock, Transport
+
+_REJECT_RETRY_S = 5.0
+_EXPIRE_EVERY_S = 60.0
+
+
+class Delivery:
+    """Pumps the outbox into a `Transport`, never more than ``max_inflight`` rows at once.
+
+    Call `pump` from the daemon loop on every iteration; it never blocks on the
+    network. Rows go out in id order (enqueue order). A row handed to the
+    transport stays in flight until its acknowledgement arrives: the transport
+    (paho) resends it after a reconnect with the DUP flag, so the pump never sends
+    a row twice within one process. After a restart every row still stored is
+    sent again, with the same key.
+
+    A broker that answers a PUBACK with a failure reason code (MQTT 5, e.g. not
+    authorised or quota exceeded) does not delete the row: it is sent again after
+    a few seconds and counted in `rejected`.
+    """
+
+    def __init__(
+        self, outbox: Outbox, transport: Transport, *, max_inflight: int = 20, clock: Clock | None = None
+    ) -> None:
+        self._outbox = outbox
+        self._transport = transport
+        self._max_inflight = max(1, max_inflight)
+        self._clock = clock or SystemClock()
+        self._inflight: dict[int, int] = {}  # token -> row id
+        self._cursor = 0  # highest row id handed to the transport
+        self._hold_until = 0.0
+        self._next_expire = 0.0
+        self.delivered = 0
+        self.rejected = 0
+
+    @property
+    def inflight(self) -> int:
+        """Rows handed to the transport and not yet acknowledged."""
+        return len(self._inflight)
+
+    def pump(self) -> int:
+        """Delete acknowledged rows, then hand pending rows to the transport; returns rows delivered."""
+        acked = [
+            self._inflight.pop(token) for token in self._transport.take_acks() if token in self._inflight
+        ]
+        delivered = self._outbox.delete(acked) if acked else 0
+        self._retry_rejected()
+        now = self._clock.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + _EXPIRE_EVERY_S
+            self._outbox.expire()
+        if now >= self._hold_until and self._transport.connected:
+            self._send_more()
+        self.delivered += delivered
+        return delivered
+
+    def _send_more(self) -> None:
+        room = self._max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        busy = set(self._inflight.values())
+        for row in self._outbox.pending(self._cursor, room + len(busy)):
+            if row.id in busy:
+                self._cursor = max(self._cursor, row.id)
+                continue
+            if room <= 0:
+                return
+            token = self._transport.send(row.message)
+            if token is None:
+                return
+            self._inflight[token] = row.id
+            self._cursor = max(self._cursor, row.id)
+            room -= 1
+
+    def _retry_rejected(self) -> None:
+        take = getattr(self._transport, "take_rejected", None)
+        if take is None:
+            return
+        tokens: list[int] = take()
+        rows = [self._inflight.pop(t) for t in tokens if t in self._inflight]
+        if rows:
+            self.rejected += len(rows)
+            self._cursor = min(self._cursor, min(rows) - 1)
+            # Rows above the new cursor that are still in flight are skipped by _send_more.
+            self._hold_until = self._clock.monotonic() + _REJECT_RETRY_S
