@@ -62,6 +62,13 @@ class IngestConfig(_Section):
     rescan_interval_s: float = Field(default=1.0, gt=0, le=300)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
     quarantine_max_bytes: int = Field(default=64 << 20, ge=1024)
+    release_after_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A file that left the directory is closed once read to its end and unchanged this long;"
+        " a rotated file's unterminated last line is quarantined after this long.",
+    )
 
 
 class StreamConfig(_Section):
