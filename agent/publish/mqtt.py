@@ -145,6 +145,7 @@ class MqttTransport:
         self.disconnects = 0
         self.protocol_in_use = "5" if config.protocol in ("auto", "5") else "3.1.1"
         self.last_error = ""
+        self.last_session_present = False
 
         v5 = self.protocol_in_use == "5"
         self._client = mqtt.Client(
@@ -315,6 +316,7 @@ class MqttTransport:
                 log.warning("mqtt_connect_refused", reason=str(reason_code))
             return
         self.connects += 1
+        self.last_session_present = bool(flags.session_present)
         online = presence(self._robot_id, self._site, "online", self._agent_version, since=self._clock.wall())
         info = client.publish(self._topics.status, online.model_dump_json().encode(), qos=1, retain=True)
         with self._lock:
