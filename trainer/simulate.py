@@ -288,6 +288,7 @@ class ArmSimulator:
         )
         self._stops = self._plan_stops()
         self._cache: tuple[int, FloatArray, GroundTruth] | None = None
+        self._text: tuple[int, str, bytes, IntArray] | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -307,6 +308,26 @@ class ArmSimulator:
         if not values:
             return np.empty((0, len(COLUMNS))), _slice_truth(self._block(0)[1], 0, 0)
         return np.concatenate(values), GroundTruth.concat(truths)
+
+    def lines(self, begin: int, end: int, fmt: OutputFormat = "csv") -> bytes:
+        """Record lines of samples ``begin`` to ``end``: `format_records` of `samples`, cached per block.
+
+        A live writer asks for a few lines per tick; formatting a whole block once and slicing
+        its bytes keeps that cheap.
+        """
+        if not 0 <= begin <= end:
+            raise ValueError(f"bad sample range [{begin}, {end})")
+        out: list[bytes] = []
+        for k in range(begin // BLOCK, (end - 1) // BLOCK + 1) if end > begin else ():
+            if self._text is None or self._text[:2] != (k, fmt):
+                text = format_records(self._block(k)[0], fmt)
+                ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 0x0A) + 1
+                self._text = (k, fmt, text, np.concatenate(([0], ends)))
+            _, _, text, offsets = self._text
+            lo = max(begin - k * BLOCK, 0)
+            hi = min(end - k * BLOCK, BLOCK)
+            out.append(text[int(offsets[lo]) : int(offsets[hi])])
+        return b"".join(out)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -883,10 +904,9 @@ def run_live(
                 if total is not None:
                     due = min(due, total)
                 if due > written:
-                    values, truth = sim.samples(written, due)
-                    log.write(format_records(values, fmt))
+                    log.write(sim.lines(written, due, fmt))
                     if truth_file is not None:
-                        truth_file.write(format_truth(truth))
+                        truth_file.write(format_truth(sim.samples(written, due)[1]))
                         truth_file.flush()
                     written = due
                 stop.wait(tick_s)
