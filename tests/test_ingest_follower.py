@@ -1,0 +1,414 @@
+"""The follower against real files: the rotation matrix of reliability-anchors §1.4, inotify and poll."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.ingest import StreamFollower
+from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
+
+
+@pytest.fixture(params=["inotify", "poll"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> LogDir:
+    log = LogDir(tmp_path / "logs")
+    log.create()
+    return log
+
+
+@pytest.fixture
+def harness(logs: LogDir, mode: str) -> Iterator[Harness]:
+    h = Harness(stream_config(logs.dir), ingest_config(mode), watch=True)
+    yield h
+    h.close()
+
+
+def test_appended_lines_arrive_once_in_order(logs: LogDir, harness: Harness) -> None:
+    """Lines appended in several writes come out once each, in order, without the header."""
+    expected = logs.append(5) + logs.append(1) + logs.append(30)
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_partial_line_across_restart_yields_exactly_one_record(logs: LogDir, harness: Harness) -> None:
+    """A line written in two halves around a restart comes out once, whole (Fluent Bit's test)."""
+    first = logs.append(2)
+    logs.append_raw(b"77,partial")
+    harness.wait_for(2)
+    harness.settle(0.15)
+    assert harness.lines == first
+    harness.restart()
+    logs.append_raw(b" line\n")
+    harness.wait_for(3)
+    harness.settle(0.15)
+    assert harness.lines == [*first, b"77,partial line"]
+
+
+def test_partial_line_across_kill_yields_exactly_one_record(logs: LogDir, harness: Harness) -> None:
+    """The same after a crash: the saved position is before the partial line."""
+    logs.append_raw(b"5,half")
+    harness.settle(0.15)
+    harness.kill()
+    logs.append_raw(b"-done\n")
+    harness.wait_for(1)
+    harness.settle(0.15)
+    assert harness.lines == [b"5,half-done"]
+
+
+def test_rename_rotation_drains_the_rotated_file_before_its_successor(logs: LogDir, harness: Harness) -> None:
+    """Lines still unread in the renamed file come before the new file's lines."""
+    expected = logs.append(3)
+    harness.wait_for(3)
+    expected += logs.append(4)  # unread when the rotation happens
+    logs.rotate_rename()
+    expected += logs.append(5)
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_rotations_faster_than_the_poll_lose_nothing(logs: LogDir, harness: Harness) -> None:
+    """Several rename rotations between two reads: every segment is read, oldest first."""
+    expected: list[bytes] = []
+    for _ in range(6):
+        expected += logs.append(20)
+        logs.rotate_rename()
+    expected += logs.append(7)
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_rotation_while_stopped_resumes_the_rotated_file(logs: LogDir, harness: Harness) -> None:
+    """Rotated twice while the agent was down: the rest of the old file, then the newer ones."""
+    expected = logs.append(4)
+    harness.wait_for(4)
+    harness.follower.close()
+    expected += logs.append(3)
+    logs.rotate_rename()
+    expected += logs.append(2)
+    logs.rotate_rename()
+    expected += logs.append(6)
+    harness.kill()  # starts from the state saved before the rotations
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+@pytest.mark.parametrize("new_size", ["smaller", "same", "larger"])
+def test_copytruncate_reads_the_copy_tail_and_the_new_content(
+    logs: LogDir, harness: Harness, new_size: str
+) -> None:
+    """A copytruncate to a smaller, the same or a larger size (Telegraf skips these): no loss, no repeat."""
+    expected = logs.append(10)
+    harness.wait_for(10)
+    expected += logs.append(3)  # written before the copy, unread
+    size_before = logs.current.stat().st_size
+    logs.copytruncate()
+    body = {"smaller": 2, "same": None, "larger": 40}[new_size]
+    if body is None:
+        # the same number of bytes: a header plus lines padded to the exact old size
+        logs.create()
+        lines = logs.lines(8)
+        raw = b"".join(line + b"\n" for line in lines)
+        missing = size_before - len(HEADER) - 1 - len(raw)
+        assert missing > 0
+        lines[-1] = lines[-1] + b"0" * missing  # "13,13000…": still a unique line
+        raw = b"".join(line + b"\n" for line in lines)
+        logs.append_raw(raw)
+        assert logs.current.stat().st_size == size_before
+        expected += lines
+    else:
+        logs.create()
+        expected += logs.append(body)
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_copytruncate_across_restart_reads_new_content_only(logs: LogDir, harness: Harness) -> None:
+    """A copytruncate while the agent is down: the copy's unread tail, then the new content, once."""
+    expected = logs.append(8)
+    harness.wait_for(8)
+    harness.follower.close()
+    expected += logs.append(2)
+    logs.copytruncate()
+    logs.create()
+    expected += logs.append(20)
+    harness.kill()
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_stale_writer_nul_bytes_after_copytruncate_are_skipped(logs: LogDir, harness: Harness) -> None:
+    """A writer without O_APPEND keeps its offset after copytruncate: the hole of NULs is skipped."""
+    expected = logs.append(10)
+    harness.wait_for(10)
+    position = logs.current.stat().st_size
+    logs.copytruncate()
+    lines = logs.lines(3)
+    with open(logs.current, "r+b") as handle:
+        handle.seek(position)  # the stale writer's offset: bytes before it read back as NUL
+        handle.write(b"".join(line + b"\n" for line in lines))
+    expected += lines
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+    assert all(b"\x00" not in line for line in harness.lines)
+    assert harness.follower.stats()["nul_bytes_skipped"] > 0
+
+
+def test_deleted_file_with_unread_bytes_is_drained(logs: LogDir, harness: Harness) -> None:
+    """A file deleted while it still has unread lines is read to its end through the open handle."""
+    expected = logs.append(3)
+    harness.wait_for(3)
+    expected += logs.append(9)
+    logs.current.unlink()
+    harness.wait_for(len(expected))
+    harness.settle(0.5)
+    assert harness.lines == expected
+    assert harness.follower.stats()["open_files"] == 0  # released once drained and quiet
+
+
+def test_delete_and_recreate_the_same_path_is_reingested(logs: LogDir, harness: Harness) -> None:
+    """Delete, then recreate the same name: the new file is read from its start."""
+    expected = logs.append(5)
+    harness.wait_for(5)
+    logs.current.unlink()
+    logs.create()
+    expected += logs.append(5)
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_inode_reuse_while_stopped_is_new_content(logs: LogDir, harness: Harness) -> None:
+    """A new file that got the old file's inode (or its place) is read from 0, not from the old offset."""
+    expected = logs.append(30)
+    harness.wait_for(30)
+    old_inode = logs.current.stat().st_ino
+    harness.follower.close()
+    logs.current.unlink()
+    logs.create()
+    expected += logs.append(40)  # longer than before, so the old offset would be inside it
+    harness.kill()
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+    # on tmpfs and ext4 the inode is normally recycled at once; either way the content decides
+    assert logs.current.stat().st_ino == old_inode or harness.lines == expected
+
+
+def test_same_inode_rewritten_while_stopped_is_new_content(logs: LogDir, harness: Harness) -> None:
+    """Content replaced in place (same inode, larger) while stopped is caught by the offset marker."""
+    expected = logs.append(10)
+    harness.wait_for(10)
+    harness.follower.close()
+    logs.truncate(0)
+    logs.create()
+    expected += logs.append(25)
+    harness.kill()
+    harness.wait_for(len(expected))
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_symlinked_current_file_that_is_re_pointed(tmp_path: Path, mode: str) -> None:
+    """A symlink arm1.csv → data/a.csv re-pointed to data/b.csv: the rest of a.csv, then b.csv."""
+    data = LogDir(tmp_path / "data", name="a.csv")
+    data.create()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    link = logs / "arm1.csv"
+    link.symlink_to(data.current)
+    h = Harness(stream_config(logs), ingest_config(mode, poll_interval_s=0.05), watch=True)
+    try:
+        expected = data.append(4)
+        h.wait_for(4)
+        expected += data.append(2)
+        b = tmp_path / "data" / "b.csv"
+        data.create(b)
+        expected += data.append(3, b)
+        tmp = logs / "arm1.csv.tmp"
+        tmp.symlink_to(b)
+        os.replace(tmp, link)
+        h.wait_for(len(expected))
+        h.settle(0.2)
+        assert h.lines == expected
+    finally:
+        h.close()
+
+
+def test_over_long_lines_are_rejected_and_reading_goes_on(tmp_path: Path, mode: str) -> None:
+    """A line over max_line_bytes is refused as too_long (also one still without newline); the rest flows."""
+    logs = LogDir(tmp_path / "logs")
+    logs.create()
+    h = Harness(stream_config(logs.dir), ingest_config(mode, max_line_bytes=100), watch=True)
+    try:
+        expected = logs.append(2)
+        logs.append_raw(b"9," + b"9" * 500 + b"\n")
+        expected += logs.append(2)
+        h.wait_for(4)
+        logs.append_raw(b"8," + b"8" * 300)  # too long already, newline not yet written
+        h.settle(0.2)
+        logs.append_raw(b"88888\n")
+        expected += logs.append(3)
+        h.wait_for(7)
+        h.settle(0.2)
+        assert h.lines == expected
+        assert [r.reason for r in h.rejected] == ["too_long", "too_long"]
+        assert h.rejected[0].length == 502
+        assert h.rejected[0].raw.startswith(b"9,999")
+    finally:
+        h.close()
+
+
+def test_crlf_and_non_utf8_lines_pass_through_unchanged(logs: LogDir, harness: Harness) -> None:
+    """The follower hands bytes on as written: CRLF endings and invalid UTF-8 are the parser's call."""
+    logs.append_raw(b"1,1\r\n2,\xff\xfe\r\n3,3\n")
+    harness.wait_for(3)
+    assert harness.lines == [b"1,1", b"2,\xff\xfe", b"3,3"]
+    assert b"".join(b.data for b in harness.blocks) == b"1,1\r\n2,\xff\xfe\r\n3,3\n"
+
+
+def test_empty_and_tiny_files_and_a_header_that_arrives_late(tmp_path: Path, mode: str) -> None:
+    """Files below the 1 KiB fingerprint size, an empty file, and a header written in pieces."""
+    logs = LogDir(tmp_path / "logs")
+    logs.current.write_bytes(b"")
+    h = Harness(stream_config(logs.dir), ingest_config(mode), watch=True)
+    try:
+        h.settle(0.1)
+        logs.append_raw(b"timest")
+        h.settle(0.1)
+        logs.append_raw(b"amp,a\n")
+        expected = logs.append(1)
+        h.wait_for(1)
+        h.restart()
+        expected += logs.append(1)
+        h.wait_for(2)
+        h.settle(0.15)
+        assert h.lines == expected
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "wrong_version"])
+def test_damaged_state_rereads_everything_without_loss(logs: LogDir, harness: Harness, damage: str) -> None:
+    """A lost, zero-byte or corrupt checkpoint never stops the follower: it reads again from the start."""
+    first = logs.append(5)
+    harness.wait_for(5)
+    harness.follower.close()
+    harness.saved = {"missing": None, "empty": {}, "garbage": {"v": 1, "files": [{"dev": "x"}]}}.get(
+        damage, {"v": 99}
+    )
+    more = logs.append(3)
+    harness.kill()
+    harness.wait_for(len(first) * 2 + len(more))
+    assert sorted(set(harness.lines)) == sorted(first + more)
+
+
+def test_compressed_rotations_are_ignored_and_rotated_names_belong(logs: LogDir, harness: Harness) -> None:
+    """Rotated names (arm1.csv.1, arm1.csv-20261126) belong to the stream; arm1.csv.2.gz does not."""
+    (logs.dir / "arm1.csv.2.gz").write_bytes(b"\x1f\x8b" + b"junk\n" * 10)
+    (logs.dir / "other.log").write_bytes(b"not,ours\n")
+    expected = logs.append(2)
+    harness.wait_for(2)
+    os.replace(logs.current, logs.dir / "arm1.csv-20261126")
+    logs.create()
+    expected += logs.append(2)
+    harness.wait_for(4)
+    harness.settle(0.2)
+    assert harness.lines == expected
+
+
+def test_new_files_matching_the_patterns_are_picked_up(tmp_path: Path, mode: str) -> None:
+    """A second file appearing later under a glob pattern is read from its start."""
+    a = LogDir(tmp_path / "logs", name="a.csv")
+    a.create()
+    h = Harness(stream_config(a.dir, patterns=("*.csv",)), ingest_config(mode), watch=True)
+    try:
+        expected = a.append(3)
+        h.wait_for(3)
+        b = a.dir / "b.csv"
+        a.create(b)
+        expected += a.append(4, b)
+        h.wait_for(7)
+        h.settle(0.2)
+        assert sorted(h.lines) == sorted(expected)
+        assert not h.duplicates()
+    finally:
+        h.close()
+
+
+def test_plain_copy_of_a_live_file_is_not_read_twice(logs: LogDir, harness: Harness) -> None:
+    """A plain copy (cp arm1.csv arm1.csv.1, no truncate) is not read: its lines came from the original."""
+    expected = logs.append(50)
+    harness.wait_for(50)
+    shutil.copyfile(logs.current, logs.rotated(1))
+    expected += logs.append(5)
+    harness.wait_for(len(expected))
+    harness.settle(0.6)  # past release_after_s, when the copy is judged
+    assert harness.lines == expected
+    assert harness.follower.stats()["copies_skipped"] == 1
+
+
+def test_unterminated_last_line_of_a_rotated_file_is_rejected_once_quiet(
+    logs: LogDir, harness: Harness
+) -> None:
+    """A rotated file ending without newline does not hold its successor, and its tail is quarantined."""
+    expected = logs.append(2)
+    logs.append_raw(b"3,cut-off")
+    logs.rotate_rename()
+    expected += logs.append(2)
+    harness.wait_for(4)
+    harness.settle(0.6)
+    assert harness.lines == expected
+    assert [(r.reason, r.raw) for r in harness.rejected] == [("unterminated", b"3,cut-off")]
+
+
+def test_inotify_wakes_the_reader_without_polling(logs: LogDir, tmp_path: Path) -> None:
+    """With a 30 s poll, an append still sets the wakeup within a second (inotify, coalesced)."""
+    wakeup = threading.Event()
+    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=5.0), wakeup)
+    follower.restore(None)
+    follower.start()
+    try:
+        assert follower.watch_mode == "inotify"
+        follower.read(1 << 20)
+        wakeup.clear()
+        started = time.monotonic()
+        for _ in range(200):
+            logs.append(1)
+        assert wakeup.wait(1.0)
+        assert time.monotonic() - started < 1.0
+        got = b"".join(b.data for b in follower.read(1 << 20))
+        assert got.count(b"\n") == 200
+    finally:
+        follower.close()
+
+
+def test_state_is_json_and_restores_across_processes(logs: LogDir, harness: Harness) -> None:
+    """The state survives a JSON round trip (as in SQLite) and resumes at the same line."""
+    logs.append(3)
+    harness.wait_for(3)
+    text = json.dumps(harness.follower.state())
+    harness.follower.close()
+    harness.saved = json.loads(text)
+    more = logs.append(2)
+    harness.kill()
+    harness.wait_for(5)
+    assert harness.lines[3:] == more
