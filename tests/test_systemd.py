@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.sdnotify import Notifier
+from tests.models import write_linear_model
+from tests.mosquitto import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ("robotpm-agent.service", "robotpm-trainer.service", "robotpm-trainer.timer")
@@ -214,3 +219,99 @@ class TestNotifier:
             assert notifier.watchdog() is False
         finally:
             notifier.close()
+
+
+def _agent_config(tmp_path: Path, broker_port: int) -> Path:
+    (tmp_path / "logs").mkdir()
+    write_linear_model(tmp_path / "bundled", version=1)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[agent]
+robot_id = "r1"
+site = "lab"
+state_dir = "state"
+heartbeat_interval_s = 3600
+log_format = "json"
+[agent.model]
+directory = "store"
+bundled = "bundled"
+[agent.mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+[agent.ingest]
+watch = "poll"
+poll_interval_s = 0.05
+[[agent.streams]]
+name = "arm1"
+directory = "logs"
+timestamp_field = "ts"
+[agent.streams.channels]
+J1 = "j1_current"
+T1 = "j1_temp"
+"""
+    )
+    return config
+
+
+@pytest.mark.mosquitto
+def test_agent_process_notifies_ready_feeds_the_watchdog_and_says_stopping(
+    tmp_path: Path, broker: Broker, notify_socket: socket.socket
+) -> None:
+    """robotpm-agent under a fake systemd: READY=1 after the model loads, pings ≤ 1 s apart, STOPPING=1.
+
+    WATCHDOG_USEC=2 s asks for a ping at least every second; SIGTERM must bring STOPPING=1 and exit 0.
+    """
+    config = _agent_config(tmp_path, broker.port)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NOTIFY_SOCKET": str(tmp_path / "notify"),
+        "WATCHDOG_USEC": "2000000",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    received: list[tuple[float, bytes]] = []
+    try:
+        notify_socket.settimeout(0.2)
+        deadline = time.monotonic() + 30
+        # run for 3 s after READY, collecting every datagram
+        ready_at: float | None = None
+        while time.monotonic() < deadline and (ready_at is None or time.monotonic() < ready_at + 3.0):
+            if proc.poll() is not None:
+                break
+            try:
+                data = notify_socket.recv(4096)
+            except TimeoutError:
+                continue
+            received.append((time.monotonic(), data))
+            if data.startswith(b"READY=1") and ready_at is None:
+                ready_at = time.monotonic()
+        terminated_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        notify_socket.settimeout(1.0)
+        try:
+            while True:
+                received.append((time.monotonic(), notify_socket.recv(4096)))
+        except TimeoutError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    messages = [data for _, data in received]
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert ready_at is not None, messages
+    first_ready = next(i for i, m in enumerate(messages) if m.startswith(b"READY=1"))
+    assert any(m.startswith(b"STATUS=model") for m in messages[:first_ready])  # model loaded first
+    pings = [t for t, m in received if m == b"WATCHDOG=1" and t >= ready_at]
+    assert len(pings) >= 3
+    gaps = [b - a for a, b in zip([ready_at, *pings], pings, strict=False)]
+    assert max(gaps) <= 1.0 + 0.25  # half of WATCHDOG_USEC, with scheduling slack
+    assert any(m.startswith(b"STOPPING=1") for t, m in received if t >= terminated_at), messages[-5:]
+    assert not any(m.startswith(b"STOPPING=1") for t, m in received if t < terminated_at)
