@@ -81,25 +81,39 @@ def read_credentials(
     return None
 
 
-class _PinnedHostContext(ssl.SSLContext):
-    """An SSL context that verifies the server against a fixed host name (``tls.server_hostname``)."""
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when the TLS handshake fails.
 
-    pinned_hostname: str = ""
+    paho does not close a socket whose handshake failed, so every reconnect to a
+    broker with a bad certificate would leak a file descriptor in a long-running agent.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except (ssl.SSLError, OSError):
+            self.close()
+            raise
+
+
+class _AgentTlsContext(ssl.SSLContext):
+    """A client context that optionally verifies the server against a fixed host name."""
+
+    pinned_hostname: str | None = None
 
     def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_hostname"] = self.pinned_hostname
+        if self.pinned_hostname:
+            kwargs["server_hostname"] = self.pinned_hostname
         return super().wrap_socket(sock, *args, **kwargs)
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A client TLS context that verifies the server certificate and host name."""
-    context: ssl.SSLContext
-    if tls.server_hostname:
-        pinned = _PinnedHostContext(ssl.PROTOCOL_TLS_CLIENT)
-        pinned.pinned_hostname = tls.server_hostname
-        context = pinned
-    else:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    """A client TLS context that verifies the server certificate and host name (never disabled)."""
+    context = _AgentTlsContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.pinned_hostname = tls.server_hostname
+    context.sslsocket_class = _ClosingSSLSocket
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     context.check_hostname = True
