@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from agent.config import OutboxConfig
+from agent.contract.alerts import ModelRef
+from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
 from agent.publish.delivery import Delivery
 from agent.publish.memory import InMemoryTransport
+from agent.publish.telemetry import heartbeat_message, heartbeat_record
 from agent.seams import ManualClock, OutboundMessage
 from agent.state import StateStore
 
@@ -213,3 +217,41 @@ class TestDelivery:
         delivery.pump()
         assert [m.message.key for m in first.sent] == [m.key for m in second.messages()]
         assert 0 == reopened.depth()
+
+
+class TestHeartbeat:
+    def test_heartbeat_reports_counters_outbox_state_drops_model_and_uptime(
+        self, tmp_path: Path, clock: ManualClock
+    ) -> None:
+        """A heartbeat carries lines, windows, alerts, quarantined, outbox depth/age/drops, model, drift."""
+        outbox = open_outbox(tmp_path, clock, telemetry_ttl_s=5)
+        outbox.enqueue_now([alert(1), heartbeat(1)])
+        clock.advance(6)
+        outbox.expire()
+        record = heartbeat_record(
+            robot_id="r1",
+            site="s1",
+            now=clock.wall(),
+            uptime_s=6.0,
+            counters={"lines": 1000, "windows": 31, "alerts": 2, "quarantined": 3},
+            outbox=outbox,
+            model=ModelRef(id="m", version=4),
+            agent_version="0.1.0",
+            drift="ok",
+            suppressed={"rate_limit_raised": 1},
+        )
+        message = heartbeat_message(RobotTopics("s1", "r1"), record)
+        body = json.loads(message.payload)
+        assert (1000, 31, 2, 3) == (body["lines"], body["windows"], body["alerts"], body["quarantined"])
+        assert (1, 6.0, {"heartbeat:expired": 1}) == (
+            body["outbox_depth"],
+            body["outbox_oldest_age_s"],
+            body["outbox_dropped"],
+        )
+        assert ({"id": "m", "version": 4}, "ok", 6.0) == (body["model"], body["drift"], body["uptime_s"])
+        assert {"rate_limit_raised": 1} == body["alerts_suppressed"]
+        assert ("1.0", True, "robotpm/v1/s1/r1/heartbeat") == (
+            body["schema_version"],
+            message.retain,
+            message.topic,
+        )

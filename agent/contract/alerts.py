@@ -120,3 +120,11 @@ class Heartbeat(_Message):
     model: ModelRef | None
     drift: str = "unknown"
     agent_version: str
+    outbox_bytes: int = Field(default=0, description="Bytes of topics and payloads waiting in the outbox.")
+    outbox_dropped: dict[str, int] = Field(
+        default_factory=dict,
+        description="Messages the outbox dropped, by '<kind>:<reason>' (e.g. 'heartbeat:full').",
+    )
+    alerts_suppressed: dict[str, int] = Field(
+        default_factory=dict, description="Alert events the policy's rate limits held back, by reason."
+    )

@@ -6,6 +6,7 @@ from agent.publish.mqtt import MqttTransport, read_credentials, tls_context
 from agent.publish.telemetry import (
     alert_message,
     heartbeat_message,
+    heartbeat_record,
     model_status,
     model_status_message,
     presence,
@@ -19,6 +20,7 @@ __all__ = [
     "SentMessage",
     "alert_message",
     "heartbeat_message",
+    "heartbeat_record",
     "model_status",
     "model_status_message",
     "presence",

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef, Presence
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
 from agent.seams import OutboundMessage
+
+if TYPE_CHECKING:
+    from agent.outbox import Outbox
 
 MODEL_STATUS_SCHEMA_VERSION = "1.0"
 
@@ -67,6 +71,44 @@ def heartbeat_message(topics: RobotTopics, record: Heartbeat) -> OutboundMessage
         payload=record.model_dump_json().encode(),
         qos=1,
         retain=True,
+    )
+
+
+def heartbeat_record(
+    *,
+    robot_id: str,
+    site: str,
+    now: float,
+    uptime_s: float,
+    counters: Mapping[str, int],
+    outbox: Outbox,
+    model: ModelRef | None,
+    agent_version: str,
+    drift: str = "unknown",
+    suppressed: Mapping[str, int] | None = None,
+) -> Heartbeat:
+    """A complete heartbeat: pipeline counters, outbox depth, age, size and drops, model, drift.
+
+    ``counters`` holds ``lines``, ``windows``, ``alerts`` and ``quarantined`` (missing
+    ones count as 0); ``suppressed`` the policy's held-back events by reason.
+    """
+    return Heartbeat(
+        robot_id=robot_id,
+        site=site,
+        sent_at=datetime.fromtimestamp(now, tz=timezone.utc),
+        uptime_s=round(uptime_s, 3),
+        lines=int(counters.get("lines", 0)),
+        windows=int(counters.get("windows", 0)),
+        alerts=int(counters.get("alerts", 0)),
+        quarantined=int(counters.get("quarantined", 0)),
+        outbox_depth=outbox.depth(),
+        outbox_oldest_age_s=outbox.oldest_age_s(),
+        outbox_bytes=outbox.size_bytes(),
+        outbox_dropped=outbox.dropped(),
+        alerts_suppressed=dict(suppressed or {}),
+        model=model,
+        drift=drift,
+        agent_version=agent_version,
     )
 
 
