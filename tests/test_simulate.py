@@ -18,6 +18,7 @@ from agent.config import load_agent_config
 from agent.contract.records import RecordParser, RecordSchema
 from trainer.simulate import (
     COLUMNS,
+    COMPONENTS,
     CURRENT,
     MODES,
     SPEED,
@@ -27,6 +28,7 @@ from trainer.simulate import (
     Fault,
     GroundTruth,
     format_records,
+    format_truth,
     iter_log_lines,
     random_schedule,
     robot_seed,
@@ -115,6 +117,38 @@ class TestDeterminism:
         text = (tmp_path / "robot-002" / "arm1.csv").read_bytes()
         assert text == (",".join(header) + "\n").encode() + format_records(values)
         assert robot_seed(5, "robot-001") != robot_seed(5, "robot-002")
+
+
+class TestFormatting:
+    def test_vectorised_records_equal_printf_formatting(self) -> None:
+        """format_records writes exactly what "%.3f,%d,…" % row gives, signs and zeros included."""
+        _, values, _ = simulate_history("robot-001", 3000, RATE, seed=3)
+        odd = values[:3].copy()
+        odd[0, 2:] = 0.0
+        odd[1, 14:20] = [-0.01, -123.45, 0.5, -0.5, 99.99, -99.99]
+        odd[2, 0] = 9.999
+        rows = np.concatenate([values, odd])
+        row = ",".join(["%.3f", "%d", *["%.3f"] * 6, *["%.2f"] * 12, "%.3f"]) + "\n"
+        assert format_records(rows) == "".join(row % tuple(r) for r in rows.tolist()).encode()
+
+    def test_vectorised_truth_equals_line_by_line_formatting(self) -> None:
+        """format_truth matches a plain per-row rendering, with rul_s empty where no failure is ahead."""
+        _, truth = _one_fault("collision")
+        expected = b"".join(
+            b"%.3f,robot-t,%s,%s,%.4f,%d,%s\n"
+            % (ts, MODES[m].encode(), COMPONENTS[MODES[m]].encode(), h, f, b"" if r != r else b"%.3f" % r)
+            for ts, m, h, f, r in zip(
+                truth.timestamps.tolist(),
+                truth.mode.tolist(),
+                truth.health.tolist(),
+                truth.failure.tolist(),
+                truth.rul_s.tolist(),
+                strict=True,
+            )
+        )
+        text = format_truth(truth)
+        assert text == expected
+        assert text.endswith(b",healthy,,1.0000,0,\n")
 
 
 class TestSignatures:
