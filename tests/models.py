@@ -73,7 +73,10 @@ def write_linear_model(
     sha, length = file_sha256(directory / "model.onnx")
     warning, critical, clear = thresholds
     golden_x = tuple(float(i) / 10 for i in range(spec.n_features))
-    golden_y = tuple(float(np.float32(np.dot(np.float32(golden_x), weights[:, i].astype(np.float32)))) for i in range(len(heads)))
+    golden_y = tuple(
+        float(np.float32(np.dot(np.float32(golden_x), weights[:, i].astype(np.float32))))
+        for i in range(len(heads))
+    )
     manifest = ModelManifest(
         model_id=model_id,
         version=version,
@@ -82,7 +85,9 @@ def write_linear_model(
         feature_spec=spec,
         feature_spec_hash=spec.spec_hash(),
         feature_names=names,
-        onnx=OnnxInterface(input_name="features", input_shape=(None, spec.n_features), outputs=("score",), opset=17),
+        onnx=OnnxInterface(
+            input_name="features", input_shape=(None, spec.n_features), outputs=("score",), opset=17
+        ),
         heads=tuple(
             AlertHead(
                 output="score",

@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
 
 
 def free_port() -> int:
@@ -61,11 +63,14 @@ class Broker:
         self.config_path.write_text(
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            # mosquitto started as root drops to user "mosquitto", which cannot write the test's
+            # directory: it would then persist nothing, silently (reliability-anchors §2.2).
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
             f"log_dest file {self.log_path}\nlog_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_config}\n"
         )
-        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, test-owned config
+        self.process = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -1,0 +1,283 @@
+"""The agent daemon: startup → tick loop → graceful shutdown.
+
+One thread does the pipeline work (uvicorn's shape): each tick waits for file
+activity (or the safety-net poll period), reads every stream's new lines,
+scores them, and commits the streams' positions together with the resulting
+outbox rows in one SQLite transaction; then it hands pending outbox rows to the
+transport, swaps in a newer verified model between windows, sends heartbeats,
+and feeds the systemd watchdog, so the watchdog stops being fed when the loop
+stalls.
+
+Commit rule: a tick that produced outbox rows commits at once (alerts are not
+held back); a tick without rows commits at most every
+``ingest.checkpoint_interval_s``. After a crash, whatever was read after the last
+commit is read again and, being deterministic, yields the same event ids.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import structlog
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef
+from agent.contract.manifest import ModelManifest
+from agent.contract.topics import RobotTopics
+from agent.errors import ConfigError
+from agent.ingest import Quarantine, StreamFollower
+from agent.model_slot import ModelSlot
+from agent.outbox import Outbox
+from agent.pipeline import StreamPipeline
+from agent.policy import AlertPolicy
+from agent.publish import Delivery, MqttTransport, telemetry
+from agent.scoring import OnnxScorer
+from agent.sdnotify import Notifier
+from agent.seams import Clock, OutboundMessage, SystemClock, Transport
+from agent.state import StateStore
+
+log = structlog.get_logger("robotpm.agent")
+
+QUARANTINE_FILE = "quarantine.jsonl"
+
+
+@dataclass(slots=True)
+class _Stream:
+    pipeline: StreamPipeline
+    follower: StreamFollower
+    caught_up: bool = False
+
+
+class AgentDaemon:
+    """The running agent. Build it, then `run` it until a stop event is set."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.topics = RobotTopics(config.site, config.robot_id)
+        self.notifier = notifier or Notifier.from_env()
+        self._transport_arg = transport
+        self._wakeup = threading.Event()
+        self._streams: list[_Stream] = []
+        self._last_commit = 0.0
+        self._last_heartbeat = 0.0
+        self._last_model_check = 0.0
+        self._last_watchdog = 0.0
+        self._started_at = 0.0
+        self._dirty = False
+        self.store: StateStore | None = None
+        self.outbox: Outbox | None = None
+        self.delivery: Delivery | None = None
+        self.transport: Transport | None = None
+        self.slot = ModelSlot(config.model)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Open state, load the model, restore and start every stream, connect the transport."""
+        cfg = self.config
+        for i, stream in enumerate(cfg.streams):
+            if not stream.directory.is_dir():
+                raise ConfigError(
+                    "config", f"agent.streams[{i}].directory", f"no such directory: {stream.directory}"
+                )
+        self._started_at = self.clock.monotonic()
+        scorer = self.slot.load_initial()
+        self.notifier.status(f"model {scorer.manifest.label} loaded")
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = StateStore.in_dir(cfg.state_dir)
+        self.outbox = Outbox(self.store, cfg.outbox, self.clock)
+        quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
+        for stream in cfg.streams:
+            policy = AlertPolicy(
+                scorer.manifest,
+                cfg.policy,
+                robot_id=stream.robot_id or cfg.robot_id,
+                site=cfg.site,
+                stream=stream.name,
+                agent_version=__version__,
+                clock=self.clock,
+            )
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine)
+            follower = StreamFollower(stream, cfg.ingest, self._wakeup)
+            saved = self.store.load_stream_state(stream.name)
+            pipeline.restore(saved.get("pipeline") if saved else None)
+            follower.restore(saved.get("follower") if saved else None)
+            self._streams.append(_Stream(pipeline, follower))
+        self.transport = self._transport_arg or MqttTransport(
+            cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
+        )
+        self.delivery = Delivery(self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight)
+        self.transport.start()
+        for s in self._streams:
+            s.follower.start()
+        self._enqueue([self._model_status(scorer.manifest)])
+        self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
+        log.info(
+            "agent_started",
+            robot=cfg.robot_id,
+            site=cfg.site,
+            streams=[s.pipeline.name for s in self._streams],
+            model=scorer.manifest.label,
+            version=__version__,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Run ticks until `stop` is set, then shut down gracefully."""
+        self.startup()
+        try:
+            while not stop.is_set():
+                self.tick(self.config.ingest.poll_interval_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Commit, flush what the broker will take within a moment, say offline, and close."""
+        self.notifier.stopping()
+        self._commit(force=True)
+        for s in self._streams:
+            s.follower.close()
+        if self.delivery is not None and self.transport is not None:
+            deadline = time.monotonic() + 2.0
+            while self.outbox is not None and self.outbox.depth() and time.monotonic() < deadline:
+                self.delivery.pump()
+                if not self.transport.connected:
+                    break
+                time.sleep(0.01)
+            self.delivery.pump()
+            offline = telemetry.presence(
+                self.config.robot_id,
+                self.config.site,
+                "offline",
+                __version__,
+                since=self.clock.wall(),
+                reason="stopped",
+            )
+            self.transport.stop([telemetry.presence_message(self.topics, offline)])
+        if self.store is not None:
+            self.store.close()
+        log.info("agent_stopped", robot=self.config.robot_id)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def tick(self, timeout_s: float) -> int:
+        """One turn of the loop; returns how many lines were read."""
+        self._wakeup.wait(timeout_s)
+        self._wakeup.clear()
+        lines = 0
+        events: list[AlertEvent] = []
+        max_bytes = self.config.ingest.read_chunk_bytes
+        for s in self._streams:
+            blocks = s.follower.read(max_bytes)
+            if not blocks:
+                s.caught_up = True
+                continue
+            size = sum(len(b.data) for b in blocks)
+            replayed = not s.caught_up
+            before = s.pipeline.counters.lines
+            events.extend(s.pipeline.process(blocks, replayed=replayed))
+            lines += s.pipeline.counters.lines - before
+            self._dirty = True
+            if size < max_bytes:
+                s.caught_up = True
+            else:
+                self._wakeup.set()  # more is waiting: come straight back
+        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        self._commit(force=bool(messages), messages=messages)
+        assert self.delivery is not None
+        self.delivery.pump()
+        now = self.clock.monotonic()
+        if now - self._last_model_check >= self.config.model.check_interval_s:
+            self._last_model_check = now
+            self._maybe_swap_model()
+        if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
+            self._last_heartbeat = now
+            self._enqueue([self._heartbeat()])
+        interval = self.notifier.watchdog_interval_s
+        if interval is not None and now - self._last_watchdog >= interval / 2:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+        return lines
+
+    def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
+        now = self.clock.monotonic()
+        if not messages and not (self._dirty and (force or now - self._last_commit >= self._interval)):
+            return
+        assert self.store is not None
+        assert self.outbox is not None
+        with self.store.transaction() as conn:
+            for s in self._streams:
+                state = {"pipeline": s.pipeline.state(), "follower": s.follower.state()}
+                StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
+            if messages:
+                self.outbox.enqueue(conn, messages)
+        self._last_commit = now
+        self._dirty = False
+
+    @property
+    def _interval(self) -> float:
+        return self.config.ingest.checkpoint_interval_s
+
+    def _enqueue(self, messages: Sequence[OutboundMessage]) -> None:
+        assert self.store is not None
+        assert self.outbox is not None
+        with self.store.transaction() as conn:
+            self.outbox.enqueue(conn, messages)
+
+    def _maybe_swap_model(self) -> None:
+        candidate: OnnxScorer | None = self.slot.poll()
+        if candidate is None:
+            return
+        started = time.perf_counter()
+        for s in self._streams:
+            s.pipeline.use_scorer(candidate)
+        self.slot.accept(candidate)
+        self._enqueue([self._model_status(candidate.manifest)])
+        self.notifier.status(f"model {candidate.manifest.label} live")
+        log.info(
+            "model_live",
+            model=candidate.manifest.label,
+            swap_ms=round((time.perf_counter() - started) * 1e3, 3),
+        )
+
+    def _model_status(self, manifest: ModelManifest) -> OutboundMessage:
+        return telemetry.model_status_message(
+            self.topics, self.config.robot_id, self.config.site, manifest, since=self.clock.wall()
+        )
+
+    def _heartbeat(self) -> OutboundMessage:
+        assert self.outbox is not None
+        counters = [s.pipeline.counters for s in self._streams]
+        manifest = self.slot.current.manifest
+        record = Heartbeat(
+            robot_id=self.config.robot_id,
+            site=self.config.site,
+            sent_at=datetime.fromtimestamp(self.clock.wall(), tz=timezone.utc),
+            uptime_s=round(self.clock.monotonic() - self._started_at, 3),
+            lines=sum(c.lines for c in counters),
+            windows=sum(c.windows for c in counters),
+            alerts=sum(c.alerts for c in counters),
+            quarantined=sum(c.quarantined for c in counters),
+            outbox_depth=self.outbox.depth(),
+            outbox_oldest_age_s=self.outbox.oldest_age_s(),
+            model=ModelRef(id=manifest.model_id, version=manifest.version),
+            agent_version=__version__,
+        )
+        return telemetry.heartbeat_message(self.topics, record)
+
+    @property
+    def streams(self) -> list[StreamPipeline]:
+        """The stream pipelines (for status and tests)."""
+        return [s.pipeline for s in self._streams]

@@ -1,0 +1,192 @@
+"""The daemon end to end without a broker: log lines in, alert events out of the in-memory transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig, StreamConfig
+from agent.daemon import AgentDaemon
+from agent.publish import InMemoryTransport
+from agent.seams import ManualClock
+from tests.models import write_linear_model
+
+HEADER = "ts,J1,T1\n"
+
+
+def make_config(tmp_path: Path, **ingest: object) -> AgentConfig:
+    logs = tmp_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    write_linear_model(tmp_path / "bundled", version=1)
+    return AgentConfig(
+        robot_id="r1",
+        site="lab",
+        state_dir=tmp_path / "state",
+        streams=(
+            StreamConfig(
+                name="arm1",
+                directory=logs,
+                timestamp_field="ts",
+                channels={"J1": "j1_current", "T1": "j1_temp"},
+            ),
+        ),
+        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled", check_interval_s=0.01),
+        ingest=IngestConfig(watch="poll", poll_interval_s=0.01, **ingest),  # type: ignore[arg-type]
+        policy=PolicyConfig(on_delay_windows=2, off_delay_windows=2),
+        heartbeat_interval_s=3600,
+    )
+
+
+def lines(start: int, currents: list[float]) -> str:
+    return "".join(f"{start + i}.0,{c},40.0\n" for i, c in enumerate(currents))
+
+
+# healthy, then a fault (current 1.0 → score 1.0 > critical 0.8), then healthy again
+PROFILE = [0.1] * 12 + [1.0] * 12 + [0.1] * 16
+
+
+class Harness:
+    """Runs a daemon tick by tick against an in-memory transport."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.transport = InMemoryTransport()
+        self.clock = ManualClock()
+        self.daemon = AgentDaemon(config, transport=self.transport, clock=self.clock)
+        self.daemon.startup()
+
+    def settle(self, ticks: int = 30) -> None:
+        for _ in range(ticks):
+            self.daemon.tick(0.01)
+            self.clock.advance(0.05)
+
+    def alerts(self) -> list[dict[str, object]]:
+        return [json.loads(m.payload) for m in self.transport.messages("alert")]
+
+    def close(self) -> None:
+        self.daemon.shutdown()
+
+
+@pytest.fixture(name="config")
+def _config(tmp_path: Path) -> AgentConfig:
+    return make_config(tmp_path)
+
+
+@pytest.fixture(name="harness")
+def _harness(config: AgentConfig) -> Iterator[Harness]:
+    harness = Harness(config)
+    yield harness
+    harness.close()
+
+
+def write(config: AgentConfig, text: str, name: str = "arm1.csv") -> None:
+    path = config.streams[0].directory / name
+    new = not path.exists()
+    with path.open("a") as handle:
+        if new:
+            handle.write(HEADER)
+        handle.write(text)
+
+
+class TestAlertsFromLogLines:
+    def test_a_fault_in_the_log_raises_then_clears_one_alert(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """A stretch of high current raises one alert (critical) and clears it once current is back down."""
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        alerts = harness.alerts()
+        states = [a["state"] for a in alerts]
+        assert "raised" == states[0]
+        assert "cleared" == states[-1]
+        assert 1 == states.count("raised")
+        assert {a["alert_id"] for a in alerts} == {alerts[0]["event_id"]}
+        assert ("joint1", "overcurrent") == (alerts[0]["component"], alerts[0]["failure_mode"])
+
+    def test_an_alert_names_its_window_source_and_model(self, harness: Harness, config: AgentConfig) -> None:
+        """The raise points at the log file, byte range and window, and names the model version."""
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        raised = harness.alerts()[0]
+        window = raised["window"]
+        assert isinstance(window, dict)
+        assert str(config.streams[0].directory / "arm1.csv") == window["source_file"]
+        assert window["byte_start"] < window["byte_end"]
+        assert {"id": "test-linear", "version": 1} == raised["model"]
+        assert raised["top_features"], "every alert explains itself"
+
+    def test_bad_lines_are_quarantined_and_the_stream_goes_on(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Garbage between good lines lands in quarantine with its reason; alerts still come."""
+        good = lines(0, PROFILE).splitlines(keepends=True)
+        text = "".join(good[:10]) + "oops,not,numbers\n" + "5,\x00\x00,1\n" + "".join(good[10:])
+        write(config, text)
+        harness.settle()
+        quarantined = [
+            json.loads(x) for x in (config.state_dir / "quarantine.jsonl").read_text().splitlines()
+        ]
+        assert 2 == len(quarantined)
+        assert {"bad_timestamp", "binary"} == {q["reason"] for q in quarantined}
+        assert "raised" in [a["state"] for a in harness.alerts()]
+
+
+class TestRestarts:
+    def test_a_restart_mid_stream_yields_exactly_the_ids_of_an_uninterrupted_run(
+        self, tmp_path: Path
+    ) -> None:
+        """Stopping after half the lines and restarting gives the same alert ids as one uninterrupted run."""
+        one = make_config(tmp_path / "one")
+        write(one, lines(0, PROFILE))
+        uninterrupted = Harness(one)
+        uninterrupted.settle()
+        expected = [a["event_id"] for a in uninterrupted.alerts()]
+        uninterrupted.close()
+
+        two = make_config(tmp_path / "two")
+        two_lines = lines(0, PROFILE).splitlines(keepends=True)
+        write(two, "".join(two_lines[:17]) + two_lines[17][:3])  # a partial line at the cut
+        first = Harness(two)
+        first.settle()
+        got = [a["event_id"] for a in first.alerts()]
+        first.close()
+        write(two, two_lines[17][3:] + "".join(two_lines[18:]))
+        second = Harness(two)
+        second.settle()
+        got += [a["event_id"] for a in second.alerts()]
+        second.close()
+        assert expected == got
+        assert len(expected) >= 2
+
+
+class TestModelSwap:
+    def test_a_newer_model_in_the_store_is_swapped_in_without_restart(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Version 2 written into the store scores the later alerts; the earlier ones keep version 1."""
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        write_linear_model(config.model.directory / "v2", version=2)
+        harness.settle(5)
+        write(config, lines(100, PROFILE))
+        harness.settle()
+        versions = [a["model"]["version"] for a in harness.alerts()]  # type: ignore[index]
+        assert 1 == versions[0]
+        assert 2 == versions[-1]
+        assert 2 == harness.daemon.slot.current.manifest.version
+        statuses = [json.loads(m.payload) for m in harness.transport.messages("model")]
+        assert 2 == statuses[-1]["model"]["version"]
+
+    def test_a_corrupt_newer_model_is_refused_and_the_old_one_keeps_scoring(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """A version 2 with a broken model file is refused; alerts keep coming from version 1."""
+        write_linear_model(config.model.directory / "v2", version=2)
+        (config.model.directory / "v2" / "model.onnx").write_bytes(b"garbage")
+        harness.settle(5)
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert {1} == {a["model"]["version"] for a in harness.alerts()}  # type: ignore[index]
