@@ -137,6 +137,9 @@ class TestUnits:
         assert timer["Persistent"] == ["true"]
         assert timer["OnCalendar"]
         assert service["Type"] == ["oneshot"]
+        assert service["ExecStart"][0].startswith(
+            "/usr/bin/robotpm-train --config /etc/robotpm/config.toml --profile prod --db "
+        )
 
 
 def _settings(path: Path) -> dict[str, list[str]]:
