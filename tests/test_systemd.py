@@ -164,9 +164,12 @@ def _notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
 
 
 class TestNotifier:
-    def test_notifications_arrive_as_datagrams(self, tmp_path: Path, notify_socket: socket.socket) -> None:
+    def test_notifications_arrive_as_datagrams(
+        self, tmp_path: Path, notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """ready, status, watchdog, extend_timeout and stopping each send one datagram in systemd's format."""
-        notifier = Notifier.from_env({"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        notifier = Notifier.from_env()
         try:
             assert notifier.ready("scoring 1 stream")
             assert notifier.status("model 3 live")
