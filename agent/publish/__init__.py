@@ -4,6 +4,7 @@ from agent.publish.delivery import Delivery
 from agent.publish.memory import InMemoryTransport, SentMessage
 from agent.publish.mqtt import MqttTransport, read_credentials, tls_context
 from agent.publish.telemetry import (
+    ModelStatus,
     alert_message,
     heartbeat_message,
     heartbeat_record,
@@ -16,6 +17,7 @@ from agent.publish.telemetry import (
 __all__ = [
     "Delivery",
     "InMemoryTransport",
+    "ModelStatus",
     "MqttTransport",
     "SentMessage",
     "alert_message",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef, Presence
 from agent.contract.manifest import ModelManifest
@@ -15,7 +17,7 @@ from agent.seams import OutboundMessage
 if TYPE_CHECKING:
     from agent.outbox import Outbox
 
-MODEL_STATUS_SCHEMA_VERSION = "1.0"
+MODEL_STATUS_SCHEMA_VERSION: Literal["1.0"] = "1.0"
 
 
 def alert_message(topics: RobotTopics, event: AlertEvent) -> OutboundMessage:
@@ -112,6 +114,23 @@ def heartbeat_record(
     )
 
 
+class ModelStatus(BaseModel):
+    """Retained on ``…/<robot>/model``: the model a robot runs, and since when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    schema_version: Literal["1.0"] = MODEL_STATUS_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    state: Literal["active", "probation", "rolled_back", "rejected"] = "active"
+    model: ModelRef
+    feature_spec_hash: str
+    sha256: str
+    channel: str
+    since: datetime | None = None
+    detail: str = ""
+
+
 def model_status(
     robot_id: str,
     site: str,
@@ -121,19 +140,21 @@ def model_status(
     since: float | None = None,
     detail: str = "",
 ) -> dict[str, Any]:
-    """The retained model status payload: which model the robot runs, and since when."""
-    return {
-        "schema_version": MODEL_STATUS_SCHEMA_VERSION,
-        "robot_id": robot_id,
-        "site": site,
-        "state": state,
-        "model": ModelRef(id=manifest.model_id, version=manifest.version).model_dump(),
-        "feature_spec_hash": manifest.feature_spec_hash,
-        "sha256": manifest.sha256,
-        "channel": manifest.channel,
-        "since": None if since is None else datetime.fromtimestamp(since, tz=timezone.utc).isoformat(),
-        "detail": detail,
-    }
+    """The retained model status payload (a `ModelStatus` as JSON data)."""
+    record = ModelStatus.model_validate(
+        {
+            "robot_id": robot_id,
+            "site": site,
+            "state": state,
+            "model": ModelRef(id=manifest.model_id, version=manifest.version),
+            "feature_spec_hash": manifest.feature_spec_hash,
+            "sha256": manifest.sha256,
+            "channel": manifest.channel,
+            "since": None if since is None else datetime.fromtimestamp(since, tz=timezone.utc),
+            "detail": detail,
+        }
+    )
+    return record.model_dump(mode="json")
 
 
 def model_status_message(

@@ -1,0 +1,108 @@
+"""JSON Schema files of every payload the agent publishes, generated from the pydantic models.
+
+The files in this directory are committed so subscribers can validate payloads
+without Python; ``python -m agent.schemas`` regenerates them and
+``python -m agent.schemas --check`` fails when they are stale (a test runs it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel
+
+from agent.contract.alerts import AlertEvent, Heartbeat, Presence
+from agent.contract.manifest import ModelManifest
+from agent.publish.telemetry import ModelStatus
+
+SCHEMA_DIR: Final = Path(__file__).resolve().parent
+DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
+@dataclass(frozen=True)
+class SchemaSpec:
+    """One schema file: its name, its model and where the payload travels."""
+
+    name: str
+    model: type[BaseModel]
+    topic: str
+    description: str
+
+
+SCHEMAS: Final = (
+    SchemaSpec(
+        "alert-event",
+        AlertEvent,
+        "robotpm/v1/<site>/<robot>/alerts",
+        "One event of an alert's life cycle (raised, updated, cleared). QoS 1, not retained; "
+        "delivered at least once: de-duplicate by event_id.",
+    ),
+    SchemaSpec(
+        "presence",
+        Presence,
+        "robotpm/v1/<site>/<robot>/status",
+        "Retained presence. 'online' on every connect; 'offline' as the last will and before a clean stop.",
+    ),
+    SchemaSpec(
+        "heartbeat",
+        Heartbeat,
+        "robotpm/v1/<site>/<robot>/heartbeat",
+        "Periodic counters of the agent. QoS 1, retained (the latest).",
+    ),
+    SchemaSpec(
+        "model-status",
+        ModelStatus,
+        "robotpm/v1/<site>/<robot>/model",
+        "Retained: the model the robot runs, and since when.",
+    ),
+    SchemaSpec(
+        "model-manifest",
+        ModelManifest,
+        "manifest.json beside model.onnx (not an MQTT payload)",
+        "The contract of one model version, written by the trainer and read by the agent.",
+    ),
+)
+
+
+def schema_of(spec: SchemaSpec) -> dict[str, Any]:
+    """The JSON Schema (2020-12) of one payload, as published on the wire."""
+    body = spec.model.model_json_schema(mode="serialization")
+    version = spec.model.model_fields["schema_version"].default
+    return {
+        "$schema": DIALECT,
+        "$id": f"urn:robotpm:schema:{spec.name}:{version}",
+        "x-robotpm-topic": spec.topic,
+        **{k: v for k, v in body.items() if k != "description"},
+        "description": spec.description,
+    }
+
+
+def render() -> dict[str, str]:
+    """File name → text of every schema file."""
+    return {
+        f"{spec.name}.schema.json": json.dumps(schema_of(spec), indent=2, ensure_ascii=False) + "\n"
+        for spec in SCHEMAS
+    }
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Write every schema file into `directory`; returns the paths written."""
+    written = []
+    for name, text in render().items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def stale(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of schema files that are missing or differ from a fresh generation."""
+    out = []
+    for name, text in render().items():
+        path = directory / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            out.append(name)
+    return out
