@@ -206,7 +206,7 @@ class AgentDaemon:
             self._last_heartbeat = now
             self._enqueue([self._heartbeat()])
         interval = self.notifier.watchdog_interval_s
-        if interval is not None and now - self._last_watchdog >= interval / 2:
+        if interval is not None and now - self._last_watchdog >= interval:  # already half WatchdogSec
             self._last_watchdog = now
             self.notifier.watchdog()
         return lines
