@@ -173,12 +173,24 @@ class Outbox:
         ]
 
     def delete(self, ids: Sequence[int]) -> int:
-        """Delete acknowledged rows in one transaction; returns how many existed."""
+        """Delete acknowledged rows in one transaction; returns how many existed.
+
+        Deletes commit with ``synchronous=NORMAL`` (no fsync of their own; the next
+        FULL commit or checkpoint makes them durable). A delete lost to a power cut
+        only means the row is published again: a duplicate with the same key, which
+        at-least-once delivery allows. An fsync per PUBACK batch would cap catch-up
+        at a few hundred batches per second.
+        """
         if not ids:
             return 0
-        with self._store.transaction() as conn:
-            cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
-            return max(0, cursor.rowcount)
+        raw = self._store.connection
+        raw.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._store.transaction() as conn:
+                cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                return max(0, cursor.rowcount)
+        finally:
+            raw.execute("PRAGMA synchronous=FULL")
 
     def depth(self) -> int:
         """Rows waiting for an acknowledgement."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import struct
 import threading
@@ -32,10 +31,6 @@ from tests.mosquitto import Broker, require_mosquitto
 
 Decision = Literal["ack", "drop", "ignore"]
 
-# Run as root, mosquitto drops to user "mosquitto", which cannot write a test's private
-# workdir: no log and no persistence across restarts. Keep root for brokers we restart.
-KEEP_USER_CONFIG = "user root\n" if os.geteuid() == 0 else ""
-
 
 class BrokerPool:
     """Makes real mosquitto brokers with extra config and stops every one of them at the end.
@@ -49,10 +44,10 @@ class BrokerPool:
         self._made: list[Broker] = []
 
     def make(self, name: str, extra_config: str = "", port: int | None = None) -> Broker:
-        """A broker (not started) in ``<root>/<name>``; it keeps root privileges when run as root."""
+        """A broker (not started) in ``<root>/<name>``."""
         require_mosquitto()
         kwargs: dict[str, Any] = {} if port is None else {"port": port}
-        broker = Broker(workdir=self._root / name, extra_config=KEEP_USER_CONFIG + extra_config, **kwargs)
+        broker = Broker(workdir=self._root / name, extra_config=extra_config, **kwargs)
         self._made.append(broker)
         return broker
 
