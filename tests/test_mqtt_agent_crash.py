@@ -1,0 +1,192 @@
+"""The real agent, SIGKILLed during a broker outage and restarted: no alert is missing.
+
+A reference agent reads the same log without interruption; the crashed one must
+deliver the same alert events (same windows, states and severities), and any
+duplicates repeat an event_id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_broker import Collector
+from tests.models import write_linear_model
+from tests.mosquitto import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+
+CONFIG = """
+[agent]
+robot_id = "{robot}"
+site = "crash"
+state_dir = "state"
+heartbeat_interval_s = 0.5
+log_format = "json"
+[agent.model]
+directory = "store"
+bundled = "bundled"
+[agent.mqtt]
+port = {port}
+keepalive_s = 5
+reconnect_min_s = 1
+reconnect_max_s = 1
+[agent.ingest]
+watch = "poll"
+poll_interval_s = 0.02
+[agent.policy]
+on_delay_windows = 2
+off_delay_windows = 2
+[[agent.streams]]
+name = "arm1"
+directory = "logs"
+timestamp_field = "ts"
+[agent.streams.channels]
+J1 = "j1_current"
+T1 = "j1_temp"
+"""
+
+CYCLES = 30  # each cycle: 10 high lines (raise), 10 low lines (clear)
+
+
+def lines(start_cycle: int, end_cycle: int) -> str:
+    out = []
+    for cycle in range(start_cycle, end_cycle):
+        for i in range(20):
+            n = cycle * 20 + i
+            out.append(f"{n}.0,{1.0 if i < 10 else 0.1},40.0\n")
+    return "".join(out)
+
+
+class Agent:
+    """One agent process in its own directory."""
+
+    def __init__(self, root: Path, robot: str, port: int) -> None:
+        self.root = root
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        write_linear_model(root / "bundled")
+        (root / "config.toml").write_text(CONFIG.format(robot=robot, port=port))
+        self.log = root / "logs" / "arm1.csv"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
+        with (self.root / "agent.out").open("ab") as out:
+            self.process = subprocess.Popen(  # our own interpreter and module
+                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.root / "config.toml")],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def append(self, text: str) -> None:
+        new = not self.log.exists()
+        with self.log.open("a") as handle:
+            if new:
+                handle.write("ts,J1,T1\n")
+            handle.write(text)
+
+    def outbox_alerts(self) -> int:
+        db = self.root / "state" / "agent.db"
+        if not db.exists():
+            return 0
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'alert'").fetchone()[0])
+        except sqlite3.Error:
+            return 0
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+def episodes(sub: Collector, robot: str) -> list[tuple[int, str, str | None]]:
+    return [
+        (m.json()["window"]["index"], m.json()["state"], m.json()["severity"])
+        for m in sub.on("/alerts")
+        if m.json()["robot_id"] == robot
+    ]
+
+
+def ids(sub: Collector, robot: str) -> list[str]:
+    return [m.json()["event_id"] for m in sub.on("/alerts") if m.json()["robot_id"] == robot]
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(name="agents")
+def _agents(tmp_path: Path) -> Iterator[list[Agent]]:
+    made: list[Agent] = []
+    yield made
+    for agent in made:
+        if agent.process is not None and agent.process.poll() is None:
+            agent.stop(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
+    tmp_path: Path, broker: Broker, agents: list[Agent]
+) -> None:
+    """SIGKILL while alerts wait in the outbox during an outage; after restart missing = 0."""
+    with Collector(broker.port, ("robotpm/v1/+/+/alerts",), client_id="crash-observer") as sub:
+        reference = Agent(tmp_path / "reference", "ref-robot", broker.port)
+        agents.append(reference)
+        reference.append(lines(0, CYCLES))
+        reference.start()
+        expected_count = 2 * CYCLES
+        wait_until(lambda: len(episodes(sub, "ref-robot")) >= expected_count, 60, "the reference alerts")
+        assert 0 == reference.stop()
+
+        crashed = Agent(tmp_path / "crashed", "crash-robot", broker.port)
+        agents.append(crashed)
+        crashed.start()
+        wait_until(
+            lambda: crashed.outbox_alerts() == 0 and (crashed.root / "state" / "agent.db").exists(),
+            20,
+            "start",
+        )
+        time.sleep(1.0)
+        broker.stop()  # the outage begins (SIGTERM: the observer's session is saved)
+        crashed.append(lines(0, CYCLES // 2))
+        wait_until(lambda: crashed.outbox_alerts() >= CYCLES // 2, 30, "alerts waiting in the outbox")
+        assert -signal.SIGKILL == crashed.stop(signal.SIGKILL)
+        crashed.append(lines(CYCLES // 2, CYCLES))  # more lines arrive while the agent is down
+        broker.start()
+        crashed.start()
+        wait_until(
+            lambda: len(set(ids(sub, "crash-robot"))) >= expected_count, 60, "the crashed robot's alerts"
+        )
+        time.sleep(0.5)  # let any duplicate arrive before counting
+        assert 0 == crashed.stop()
+
+        want = sorted(set(episodes(sub, "ref-robot")))
+        got = episodes(sub, "crash-robot")
+        received_ids = ids(sub, "crash-robot")
+    assert expected_count == len(want)
+    assert [] == sorted(set(want) - set(got)), "missing alert events"
+    assert [] == sorted(set(got) - set(want)), "unexpected alert events"
+    duplicates = Counter(received_ids) - Counter(set(received_ids))
+    print(
+        f"received {len(received_ids)}, distinct {len(set(received_ids))}, duplicates {sum(duplicates.values())}"
+    )
+    assert len(got) - len(set(got)) == sum(duplicates.values()), "duplicates only repeat event ids"
