@@ -121,6 +121,11 @@ def episodes(sub: Collector, robot: str) -> list[tuple[int, str, str | None]]:
     ]
 
 
+def online(sub: Collector, robot: str) -> bool:
+    states = [m.json()["state"] for m in sub.on("/status") if m.json()["robot_id"] == robot]
+    return bool(states) and states[-1] == "online"
+
+
 def ids(sub: Collector, robot: str) -> list[str]:
     return [m.json()["event_id"] for m in sub.on("/alerts") if m.json()["robot_id"] == robot]
 
@@ -148,7 +153,9 @@ def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
     tmp_path: Path, broker: Broker, agents: list[Agent]
 ) -> None:
     """SIGKILL while alerts wait in the outbox during an outage; after restart missing = 0."""
-    with Collector(broker.port, ("robotpm/v1/+/+/alerts",), client_id="crash-observer") as sub:
+    with Collector(
+        broker.port, ("robotpm/v1/+/+/alerts", "robotpm/v1/+/+/status"), client_id="crash-observer"
+    ) as sub:
         reference = Agent(tmp_path / "reference", "ref-robot", broker.port)
         agents.append(reference)
         reference.append(lines(0, CYCLES))
@@ -160,12 +167,7 @@ def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
         crashed = Agent(tmp_path / "crashed", "crash-robot", broker.port)
         agents.append(crashed)
         crashed.start()
-        wait_until(
-            lambda: crashed.outbox_alerts() == 0 and (crashed.root / "state" / "agent.db").exists(),
-            20,
-            "start",
-        )
-        time.sleep(1.0)
+        wait_until(lambda: online(sub, "crash-robot"), 20, "the agent online")
         broker.stop()  # the outage begins (SIGTERM: the observer's session is saved)
         crashed.append(lines(0, CYCLES // 2))
         wait_until(lambda: crashed.outbox_alerts() >= CYCLES // 2, 30, "alerts waiting in the outbox")
@@ -186,7 +188,4 @@ def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
     assert [] == sorted(set(want) - set(got)), "missing alert events"
     assert [] == sorted(set(got) - set(want)), "unexpected alert events"
     duplicates = Counter(received_ids) - Counter(set(received_ids))
-    print(
-        f"received {len(received_ids)}, distinct {len(set(received_ids))}, duplicates {sum(duplicates.values())}"
-    )
     assert len(got) - len(set(got)) == sum(duplicates.values()), "duplicates only repeat event ids"
