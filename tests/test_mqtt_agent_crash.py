@@ -189,3 +189,20 @@ def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
     assert [] == sorted(set(got) - set(want)), "unexpected alert events"
     duplicates = Counter(received_ids) - Counter(set(received_ids))
     assert len(got) - len(set(got)) == sum(duplicates.values()), "duplicates only repeat event ids"
+
+
+def test_retained_status_reads_offline_within_one_and_a_half_keepalives_after_sigkill(
+    tmp_path: Path, broker: Broker, agents: list[Agent]
+) -> None:
+    """The real agent, killed with SIGKILL: its last will marks it offline within 1.5 x keepalive (5 s)."""
+    with Collector(broker.port, ("robotpm/v1/+/+/status",), client_id="lwt-observer") as sub:
+        agent = Agent(tmp_path / "lwt", "lwt-robot", broker.port)
+        agents.append(agent)
+        agent.start()
+        wait_until(lambda: online(sub, "lwt-robot"), 20, "the agent online")
+        agent.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        wait_until(lambda: not online(sub, "lwt-robot"), 1.5 * 5, "the retained offline")
+        last = [m for m in sub.on("/status") if m.json()["robot_id"] == "lwt-robot"][-1]
+    assert last.at - killed <= 1.5 * 5
+    assert ("offline", "connection lost (last will)") == (last.json()["state"], last.json()["reason"])
