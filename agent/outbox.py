@@ -37,6 +37,8 @@ from agent.seams import Clock, MessageKind, OutboundMessage
 from agent.state import StateStore
 
 _REPLACE_KINDS: Final = frozenset({"status", "model"})
+_KINDS: Final[tuple[MessageKind, ...]] = ("alert", "status", "heartbeat", "model", "drift")
+_EXPIRE_EVERY_S: Final = 1.0
 
 _DDL: Final = (
     """
@@ -99,6 +101,7 @@ class Outbox:
         self._store = store
         self._config = config
         self._clock = clock
+        self._next_expire = 0.0
         try:
             store.migrate(*_DDL)
         except sqlite3.Error as exc:
@@ -222,16 +225,17 @@ class Outbox:
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def _enforce(self, conn: sqlite3.Connection, now: float, *, new_alert_bytes: bool) -> None:
-        self._expire(conn, now)
+        mono = self._clock.monotonic()
+        if mono >= self._next_expire:
+            self._next_expire = mono + _EXPIRE_EVERY_S
+            self._expire(conn, now)
         total = int(conn.execute("SELECT bytes FROM outbox_totals WHERE one = 1").fetchone()[0])
         limit = self._config.max_bytes
         if total <= limit:
             return
         # Telemetry first, oldest first, in chunks until under the budget.
         while total > limit:
-            victims = conn.execute(
-                "SELECT id, kind, size FROM outbox WHERE kind != 'alert' ORDER BY id LIMIT 256"
-            ).fetchall()
+            victims = self._oldest_telemetry(conn, 256)
             if not victims:
                 break
             chosen: list[tuple[int, str]] = []
@@ -246,22 +250,47 @@ class Outbox:
         if total > limit and new_alert_bytes:
             _count(conn, "alert:over_budget")
 
+    @staticmethod
+    def _oldest_telemetry(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str, int]]:
+        """The `limit` oldest non-alert rows, merged from per-kind index scans."""
+        rows: list[tuple[int, str, int]] = []
+        for kind in _KINDS:
+            if kind != "alert":
+                rows.extend(
+                    (int(i), str(k), int(n))
+                    for i, k, n in conn.execute(
+                        "SELECT id, kind, size FROM outbox WHERE kind = ? ORDER BY id LIMIT ?", (kind, limit)
+                    )
+                )
+        rows.sort()
+        return rows[:limit]
+
     def _expire(self, conn: sqlite3.Connection, now: float) -> int:
+        """Drop rows past their TTL, oldest first, per kind through the (kind, id) index.
+
+        Rows of one kind are expired in id order, which is creation order unless the
+        wall clock stepped back; such a row then expires a little late, never early.
+        The cost is proportional to the rows expired, not to the rows stored.
+        """
         dropped = 0
-        for kind_filter, ttl in (
-            ("kind = 'alert'", self._config.alert_ttl_s),
-            ("kind != 'alert'", self._config.telemetry_ttl_s),
-        ):
-            rows = conn.execute(
-                f"SELECT kind, COUNT(*) FROM outbox WHERE {kind_filter} AND created < ? GROUP BY kind",
-                (now - ttl,),
-            ).fetchall()
-            if not rows:
-                continue
-            conn.execute(f"DELETE FROM outbox WHERE {kind_filter} AND created < ?", (now - ttl,))
-            for kind, n in rows:
-                _count(conn, f"{kind}:expired", int(n))
-                dropped += int(n)
+        for kind in _KINDS:
+            ttl = self._config.alert_ttl_s if kind == "alert" else self._config.telemetry_ttl_s
+            cutoff = now - ttl
+            while True:
+                rows = conn.execute(
+                    "SELECT id, created FROM outbox WHERE kind = ? ORDER BY id LIMIT 256", (kind,)
+                ).fetchall()
+                expired = []
+                for row_id, created in rows:
+                    if float(created) >= cutoff:
+                        break
+                    expired.append((int(row_id),))
+                if expired:
+                    conn.executemany("DELETE FROM outbox WHERE id = ?", expired)
+                    _count(conn, f"{kind}:expired", len(expired))
+                    dropped += len(expired)
+                if len(expired) < 256:
+                    break
         return dropped
 
 
@@ -274,8 +303,7 @@ def _count(conn: sqlite3.Connection, reason: str, n: int = 1) -> None:
 
 
 def _kind(value: object) -> MessageKind:
-    kinds: tuple[MessageKind, ...] = ("alert", "status", "heartbeat", "model", "drift")
-    for kind in kinds:
+    for kind in _KINDS:
         if value == kind:
             return kind
     raise StateError(f"outbox: unknown message kind {value!r}")
