@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from tests.mosquitto import Broker, require_mosquitto
 
-Decision = Literal["ack", "drop", "ignore"]
+Decision = Literal["ack", "drop", "ignore", "reject"]
 
 
 class BrokerPool:
@@ -158,6 +158,8 @@ class FakeBroker:
                     return
                 if decision == "ack":
                     conn.sendall(b"\x40\x02" + struct.pack("!H", mid))
+                elif decision == "reject":  # MQTT 5 PUBACK with reason 0x97 "quota exceeded"
+                    conn.sendall(b"\x40\x03" + struct.pack("!H", mid) + b"\x97")
             elif kind == 12:  # PINGREQ
                 conn.sendall(b"\xd0\x00")
             elif kind == 14:  # DISCONNECT

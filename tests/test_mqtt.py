@@ -180,6 +180,28 @@ class TestScriptedBroker:
         assert sent[0].payload == sent[1].payload
         assert 1 == delivery.delivered
 
+    def test_a_puback_with_a_failure_reason_keeps_the_row_until_a_later_publish_succeeds(
+        self, outbox: Outbox
+    ) -> None:
+        """MQTT 5 reason code 0x97 (quota exceeded) is not an acknowledgement: the alert is sent again."""
+        answers = iter(["reject", "ack"])
+
+        def decide(p: Publish) -> str:
+            return next(answers) if p.topic.endswith("/alerts") else "ack"
+
+        with FakeBroker(decide=decide) as fake:  # type: ignore[arg-type]
+            mqtt = transport(config(fake.port))
+            mqtt.start()
+            try:
+                delivery = Delivery(outbox, mqtt, reject_retry_s=0.2)
+                outbox.enqueue_now([alert(1)])
+                pump_until(delivery, lambda: outbox.depth() == 0)
+            finally:
+                mqtt.stop()
+            sent = fake.received("/alerts")
+        assert 2 == len(sent)
+        assert (1, 1) == (delivery.rejected, delivery.delivered)
+
     def test_a_broker_that_refuses_mqtt5_is_spoken_to_in_3_1_1(self, outbox: Outbox) -> None:
         """Protocol = "auto" falls back to MQTT 3.1.1 when the broker refuses version 5."""
         with FakeBroker(v5=False) as fake:

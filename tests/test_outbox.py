@@ -255,3 +255,26 @@ class TestHeartbeat:
             message.retain,
             message.topic,
         )
+
+    def test_a_rejected_publish_keeps_its_row_and_is_sent_again_later(
+        self, tmp_path: Path, clock: ManualClock
+    ) -> None:
+        """A PUBACK with a failure reason code does not delete the row; it is retried after a pause."""
+        outbox = open_outbox(tmp_path, clock)
+        transport = InMemoryTransport(auto_ack=False)
+        delivery = Delivery(outbox, transport, clock=clock)
+        outbox.enqueue_now([alert(1), alert(2)])
+        delivery.pump()
+        first, second = transport.sent
+        transport.reject(first.token)
+        transport.ack(second.token)
+        assert 1 == delivery.pump()
+        assert (1, 1) == (outbox.depth(), delivery.rejected)
+        delivery.pump()
+        assert 2 == len(transport.sent), "not resent at once"
+        clock.advance(6)
+        delivery.pump()
+        assert ["alert-1", "alert-2", "alert-1"] == [s.message.key for s in transport.sent]
+        transport.ack_all()
+        delivery.pump()
+        assert 0 == outbox.depth()

@@ -25,12 +25,19 @@ class Delivery:
     """
 
     def __init__(
-        self, outbox: Outbox, transport: Transport, *, max_inflight: int = 20, clock: Clock | None = None
+        self,
+        outbox: Outbox,
+        transport: Transport,
+        *,
+        max_inflight: int = 20,
+        clock: Clock | None = None,
+        reject_retry_s: float = _REJECT_RETRY_S,
     ) -> None:
         self._outbox = outbox
         self._transport = transport
         self._max_inflight = max(1, max_inflight)
         self._clock = clock or SystemClock()
+        self._reject_retry_s = reject_retry_s
         self._inflight: dict[int, int] = {}  # token -> row id
         self._cursor = 0  # highest row id handed to the transport
         self._hold_until = 0.0
@@ -87,4 +94,4 @@ class Delivery:
             self.rejected += len(rows)
             self._cursor = min(self._cursor, min(rows) - 1)
             # Rows above the new cursor that are still in flight are skipped by _send_more.
-            self._hold_until = self._clock.monotonic() + _REJECT_RETRY_S
+            self._hold_until = self._clock.monotonic() + self._reject_retry_s

@@ -37,6 +37,7 @@ class InMemoryTransport:
         self._next = 0
         self._inflight: dict[int, OutboundMessage] = {}
         self._acks: list[int] = []
+        self._rejected: list[int] = []
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -73,6 +74,18 @@ class InMemoryTransport:
         with self._lock:
             if self._inflight.pop(token, None) is not None:
                 self._acks.append(token)
+
+    def reject(self, token: int) -> None:
+        """Answer one in-flight message with a failure reason code (MQTT 5), e.g. quota exceeded."""
+        with self._lock:
+            if self._inflight.pop(token, None) is not None:
+                self._rejected.append(token)
+
+    def take_rejected(self) -> list[int]:
+        """Tokens rejected since the last call."""
+        with self._lock:
+            rejected, self._rejected = self._rejected, []
+            return rejected
 
     def ack_all(self) -> int:
         """Acknowledge every in-flight message; returns how many."""
