@@ -148,7 +148,9 @@ class PolicyConfig(_Section):
     )
     min_update_interval_s: float = Field(default=0.0, ge=0, description="Rate limit of 'updated' events.")
     max_events_per_minute: int = Field(
-        default=120, ge=1, description="Per robot; excess is counted, not sent."
+        default=120,
+        ge=1,
+        description="Per stream, in data time; excess events are held back, counted, and retried later.",
     )
     top_features: int = Field(default=5, ge=0, le=50)
 

@@ -150,6 +150,37 @@ class TestSubscriber:
             )
         assert {"robot": ["r1"], "site": ["r2", "r3"], "fleet": ["r1", "r2", "r3"]} == seen
 
+    def test_broker_settings_can_come_from_the_agent_config(
+        self, broker: Broker, publisher: Publisher, tmp_path: Path
+    ) -> None:
+        """--config reads agent.mqtt (host, port, TLS, credentials) from config.toml."""
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f"""
+[agent]
+robot_id = "r1"
+state_dir = "state"
+[agent.model]
+directory = "models"
+[agent.mqtt]
+port = {broker.port}
+[[agent.streams]]
+name = "arm1"
+directory = "logs"
+[agent.streams.channels]
+J1 = "j1_current"
+"""
+        )
+        announce(publisher)
+        out = io.StringIO()
+        assert 0 == main(["--config", str(config), "--json", "--timeout", "1.5"], out=out)
+        assert '"kind":"presence"' in out.getvalue()
+
+    def test_bad_arguments_exit_2(self, tmp_path: Path) -> None:
+        """A config file that does not exist, or --count 0, is exit code 2."""
+        assert 2 == main(["--config", str(tmp_path / "nope.toml")], out=io.StringIO())
+        assert 2 == main(["--count", "0"], out=io.StringIO())
+
     def test_timeout_before_count_exits_1(self, broker: Broker) -> None:
         """--count not reached within --timeout is exit code 1."""
         assert 1 == main(["--port", str(broker.port), "--count", "1", "--timeout", "1"], out=io.StringIO())

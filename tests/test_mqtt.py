@@ -111,6 +111,22 @@ class TestAgainstMosquitto:
         assert (2, "5") == (mqtt.connects, mqtt.protocol_in_use)
         assert mqtt.last_session_present
 
+    def test_the_socket_has_tcp_nodelay(self, broker: Broker) -> None:
+        """Nagle is off on the client socket (paho never sets TCP_NODELAY: 40 ms spikes)."""
+        import socket
+
+        mqtt = transport(config(broker.port))
+        mqtt.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not mqtt.connected and time.monotonic() < deadline:
+                time.sleep(0.02)
+            sock = mqtt._client.socket()
+            assert sock is not None
+            assert 0 != sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            mqtt.stop()
+
     def test_credentials_come_from_a_file_or_the_environment_never_config(self, tmp_path: Path) -> None:
         """A credentials file wins over the environment; no file and no variable means anonymous."""
         creds = tmp_path / "mqtt"
