@@ -195,6 +195,17 @@ class Outbox:
         finally:
             raw.execute("PRAGMA synchronous=FULL")
 
+    def drop(self, ids: Sequence[int], reason: str) -> int:
+        """Drop rows that can never be delivered, counting them under `reason` (``<kind>:<why>``)."""
+        if not ids:
+            return 0
+        with self._store.transaction() as conn:
+            cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            gone = max(0, cursor.rowcount)
+            if gone:
+                _count(conn, reason, gone)
+            return gone
+
     def depth(self) -> int:
         """Rows waiting for an acknowledgement."""
         return int(self._totals()[0])

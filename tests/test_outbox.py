@@ -278,3 +278,16 @@ class TestHeartbeat:
         transport.ack_all()
         delivery.pump()
         assert 0 == outbox.depth()
+
+    def test_a_message_the_transport_can_never_take_is_dropped_and_counted_not_blocking(
+        self, tmp_path: Path, clock: ManualClock
+    ) -> None:
+        """An unpublishable row (PublishError) is dropped as '<kind>:unpublishable'; the rest flow."""
+        outbox = open_outbox(tmp_path, clock)
+        transport = InMemoryTransport(max_payload=150)
+        delivery = Delivery(outbox, transport, clock=clock)
+        outbox.enqueue_now([alert(1), alert(2, size=1000), alert(3)])
+        delivery.pump()
+        delivery.pump()
+        assert ["alert-1", "alert-3"] == [m.key for m in transport.messages()]
+        assert (0, {"alert:unpublishable": 1}) == (outbox.depth(), outbox.dropped())

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import structlog
+
+from agent.errors import PublishError
 from agent.outbox import Outbox
 from agent.seams import Clock, SystemClock, Transport
+
+log = structlog.get_logger(__name__)
 
 _REJECT_RETRY_S = 5.0
 _EXPIRE_EVERY_S = 60.0
@@ -18,6 +23,9 @@ class Delivery:
     (paho) resends it after a reconnect with the DUP flag, so the pump never sends
     a row twice within one process. After a restart every row still stored is
     sent again, with the same key.
+
+    A row the transport refuses outright (`PublishError`: it can never be sent) is
+    dropped and counted as ``<kind>:unpublishable`` rather than blocking the queue.
 
     A broker that answers a PUBACK with a failure reason code (MQTT 5, e.g. not
     authorised or quota exceeded) does not delete the row: it is sent again after
@@ -77,7 +85,15 @@ class Delivery:
                 continue
             if room <= 0:
                 return
-            token = self._transport.send(row.message)
+            try:
+                token = self._transport.send(row.message)
+            except PublishError as exc:
+                # A message the transport can never take (e.g. larger than the broker allows)
+                # must not block every row behind it, nor crash-loop the agent on restart.
+                self._outbox.drop([row.id], f"{row.message.kind}:unpublishable")
+                self._cursor = max(self._cursor, row.id)
+                log.error("outbox_row_unpublishable", key=row.message.key, error=str(exc))
+                continue
             if token is None:
                 return
             self._inflight[token] = row.id

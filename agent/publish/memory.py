@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.errors import PublishError
 from agent.seams import OutboundMessage
 
 
@@ -26,9 +27,17 @@ class InMemoryTransport:
     messages stay in flight, as in paho); `reconnect` resends them with ``dup``.
     """
 
-    def __init__(self, *, auto_ack: bool = True, connected: bool = True, max_inflight: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        auto_ack: bool = True,
+        connected: bool = True,
+        max_inflight: int = 1000,
+        max_payload: int | None = None,
+    ) -> None:
         self.auto_ack = auto_ack
         self.max_inflight = max_inflight
+        self.max_payload = max_payload
         self.sent: list[SentMessage] = []
         self.farewell: list[OutboundMessage] = []
         self.started = False
@@ -50,7 +59,12 @@ class InMemoryTransport:
         return self._connected
 
     def send(self, message: OutboundMessage) -> int | None:
-        """Record the message; None while disconnected or when the window is full."""
+        """Record the message; None while disconnected or when the window is full.
+
+        Raises `PublishError` for a payload over ``max_payload`` (a message no broker would take).
+        """
+        if self.max_payload is not None and len(message.payload) > self.max_payload:
+            raise PublishError(f"payload of {len(message.payload)} bytes exceeds {self.max_payload}")
         with self._lock:
             if not self._connected or len(self._inflight) >= self.max_inflight:
                 return None
