@@ -126,6 +126,8 @@ class Harness:
         self.rejected: list[RejectedLine] = []
         self.blocks: list[LineBlock] = []
         self.saved: dict[str, Any] | None = None
+        self.committed = 0
+        """How many of `lines` the last saved state covers (a kill drops the rest)."""
         self.follower = self._new()
 
     def _new(self) -> StreamFollower:
@@ -154,11 +156,12 @@ class Harness:
     def drain(self, max_bytes: int = 1 << 20) -> int:
         """Read until a read gives nothing."""
         total = 0
-        while True:
+        for _ in range(10_000):
             got = self.read(max_bytes)
             total += got
             if not got:
                 return total
+        raise AssertionError(f"reads never ran dry: {total} lines, {len(self.duplicates())} duplicated")
 
     def wait_for(self, count: int, timeout: float = 10.0) -> None:
         """Read as the daemon does (woken by the watcher, or on timeout) until `count` lines arrived."""
@@ -179,6 +182,7 @@ class Harness:
 
     def save(self) -> None:
         self.saved = json.loads(json.dumps(self.follower.state()))
+        self.committed = len(self.lines)
 
     def restart(self) -> None:
         """Graceful: save, close, start a new follower from the saved state."""
@@ -187,8 +191,13 @@ class Harness:
         self.follower = self._new()
 
     def kill(self) -> None:
-        """Crash: the follower's memory is gone; a new one starts from the last saved state."""
+        """Crash: the follower's memory is gone; a new one starts from the last saved state.
+
+        Lines returned after that state was saved are dropped, as the daemon's uncommitted
+        transaction would be.
+        """
         self.follower.close()
+        del self.lines[self.committed :]
         self.follower = self._new()
 
     def close(self) -> None:

@@ -98,6 +98,8 @@ class _Ghost:
     mark: ContentMark
     header: bytes | None
     born: float
+    data_start: int = 0
+    """Where the data lines began (after the file's own header line, if it had one)."""
 
 
 @dataclass(slots=True)
@@ -115,6 +117,7 @@ class _File:
     """One open file of the stream and how far it was consumed."""
 
     __slots__ = (
+        "data_start",
         "dev",
         "fd",
         "gone",
@@ -147,6 +150,7 @@ class _File:
         self.header: bytes | None = None
         self.header_pending = csv
         self.skipping = False
+        self.data_start = 0
         self.gone = False
         self.pending: _Pending | None = None
         self.last_size = -1
@@ -176,6 +180,7 @@ class _File:
         self.marker = b""
         self.header_pending = csv
         self.skipping = False
+        self.data_start = 0
         self.pending = None
 
 
@@ -224,13 +229,17 @@ class StreamFollower:
             "files_released": 0,
             "lost_bytes": 0,
             "scans": 0,
+            "state_discarded": 0,
         }
         """Monotonic counts, for status and metrics."""
 
     # ------------------------------------------------------------------ public API
 
     def restore(self, state: dict[str, Any] | None) -> None:
-        """Resume from a `state()` saved earlier; None (or a foreign version) starts afresh.
+        """Resume from a `state()` saved earlier; None starts afresh.
+
+        A damaged or foreign state is discarded (counted as ``state_discarded``) and every
+        file is read from its start: duplicates are possible then, loss is not.
 
         Files are matched on the next `read`, by inode and content; see the module docstring.
         """
@@ -239,19 +248,31 @@ class StreamFollower:
         self._saved.clear()
         self._last_header = None
         self._scan_due = True
-        if not state or state.get("v") != STATE_VERSION:
+        if not state:
+            return
+        if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+            self.counters["state_discarded"] += 1
             return
         now = self._clock()
         try:
             for entry in state.get("files", []):
                 self._saved[(int(entry["dev"]), int(entry["ino"]))] = dict(entry)
             for entry in state.get("ghosts", []):
-                self._ghosts.append(_Ghost(_mark_from(entry), _header_from(entry.get("header")), now))
+                self._ghosts.append(
+                    _Ghost(
+                        _mark_from(entry),
+                        _header_from(entry.get("header")),
+                        now,
+                        int(entry.get("data_start", 0)),
+                    )
+                )
             self._last_header = _header_from(state.get("last_header"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IngestError(
-                f"stream {self._stream.name}: saved follower state is malformed: {exc}"
-            ) from exc
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # a damaged checkpoint must not stop the agent: start afresh (duplicates, never loss)
+            self._saved.clear()
+            self._ghosts.clear()
+            self._last_header = None
+            self.counters["state_discarded"] += 1
 
     def start(self) -> None:
         """Start watching: inotify (unless ``watch = "poll"``) plus the safety-net stat poll."""
@@ -317,12 +338,16 @@ class StreamFollower:
                 header=_header_to(f.header),
                 header_pending=f.header_pending,
                 skipping=f.skipping,
+                data_start=f.data_start,
                 gone=f.gone,
             )
             files.append(entry)
         # saved entries not matched yet (restore() then state() before any read) stay as they were
         files.extend(self._saved.values())
-        ghosts = [{**_mark_to(g.mark), "header": _header_to(g.header)} for g in self._ghosts]
+        ghosts = [
+            {**_mark_to(g.mark), "header": _header_to(g.header), "data_start": g.data_start}
+            for g in self._ghosts
+        ]
         return {
             "v": STATE_VERSION,
             "files": files,
@@ -337,6 +362,10 @@ class StreamFollower:
             self._watcher = None
         self._close_files()
         self._closed = True
+
+    def open_identities(self) -> set[tuple[int, int]]:
+        """(device, inode) of every file held open: these can still be drained if deleted."""
+        return set(self._files)
 
     def stats(self) -> dict[str, int]:
         """Counters plus the number of open files and ghosts."""
@@ -378,16 +407,13 @@ class StreamFollower:
             if known is not None:
                 known.path, known.rank, known.gone = c.path, c.rank, False
                 continue
-            saved = self._saved.pop(ident, None)
-            if saved is not None and self._adopt(saved, c.path, c.rank, now):
-                continue
-            if saved is not None:
-                self._ghost_from_saved(saved, now)
             new.append(c)
         for ident, f in self._files.items():
             if ident not in seen and not f.gone:
                 f.gone = True
                 f.last_change = now
+        if self._saved:
+            new = self._match_saved(new, now)
         # saved files not in the directory: try where they were (e.g. an old symlink target)
         for ident, saved in list(self._saved.items()):
             del self._saved[ident]
@@ -408,8 +434,41 @@ class StreamFollower:
             os.close(fd)
             return None
 
+    def _match_saved(self, candidates: list[Candidate], now: float) -> list[Candidate]:
+        """Give saved positions (after a restore) to the files that hold their content.
+
+        The longest verified match wins (a saved file renamed, or copied by copytruncate,
+        is found by content); the same inode breaks ties. A match covering nothing past a
+        CSV header only counts for the same inode. Returns the candidates left unmatched.
+        """
+        opened: dict[str, tuple[int, os.stat_result]] = {}
+        scored: list[tuple[tuple[int, bool], int, Candidate, tuple[int, int]]] = []
+        for c in candidates:
+            handle = self._open(c.path)
+            if handle is None:
+                continue
+            opened[c.path] = handle
+            fd, st = handle
+            for ident, saved in self._saved.items():
+                mark = _mark_from(saved)
+                same = (st.st_dev, st.st_ino) == ident
+                strong = mark.offset > int(saved.get("data_start", 0))
+                if (strong or same) and mark.matches(fd, st.st_size):
+                    scored.append(((mark.offset if strong else -1, same), len(scored), c, ident))
+        scored.sort(key=lambda item: (item[0], -item[1]), reverse=True)
+        taken: set[str] = set()
+        for _, _, c, ident in scored:
+            if c.path in taken or ident not in self._saved:
+                continue
+            fd, st = opened.pop(c.path)
+            self._adopt_open(self._saved.pop(ident), fd, st, c.path, c.rank, now)
+            taken.add(c.path)
+        for fd, _ in opened.values():
+            os.close(fd)
+        return [c for c in candidates if c.path not in taken]
+
     def _adopt(self, saved: dict[str, Any], path: str, rank: int, now: float) -> bool:
-        """Resume a saved file at its saved offset if it is still the same content."""
+        """Resume a saved file at its saved offset if it is still the same inode and content."""
         opened = self._open(path)
         if opened is None:
             return False
@@ -419,22 +478,31 @@ class StreamFollower:
         ):
             os.close(fd)
             return False
-        mark = _mark_from(saved)
-        if not mark.matches(fd, st.st_size):
+        if not _mark_from(saved).matches(fd, st.st_size):
             os.close(fd)
             return False
+        self._adopt_open(saved, fd, st, path, rank, now)
+        return True
+
+    def _adopt_open(
+        self, saved: dict[str, Any], fd: int, st: os.stat_result, path: str, rank: int, now: float
+    ) -> None:
+        mark = _mark_from(saved)
         f = _File(fd, st.st_dev, st.st_ino, path, rank, self._csv, now)
-        f.key = str(saved.get("key") or f.key)
+        if (st.st_dev, st.st_ino) == (int(saved["dev"]), int(saved["ino"])):
+            f.key = str(saved.get("key") or f.key)
+        else:
+            self.counters["copies_claimed"] += 1
         f.offset = mark.offset
         f.head = pread_exact(fd, mark.head_len, 0)
         f.marker = pread_exact(fd, mark.marker_len, mark.offset - mark.marker_len)
         f.header = _header_from(saved.get("header"))
         f.header_pending = bool(saved.get("header_pending", False)) and self._csv
         f.skipping = bool(saved.get("skipping", False))
+        f.data_start = int(saved.get("data_start", 0))
         f.last_size, f.last_mtime = st.st_size, st.st_mtime_ns
         self._files[(st.st_dev, st.st_ino)] = f
         self.counters["files_opened"] += 1
-        return True
 
     def _adopt_by_path(self, saved: dict[str, Any], ident: tuple[int, int], now: float) -> bool:
         path = str(saved.get("path", ""))
@@ -448,7 +516,9 @@ class StreamFollower:
     def _ghost_from_saved(self, saved: dict[str, Any], now: float) -> None:
         mark = _mark_from(saved)
         if mark.offset > 0:
-            self._add_ghost(_Ghost(mark, _header_from(saved.get("header")), now))
+            self._add_ghost(
+                _Ghost(mark, _header_from(saved.get("header")), now, int(saved.get("data_start", 0)))
+            )
 
     def _add_ghost(self, ghost: _Ghost) -> None:
         self._ghosts.append(ghost)
@@ -471,9 +541,10 @@ class StreamFollower:
 
     def _classify(self, f: _File, size: int, now: float) -> None:
         """Decide whether a new file is fresh content, or a copy of content already consumed."""
-        for ghost in reversed(self._ghosts):
+        # the most specific identity first; one that covers no more than a CSV header says nothing
+        for ghost in sorted(self._ghosts, key=lambda g: g.mark.offset, reverse=True):
             mark = ghost.mark
-            if mark.offset == 0 or size < mark.head_len or not mark.head_matches(f.fd):
+            if mark.offset <= ghost.data_start or size < mark.head_len or not mark.head_matches(f.fd):
                 continue
             if size >= mark.offset:
                 if mark.marker_matches(f.fd):
@@ -491,8 +562,7 @@ class StreamFollower:
 
     def _has_data_head(self, f: _File) -> bool:
         """Whether the consumed head holds more than a CSV header (enough to recognise a copy)."""
-        header_len = len(f.header) + 1 if (self._csv and f.header is not None) else 0
-        return len(f.head) > header_len
+        return len(f.head) > f.data_start
 
     def _claim(self, f: _File, ghost: _Ghost) -> None:
         mark = ghost.mark
@@ -501,6 +571,7 @@ class StreamFollower:
         f.marker = pread_exact(f.fd, mark.marker_len, mark.offset - mark.marker_len)
         f.header = ghost.header
         f.header_pending = False
+        f.data_start = ghost.data_start
         f.pending = None
         if ghost in self._ghosts:
             self._ghosts.remove(ghost)
@@ -530,7 +601,7 @@ class StreamFollower:
                 elif now - pending.since >= self._release_after:
                     # a shorter copy of content we consumed in full: nothing new in it
                     f.pending = None
-                    self._skip_to(f, size, ghost.header)
+                    self._skip_to(f, size, ghost.header, ghost.data_start)
                 continue
             source = next((o for o in self._files.values() if o.key == pending.source_key), None)
             if source is None:
@@ -541,11 +612,14 @@ class StreamFollower:
             elif now - pending.since >= self._release_after:
                 f.pending = None
                 if _same_prefix(f.fd, source.fd, size):
-                    self._skip_to(f, size, source.header)  # a plain copy: its lines come from the source
+                    self._skip_to(
+                        f, size, source.header, source.data_start
+                    )  # a plain copy: its lines come from the source
                     self.counters["copies_skipped"] += 1
 
-    def _skip_to(self, f: _File, size: int, header: bytes | None) -> None:
+    def _skip_to(self, f: _File, size: int, header: bytes | None, data_start: int) -> None:
         """Mark a file as consumed up to `size` without returning its lines."""
+        f.data_start = min(data_start, size)
         f.offset = size
         f.head = pread_exact(f.fd, min(HEAD_BYTES, size), 0)
         f.marker = pread_exact(f.fd, min(MARKER_BYTES, size), size - min(MARKER_BYTES, size))
@@ -578,7 +652,7 @@ class StreamFollower:
                 self._restart(f, now, "replaced")
 
     def _restart(self, f: _File, now: float, why: str) -> None:
-        self._add_ghost(_Ghost(f.mark(), f.header, now))
+        self._add_ghost(_Ghost(f.mark(), f.header, now, f.data_start))
         if f.header is not None:
             self._last_header = f.header
         f.restart(self._csv)
@@ -681,6 +755,7 @@ class StreamFollower:
             f.header = line
             self._last_header = line
             f.consume(data[: newline + 1])
+            f.data_start = f.offset
         elif f.header is None:
             f.header = self._last_header  # a writer that went on after truncation, without a header
         return True
