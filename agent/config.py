@@ -135,6 +135,12 @@ class MqttConfig(_Section):
     credentials_file: Path | None = Field(
         default=None, description="A file 'username:password' (e.g. a systemd credential)."
     )
+    will_delay_s: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="MQTT 5 Will Delay: a reconnect within this long sends no 'offline' (anti-flapping).",
+    )
     username_env: str = "ROBOTPM_MQTT_USERNAME"
     password_env: str = "ROBOTPM_MQTT_PASSWORD"
 

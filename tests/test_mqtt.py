@@ -127,6 +127,31 @@ class TestAgainstMosquitto:
         finally:
             mqtt.stop()
 
+    @pytest.mark.parametrize(("will_delay_s", "flickers"), [(0, True), (5, False)])
+    def test_a_short_link_loss_flaps_presence_only_without_a_will_delay(
+        self, broker: Broker, will_delay_s: int, flickers: bool
+    ) -> None:
+        """With will_delay_s, a link that is back within the delay sends no "offline"."""
+        import socket
+
+        mqtt = transport(config(broker.port, will_delay_s=will_delay_s))
+        mqtt.start()
+        with Collector(broker.port, (TOPICS.status,), client_id=f"flap-{will_delay_s}") as sub:
+            try:
+                assert sub.wait_for(lambda s: any(m.json()["state"] == "online" for m in s.on("/status")), 10)
+                sock = mqtt._client.socket()
+                assert sock is not None
+                sock.shutdown(socket.SHUT_RDWR)  # the link drops without a DISCONNECT
+                deadline = time.monotonic() + 10
+                while mqtt.connects < 2 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert 2 == mqtt.connects
+                time.sleep(0.5)
+            finally:
+                mqtt.stop()
+            states = [m.json()["state"] for m in sub.on("/status")]
+        assert flickers == ("offline" in states[:-1])
+
     def test_credentials_come_from_a_file_or_the_environment_never_config(self, tmp_path: Path) -> None:
         """A credentials file wins over the environment; no file and no variable means anonymous."""
         creds = tmp_path / "mqtt"

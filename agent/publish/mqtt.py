@@ -12,7 +12,8 @@ What it does, and why (DESIGN.md pitfalls, reliability-anchors §2):
   environment, never from config.toml and never logged.
 * A retained last will "offline" on ``…/status``, a retained "online" published on
   every connect, and an explicit retained "offline" in `stop` (a clean disconnect
-  suppresses the will).
+  suppresses the will). With ``will_delay_s`` (MQTT 5) a link that comes back within
+  the delay sends no "offline" at all, so presence does not flap.
 * Reconnect with exponential back-off in paho's network thread (``loop_start``).
 * Bounded in flight: `send` refuses (returns None) while disconnected or when
   ``max_inflight`` messages wait for their PUBACK, so paho's in-memory queue never
@@ -178,7 +179,18 @@ class MqttTransport:
             max_delay=max(1, round(config.reconnect_max_s)),
         )
         offline = presence(robot_id, site, "offline", agent_version, reason="connection lost (last will)")
-        client.will_set(self._topics.status, offline.model_dump_json().encode(), qos=1, retain=True)
+        will_properties: Properties | None = None
+        if v5 and config.will_delay_s:
+            # A reconnect within the delay (same session) cancels the will: no offline/online flicker.
+            will_properties = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            will_properties.WillDelayInterval = config.will_delay_s
+        client.will_set(
+            self._topics.status,
+            offline.model_dump_json().encode(),
+            qos=1,
+            retain=True,
+            properties=will_properties,
+        )
         if config.tls is not None:
             client.tls_set_context(tls_context(config.tls))
         credentials = read_credentials(config, environ)
