@@ -1,0 +1,228 @@
+"""The trainer minimum: simulator logs → evaluated, parity-checked ONNX model in the registry layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent.contract.features import batch_features
+from agent.contract.manifest import ModelManifest, file_sha256
+from trainer import cli
+from trainer.errors import DataError, ParityError, SourceError
+from trainer.simulate import simulate_fleet
+from trainer.stages import trained_model
+
+SMALL_CONFIG = """
+[trainer]
+model_name = "arm-test"
+[trainer.features]
+window = 80
+hop = 40
+[trainer.model]
+n_estimators = 8
+max_depth = 6
+[trainer.labels]
+horizon_s = 60.0
+"""
+
+
+@pytest.fixture(scope="module", name="fleet")
+def _fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Simulator output directories: 4 training robots and 2 test robots (another seed), 10 Hz."""
+    root = tmp_path_factory.mktemp("fleet")
+    common = {"seconds": 1500.0, "rate_hz": 10.0, "fault_duration_s": 150.0, "mean_healthy_s": 200.0}
+    simulate_fleet(root / "train", robots=4, seed=7, **common)
+    simulate_fleet(root / "test", robots=2, seed=8, **common)
+    return root / "train", root / "test"
+
+
+@pytest.fixture(name="config")
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(SMALL_CONFIG, encoding="utf-8")
+    return path
+
+
+def _train(config: Path, train: Path, test: Path, out: Path, *extra: str) -> int:
+    argv = ["--config", str(config), "--train-csv", str(train), "--test-csv", str(test), "--out", str(out)]
+    return cli.main([*argv, "--no-report", *extra])
+
+
+class TestTrainMinimum:
+    def test_writes_model_manifest_and_metrics_into_the_registry_layout(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
+    ) -> None:
+        """`robotpm-train --train-csv --test-csv` writes models/<name>/1/ with model, manifest, metrics."""
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        version = out / "arm-test" / "1"
+        assert {"model.onnx", "manifest.json", "metrics.json"} <= {p.name for p in version.iterdir()}
+        manifest = ModelManifest.read(version)
+        assert (manifest.sha256, manifest.length) == file_sha256(version / "model.onnx")
+        assert manifest.model_id == "arm-test"
+        assert manifest.version == 1
+        assert manifest.training["data_hash"]
+        assert manifest.training["code_version"]
+        metrics = json.loads((version / "metrics.json").read_text())
+        assert metrics["parity"]["max_abs_diff"] <= 1e-4
+
+    def test_versions_are_monotonic(self, fleet: tuple[Path, Path], config: Path, tmp_path: Path) -> None:
+        """A second run writes version 2 beside version 1."""
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        assert _train(config, *fleet, out) == 0
+        assert sorted(p.name for p in (out / "arm-test").iterdir() if p.is_dir()) == ["1", "2"]
+        assert ModelManifest.read(out / "arm-test" / "2").version == 2
+
+    def test_golden_vectors_reproduce_in_onnxruntime(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
+    ) -> None:
+        """Each golden vector of the manifest gives its expected outputs in onnxruntime."""
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        version = out / "arm-test" / "1"
+        manifest = ModelManifest.read(version)
+        session = ort.InferenceSession(str(version / "model.onnx"))
+        assert manifest.golden
+        for golden in manifest.golden:
+            x = np.array([golden.features], dtype=np.float32)
+            for name, expected in golden.expected.items():
+                got = session.run([name], {manifest.onnx.input_name: x})[0][0]
+                np.testing.assert_allclose(got, expected, atol=golden.tolerance)
+
+    def test_manifest_features_are_the_agents_batch_features(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
+    ) -> None:
+        """The model scores the agent's own batch_features of a log with the config's channel order."""
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        manifest = ModelManifest.read(out / "arm-test" / "1")
+        assert manifest.feature_spec.window == 80
+        log = next(fleet[1].glob("*/arm1.csv"))
+        header = log.read_text().splitlines()[0].split(",")
+        table = np.loadtxt(log, delimiter=",", skiprows=1)
+        columns = [header.index(f"A{j}_{k}") for k in "ITV" for j in range(1, 7)] + [header.index("TOOL_I")]
+        features, _ = batch_features(table[:, columns], manifest.feature_spec)
+        session = ort.InferenceSession(str(out / "arm-test" / "1" / "model.onnx"))
+        scores = session.run(["probabilities"], {"features": features.astype(np.float32)})[0]
+        assert scores.shape == (len(features), len(manifest.heads) + 1)
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+class TestParityRefusal:
+    def test_onnx_mismatch_refuses_and_writes_nothing(
+        self,
+        fleet: tuple[Path, Path],
+        config: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """An ONNX graph whose outputs differ from scikit-learn is refused: exit 1, no version directory."""
+        real = trained_model.run_onnx
+
+        def perturbed(onnx_bytes: bytes, features: np.ndarray, output: str) -> np.ndarray:
+            result = real(onnx_bytes, features, output)
+            result[0, 0] += 0.01
+            return result
+
+        monkeypatch.setattr(trained_model, "run_onnx", perturbed)
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 1
+        assert "refusing to write the model" in capsys.readouterr().err
+        assert not (out / "arm-test").exists() or not any((out / "arm-test").iterdir())
+
+    def test_parity_error_is_a_trainer_export_error(self) -> None:
+        """check_parity raises ParityError naming the rows and the tolerance."""
+        from trainer.config import ParityConfig
+
+        expected = np.zeros((4, 2))
+        actual = expected.copy()
+        actual[2, 1] = 1e-3
+        with pytest.raises(ParityError, match="1 of 4 test rows"):
+            trained_model.check_parity(expected, actual, ParityConfig(tolerance=1e-4))
+        assert trained_model.check_parity(expected, expected, ParityConfig())[0] == 0.0
+
+
+class TestBadInput:
+    def test_missing_column_names_the_file_and_column(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A log without a mapped column fails with exit 1 and a message naming file and column."""
+        bad = tmp_path / "bad" / "robot-x"
+        bad.mkdir(parents=True)
+        source = next(fleet[0].glob("*/arm1.csv"))
+        lines = source.read_text().splitlines()
+        header = lines[0].split(",")
+        drop = header.index("A3_T")
+        rows = [",".join(v for i, v in enumerate(line.split(",")) if i != drop) for line in lines[:500]]
+        (bad / "arm1.csv").write_text("\n".join(rows) + "\n")
+        out = tmp_path / "models"
+        assert _train(config, bad.parent, fleet[1], out) == 1
+        err = capsys.readouterr().err
+        assert "A3_T" in err
+        assert "arm1.csv" in err
+        assert not out.exists()
+
+    def test_missing_path_is_a_source_error(self, tmp_path: Path) -> None:
+        """A path that does not exist raises SourceError naming it."""
+        from trainer.config import TrainerConfig
+        from trainer.stages.extraction import DataExtractionAnalysis
+
+        with pytest.raises(SourceError, match="nope"):
+            DataExtractionAnalysis(TrainerConfig().record_schema()).extract(tmp_path / "nope")
+
+    def test_empty_file_is_a_data_error(self, tmp_path: Path) -> None:
+        """An empty CSV is refused with a message naming it."""
+        from trainer.config import TrainerConfig
+        from trainer.stages.extraction import DataExtractionAnalysis
+
+        (tmp_path / "arm1.csv").write_text("")
+        with pytest.raises(DataError, match=r"arm1\.csv: empty file"):
+            DataExtractionAnalysis(TrainerConfig().record_schema()).extract(tmp_path / "arm1.csv")
+
+    def test_logs_without_truth_have_absent_labels(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Training logs without truth.csv fail with 'labels are absent' and write nothing."""
+        unlabelled = tmp_path / "unlabelled" / "robot-u"
+        unlabelled.mkdir(parents=True)
+        source = next(fleet[0].glob("*/arm1.csv"))
+        (unlabelled / "arm1.csv").write_bytes(source.read_bytes())
+        out = tmp_path / "models"
+        assert _train(config, unlabelled.parent, fleet[1], out) == 1
+        assert "labels are absent" in capsys.readouterr().err
+        assert not out.exists()
+
+    def test_bad_rows_are_quarantined_with_reason_and_line(
+        self, fleet: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """Unparseable rows are left out and reported with file, line number and reason."""
+        from trainer.config import TrainerConfig
+        from trainer.stages.extraction import DataExtractionAnalysis
+
+        robot = tmp_path / "robot-q"
+        robot.mkdir()
+        source = next(fleet[0].glob("*/arm1.csv"))
+        lines = source.read_bytes().splitlines(keepends=True)[:200]
+        lines[10] = b"1767225600.5,not,a,number\n"
+        fields = lines[20].split(b",")
+        fields[2] = b"abc"  # A1_I, a mapped channel
+        lines[20] = b",".join(fields)
+        (robot / "arm1.csv").write_bytes(b"".join(lines))
+        dataset = DataExtractionAnalysis(TrainerConfig().record_schema()).extract(robot)
+        assert dataset.n_rows == 199 - 2
+        assert [(q.line, q.reason) for q in dataset.quarantine] == [(11, "field_count"), (21, "not_numeric")]
+        profile = dataset.profile()
+        assert profile["quarantined"] == 2
+        assert profile["channels"]["j1_current"]["count"] == 197
+
+    def test_config_error_exits_2(self, fleet: tuple[Path, Path], tmp_path: Path) -> None:
+        """A bad [trainer] value is a config error: exit code 2."""
+        config = tmp_path / "config.toml"
+        config.write_text("[trainer.features]\nwindow = 1\n")
+        assert _train(config, *fleet, tmp_path / "models") == 2

@@ -1,0 +1,204 @@
+"""``robotpm-train``: the orchestrator of the trainer, with the original design's flags.
+
+Usage::
+
+    robotpm-train --train-csv DIR_OR_CSV --test-csv DIR_OR_CSV [--out models] [--name robot-arm]
+    robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
+    robotpm-train --mode stream --config config.toml                  # retrain as data arrives
+    robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
+    robotpm-train dataset ai4i|cmapss [--out models]                  # the real-data benchmarks
+    robotpm-train list|show|promote|rollback ...                      # the registry
+
+Exit codes: 0 success, 1 a trainer error (message on stderr, nothing written),
+2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.errors import ConfigError, RobotPMError
+from trainer.config import TrainerConfig, load_trainer_config
+from trainer.errors import TrainerError
+
+PROG = "robotpm-train"
+SUBCOMMANDS = ("bundle", "dataset", "list", "show", "promote", "rollback")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the trainer CLI; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args_list and args_list[0] in SUBCOMMANDS:
+            return _subcommand(args_list)
+        return _train(args_list)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    except (TrainerError, RobotPMError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="config.toml (default: built-in defaults)")
+    parser.add_argument("--profile", default=None, help="config profile: dev, test or prod")
+
+
+def _load(args: argparse.Namespace) -> TrainerConfig:
+    path = args.config
+    if path is None and Path("config.toml").exists():
+        path = Path("config.toml")
+    return load_trainer_config(path, args.profile)
+
+
+def _train(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a model on sensor logs, evaluate it, export ONNX with a parity check and "
+        f"register it. Subcommands: {', '.join(SUBCOMMANDS)} (see '{PROG} <subcommand> --help').",
+    )
+    _common(parser)
+    parser.add_argument("--train-csv", type=Path, help="training logs: a CSV file or a (fleet) directory")
+    parser.add_argument("--test-csv", type=Path, help="held-out logs: a CSV file or a (fleet) directory")
+    parser.add_argument("--db", help="training data from SQL, e.g. sqlite:///fleet.db or postgresql://…")
+    parser.add_argument("--table", default="samples", help="SQL table of samples (with --db)")
+    parser.add_argument("--mode", choices=("batch", "stream"), default="batch")
+    parser.add_argument("--out", type=Path, default=None, help="registry root (default: trainer.registry)")
+    parser.add_argument("--name", default=None, help="model name (default: trainer.model_name)")
+    parser.add_argument("--bundled", type=Path, default=None, help="also write the model to this directory")
+    parser.add_argument("--no-report", action="store_true", help="skip the plots and PDF report")
+    parser.add_argument("--promote", action="store_true", help="promote through the champion gate")
+    args = parser.parse_args(argv)
+    config = _load(args)
+    if args.mode == "stream":
+        from trainer.stream import run_stream
+
+        return run_stream(config, registry_root=args.out, name=args.name)
+    from trainer.pipeline import train_failure_classifier
+
+    if args.db:
+        from trainer.sources.sql import split_sql_dataset
+
+        train, test = split_sql_dataset(args.db, args.table, config)
+    else:
+        if args.train_csv is None or args.test_csv is None:
+            parser.error("give --train-csv and --test-csv (or --db)")
+        train, test = args.train_csv, args.test_csv
+    result = train_failure_classifier(
+        config,
+        train,
+        test,
+        registry_root=args.out,
+        name=args.name,
+        bundled_dir=args.bundled,
+        report=not args.no_report,
+    )
+    if args.promote and result.version_dir is not None:
+        from trainer.gate import promote_through_gate
+
+        promote_through_gate(config, result, registry_root=args.out, name=args.name)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: object) -> None:
+    from trainer.pipeline import RunResult
+
+    assert isinstance(result, RunResult)
+    manifest = result.manifest
+    where = result.version_dir or result.bundled_dir
+    print(f"wrote {manifest.label} to {where}  ({manifest.length} bytes, sha256 {manifest.sha256[:12]}…)")
+    print(
+        f"parity: max |onnx - sklearn| = {result.exported.max_abs_diff:.2e} "
+        f"on {len(result.test)} test windows"
+    )
+    for key in ("f1_macro", "pr_auc", "recall_at_far", "false_alarm_rate", "lead_time_s_median"):
+        if key in result.evaluation.metrics:
+            print(f"  {key:20s} {result.evaluation.metrics[key]:.4f}")
+    for head in manifest.heads:
+        t = head.thresholds
+        print(
+            f"  head {head.failure_mode:13s} warning {t.warning:.3f} "
+            f"critical {t.critical:.3f} clear {t.clear:.3f}"
+        )
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+
+
+def _subcommand(argv: list[str]) -> int:
+    command, rest = argv[0], argv[1:]
+    parser = argparse.ArgumentParser(prog=f"{PROG} {command}")
+    _common(parser)
+    if command == "bundle":
+        parser.description = "Simulate a fleet, train and write the bundled default model (≤ 1 MB)."
+        parser.add_argument("--seed", type=int, default=7)
+        parser.add_argument("--out", type=Path, default=Path("models/bundled"))
+        parser.add_argument("--report", action="store_true", help="also write the plots and PDF report")
+        args = parser.parse_args(rest)
+        from trainer.bundle import build_bundle
+
+        result = build_bundle(_load(args), args.out, seed=args.seed, report=args.report)
+        _print_result(result)
+        return 0
+    if command == "dataset":
+        parser.description = "Train and evaluate on a real public dataset (read in place)."
+        parser.add_argument("dataset", choices=("ai4i", "cmapss"))
+        parser.add_argument(
+            "--data", type=Path, default=None, help="dataset directory (default ../shared/data/…)"
+        )
+        parser.add_argument(
+            "--out", type=Path, default=None, help="registry root (default: trainer.registry)"
+        )
+        parser.add_argument("--seed", type=int, default=7)
+        args = parser.parse_args(rest)
+        from trainer.datasets import run_dataset
+
+        summary = run_dataset(
+            args.dataset, _load(args), data_dir=args.data, registry_root=args.out, seed=args.seed
+        )
+        print(json.dumps(summary, indent=2))
+        return 0
+    parser.add_argument("--out", type=Path, default=None, help="registry root (default: trainer.registry)")
+    parser.add_argument("--name", default=None, help="model name (default: trainer.model_name)")
+    if command in ("show", "promote"):
+        parser.add_argument("version", type=int)
+    if command == "promote":
+        parser.add_argument("--force", action="store_true", help="skip the champion/challenger gate")
+    args = parser.parse_args(rest)
+    config = _load(args)
+    from trainer.registry import Registry
+
+    registry = Registry(args.out or config.registry, args.name or config.model_name)
+    if command == "list":
+        infos = registry.list()
+        if not infos:
+            print(f"no versions in {registry.directory}")
+        for info in infos:
+            flag = "*" if info.champion else " "
+            headline = ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:4])
+            print(f"{flag} v{info.version:<4d} {info.created[:19]:19s} {headline}")
+        return 0
+    if command == "show":
+        manifest = registry.manifest(args.version)
+        print(manifest.to_json(), end="")
+        return 0
+    if command == "promote":
+        from trainer.gate import promote_version
+
+        promote_version(registry, args.version, config, force=args.force)
+        print(f"v{args.version} is the champion of {registry.directory}")
+        return 0
+    champion = registry.rollback()
+    print(f"rolled back: v{champion} is the champion of {registry.directory}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

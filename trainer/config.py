@@ -1,0 +1,202 @@
+"""The ``[trainer]`` table of config.toml, validated by pydantic.
+
+The trainer shares config.toml (and its profiles and ``ROBOTPM__TRAINER__…``
+environment overrides) with the agent; see `agent.config` for the resolution
+order. The channel mapping that turns a controller's column names into canonical
+channels is read from the agent stream named by ``trainer.stream``, so both
+halves read the same files the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.config import StreamConfig, load_document, validate_section
+from agent.contract.features import FeatureSpec, Statistic
+from agent.contract.records import RecordSchema
+from agent.errors import ConfigError
+
+DEFAULT_CHANNELS: dict[str, str] = {
+    **{f"A{j}_I": f"j{j}_current" for j in range(1, 7)},
+    **{f"A{j}_T": f"j{j}_temp" for j in range(1, 7)},
+    **{f"A{j}_V": f"j{j}_speed" for j in range(1, 7)},
+    "TOOL_I": "tool_current",
+}
+"""The simulator's column names → canonical channels, used when no config file is given."""
+
+ModelKind = Literal[
+    "random_forest",
+    "extra_trees",
+    "hist_gradient_boosting",
+    "logistic_regression",
+    "isolation_forest",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureConfig(_Section):
+    """How training windows are cut: the feature spec written into the manifest."""
+
+    window: int = Field(default=400, ge=2, description="Samples per window (400 = one 8 s cycle at 50 Hz).")
+    hop: int = Field(default=100, ge=1, description="Samples between window starts.")
+    statistics: tuple[Statistic, ...] = ("mean", "std", "min", "max")
+
+    def spec(self, channels: tuple[str, ...]) -> FeatureSpec:
+        """The `FeatureSpec` for these canonical channels."""
+        return FeatureSpec(channels=channels, window=self.window, hop=self.hop, statistics=self.statistics)
+
+
+class LabelConfig(_Section):
+    """How a window gets its label from the ground truth at its last sample."""
+
+    horizon_s: float = Field(
+        default=600.0, gt=0, description="A fault that fails within this long labels the window."
+    )
+    health_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="A fault with health at or below this labels the window."
+    )
+    max_positive_health: float = Field(
+        default=0.85, ge=0, le=1, description="A fault healthier than this is never a positive: nothing shows yet."
+    )
+    exclude_after_failure_s: float = Field(
+        default=20.0, ge=0, description="Windows overlapping a failure or this long after it are left out."
+    )
+
+
+class ModelParams(_Section):
+    """The estimator and its size (the bundled model must stay under `max_model_bytes`)."""
+
+    kind: ModelKind = "random_forest"
+    n_estimators: int = Field(default=40, ge=1, le=2000)
+    max_depth: int | None = Field(default=10, ge=1)
+    min_samples_leaf: int = Field(default=5, ge=1)
+    max_leaf_nodes: int | None = Field(default=None, ge=2)
+    learning_rate: float = Field(default=0.1, gt=0, le=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+    projection: bool = Field(
+        default=True, description="Ambient-free temperature and current contrasts in front of the trees."
+    )
+
+
+class ThresholdConfig(_Section):
+    """Calibration of alert thresholds on held-out healthy windows."""
+
+    warning_false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
+    critical_false_alarm_rate: float = Field(default=0.001, gt=0, lt=1)
+    min_warning: float = Field(default=0.35, ge=0, le=1, description="Floor of the warning threshold.")
+    min_critical: float = Field(default=0.6, ge=0, le=1, description="Floor of the critical threshold.")
+    clear_ratio: float = Field(default=0.7, gt=0, le=1, description="clear = warning × this (hysteresis).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThresholdConfig:
+        if self.critical_false_alarm_rate > self.warning_false_alarm_rate:
+            raise ValueError("critical_false_alarm_rate must not exceed warning_false_alarm_rate")
+        if self.min_critical < self.min_warning:
+            raise ValueError("min_critical must not be below min_warning")
+        return self
+
+
+class SelectionConfig(_Section):
+    """Model selection: candidates, grouped time-aware cross-validation, the deciding metric."""
+
+    metric: Literal["pr_auc", "f1_macro", "recall_at_far", "rmse", "phm_score"] = "pr_auc"
+    candidates: tuple[ModelKind, ...] = ("random_forest",)
+    folds: int = Field(default=3, ge=2, le=20)
+
+
+class ParityConfig(_Section):
+    """How closely ONNX outputs must match scikit-learn on the test set."""
+
+    tolerance: float = Field(default=1e-4, gt=0)
+    max_mismatch_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of rows allowed to exceed tolerance (tree ties)."
+    )
+
+
+class BundleConfig(_Section):
+    """The simulated history the bundled default model is trained on."""
+
+    robots: int = Field(default=40, ge=2)
+    hours: float = Field(default=1.0, gt=0)
+    rate_hz: float = Field(default=50.0, gt=0, description="The live demo's rate: windows are in samples.")
+    test_robots: int = Field(default=4, ge=1)
+    max_model_bytes: int = Field(default=1_000_000, ge=1024)
+
+
+class StreamTrainerConfig(_Section):
+    """Stream mode: watch an incoming directory and retrain when enough new data arrived."""
+
+    incoming: Path = Path("var/trainer/incoming")
+    min_new_rows: int = Field(default=100_000, ge=1)
+    poll_interval_s: float = Field(default=5.0, gt=0)
+
+
+class TrainerConfig(_Section):
+    """The ``[trainer]`` table."""
+
+    stream: str = Field(default="arm1", description="Agent stream whose channel mapping reads the logs.")
+    channels: dict[str, str] | None = Field(
+        default=None, description="Column → canonical channel; defaults to the agent stream's mapping."
+    )
+    timestamp_field: str = "ts"
+    registry: Path = Path("models")
+    work_dir: Path = Path("var/trainer")
+    model_name: str = Field(default="robot-arm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 7
+    features: FeatureConfig = FeatureConfig()
+    labels: LabelConfig = LabelConfig()
+    model: ModelParams = ModelParams()
+    thresholds: ThresholdConfig = ThresholdConfig()
+    selection: SelectionConfig = SelectionConfig()
+    parity: ParityConfig = ParityConfig()
+    bundle: BundleConfig = BundleConfig()
+    incoming: StreamTrainerConfig = StreamTrainerConfig()
+
+    def record_schema(self) -> RecordSchema:
+        """How the sensor log files are read."""
+        return RecordSchema(
+            format="csv", timestamp_field=self.timestamp_field, channels=self.channels or DEFAULT_CHANNELS
+        )
+
+    @property
+    def canonical_channels(self) -> tuple[str, ...]:
+        """Canonical channel names in mapping order."""
+        return self.record_schema().canonical_channels
+
+
+def load_trainer_config(
+    path: Path | None, profile: str | None = None, environ: dict[str, str] | None = None
+) -> TrainerConfig:
+    """Load ``[trainer]`` from a config file (defaults when `path` is None); raises `ConfigError`."""
+    if path is None:
+        return TrainerConfig()
+    document = load_document(path, profile, environ)
+    raw: dict[str, Any] = dict(document.get("trainer") or {})
+    document["trainer"] = raw
+    config = validate_section(document, "trainer", TrainerConfig)
+    if config.channels is None:
+        stream = _agent_stream(document, config.stream)
+        if stream is not None:
+            config = config.model_copy(
+                update={"channels": dict(stream.channels), "timestamp_field": stream.timestamp_field}
+            )
+    return config
+
+
+def _agent_stream(document: dict[str, Any], name: str) -> StreamConfig | None:
+    streams = (document.get("agent") or {}).get("streams") or []
+    for index, raw in enumerate(streams):
+        if isinstance(raw, dict) and raw.get("name") == name:
+            wrapped = {**document, "_stream": raw}
+            try:
+                return validate_section(wrapped, "_stream", StreamConfig)
+            except ConfigError as exc:
+                path = document.get("_meta", {}).get("path", "config")
+                raise ConfigError(path, f"agent.streams[{index}]", exc.problem) from None
+    return None

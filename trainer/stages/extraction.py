@@ -1,0 +1,363 @@
+"""DataExtractionAnalysis: read raw sensor logs (and ground truth) into arrays, with quarantine.
+
+Sources: a CSV log file, a directory of them (a simulator output directory with
+one sub-directory per robot, or an agent log directory), or a SQL database
+(`trainer.sources.sql`). Lines are parsed with the agent's own `RecordParser`, so
+the trainer reads a log exactly as the agent will; lines it rejects are
+quarantined with their file, line number, byte offset and reason.
+
+Ground truth, when present, is a ``truth.csv`` beside the log (the simulator's
+``ts,robot,mode,component,health,failure,rul_s``), aligned to the log by timestamp.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract.records import RecordParser, RecordSchema
+from agent.errors import RecordError
+from trainer.errors import DataError, SourceError
+
+FloatArray = npt.NDArray[np.float64]
+StrArray = npt.NDArray[np.str_]
+
+TRUTH_FILE = "truth.csv"
+TRUTH_COLUMNS = ("ts", "robot", "mode", "component", "health", "failure", "rul_s")
+HEALTHY = "healthy"
+_BLOCK_BYTES = 8 << 20
+_TS_TOLERANCE_S = 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """Ground truth per sample, aligned with a `RobotSeries`."""
+
+    mode: StrArray
+    component: StrArray
+    health: FloatArray
+    failure: npt.NDArray[np.bool_]
+    rul_s: FloatArray
+    """Seconds to the next failure; +inf when none is coming."""
+
+
+@dataclass(frozen=True, slots=True)
+class RobotSeries:
+    """The good samples of one robot's stream, in time order."""
+
+    robot: str
+    source: str
+    timestamps: FloatArray
+    values: FloatArray
+    """Shape ``(n, n_channels)`` in canonical channel order."""
+    truth: Truth | None = None
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRow:
+    """A row that was not used, with where it was and why."""
+
+    source: str
+    line: int
+    offset: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Dataset:
+    """Everything extracted from one source: series per robot, quarantine, content hash."""
+
+    channels: tuple[str, ...]
+    series: list[RobotSeries]
+    quarantine: list[QuarantinedRow] = field(default_factory=list)
+    data_hash: str = ""
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        """Good rows over all robots."""
+        return sum(len(s) for s in self.series)
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether every series carries ground truth."""
+        return bool(self.series) and all(s.truth is not None for s in self.series)
+
+    def profile(self) -> dict[str, object]:
+        """Row counts, quarantine by reason, and per-channel ranges, nulls and types (JSON-ready)."""
+        values = np.concatenate([s.values for s in self.series]) if self.series else np.empty((0, 0))
+        channels: dict[str, object] = {}
+        for i, name in enumerate(self.channels):
+            column = values[:, i] if len(values) else np.empty(0)
+            finite = column[np.isfinite(column)]
+            channels[name] = {
+                "type": "float64",
+                "count": len(column),
+                "nulls": int(len(column) - len(finite)),
+                "min": float(finite.min()) if len(finite) else None,
+                "max": float(finite.max()) if len(finite) else None,
+                "mean": float(finite.mean()) if len(finite) else None,
+                "std": float(finite.std()) if len(finite) else None,
+            }
+        reasons: dict[str, int] = {}
+        for row in self.quarantine:
+            reasons[row.reason] = reasons.get(row.reason, 0) + 1
+        modes: dict[str, int] = {}
+        for s in self.series:
+            if s.truth is not None:
+                names, counts = np.unique(s.truth.mode, return_counts=True)
+                for name, count in zip(names.tolist(), counts.tolist(), strict=True):
+                    modes[name] = modes.get(name, 0) + count
+        return {
+            "data_hash": self.data_hash,
+            "sources": self.sources,
+            "rows": self.n_rows,
+            "robots": {s.robot: len(s) for s in self.series},
+            "quarantined": len(self.quarantine),
+            "quarantine_reasons": reasons,
+            "truth_modes": modes,
+            "channels": channels,
+        }
+
+    def write_quarantine(self, path: Path) -> None:
+        """Quarantined rows as CSV: source, line, offset, reason, detail."""
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["source", "line", "offset", "reason", "detail"])
+            for row in self.quarantine:
+                writer.writerow([row.source, row.line, row.offset, row.reason, row.detail])
+
+    def write_profile(self, path: Path) -> None:
+        """The profile as indented JSON."""
+        path.write_text(json.dumps(self.profile(), indent=2) + "\n", encoding="utf-8")
+
+
+class DataExtractionAnalysis:
+    """Stage 1: finds and reads the sources named by a path, validates, quarantines, profiles.
+
+    Example::
+
+        dataset = DataExtractionAnalysis(config.record_schema()).extract(Path("sim/train"))
+    """
+
+    def __init__(self, schema: RecordSchema) -> None:
+        self._schema = schema
+
+    @property
+    def schema(self) -> RecordSchema:
+        """How log lines are parsed."""
+        return self._schema
+
+    def extract(self, path: Path) -> Dataset:
+        """Read a CSV log file or a directory of logs (one robot per sub-directory); see the module."""
+        files = discover_logs(path)
+        digest = hashlib.sha256()
+        dataset = Dataset(channels=self._schema.canonical_channels, series=[])
+        for robot, log_files in files:
+            series, rejected = self._read_robot(robot, log_files, digest)
+            dataset.quarantine.extend(rejected)
+            dataset.sources.extend(str(f) for f in log_files)
+            if len(series):
+                dataset.series.append(series)
+        dataset.data_hash = digest.hexdigest()
+        if not dataset.series:
+            raise DataError(f"{path}: no usable rows (all {len(dataset.quarantine)} rows quarantined)")
+        return dataset
+
+    def _read_robot(
+        self, robot: str, log_files: Sequence[Path], digest: hashlib._Hash
+    ) -> tuple[RobotSeries, list[QuarantinedRow]]:
+        stamps: list[FloatArray] = []
+        values: list[FloatArray] = []
+        rejected: list[QuarantinedRow] = []
+        for log in log_files:
+            data = _read_bytes(log)
+            digest.update(f"{log.name}\0{len(data)}\0".encode())
+            digest.update(data)
+            ts, vals, bad = parse_log_bytes(data, self._schema, str(log))
+            stamps.append(ts)
+            values.append(vals)
+            rejected.extend(bad)
+        timestamps = np.concatenate(stamps)
+        table = np.concatenate(values)
+        order = np.argsort(timestamps, kind="stable")
+        timestamps, table = timestamps[order], table[order]
+        truth_path = log_files[0].parent / TRUTH_FILE
+        truth = None
+        if truth_path.exists():
+            truth_bytes = _read_bytes(truth_path)
+            digest.update(f"{truth_path.name}\0{len(truth_bytes)}\0".encode())
+            digest.update(truth_bytes)
+            truth, keep, unlabelled = align_truth(truth_bytes, timestamps, str(truth_path))
+            rejected.extend(unlabelled)
+            timestamps, table = timestamps[keep], table[keep]
+        series = RobotSeries(robot=robot, source=str(log_files[0]), timestamps=timestamps, values=table)
+        if truth is not None:
+            series = RobotSeries(robot, series.source, timestamps, table, truth)
+        return series, rejected
+
+
+def discover_logs(path: Path) -> list[tuple[str, list[Path]]]:
+    """(robot, log files) pairs under `path`: a file, a robot directory or a fleet directory."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [(path.parent.name or "robot", [path])]
+    direct = _logs_in(path)
+    if direct:
+        return [(path.name, direct)]
+    found = [(sub.name, _logs_in(sub)) for sub in sorted(p for p in path.iterdir() if p.is_dir())]
+    found = [(robot, logs) for robot, logs in found if logs]
+    if not found:
+        raise SourceError(f"{path}: no CSV log files (expected *.csv here or in robot sub-directories)")
+    return found
+
+
+def _logs_in(directory: Path) -> list[Path]:
+    logs = [
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.name != TRUTH_FILE and (p.suffix == ".csv" or ".csv." in p.name)
+    ]
+    # rotated files (arm1.csv.2, arm1.csv.1) are older than the live one: oldest first
+    return sorted(logs, key=_rotation_key)
+
+
+def _rotation_key(path: Path) -> tuple[str, int]:
+    base, _, suffix = path.name.partition(".csv")
+    generation = int(suffix[1:]) if suffix[1:].isdigit() else 0
+    return base, -generation
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def parse_log_bytes(
+    data: bytes, schema: RecordSchema, source: str
+) -> tuple[FloatArray, FloatArray, list[QuarantinedRow]]:
+    """Parse a whole CSV log (header first) with the agent's parser; bad lines are quarantined."""
+    n_channels = len(schema.channels)
+    if not data.strip():
+        raise DataError(f"{source}: empty file")
+    header_end = data.find(b"\n")
+    header = data[: header_end if header_end >= 0 else len(data)]
+    parser = RecordParser(schema)
+    try:
+        parser.set_header(header.rstrip(b"\r"))
+    except (RecordError, UnicodeDecodeError) as exc:
+        raise DataError(f"{source}: {exc}") from None
+    body_start = header_end + 1 if header_end >= 0 else len(data)
+    rejected: list[QuarantinedRow] = []
+    last_newline = data.rfind(b"\n")
+    if last_newline + 1 < len(data) and last_newline >= header_end:
+        rejected.append(
+            QuarantinedRow(source, _line_of(data, last_newline + 1), last_newline + 1, "partial_line")
+        )
+    stamps: list[FloatArray] = []
+    values: list[FloatArray] = []
+    position = body_start
+    line_base = 2
+    while position < last_newline + 1:
+        end = data.rfind(b"\n", position, min(position + _BLOCK_BYTES, last_newline + 1)) + 1
+        if end <= position:
+            end = data.find(b"\n", position) + 1
+        block = data[position:end]
+        result = parser.parse(block, base_offset=position)
+        stamps.append(result.batch.timestamps)
+        values.append(result.batch.values)
+        for bad in result.rejected:
+            line = line_base + block.count(b"\n", 0, bad.offset - position)
+            rejected.append(QuarantinedRow(source, line, bad.offset, bad.reason, bad.detail))
+        line_base += block.count(b"\n")
+        position = end
+    if not stamps:
+        return np.empty(0), np.empty((0, n_channels)), rejected
+    return np.concatenate(stamps), np.concatenate(values), rejected
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def align_truth(
+    data: bytes, timestamps: FloatArray, source: str
+) -> tuple[Truth, npt.NDArray[np.bool_], list[QuarantinedRow]]:
+    """Truth rows matched to log timestamps; log rows without truth are dropped (``no_label``)."""
+    header_end = data.find(b"\n")
+    if not data.strip() or header_end < 0:
+        raise DataError(f"{source}: empty truth file")
+    header = [h.strip() for h in data[:header_end].decode("utf-8", errors="replace").strip().split(",")]
+    missing = [c for c in TRUTH_COLUMNS if c not in header and c != "robot"]
+    if missing:
+        raise DataError(f"{source}: truth file lacks column(s) {missing}; it has {header}")
+    columns = _truth_columns(data[header_end + 1 :], header, source)
+    ts, health, failure, rul, mode, component = columns
+    order = np.argsort(ts, kind="stable")
+    ts, health, failure, rul, mode, component = (
+        a[order] for a in (ts, health, failure, rul, mode, component)
+    )
+    pos = np.clip(np.searchsorted(ts, timestamps), 0, len(ts) - 1)
+    before = np.clip(pos - 1, 0, len(ts) - 1)
+    nearest = np.where(np.abs(ts[before] - timestamps) < np.abs(ts[pos] - timestamps), before, pos)
+    keep = np.abs(ts[nearest] - timestamps) <= _TS_TOLERANCE_S
+    unlabelled = [
+        QuarantinedRow(source, 0, 0, "no_label", f"no truth row for timestamp {timestamps[i]!r}")
+        for i in np.flatnonzero(~keep).tolist()
+    ]
+    picked = nearest[keep]
+    truth = Truth(
+        mode=mode[picked],
+        component=component[picked],
+        health=health[picked],
+        failure=failure[picked],
+        rul_s=rul[picked],
+    )
+    return truth, keep, unlabelled
+
+
+def _truth_columns(body: bytes, header: list[str], source: str) -> tuple[Any, ...]:
+    """(ts, health, failure, rul_s, mode, component) arrays of a truth body; vectorised when clean."""
+    width = len(header)
+    index = {name: header.index(name) for name in TRUTH_COLUMNS if name in header}
+    lines = body.replace(b"\r", b"").split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    lines = [line for line in lines if line.count(b",") == width - 1]
+    if not lines:
+        raise DataError(f"{source}: truth file has no rows")
+    fields = b",".join(lines).split(b",")
+    table = [fields[i::width] for i in range(width)]
+    try:
+        ts = np.array(table[index["ts"]], dtype=np.bytes_).astype(np.float64)
+        health = np.array([v or b"nan" for v in table[index["health"]]], dtype=np.bytes_).astype(np.float64)
+        rul_raw = [v.strip() or b"inf" for v in table[index["rul_s"]]]
+        rul = np.array(rul_raw, dtype=np.bytes_).astype(np.float64)
+    except ValueError as exc:
+        raise DataError(f"{source}: non-numeric truth value ({exc})") from None
+    rul = np.where(np.isfinite(rul) & (rul >= 0), rul, np.inf)
+    failure = np.isin(np.array(table[index["failure"]], dtype=np.bytes_), [b"1", b"true", b"True"])
+    mode = np.array(table[index["mode"]], dtype=np.bytes_).astype(np.str_)
+    component = np.array(table[index["component"]], dtype=np.bytes_).astype(np.str_)
+    return ts, health, failure, rul, np.char.strip(mode), np.char.strip(component)
+
+
+def concat_values(series: Iterable[RobotSeries]) -> FloatArray:
+    """All samples of several series stacked (for profiling and reference statistics)."""
+    parts = [s.values for s in series]
+    return np.concatenate(parts) if parts else np.empty((0, 0))

@@ -1,0 +1,226 @@
+"""DataPreparation: windows and features (with the agent's own code), labels, leak-free splits.
+
+Features come from `agent.contract.features.batch_features`, the one implementation
+the agent also scores with. A window takes the ground truth of its last sample:
+
+- failure classification: the fault's class when its health is at or below the
+  threshold, or it will fail within the horizon and its health has dropped below
+  ``max_positive_health`` (a fault that has barely begun shows nothing yet), else
+  ``healthy``;
+- remaining useful life: the truth's seconds to failure;
+- anomaly-only: windows whose truth mode is ``healthy``.
+
+Splits keep robots (or units) and time apart: no robot's windows appear on both
+sides of a split, and time-ordered folds never train on the future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.contract.features import FeatureSpec, batch_features
+from trainer.config import LabelConfig
+from trainer.errors import DataError
+from trainer.stages.extraction import HEALTHY, Dataset
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+FAILURE_MODES: tuple[str, ...] = ("bearing_wear", "overheating", "gripper_wear", "collision")
+"""The simulator's degradation modes, in class order after ``healthy`` (class 0)."""
+CLASSES: tuple[str, ...] = (HEALTHY, *FAILURE_MODES)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSet:
+    """Feature vectors of windows with their ground truth, one row per window."""
+
+    features: FloatArray
+    robot: npt.NDArray[np.str_]
+    end_ts: FloatArray
+    mode: npt.NDArray[np.str_]
+    component: npt.NDArray[np.str_]
+    label: IntArray
+    """Class index into `classes`."""
+    rul_s: FloatArray
+    failure_soon: BoolArray
+    """The window's fault fails within the horizon."""
+    classes: tuple[str, ...]
+
+    @property
+    def ambiguous(self) -> BoolArray:
+        """Early degradation: a fault is present but not yet labelled (left out of fitting)."""
+        return (self.mode != HEALTHY) & (self.label == 0)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def take(self, mask: BoolArray | IntArray) -> WindowSet:
+        """The windows selected by a boolean mask or index array."""
+        return WindowSet(
+            self.features[mask],
+            self.robot[mask],
+            self.end_ts[mask],
+            self.mode[mask],
+            self.component[mask],
+            self.label[mask],
+            self.rul_s[mask],
+            self.failure_soon[mask],
+            self.classes,
+        )
+
+    @property
+    def healthy(self) -> BoolArray:
+        """Windows whose truth mode is healthy (the negatives for threshold calibration)."""
+        return self.mode == HEALTHY
+
+    def components(self) -> dict[str, str]:
+        """Failure mode → the component the truth names for it (first seen)."""
+        mapping: dict[str, str] = {}
+        for mode, component in zip(self.mode.tolist(), self.component.tolist(), strict=True):
+            if mode != HEALTHY and mode not in mapping and component:
+                mapping[mode] = component
+        return mapping
+
+
+class DataPreparation:
+    """Stage 2: turns a `Dataset` into labelled feature windows."""
+
+    def __init__(self, spec: FeatureSpec, labels: LabelConfig, classes: Sequence[str] = CLASSES) -> None:
+        self._spec = spec
+        self._labels = labels
+        self._classes = tuple(classes)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The feature spec windows are cut with."""
+        return self._spec
+
+    def windows(self, dataset: Dataset) -> WindowSet:
+        """Features and labels of every complete window of every robot."""
+        if dataset.channels != self._spec.channels:
+            raise DataError(
+                f"dataset channels {dataset.channels} differ from the spec's {self._spec.channels}"
+            )
+        if not dataset.has_truth:
+            missing = [s.source for s in dataset.series if s.truth is None]
+            raise DataError(f"no ground truth (truth.csv) for {missing[:3]}: labels are absent")
+        parts: list[WindowSet] = []
+        for series in dataset.series:
+            assert series.truth is not None
+            features, ends = batch_features(series.values, self._spec)
+            if not len(ends):
+                continue
+            last = ends - 1
+            truth = series.truth
+            mode = truth.mode[last]
+            unknown = sorted(set(mode.tolist()) - set(self._classes))
+            if unknown:
+                raise DataError(f"{series.source}: unknown truth mode(s) {unknown}; known {self._classes}")
+            rul = truth.rul_s[last]
+            health = truth.health[last]
+            visible = health <= self._labels.max_positive_health
+            soon = (mode != HEALTHY) & (rul <= self._labels.horizon_s) & visible
+            degraded = (mode != HEALTHY) & (health <= self._labels.health_threshold)
+            class_index = np.array([self._classes.index(m) for m in mode.tolist()], dtype=np.int64)
+            label = np.where(soon | degraded, class_index, 0)
+            failing, after = _around_failures(
+                series.timestamps, truth.failure, ends, self._spec.window, self._labels
+            )
+            failing_class = np.array(
+                [
+                    self._classes.index(m) if m in self._classes else 0
+                    for m in truth.mode[np.maximum(failing, 0)]
+                ],
+                dtype=np.int64,
+            )
+            label = np.where(failing >= 0, failing_class, label)
+            mode = np.where(failing >= 0, truth.mode[np.maximum(failing, 0)], mode)
+            keep = ~after
+            parts.append(
+                WindowSet(
+                    features=features[keep],
+                    robot=np.full(int(keep.sum()), series.robot),
+                    end_ts=series.timestamps[last][keep],
+                    mode=mode[keep],
+                    component=truth.component[last][keep],
+                    label=label[keep],
+                    rul_s=rul[keep],
+                    failure_soon=soon[keep],
+                    classes=self._classes,
+                )
+            )
+        if not parts:
+            raise DataError(f"no complete window of {self._spec.window} samples in the data")
+        return concat(parts)
+
+
+def _around_failures(
+    timestamps: FloatArray, failure: BoolArray, ends: IntArray, window: int, labels: LabelConfig
+) -> tuple[IntArray, BoolArray]:
+    """Per window: the sample index of a failure it contains (else -1), and whether it lies just after one.
+
+    A window containing the failure sample shows the failure itself (a collision's crash
+    and protective stop) and takes the failing mode's label; windows starting within
+    ``exclude_after_failure_s`` after a failure show the repair and are left out.
+    """
+    fail_idx = np.flatnonzero(failure)
+    starts = ends - window
+    if not len(fail_idx):
+        return np.full(len(ends), -1, dtype=np.int64), np.zeros(len(ends), dtype=bool)
+    # the first failure at or after each window's start
+    k = np.searchsorted(fail_idx, starts, side="left")
+    inside_idx = fail_idx[np.clip(k, 0, len(fail_idx) - 1)]
+    contains = (k < len(fail_idx)) & (inside_idx < ends)
+    failing = np.where(contains, inside_idx, -1).astype(np.int64)
+    # the latest failure before each window's start
+    j = np.searchsorted(fail_idx, starts, side="left") - 1
+    before = fail_idx[np.clip(j, 0, None)]
+    after = (j >= 0) & (timestamps[before] + labels.exclude_after_failure_s >= timestamps[starts]) & ~contains
+    return failing, after
+
+
+def concat(parts: Sequence[WindowSet]) -> WindowSet:
+    """Windows of several sets, in order."""
+    return WindowSet(
+        np.concatenate([p.features for p in parts]),
+        np.concatenate([p.robot for p in parts]),
+        np.concatenate([p.end_ts for p in parts]),
+        np.concatenate([p.mode for p in parts]),
+        np.concatenate([p.component for p in parts]),
+        np.concatenate([p.label for p in parts]),
+        np.concatenate([p.rul_s for p in parts]),
+        np.concatenate([p.failure_soon for p in parts]),
+        parts[0].classes,
+    )
+
+
+def grouped_time_folds(
+    groups: npt.NDArray[np.str_], times: FloatArray, n_folds: int
+) -> Iterator[tuple[IntArray, IntArray]]:
+    """Grouped, time-aware folds: each fold validates on whole groups, trained on the others.
+
+    Groups are assigned to folds round-robin in order of their first time stamp, so
+    each fold mixes early and late groups; within the training side, windows later
+    than the validation groups' end are still allowed, since groups are independent
+    assets. With a single group, folds are consecutive time blocks (train on the past only).
+    """
+    names = np.unique(groups)
+    if len(names) >= n_folds:
+        first = {n: float(times[groups == n].min()) for n in names}
+        ordered = sorted(names.tolist(), key=lambda n: (first[n], n))
+        for k in range(n_folds):
+            val_groups = set(ordered[k::n_folds])
+            val = np.flatnonzero(np.isin(groups, list(val_groups)))
+            train = np.flatnonzero(~np.isin(groups, list(val_groups)))
+            yield train, val
+        return
+    order = np.argsort(times, kind="stable")
+    blocks = np.array_split(order, n_folds + 1)
+    for k in range(1, n_folds + 1):
+        yield np.concatenate(blocks[:k]), blocks[k]

@@ -1,0 +1,116 @@
+"""ModelSelection: interchangeable candidate estimators compared by grouped, time-aware cross-validation.
+
+Each candidate (a `ModelKind`: random forest, extra trees, histogram gradient
+boosting, linear baseline, IsolationForest for anomaly-only data) is fitted on
+the folds of `trainer.stages.preparation.grouped_time_folds` (whole robots held
+out; with one robot, train on the past and validate on the future). The
+out-of-fold scores rank the candidates by the metric named in config
+(``trainer.selection.metric``) and calibrate the winner's thresholds on robots it
+has not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from trainer.config import ModelKind
+from trainer.errors import TrainingError
+from trainer.stages.preparation import WindowSet, grouped_time_folds
+from trainer.stages.training import ModelTraining
+
+FloatArray = npt.NDArray[np.float64]
+
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "pr_auc": True,
+    "f1_macro": True,
+    "recall_at_far": True,
+    "rmse": False,
+    "phm_score": False,
+}
+
+
+@dataclass(slots=True)
+class CandidateResult:
+    """Out-of-fold scores of one candidate and its selection metric."""
+
+    kind: ModelKind
+    oof: FloatArray
+    """Class probabilities per training window (NaN rows were never validated), shape (n, n_classes)."""
+    score: float
+    fold_scores: list[float] = field(default_factory=list)
+
+    @property
+    def validated(self) -> npt.NDArray[np.bool_]:
+        """Windows that received an out-of-fold score."""
+        return ~np.isnan(self.oof[:, 0])
+
+
+def classifier_metric(name: str, proba: FloatArray, labels: npt.NDArray[np.int64]) -> float:
+    """A selection metric of class probabilities (columns = class index) against labels."""
+    from sklearn.metrics import average_precision_score, f1_score
+
+    if name == "f1_macro":
+        return float(f1_score(labels, proba.argmax(axis=1), average="macro", zero_division=0))
+    scores = []
+    for cls in range(1, proba.shape[1]):
+        positive = labels == cls
+        if positive.any() and not positive.all():
+            if name == "recall_at_far":
+                healthy = labels == 0
+                threshold = float(np.quantile(proba[healthy, cls], 0.99)) if healthy.any() else 0.5
+                scores.append(float((proba[positive, cls] > threshold).mean()))
+            else:
+                scores.append(float(average_precision_score(positive, proba[:, cls])))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+class ModelSelection:
+    """Stage 3: ranks candidate estimators by grouped time-aware cross-validation."""
+
+    def __init__(
+        self, training: ModelTraining, candidates: Sequence[ModelKind], metric: str, folds: int
+    ) -> None:
+        if metric not in HIGHER_IS_BETTER:
+            raise TrainingError(
+                f"unknown selection metric {metric!r}; choose from {sorted(HIGHER_IS_BETTER)}"
+            )
+        self._training = training
+        self._candidates = tuple(candidates)
+        self._metric = metric
+        self._folds = folds
+
+    def select_classifier(self, windows: WindowSet, fit_mask: npt.NDArray[np.bool_]) -> list[CandidateResult]:
+        """Every candidate's out-of-fold result, best first. `fit_mask` marks windows usable for fitting."""
+        results = [self._cross_validate(kind, windows, fit_mask) for kind in self._candidates]
+        sign = 1.0 if HIGHER_IS_BETTER[self._metric] else -1.0
+        results.sort(key=lambda r: -sign * (r.score if np.isfinite(r.score) else -sign * np.inf))
+        return results
+
+    def _cross_validate(
+        self, kind: ModelKind, windows: WindowSet, fit_mask: npt.NDArray[np.bool_]
+    ) -> CandidateResult:
+        n_classes = len(windows.classes)
+        oof = np.full((len(windows), n_classes), np.nan)
+        fold_scores: list[float] = []
+        for train_idx, val_idx in grouped_time_folds(windows.robot, windows.end_ts, self._folds):
+            fit_idx = train_idx[fit_mask[train_idx]]
+            if len(np.unique(windows.label[fit_idx])) < 2 or not len(val_idx):
+                continue
+            fitted = self._training.fit(windows.features[fit_idx], windows.label[fit_idx], kind=kind)
+            proba = fitted.estimator.predict_proba(windows.features[val_idx].astype(np.float32))
+            full = np.zeros((len(val_idx), n_classes))
+            for col, cls in enumerate(fitted.classes):
+                full[:, cls] = proba[:, col]
+            oof[val_idx] = full
+            fold_scores.append(classifier_metric(self._metric, full, windows.label[val_idx]))
+        validated = ~np.isnan(oof[:, 0])
+        if not validated.any():
+            raise TrainingError(
+                f"{kind}: no cross-validation fold could be fitted (too few robots or labels)"
+            )
+        score = classifier_metric(self._metric, oof[validated], windows.label[validated])
+        return CandidateResult(kind, oof, score, fold_scores)
