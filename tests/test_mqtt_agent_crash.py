@@ -206,3 +206,46 @@ def test_retained_status_reads_offline_within_one_and_a_half_keepalives_after_si
         last = [m for m in sub.on("/status") if m.json()["robot_id"] == "lwt-robot"][-1]
     assert last.at - killed <= 1.5 * 5
     assert ("offline", "connection lost (last will)") == (last.json()["state"], last.json()["reason"])
+
+
+@pytest.mark.slow
+def test_real_agent_through_broker_off_on_cycles_loses_no_alert(
+    tmp_path: Path, broker: Broker, agents: list[Agent]
+) -> None:
+    """Lines keep arriving while the broker goes off and on 3 times (1 s / 1 s): missing = 0."""
+    with Collector(
+        broker.port, ("robotpm/v1/+/+/alerts", "robotpm/v1/+/+/status"), client_id="cycle-observer"
+    ) as sub:
+        live = Agent(tmp_path / "live", "live-robot", broker.port)
+        agents.append(live)
+        live.append("")
+        live.start()
+        wait_until(lambda: online(sub, "live-robot"), 20, "the agent online")
+        written = 0
+        for phase in ("on", "off") * 3 + ("on",):
+            if phase == "off":
+                broker.stop()
+            elif not broker.running:
+                broker.start()
+            until = time.monotonic() + 1.0
+            while time.monotonic() < until:  # two raise/clear cycles every 100 ms
+                live.append(lines(written, written + 1))
+                written += 1
+                time.sleep(0.05)
+        wait_until(
+            lambda: len(set(ids(sub, "live-robot"))) >= 2 * written, 60, "every alert of the live robot"
+        )
+        assert 0 == live.stop()
+
+        reference = Agent(tmp_path / "reference", "ref-robot", broker.port)
+        agents.append(reference)
+        reference.log.write_bytes(live.log.read_bytes())
+        reference.start()
+        wait_until(lambda: len(episodes(sub, "ref-robot")) >= 2 * written, 60, "the reference alerts")
+        assert 0 == reference.stop()
+        want, got = set(episodes(sub, "ref-robot")), episodes(sub, "live-robot")
+        received_ids = ids(sub, "live-robot")
+    assert 2 * written == len(want)
+    assert set() == want - set(got), "missing alert events"
+    assert set() == set(got) - want, "unexpected alert events"
+    assert len(got) - len(set(got)) == len(received_ids) - len(set(received_ids)), "duplicates repeat ids"
