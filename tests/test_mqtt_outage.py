@@ -278,3 +278,28 @@ class TestCrashes:
                 late.on("/status")[-1].retain,
                 late.on("/status")[-1].json()["state"],
             )
+
+    def test_a_frozen_publisher_is_marked_offline_by_keepalive(
+        self, brokers: BrokerPool, tmp_path: Path
+    ) -> None:
+        """SIGSTOP keeps the socket open (like a dead link): the broker's keepalive check sends the will.
+
+        The spec says 1.5 x keepalive of silence. Mosquitto 2.0.11 checks coarsely: a plain
+        paho client frozen the same way was dropped after 9.8 s at keepalive 5 (about 2x),
+        so the bound here is 2.5 x keepalive. SIGKILL (a closed socket) is immediate.
+        """
+        broker = brokers.make("frozen").start()
+        with Collector(broker.port, (TOPICS.status,), client_id="frozen-sub") as sub:
+            driver = Driver(tmp_path / "state", broker.port, 10**9)
+            try:
+                driver.wait_until("connected", bool)
+                assert sub.wait_for(lambda s: any(m.json()["state"] == "online" for m in s.on("/status")), 10)
+                driver.process.send_signal(signal.SIGSTOP)
+                frozen_at = time.monotonic()
+                assert sub.wait_for(lambda s: s.on("/status")[-1].json()["state"] == "offline", 30)
+                offline = sub.on("/status")[-1]
+            finally:
+                driver.process.send_signal(signal.SIGCONT)
+                driver.kill()
+        waited = offline.at - frozen_at
+        assert KEEPALIVE_S <= waited <= 2.5 * KEEPALIVE_S
