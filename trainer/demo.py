@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import socket
@@ -75,7 +76,9 @@ def start_broker(host: str, port: int, workdir: Path, prefer: str = "auto") -> D
     if binary and prefer in ("auto", "mosquitto"):
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {own_port} 127.0.0.1\nallow_anonymous true\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         _wait_port(own_port)
 
         def stop_mosquitto() -> None:
@@ -94,6 +97,7 @@ def _start_amqtt(port: int) -> DemoBroker:
             "no MQTT broker reachable, no mosquitto binary, and the embedded broker is not installed: "
             "pip install 'robotpm[demo]'"
         ) from None
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)  # it logs every probe of its port as an error
     ready, stopping = threading.Event(), threading.Event()
     failure: list[BaseException] = []
 
@@ -144,9 +148,12 @@ class AlertWatcher:
     _client: Any = None
 
     def start(self) -> None:
+        """Connect and subscribe to the site's topics."""
         import paho.mqtt.client as mqtt
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, protocol=mqtt.MQTTv311
+        )
         client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"robotpm/v1/{self.site}/#", qos=1)
         client.on_message = self._on_message
         client.connect(self.host, self.port, keepalive=30)
@@ -154,6 +161,7 @@ class AlertWatcher:
         self._client = client
 
     def stop(self) -> None:
+        """Disconnect."""
         if self._client is not None:
             self._client.loop_stop()
             self._client.disconnect()
@@ -187,7 +195,10 @@ class AlertWatcher:
             print(f"{stamp}  presence: {body.get('robot_id')} is {body.get('state')}", flush=True)
         elif kind == "model":
             model = body.get("model", {})
-            print(f"{stamp}  model: {body.get('robot_id')} runs {model.get('id')}@{model.get('version')}", flush=True)
+            print(
+                f"{stamp}  model: {body.get('robot_id')} runs {model.get('id')}@{model.get('version')}",
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -224,7 +235,15 @@ def run_demo(args: argparse.Namespace) -> int:
             "log_level": "warning" if not args.verbose else "info",
             "streams": (base.streams[0].model_copy(update={"directory": logs}),),
             "model": base.model.model_copy(update={"directory": workdir / "models"}),
-            "mqtt": base.mqtt.model_copy(update={"host": broker.host, "port": broker.port}),
+            # amqtt speaks MQTT 3.1.1 only and drops an MQTT 5 CONNECT instead of refusing it,
+            # so the transport's automatic fallback never sees a refusal to act on.
+            "mqtt": base.mqtt.model_copy(
+                update={
+                    "host": broker.host,
+                    "port": broker.port,
+                    "protocol": "3.1.1" if broker.kind.startswith("embedded") else base.mqtt.protocol,
+                }
+            ),
             "heartbeat_interval_s": 5.0,
         }
     )
@@ -254,8 +273,9 @@ def run_demo(args: argparse.Namespace) -> int:
         agent_thread = threading.Thread(target=agent.run, args=(stop,), name="demo-agent")
         threads = [simulator, agent_thread]
         print(
-            f"robot {config.robot_id}: healthy for {args.fault_after_s:.0f} s, then {args.fault} develops over "
-            f"{args.fault_duration_s:.0f} s; watching robotpm/v1/{config.site}/# (Ctrl-C to stop)",
+            f"robot {config.robot_id}: healthy for {args.fault_after_s:.0f} s, then {args.fault} "
+            f"develops over {args.fault_duration_s:.0f} s; watching robotpm/v1/{config.site}/# "
+            "(Ctrl-C to stop)",
             flush=True,
         )
         for thread in threads:
@@ -276,7 +296,8 @@ def run_demo(args: argparse.Namespace) -> int:
     states = [a["state"] for a in watcher.seen.values()]
     print(
         f"\nsummary: {len(watcher.seen)} alert event(s) received "
-        f"({states.count('raised')} raised, {states.count('updated')} updated, {states.count('cleared')} cleared), "
+        f"({states.count('raised')} raised, {states.count('updated')} updated, "
+        f"{states.count('cleared')} cleared), "
         f"{watcher.duplicates} duplicate(s) de-duplicated by event_id; agent state in {workdir / 'state'}",
         flush=True,
     )
