@@ -92,8 +92,8 @@ class TestOutbox:
             outbox.enqueue_now([heartbeat(i)])
             clock.advance(1)
         alerts = 500
-        for i in range(alerts):
-            outbox.enqueue_now([alert(i)])
+        for i in range(0, alerts, 25):
+            outbox.enqueue_now([alert(j) for j in range(i, i + 25)])
         kinds = outbox.depth_by_kind()
         assert alerts == kinds["alert"]
         dropped = outbox.dropped()
