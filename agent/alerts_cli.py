@@ -245,6 +245,20 @@ class Printer:
             f"{event.severity or '-':<8}  {event.score:>8.4g}  {event.threshold:>7.4g}  {feature}{flag}"
         )
 
+    def open_summary(self, open_alerts: Sequence[AlertEvent]) -> None:
+        """The alerts still open when the tool exits (table mode only; JSON readers keep their own)."""
+        if self._json:
+            return
+        if not open_alerts:
+            self._line("# no open alerts seen")
+            return
+        self._line(f"# {len(open_alerts)} open alert(s):")
+        for event in sorted(open_alerts, key=lambda e: (e.site, e.robot_id, e.component, e.failure_mode)):
+            self._line(
+                f"#   {event.site}/{event.robot_id}  {event.component}/{event.failure_mode}  "
+                f"{event.severity}  since window {event.window.index} ({event.emitted_at:%Y-%m-%d %H:%M:%S})"
+            )
+
     def presence(self, record: Presence, retained: bool) -> None:
         """A robot going online or offline (retained: the state when we subscribed)."""
         if self._json:
@@ -289,6 +303,7 @@ class Watcher:
         self._store = store
         self._seen: set[str] = set()
         self.tally = Tally()
+        self.open_alerts: dict[str, AlertEvent] = {}  # alert_id -> latest raised/updated event
         self._queue: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._topics = [subscription("alerts", site, robot)]
         if presence:
@@ -363,6 +378,10 @@ class Watcher:
                     self.tally.duplicates += 1
                     return
                 self.tally.alerts += 1
+                if event.state == "cleared":
+                    self.open_alerts.pop(event.alert_id, None)
+                else:
+                    self.open_alerts[event.alert_id] = event
                 self._printer.alert(event, payload)
             elif kind == "status":
                 if not payload:
@@ -408,6 +427,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         sys.stderr.write("robotpm-alerts: --count must be at least 1\n")
         return EXIT_CONFIG
     store: Store | None = None
+    printer = Printer(out, as_json=args.json)
     try:
         config = _mqtt_config(args)
         store = open_store(args.store) if args.store is not None else None
@@ -418,7 +438,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             client_id=args.client_id,
             presence=not args.no_presence,
             heartbeats=args.heartbeats,
-            printer=Printer(out, as_json=args.json),
+            printer=printer,
             store=store,
         )
     except (ConfigError, ValueError) as exc:
@@ -451,6 +471,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    printer.open_summary(list(watcher.open_alerts.values()))
     t = watcher.tally
     sys.stderr.write(
         f"robotpm-alerts: {t.alerts} alert events, {t.duplicates} duplicates dropped, "

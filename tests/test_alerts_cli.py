@@ -210,6 +210,8 @@ J1 = "j1_current"
         publisher.alert(events()[0])
         assert 0 == tool.finish()[0]
         header, row = tool.lines[1], tool.lines[2]
+        assert "# 1 open alert(s):" == tool.lines[3]
+        assert "joint1/bearing_wear  warning" in tool.lines[4]
         assert "component/failure mode" in header
         for part in ("s1/r1", "joint1/bearing_wear", "raised", "warning"):
             assert part in row
@@ -252,6 +254,7 @@ class TestStores:
         for event in episode + episode:
             watcher.handle(RobotTopics("s1", "r1").alerts, event.model_dump_json().encode(), False)
         watcher._store.close()  # type: ignore[union-attr]
+        assert {} == watcher.open_alerts, "a cleared alert is no longer open"
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         assert ["raised", "updated", "cleared"] == [r["state"] for r in rows]
