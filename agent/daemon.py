@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import structlog
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef
+from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
 from agent.errors import ConfigError
@@ -205,8 +204,10 @@ class AgentDaemon:
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._enqueue([self._heartbeat()])
-        interval = self.notifier.watchdog_interval_s
-        if interval is not None and now - self._last_watchdog >= interval:  # already half WatchdogSec
+        interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
+        # Ping a little early: a tick ends at most poll_interval_s late, and the gap must stay
+        # under half of WatchdogSec even on a loaded machine.
+        if interval is not None and now - self._last_watchdog >= 0.75 * interval:
             self._last_watchdog = now
             self.notifier.watchdog()
         return lines
@@ -260,20 +261,26 @@ class AgentDaemon:
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
         counters = [s.pipeline.counters for s in self._streams]
+        suppressed: dict[str, int] = {}
+        for s in self._streams:
+            for reason, count in s.pipeline.policy_counters().get("suppressed", {}).items():
+                suppressed[reason] = suppressed.get(reason, 0) + int(count)
         manifest = self.slot.current.manifest
-        record = Heartbeat(
+        record = telemetry.heartbeat_record(
             robot_id=self.config.robot_id,
             site=self.config.site,
-            sent_at=datetime.fromtimestamp(self.clock.wall(), tz=timezone.utc),
-            uptime_s=round(self.clock.monotonic() - self._started_at, 3),
-            lines=sum(c.lines for c in counters),
-            windows=sum(c.windows for c in counters),
-            alerts=sum(c.alerts for c in counters),
-            quarantined=sum(c.quarantined for c in counters),
-            outbox_depth=self.outbox.depth(),
-            outbox_oldest_age_s=self.outbox.oldest_age_s(),
+            now=self.clock.wall(),
+            uptime_s=self.clock.monotonic() - self._started_at,
+            counters={
+                "lines": sum(c.lines for c in counters),
+                "windows": sum(c.windows for c in counters),
+                "alerts": sum(c.alerts for c in counters),
+                "quarantined": sum(c.quarantined for c in counters),
+            },
+            outbox=self.outbox,
             model=ModelRef(id=manifest.model_id, version=manifest.version),
             agent_version=__version__,
+            suppressed=suppressed,
         )
         return telemetry.heartbeat_message(self.topics, record)
 

@@ -91,6 +91,9 @@ class Policy(Protocol):
     def use_model(self, manifest: ModelManifest) -> None:
         """Continue with a new model's heads."""
 
+    def counters(self) -> dict[str, Any]:
+        """Events emitted by state and events suppressed by reason."""
+
 
 class QuarantineSink(Protocol):
     """Where refused lines go (see `agent.ingest.Quarantine`)."""
@@ -164,6 +167,10 @@ class StreamPipeline:
     def name(self) -> str:
         """The stream's name."""
         return self.stream.name
+
+    def policy_counters(self) -> dict[str, Any]:
+        """The alert policy's counters (events emitted, events suppressed by reason)."""
+        return self._policy.counters()
 
     def _check_channels(self, manifest: ModelManifest) -> None:
         needed = manifest.feature_spec.channels

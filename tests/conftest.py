@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,16 +24,17 @@ def _broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @pytest.fixture(name="broker_factory")
-def _broker_factory(tmp_path: Path) -> Iterator[type[Broker]]:
-    """Make brokers with extra config (e.g. TLS listeners); all are stopped afterwards."""
+def _broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Make and start brokers with extra config (e.g. TLS listeners); all are stopped afterwards."""
     require_mosquitto()
     made: list[Broker] = []
 
-    class _Factory(Broker):
-        def __post_init__(self) -> None:
-            made.append(self)
+    def make(name: str = "extra", **kwargs: Any) -> Broker:
+        broker = Broker(workdir=tmp_path / f"broker-{name}-{len(made)}", **kwargs)
+        made.append(broker)
+        return broker.start()
 
-    yield _Factory
+    yield make
     for broker in made:
         broker.stop()
 
