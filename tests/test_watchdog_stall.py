@@ -200,7 +200,8 @@ class TestWatchdogFollowsTheLoop:
 
         running.stall.armed.set()
         assert running.stall.entered.wait(5.0), "the loop never reached the follower"
-        time.sleep(0.05)  # a ping sent by the tick before the stuck one is not a ping during the stall
+        # A ping the tick before the stuck one sent may still be on its way to the reader: not "during".
+        time.sleep(PING_INTERVAL_S / 2)
         stalled_at = time.monotonic()
         _append(running.config, 0, 200)  # lines arrive while the loop is stuck
         time.sleep(3 * WATCHDOG_USEC / 1e6)  # three whole watchdog timeouts: systemd would have killed us
