@@ -62,7 +62,10 @@ class LabelConfig(_Section):
         default=0.5, ge=0, le=1, description="A fault with health at or below this labels the window."
     )
     max_positive_health: float = Field(
-        default=0.85, ge=0, le=1, description="A fault healthier than this is never a positive: nothing shows yet."
+        default=0.85,
+        ge=0,
+        le=1,
+        description="A fault healthier than this is never a positive: nothing shows yet.",
     )
     exclude_after_failure_s: float = Field(
         default=20.0, ge=0, description="Windows overlapping a failure or this long after it are left out."
@@ -79,6 +82,9 @@ class ModelParams(_Section):
     max_leaf_nodes: int | None = Field(default=None, ge=2)
     learning_rate: float = Field(default=0.1, gt=0, le=1)
     class_weight: Literal["balanced", "none"] = "balanced"
+    n_jobs: int = Field(
+        default=1, ge=1, le=64, description="Threads for forests (results do not depend on it)."
+    )
     projection: bool = Field(
         default=True, description="Ambient-free temperature and current contrasts in front of the trees."
     )

@@ -58,7 +58,7 @@ def _bare_estimator(kind: ModelKind, params: ModelParams, seed: int, task: Task)
         "min_samples_leaf": params.min_samples_leaf,
         "max_leaf_nodes": params.max_leaf_nodes,
         "random_state": seed,
-        "n_jobs": 2,
+        "n_jobs": params.n_jobs,
     }
     boost: dict[str, Any] = {
         "max_iter": params.n_estimators,
@@ -69,7 +69,7 @@ def _bare_estimator(kind: ModelKind, params: ModelParams, seed: int, task: Task)
         "random_state": seed,
     }
     if task == "anomaly" or kind == "isolation_forest":
-        return IsolationForest(n_estimators=params.n_estimators, random_state=seed, n_jobs=2)
+        return IsolationForest(n_estimators=params.n_estimators, random_state=seed, n_jobs=params.n_jobs)
     if task == "classifier":
         if kind == "random_forest":
             return RandomForestClassifier(class_weight=weight, **forest)
