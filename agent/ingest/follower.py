@@ -306,7 +306,7 @@ class StreamFollower:
         out: list[LineBlock] = []
         scan = self._need_scan(now)
         self._check_open_files(now, verify_all=scan)
-        if scan:
+        if scan or self._scan_due:  # a truncation just seen: copytruncate's copy is already there
             self._scan(now)
         self._resolve_pending(now)
         self._expire(now, out)
@@ -368,8 +368,15 @@ class StreamFollower:
         return set(self._files)
 
     def stats(self) -> dict[str, int]:
-        """Counters plus the number of open files and ghosts."""
-        return {**self.counters, "open_files": len(self._files), "ghosts": len(self._ghosts)}
+        """Counters plus open files, ghosts, and the watcher's file events and wakeups."""
+        watcher = self._watcher
+        return {
+            **self.counters,
+            "open_files": len(self._files),
+            "ghosts": len(self._ghosts),
+            "file_events": watcher.events if watcher is not None else 0,
+            "wakeups": watcher.wakeups if watcher is not None else 0,
+        }
 
     # ------------------------------------------------------------------ discovery
 
@@ -422,6 +429,19 @@ class StreamFollower:
         new.sort(key=lambda c: order_key(c.mtime_ns, c.rank, c.path))
         for c in new:
             self._add_new(c, now)
+        if self._watcher is not None:
+            self._watcher.watch_extra(self._symlink_dirs(candidates))
+
+    def _symlink_dirs(self, candidates: list[Candidate]) -> set[str]:
+        """Directories where symlinked files of the stream really live (writes there need a watch too)."""
+        dirs = set()
+        here = os.path.realpath(self._directory)
+        for c in candidates:
+            if os.path.islink(c.path):
+                target_dir = os.path.dirname(os.path.realpath(c.path))
+                if target_dir != here:
+                    dirs.add(target_dir)
+        return dirs
 
     def _open(self, path: str) -> tuple[int, os.stat_result] | None:
         try:

@@ -1,35 +1,43 @@
-"""Wake the reader when a stream's files change: inotify (watchdog) plus a safety-net stat poll.
+"""Wake the reader when a stream's files change: inotify plus a safety-net stat poll.
 
 The watcher never reads files. It only says "look again", through two flags:
 
-* the caller's ``wakeup`` event, set at most once per ``coalesce`` period however
-  many file events arrive (a logger appending at 10 kHz yields one wakeup per
-  period, not one per line: waking per line cost 34% of a core at 1 kHz);
-* `Watcher.take_rescan`, true when the directory itself changed (a file was
-  created, renamed or deleted), so the reader lists it again.
+* the caller's ``wakeup`` event, set at once for the first change and then at most
+  once per ``coalesce`` period however many file events arrive (a logger appending
+  at 10 kHz yields one wakeup per period, not one per line: waking per line cost
+  34% of a core at 1 kHz);
+* `Watcher.take_rescan`, true when a directory itself changed (a file was created,
+  renamed or deleted, or its permissions changed), so the reader lists it again.
 
-A stat poll runs every ``poll_interval`` in every mode. With inotify it is the
-safety net for missed events (writes to a symlink target in another directory,
-queue overflows); in ``poll`` mode it is the only source. When inotify cannot be
-set up (no inotify, watch limits) in ``auto`` mode, the watcher degrades to
-polling and says so in `Watcher.mode`.
+Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
+binding (`agent.ingest.inotify`: one read returns every queued event, and the
+kernel merges repeated writes while the watcher waits out the coalesce period),
+then watchdog's observer (for platforms without it). A stat poll runs every
+``poll_interval`` without events in every mode: with inotify it is the safety net
+(queue overflow, missed events); in ``poll`` mode it is the only source. When no
+inotify backend can be set up in ``auto`` mode the watcher degrades to polling and
+says so in `Watcher.mode`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from agent.errors import IngestError
+from agent.ingest.inotify import IN_MODIFY, Inotify
 
 Signature = tuple[tuple[str, int, int, int], ...]
 WatchMode = Literal["auto", "inotify", "poll"]
 
 
 class Watcher:
-    """Watches one directory (and any extra directories) for a `StreamFollower`."""
+    """Watches one directory (and extra directories, e.g. of symlink targets) for a `StreamFollower`."""
 
     def __init__(
         self,
@@ -53,45 +61,86 @@ class Watcher:
         self._rescan = True
         self._thread: threading.Thread | None = None
         self._observer: object | None = None
+        self._inotify: Inotify | None = None
+        self._extra: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop_pipe: tuple[int, int] | None = None
         self.mode: Literal["inotify", "poll"] = "poll"
+        self.backend: Literal["inotify", "watchdog", "poll"] = "poll"
         self.events = 0
         """File events received (for stats)."""
         self.wakeups = 0
         """Times the caller's wakeup was set."""
 
     def start(self) -> None:
-        """Start the inotify observer (unless poll mode) and the coalescing/poll thread."""
+        """Set up inotify (unless poll mode) and start the watching thread."""
         if self._requested != "poll":
-            try:
-                self._observer = self._start_inotify()
-                self.mode = "inotify"
-            except (OSError, RuntimeError, ImportError) as exc:
-                if self._requested == "inotify":
-                    raise IngestError(f"{self._directory}: cannot watch with inotify: {exc}") from exc
-                self.mode = "poll"
+            self._start_events()
         try:
             first: Signature | None = self._signature()
         except OSError:
             first = None
+        self._stop_pipe = os.pipe()
         self._thread = threading.Thread(
             target=self._run, args=(first,), name=f"robotpm-watch-{self._name}", daemon=True
         )
         self._thread.start()
 
+    def _start_events(self) -> None:
+        if not self._directory.is_dir():
+            problem: Exception = OSError(f"not a directory: {self._directory}")
+        else:
+            try:
+                inotify = Inotify()
+                try:
+                    inotify.add_watch(str(self._directory))
+                except OSError:
+                    inotify.close()
+                    raise
+                self._inotify = inotify
+                self.mode = self.backend = "inotify"
+                return
+            except OSError as exc:
+                problem = exc
+            try:
+                self._observer = self._start_watchdog()
+                self.mode, self.backend = "inotify", "watchdog"
+                return
+            except (OSError, RuntimeError, ImportError) as exc:
+                problem = exc
+        if self._requested == "inotify":
+            raise IngestError(f"{self._directory}: cannot watch for file events: {problem}") from problem
+        self.mode = self.backend = "poll"
+
     def take_rescan(self) -> bool:
-        """Whether the directory changed since the last call (then list it again)."""
+        """Whether a directory changed since the last call (then list it again)."""
         rescan, self._rescan = self._rescan, False
         return rescan
 
     def request_rescan(self) -> None:
-        """Ask for a rescan and a wakeup (e.g. after a directory event)."""
+        """Ask for a rescan and a wakeup."""
         self._rescan = True
         self._activity.set()
 
+    def watch_extra(self, directories: set[str]) -> None:
+        """Also watch these directories (where symlinked files really live); others are dropped."""
+        inotify = self._inotify
+        if inotify is None:
+            return
+        with self._lock:
+            for gone in set(self._extra) - directories:
+                inotify.rm_watch(self._extra.pop(gone))
+            for new in directories - set(self._extra):
+                with contextlib.suppress(OSError):  # vanished or unreadable: the poll covers it
+                    self._extra[new] = inotify.add_watch(new)
+
     def stop(self) -> None:
-        """Stop the observer and the thread, and wait for both."""
+        """Stop the thread and the observer, wait for both, close descriptors."""
         self._stop.set()
         self._activity.set()
+        if self._stop_pipe is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._stop_pipe[1], b"x")
         observer = self._observer
         if observer is not None:
             observer.stop()  # type: ignore[attr-defined]
@@ -100,13 +149,19 @@ class Watcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        if self._stop_pipe is not None:
+            for fd in self._stop_pipe:
+                os.close(fd)
+            self._stop_pipe = None
 
-    def _start_inotify(self) -> object:
+    def _start_watchdog(self) -> object:
         from watchdog.events import (
             DirCreatedEvent,
             DirDeletedEvent,
             DirMovedEvent,
-            FileClosedEvent,
             FileCreatedEvent,
             FileDeletedEvent,
             FileModifiedEvent,
@@ -114,20 +169,18 @@ class Watcher:
             FileSystemEvent,
             FileSystemEventHandler,
         )
-        from watchdog.observers.inotify import InotifyObserver
+        from watchdog.observers import Observer
 
         watcher = self
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 watcher.events += 1
-                if event.event_type not in ("modified", "closed"):
+                if event.event_type != "modified":
                     watcher._rescan = True
                 watcher._activity.set()
 
-        if not self._directory.is_dir():
-            raise OSError(f"not a directory: {self._directory}")
-        observer = InotifyObserver(timeout=0.2)
+        observer = Observer(timeout=0.2)
         observer.schedule(
             _Handler(),
             str(self._directory),
@@ -137,28 +190,44 @@ class Watcher:
                 FileCreatedEvent,
                 FileMovedEvent,
                 FileDeletedEvent,
-                FileClosedEvent,
                 DirCreatedEvent,
                 DirDeletedEvent,
                 DirMovedEvent,
             ],
         )
         observer.daemon = True
-        observer.name = f"robotpm-inotify-{self._name}"
+        observer.name = f"robotpm-watchdog-{self._name}"
         observer.start()
         return observer
 
+    def _wait_for_events(self) -> bool:
+        """Block up to one poll interval; True when file events arrived."""
+        inotify = self._inotify
+        if inotify is None:
+            if self._activity.wait(self._poll_interval):
+                self._activity.clear()
+                return not self._stop.is_set()
+            return False
+        assert self._stop_pipe is not None
+        ready, _, _ = select.select([inotify.fd, self._stop_pipe[0]], [], [], self._poll_interval)
+        if self._stop.is_set() or inotify.fd not in ready:
+            return False
+        events = inotify.read()
+        self.events += len(events)
+        if any(event.mask != IN_MODIFY for event in events):
+            self._rescan = True
+        return bool(events)
+
     def _run(self, previous: Signature | None) -> None:
         while not self._stop.is_set():
-            if self._activity.wait(self._poll_interval):
-                if self._stop.is_set():
-                    return
-                if self._coalesce > 0:
-                    self._stop.wait(self._coalesce)
-                self._activity.clear()
+            if self._wait_for_events():
                 self.wakeups += 1
                 self._wakeup.set()
+                if self._coalesce > 0:
+                    self._stop.wait(self._coalesce)  # let more events gather (the kernel merges them)
                 continue
+            if self._stop.is_set():
+                return
             try:
                 current = self._signature()
             except OSError:
