@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.errors import ConfigError, RobotPMError
 from trainer.config import TrainerConfig, load_trainer_config
 from trainer.errors import TrainerError
+from trainer.stages.extraction import Dataset
 
 PROG = "robotpm-train"
 SUBCOMMANDS = ("bundle", "dataset", "list", "show", "promote", "rollback")
@@ -84,10 +85,15 @@ def _train(argv: list[str]) -> int:
         return run_stream(config, registry_root=args.out, name=args.name)
     from trainer.pipeline import train_failure_classifier
 
+    train: Path | Dataset
+    test: Path | Dataset
     if args.db:
-        from trainer.sources.sql import split_sql_dataset
+        from trainer.sources.sql import read_sql_dataset, split_sql_dataset
 
-        train, test = split_sql_dataset(args.db, args.table, config)
+        if args.test_csv is not None:
+            train, test = read_sql_dataset(args.db, args.table, config.record_schema()), args.test_csv
+        else:
+            train, test = split_sql_dataset(args.db, args.table, config)
     else:
         if args.train_csv is None or args.test_csv is None:
             parser.error("give --train-csv and --test-csv (or --db)")
@@ -171,6 +177,7 @@ def _subcommand(argv: list[str]) -> int:
         parser.add_argument("version", type=int)
     if command == "promote":
         parser.add_argument("--force", action="store_true", help="skip the champion/challenger gate")
+        parser.add_argument("--test-csv", type=Path, default=None, help="held-out data for the gate")
     args = parser.parse_args(rest)
     config = _load(args)
     from trainer.registry import Registry
@@ -192,7 +199,7 @@ def _subcommand(argv: list[str]) -> int:
     if command == "promote":
         from trainer.gate import promote_version
 
-        promote_version(registry, args.version, config, force=args.force)
+        promote_version(registry, args.version, config, force=args.force, test_path=args.test_csv)
         print(f"v{args.version} is the champion of {registry.directory}")
         return 0
     champion = registry.rollback()

@@ -54,6 +54,8 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    test_data: Dataset | None = None
+    """The held-out data, kept for the champion/challenger gate."""
 
 
 class _Timer:
@@ -214,7 +216,9 @@ def train_failure_classifier(
         METRICS_FILE: (json.dumps(metrics_doc, indent=2) + "\n").encode(),
         "profile.json": (json.dumps(profile, indent=2) + "\n").encode(),
     }
-    result = RunResult(manifest, exported, evaluation, fitted, test_windows, test_proba, profile=profile)
+    result = RunResult(
+        manifest, exported, evaluation, fitted, test_windows, test_proba, profile=profile, test_data=test_data
+    )
     if report:
         from trainer.report import classifier_report
 

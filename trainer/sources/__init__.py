@@ -1,0 +1,1 @@
+"""Training-data sources other than files: SQL databases through SQLAlchemy URLs."""
