@@ -77,12 +77,13 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--bundled", type=Path, default=None, help="also write the model to this directory")
     parser.add_argument("--no-report", action="store_true", help="skip the plots and PDF report")
     parser.add_argument("--promote", action="store_true", help="promote through the champion gate")
+    parser.add_argument("--once", action="store_true", help="stream mode: check the incoming directory once")
     args = parser.parse_args(argv)
     config = _load(args)
     if args.mode == "stream":
         from trainer.stream import run_stream
 
-        return run_stream(config, registry_root=args.out, name=args.name)
+        return run_stream(config, registry_root=args.out, name=args.name, once=args.once)
     from trainer.pipeline import train_failure_classifier
 
     train: Path | Dataset

@@ -28,6 +28,7 @@ from trainer.stages.extraction import (
     QuarantinedRow,
     RobotSeries,
     Truth,
+    split_by_robot,
 )
 
 ROBOT_COLUMN = "robot"
@@ -157,27 +158,11 @@ def _float(value: Any, default: float) -> float:
 def split_sql_dataset(url: str, table: str, config: TrainerConfig) -> tuple[Dataset, Dataset]:
     """Train and test sets from one table, split by robot (every fourth robot tests), never by row."""
     dataset = read_sql_dataset(url, table, config.record_schema())
-    robots = sorted(s.robot for s in dataset.series)
-    if len(robots) < 2:
+    if len(dataset.series) < 2:
         raise DataError(
             f"{dataset.sources[0]}: one robot only; a robot-wise split needs two (or pass --test-csv)"
         )
-    test_robots = set(robots[len(robots) - 1 :: -4])
-    train = Dataset(
-        dataset.channels,
-        [s for s in dataset.series if s.robot not in test_robots],
-        dataset.quarantine,
-        hashlib.sha256(f"{dataset.data_hash}:train".encode()).hexdigest(),
-        dataset.sources,
-    )
-    test = Dataset(
-        dataset.channels,
-        [s for s in dataset.series if s.robot in test_robots],
-        [],
-        hashlib.sha256(f"{dataset.data_hash}:test".encode()).hexdigest(),
-        dataset.sources,
-    )
-    return train, test
+    return split_by_robot(dataset)
 
 
 def load_logs_into_sql(path: Path, url: str, table: str, config: TrainerConfig) -> int:

@@ -357,6 +357,25 @@ def _truth_columns(body: bytes, header: list[str], source: str) -> tuple[Any, ..
     return ts, health, failure, rul, np.char.strip(mode), np.char.strip(component)
 
 
+def split_by_robot(dataset: Dataset, every: int = 4) -> tuple[Dataset, Dataset]:
+    """(train, test): every `every`-th robot, counted from the last, is held out; none is on both sides."""
+    robots = sorted(s.robot for s in dataset.series)
+    if len(robots) < 2:
+        raise DataError(f"{dataset.sources[:1]}: one robot only; a robot-wise split needs two")
+    held = set(robots[len(robots) - 1 :: -every])
+
+    def part(keep: bool, tag: str) -> Dataset:
+        return Dataset(
+            dataset.channels,
+            [s for s in dataset.series if (s.robot in held) == keep],
+            dataset.quarantine if not keep else [],
+            hashlib.sha256(f"{dataset.data_hash}:{tag}".encode()).hexdigest(),
+            dataset.sources,
+        )
+
+    return part(False, "train"), part(True, "test")
+
+
 def concat_values(series: Iterable[RobotSeries]) -> FloatArray:
     """All samples of several series stacked (for profiling and reference statistics)."""
     parts = [s.values for s in series]
