@@ -412,3 +412,42 @@ def test_state_is_json_and_restores_across_processes(logs: LogDir, harness: Harn
     harness.kill()
     harness.wait_for(5)
     assert harness.lines[3:] == more
+
+
+def test_slow_catch_up_of_a_quiet_rotated_file_never_skips_lines(tmp_path: Path) -> None:
+    """Small read budgets with pauses past release_after_s: a rotated file's unread lines all come."""
+    logs = LogDir(tmp_path / "logs")
+    logs.create()
+    expected = logs.append(300)
+    logs.rotate_rename()
+    expected += logs.append(5)
+    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=64))
+    try:
+        for _ in range(400):
+            h.read(max_bytes=100)
+            time.sleep(0.001 if len(h.lines) % 50 else 0.08)  # now and then longer than release_after_s
+            if len(h.lines) == len(expected):
+                break
+        assert h.lines == expected
+    finally:
+        h.close()
+
+
+def test_a_vanished_file_ending_in_an_over_long_line_is_released(tmp_path: Path) -> None:
+    """A deleted file whose last line is too long and never ends is let go once quiet (no fd leak)."""
+    logs = LogDir(tmp_path / "logs")
+    logs.create()
+    expected = logs.append(2)
+    logs.append_raw(b"9," + b"9" * 500)
+    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=100))
+    try:
+        h.read()
+        logs.current.unlink()
+        h.read()  # sees it gone
+        time.sleep(0.1)
+        h.read()  # quiet since: released
+        assert h.lines == expected
+        assert [r.reason for r in h.rejected] == ["too_long"]
+        assert h.follower.stats()["open_files"] == 0
+    finally:
+        h.close()

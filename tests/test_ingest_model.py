@@ -20,6 +20,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -38,13 +39,17 @@ KEEP = 4
 class FollowerMachine(RuleBasedStateMachine):
     """The real follower against real files, checked against a model of the files' lines."""
 
+    release_after_s = 3600.0
+
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="robotpm-model-"))
         root = self.root / "logs"
         self.log = LogDir(root)
         self.log.create()
-        self.harness = Harness(stream_config(root), ingest_config("poll", release_after_s=3600.0))
+        self.harness = Harness(
+            stream_config(root), ingest_config("poll", release_after_s=self.release_after_s)
+        )
         self.stopped = False
         self.written: set[bytes] = set()
         self.excused: set[bytes] = set()
@@ -251,10 +256,17 @@ class FollowerMachine(RuleBasedStateMachine):
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def test_follower_never_loses_or_repeats_a_line() -> None:
+class QuickReleaseMachine(FollowerMachine):
+    """The same, closing rotated-away files and settling unterminated tails as soon as they are quiet."""
+
+    release_after_s = 1e-6
+
+
+@pytest.mark.parametrize("machine", [FollowerMachine, QuickReleaseMachine], ids=["hold", "release_at_once"])
+def test_follower_never_loses_or_repeats_a_line(machine: type[FollowerMachine]) -> None:
     """Random file operations, restarts and kills: exact line accounting against the model."""
     run_state_machine_as_test(
-        FollowerMachine,
+        machine,
         settings=settings(
             max_examples=int(os.environ.get("ROBOTPM_MODEL_EXAMPLES", "100")),
             stateful_step_count=40,

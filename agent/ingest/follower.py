@@ -680,31 +680,51 @@ class StreamFollower:
         self._scan_due = True  # the copy of copytruncate may already be there
 
     def _expire(self, now: float, out: list[LineBlock]) -> None:
-        """Drop old ghosts; settle quiet rotated files; close drained files that left the directory."""
+        """Drop old ghosts; settle quiet rotated files; close drained files that left the directory.
+
+        A rotated (or vanished) file that stayed unchanged for ``release_after_s`` has
+        nothing more coming: what is left after its last newline is an unterminated
+        line (rejected as ``unterminated``), the rest of an over-long line, or NULs.
+        """
         self._ghosts = [g for g in self._ghosts if now - g.born < GHOST_TTL_S]
         for ident, f in list(self._files.items()):
             if f.pending is not None or now - f.last_change < self._release_after:
                 continue
-            if not (f.gone or f.rank > 0) or f.skipping:
+            if not (f.gone or f.rank > 0):
                 continue
             size = f.last_size
-            if size > f.offset and not f.header_pending:
-                rest = pread_exact(f.fd, size - f.offset, f.offset)
-                if rest and b"\n" not in rest and rest.strip(b"\x00"):
-                    reject = RejectedLine(
-                        f.offset,
-                        len(rest),
-                        "unterminated",
-                        "last line of a rotated file never got its newline",
-                        rest[:RAW_KEEP],
-                    )
-                    self.counters["unterminated"] += 1
-                    out.append(LineBlock(f.key, Path(f.path), b"", f.offset, self._header(f), (reject,)))
+            if size > f.offset:
+                if f.skipping:
+                    self._consume_to(f, size)  # the tail of a line already rejected as too long
+                elif size - f.offset > self._max_line:
+                    continue  # lines read() has not reached yet (a long catch-up): never skip them
+                else:
+                    rest = pread_exact(f.fd, size - f.offset, f.offset)
+                    if b"\n" in rest:
+                        continue  # complete lines not read yet (budget): read() takes them first
+                    if rest.strip(b"\x00"):
+                        reject = RejectedLine(
+                            f.offset,
+                            len(rest),
+                            "unterminated",
+                            "last line of a rotated file never got its newline",
+                            rest[:RAW_KEEP],
+                        )
+                        self.counters["unterminated"] += 1
+                        out.append(LineBlock(f.key, Path(f.path), b"", f.offset, self._header(f), (reject,)))
                     f.consume(rest)
+                f.skipping = f.header_pending = False
             if f.gone and f.offset >= size:
                 os.close(f.fd)
                 del self._files[ident]
                 self.counters["files_released"] += 1
+
+    def _consume_to(self, f: _File, size: int) -> None:
+        while f.offset < size:
+            chunk = os.pread(f.fd, min(self._chunk, size - f.offset), f.offset)
+            if not chunk:
+                break
+            f.consume(chunk)
 
     # ------------------------------------------------------------------ reading
 
