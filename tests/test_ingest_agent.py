@@ -222,9 +222,9 @@ def test_sigkill_at_20_random_points_while_logs_rotate_yields_the_uninterrupted_
         bursts = [lines[i : i + 10] for i in range(0, len(lines), 10)]
         stop_writing = threading.Event()
 
-        def write() -> None:  # ~30 s of appends and 23 rotations, while the agent is killed
+        def write() -> None:  # ~20 s of appends and 23 rotations, while the agent is killed
             for k, burst in enumerate(bursts):
-                if stop_writing.wait(0.1):
+                if stop_writing.wait(0.06):
                     return
                 writer.append(burst)
                 if k % 13 == 12:
@@ -237,7 +237,7 @@ def test_sigkill_at_20_random_points_while_logs_rotate_yields_the_uninterrupted_
         kills = 0
         try:
             for kill in range(20):
-                if kill % 3 != 2:  # most kills once running; a third inside startup
+                if kill % 2:  # half the kills once running, half inside start-up
                     try:
                         wait_until(lambda n=need: started(crashed) >= n, 30, "the agent started")
                     except AssertionError:
@@ -261,7 +261,7 @@ def test_sigkill_at_20_random_points_while_logs_rotate_yields_the_uninterrupted_
         settle(sub, "crashed")
         assert crashed.stop() == 0
         got = set(alert_ids(sub, "crashed"))
-    assert started(crashed) >= 15, f"only {started(crashed)} of 21 starts got going (seed {seed})"
+    assert started(crashed) >= 10, f"only {started(crashed)} of 21 starts got going (seed {seed})"
     assert sorted(want - got) == [], "alerts missing after SIGKILLs"
     assert sorted(got - want) == [], "alerts that an uninterrupted run does not raise"
 
