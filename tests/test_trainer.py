@@ -69,6 +69,11 @@ class TestTrainMinimum:
         assert manifest.training["code_version"]
         metrics = json.loads((version / "metrics.json").read_text())
         assert metrics["parity"]["max_abs_diff"] <= 1e-4
+        snapshot = json.loads((version / "snapshot.json").read_text())
+        assert snapshot["train"]["data_hash"] == manifest.training["train_data_hash"]
+        assert len(snapshot["train"]["files"]) == 8  # 4 robots × (log + truth)
+        profile = json.loads((version / "profile.json").read_text())
+        assert profile["train"]["rows"] == 4 * 15_000
 
     def test_versions_are_monotonic(self, fleet: tuple[Path, Path], config: Path, tmp_path: Path) -> None:
         """A second run writes version 2 beside version 1."""
@@ -220,6 +225,25 @@ class TestBadInput:
         profile = dataset.profile()
         assert profile["quarantined"] == 2
         assert profile["channels"]["j1_current"]["count"] == 197
+
+    def test_a_run_with_bad_rows_writes_its_quarantine(
+        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
+    ) -> None:
+        """A model trained on logs with a bad line ships quarantine.csv naming file, line and reason."""
+        train = tmp_path / "train"
+        for robot in fleet[0].iterdir():
+            (train / robot.name).mkdir(parents=True)
+            for name in ("arm1.csv", "truth.csv"):
+                (train / robot.name / name).write_bytes((robot / name).read_bytes())
+        log = train / "robot-001" / "arm1.csv"
+        lines = log.read_bytes().splitlines(keepends=True)
+        lines[100] = b"garbage\n"
+        log.write_bytes(b"".join(lines))
+        out = tmp_path / "models"
+        assert _train(config, train, fleet[1], out) == 0
+        quarantine = (out / "arm-test" / "1" / "quarantine.csv").read_text().splitlines()
+        assert quarantine[0] == "source,line,offset,reason,detail"
+        assert quarantine[1].split(",")[1:4] == ["101", str(sum(map(len, lines[:100]))), "field_count"]
 
     def test_config_error_exits_2(self, fleet: tuple[Path, Path], tmp_path: Path) -> None:
         """A bad [trainer] value is a config error: exit code 2."""

@@ -283,7 +283,13 @@ def cmapss_windows(table: FloatArray, spec: FeatureSpec) -> tuple[FloatArray, Fl
 
 
 def run_cmapss(
-    config: TrainerConfig, data_dir: Path, registry_root: Path, *, seed: int, report: bool
+    config: TrainerConfig,
+    data_dir: Path,
+    registry_root: Path,
+    *,
+    seed: int,
+    report: bool,
+    candidates: Sequence[tuple[int, tuple[Statistic, ...]]] | None = None,
 ) -> dict[str, Any]:
     """C-MAPSS FD001: CV-selected window features, capped-RUL gradient boosting, official test truth."""
     from sklearn.ensemble import HistGradientBoostingRegressor
@@ -311,11 +317,12 @@ def run_cmapss(
             random_state=seed,
         )
 
-    candidates: list[tuple[int, tuple[Statistic, ...]]] = [
-        (window, stats)
-        for window in (30, 50, 70)
-        for stats in (("mean", "slope"), ("mean", "std", "slope", "last"))
-    ]
+    if candidates is None:
+        candidates = [
+            (window, stats)
+            for window in (30, 50, 70)
+            for stats in (("mean", "slope"), ("mean", "std", "slope", "last"))
+        ]
     with threadpool_limits(1):  # OpenMP spinning on a shared 2-core machine costs more than it gives
         ranking = []
         for window, stats in candidates:

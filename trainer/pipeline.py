@@ -215,7 +215,12 @@ def train_failure_classifier(
         MANIFEST_FILE: manifest.to_json().encode(),
         METRICS_FILE: (json.dumps(metrics_doc, indent=2) + "\n").encode(),
         "profile.json": (json.dumps(profile, indent=2) + "\n").encode(),
+        "snapshot.json": (
+            json.dumps({"train": train_data.snapshot(), "test": test_data.snapshot()}, indent=2) + "\n"
+        ).encode(),
     }
+    if train_data.quarantine or test_data.quarantine:
+        files["quarantine.csv"] = train_data.quarantine_csv() + test_data.quarantine_csv().split(b"\n", 1)[1]
     result = RunResult(
         manifest, exported, evaluation, fitted, test_windows, test_proba, profile=profile, test_data=test_data
     )

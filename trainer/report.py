@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 FloatArray = npt.NDArray[np.float64]
 REPORT_DIR = "report"
 _MAX_TIMELINES = 4
+_MAX_POINTS = 3000
 
 
 def _figure(width: float = 10.0, height: float = 5.0) -> Figure:
@@ -91,10 +92,17 @@ def classifier_report(result: RunResult) -> dict[str, bytes]:
     return _bundle(f"RobotPM model report: {manifest.label}", summary, figures)
 
 
+def _robot_rows(windows: Any, robot: str) -> npt.NDArray[np.int64]:
+    """Rows of one robot, thinned to at most `_MAX_POINTS` for plotting."""
+    rows = np.flatnonzero(windows.robot == robot)
+    step = max(1, len(rows) // _MAX_POINTS)
+    return rows[::step]
+
+
 def _timeline(windows: Any, proba: FloatArray, heads: Any, columns: dict[int, int], robot: str) -> Figure:
     fig = _figure(11, 4.5)
     ax = fig.add_subplot()
-    mask = windows.robot == robot
+    mask = _robot_rows(windows, robot)
     t = windows.end_ts[mask]
     hours = (t - t.min()) / 3600.0 if len(t) else t
     colours = ["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:green", "tab:blue"]
@@ -131,7 +139,7 @@ def _mode_overlay(windows: Any, proba: FloatArray, columns: dict[int, int], robo
     predicted = full.argmax(axis=1)
     for i, robot in enumerate(robots):
         ax = fig.add_subplot(len(robots), 1, i + 1)
-        mask = windows.robot == robot
+        mask = _robot_rows(windows, robot)
         t = windows.end_ts[mask]
         hours = (t - t.min()) / 3600.0 if len(t) else t
         ax.step(hours, windows.label[mask], where="post", lw=1.2, label="actual")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class Dataset:
     quarantine: list[QuarantinedRow] = field(default_factory=list)
     data_hash: str = ""
     sources: list[str] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+    """The snapshot: every file read, with its own sha256 and size (the data version is `data_hash`)."""
 
     @property
     def n_rows(self) -> int:
@@ -132,12 +135,26 @@ class Dataset:
         }
 
     def write_quarantine(self, path: Path) -> None:
-        """Quarantined rows as CSV: source, line, offset, reason, detail."""
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["source", "line", "offset", "reason", "detail"])
-            for row in self.quarantine:
-                writer.writerow([row.source, row.line, row.offset, row.reason, row.detail])
+        """Quarantined rows as a CSV file: source, line, offset, reason, detail."""
+        path.write_bytes(self.quarantine_csv())
+
+    def snapshot(self) -> dict[str, Any]:
+        """The data version and the files it was computed from (JSON-ready)."""
+        return {
+            "data_hash": self.data_hash,
+            "rows": self.n_rows,
+            "files": self.files,
+            "sources": self.sources,
+        }
+
+    def quarantine_csv(self) -> bytes:
+        """Quarantined rows as CSV bytes: source, line, offset, reason, detail."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["source", "line", "offset", "reason", "detail"])
+        for row in self.quarantine:
+            writer.writerow([row.source, row.line, row.offset, row.reason, row.detail])
+        return buffer.getvalue().encode()
 
     def write_profile(self, path: Path) -> None:
         """The profile as indented JSON."""
@@ -154,6 +171,7 @@ class DataExtractionAnalysis:
 
     def __init__(self, schema: RecordSchema) -> None:
         self._schema = schema
+        self._files: list[dict[str, Any]] = []
 
     @property
     def schema(self) -> RecordSchema:
@@ -163,6 +181,7 @@ class DataExtractionAnalysis:
     def extract(self, path: Path) -> Dataset:
         """Read a CSV log file or a directory of logs (one robot per sub-directory); see the module."""
         files = discover_logs(path)
+        self._files = []
         digest = hashlib.sha256()
         dataset = Dataset(channels=self._schema.canonical_channels, series=[])
         for robot, log_files in files:
@@ -172,20 +191,26 @@ class DataExtractionAnalysis:
             if len(series):
                 dataset.series.append(series)
         dataset.data_hash = digest.hexdigest()
+        dataset.files = list(self._files)
         if not dataset.series:
             raise DataError(f"{path}: no usable rows (all {len(dataset.quarantine)} rows quarantined)")
         return dataset
 
+    def _snapshot(self, path: Path, data: bytes, digest: Any) -> None:
+        """Record a file's own hash and size, and fold it into the dataset's content hash."""
+        file_hash = hashlib.sha256(data).hexdigest()
+        self._files.append({"path": str(path), "sha256": file_hash, "bytes": len(data)})
+        digest.update(f"{path.parent.name}/{path.name}\0{file_hash}\0".encode())
+
     def _read_robot(
-        self, robot: str, log_files: Sequence[Path], digest: hashlib._Hash
+        self, robot: str, log_files: Sequence[Path], digest: Any
     ) -> tuple[RobotSeries, list[QuarantinedRow]]:
         stamps: list[FloatArray] = []
         values: list[FloatArray] = []
         rejected: list[QuarantinedRow] = []
         for log in log_files:
             data = _read_bytes(log)
-            digest.update(f"{log.name}\0{len(data)}\0".encode())
-            digest.update(data)
+            self._snapshot(log, data, digest)
             ts, vals, bad = parse_log_bytes(data, self._schema, str(log))
             stamps.append(ts)
             values.append(vals)
@@ -198,8 +223,7 @@ class DataExtractionAnalysis:
         truth = None
         if truth_path.exists():
             truth_bytes = _read_bytes(truth_path)
-            digest.update(f"{truth_path.name}\0{len(truth_bytes)}\0".encode())
-            digest.update(truth_bytes)
+            self._snapshot(truth_path, truth_bytes, digest)
             truth, keep, unlabelled = align_truth(truth_bytes, timestamps, str(truth_path))
             rejected.extend(unlabelled)
             timestamps, table = timestamps[keep], table[keep]

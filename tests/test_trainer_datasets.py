@@ -1,0 +1,88 @@
+"""The real-data benchmarks, read in place from ../shared/data: AI4I 2020 and C-MAPSS FD001."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent.contract.manifest import ModelManifest
+from trainer.config import TrainerConfig
+from trainer.datasets import DEFAULT_DATA, load_ai4i, load_cmapss, run_ai4i, run_cmapss
+from trainer.errors import DataError, SourceError
+
+AI4I = DEFAULT_DATA / "ai4i2020"
+CMAPSS = DEFAULT_DATA / "cmapss_fd001"
+
+
+class TestAi4i:
+    def test_physics_features_follow_the_documented_formulas(self) -> None:
+        """Power is torque × angular speed and the temperature difference is process − air."""
+        features, label = load_ai4i(AI4I / "ai4i2020.csv")
+        assert features.shape == (10_000, 12)
+        assert int(label.sum()) == 339
+        first = features[0]  # M, 298.1 K, 308.6 K, 1551 rpm, 42.8 Nm, 0 min
+        assert first[8] == pytest.approx(42.8 * 1551 * 2 * np.pi / 60)
+        assert first[9] == pytest.approx(10.5)
+
+    @pytest.mark.slow
+    def test_trains_exports_with_parity_and_registers(self, tmp_path: Path) -> None:
+        """The AI4I run writes an ONNX model that reproduces scikit-learn, with F1 and per-mode recall."""
+        summary = run_ai4i(TrainerConfig(), AI4I, tmp_path, seed=7, report=True)
+        version = Path(summary["version_dir"])
+        metrics = json.loads((version / "metrics.json").read_text())["metrics"]
+        assert metrics["f1"] > 0.8
+        assert metrics["parity_max_abs_diff"] <= 1e-4
+        assert metrics["recall_HDF"] == 1.0
+        assert (version / "report" / "report.pdf").read_bytes().startswith(b"%PDF")
+        card = json.loads((version / "card.json").read_text())
+        session = ort.InferenceSession(str(version / "model.onnx"))
+        features, _ = load_ai4i(AI4I / "ai4i2020.csv")
+        out = session.run([card["output"]["name"]], {"features": features[:5].astype(np.float32)})[0]
+        assert out.shape == (5, 2)
+
+    def test_missing_column_is_named(self, tmp_path: Path) -> None:
+        """A copy without the torque column is refused naming it."""
+        lines = (AI4I / "ai4i2020.csv").read_text().splitlines()[:50]
+        header = lines[0].split(",")
+        drop = header.index("Torque [Nm]")
+        (tmp_path / "ai4i2020.csv").write_text(
+            "\n".join(",".join(v for i, v in enumerate(line.split(",")) if i != drop) for line in lines)
+            + "\n"
+        )
+        with pytest.raises(DataError, match=r"Torque \[Nm\]"):
+            load_ai4i(tmp_path / "ai4i2020.csv")
+
+
+class TestCmapss:
+    def test_reads_the_official_files(self) -> None:
+        """Train and test tables have 26 columns and 100 engines each."""
+        train, test = load_cmapss(CMAPSS / "train_FD001.txt"), load_cmapss(CMAPSS / "test_FD001.txt")
+        assert train.shape == (20_631, 26)
+        assert len(np.unique(test[:, 0])) == 100
+
+    def test_one_window_candidate_reaches_a_useful_rmse_with_an_agent_manifest(self, tmp_path: Path) -> None:
+        """A single 30-cycle candidate scores RMSE < 16 and writes a remaining-life manifest."""
+        summary = run_cmapss(
+            TrainerConfig(), CMAPSS, tmp_path, seed=7, report=False, candidates=[(30, ("mean", "slope"))]
+        )
+        assert summary["metrics"]["rmse"] < 16.0
+        manifest = ModelManifest.read(Path(summary["version_dir"]))
+        assert manifest.task == "remaining_life"
+        assert manifest.heads[0].direction == "lower_is_worse"
+        assert manifest.feature_spec.window == 30
+        session = ort.InferenceSession(str(Path(summary["version_dir"]) / "model.onnx"))
+        for golden in manifest.golden:
+            got = session.run(["variable"], {"features": np.array([golden.features], dtype=np.float32)})[0][0]
+            np.testing.assert_allclose(got, golden.expected["variable"], rtol=1e-5, atol=golden.tolerance)
+
+    def test_bad_files_are_clear_errors(self, tmp_path: Path) -> None:
+        """A missing file and a table with the wrong column count name the file."""
+        with pytest.raises(SourceError, match="no such file"):
+            load_cmapss(tmp_path / "train_FD001.txt")
+        (tmp_path / "bad.txt").write_text("1 2 3\n4 5 6\n")
+        with pytest.raises(DataError, match="expected 26 columns"):
+            load_cmapss(tmp_path / "bad.txt")
