@@ -57,6 +57,10 @@ def to_onnx(fitted: FittedModel) -> bytes:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    if fitted.task == "anomaly":
+        from trainer.stages.compact_isoforest import isolation_forest_onnx
+
+        return isolation_forest_onnx(fitted.estimator, fitted.n_features, INPUT_NAME)
     from trainer.stages.projection import register_converter
 
     register_converter()
@@ -84,12 +88,12 @@ def to_onnx(fitted: FittedModel) -> bytes:
 
 
 def reference_outputs(fitted: FittedModel, features: FloatArray) -> FloatArray:
-    """What scikit-learn says for float32-cast features: class probabilities, predictions or scores."""
+    """scikit-learn's outputs for float32-cast features: probabilities, predictions or anomaly scores."""
     x32 = np.asarray(features, dtype=np.float32)
     if fitted.task == "classifier":
         return np.asarray(fitted.estimator.predict_proba(x32), dtype=np.float64)
-    if fitted.task == "anomaly":
-        return np.asarray(fitted.estimator.score_samples(x32), dtype=np.float64).reshape(-1, 1)
+    if fitted.task == "anomaly":  # the anomaly score, higher is worse: -score_samples
+        return -np.asarray(fitted.estimator.score_samples(x32), dtype=np.float64).reshape(-1, 1)
     return np.asarray(fitted.estimator.predict(x32), dtype=np.float64).reshape(-1, 1)
 
 
