@@ -34,7 +34,7 @@ def test_classifiers_match_scikit_learn(kind: str) -> None:
     assert "probabilities" in exported.outputs
 
 
-@pytest.mark.parametrize("kind", ["random_forest", "extra_trees", "hist_gradient_boosting", "logistic_regression"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_regressors_match_scikit_learn(kind: str) -> None:
     """Each regressor strategy (logistic_regression means the linear baseline, Ridge) matches predict."""
     fitted = _training().fit(FEATURES, TARGET, task="regressor", kind=kind)  # type: ignore[arg-type]
