@@ -9,7 +9,11 @@ script would do; the ratio shows what reading with the agent's vectorised parser
 
 Nothing is asserted on timing; the script exits non-zero if the pipeline fails.
 
+A second section times IsolationForest scoring at batch 4096: scikit-learn (the
+baseline), skl2onnx's default graph and the compact single-TreeEnsemble graph.
+
 Usage: .venv/bin/python bench/bench_trainer.py [--rows 1000000] [--robots 10] [--repeat 1] [--keep DIR]
+                                               [--only-isoforest]
 """
 
 from __future__ import annotations
@@ -52,6 +56,64 @@ def naive_extract(root: Path, columns: list[str]) -> int:
     return rows
 
 
+def bench_isolation_forest(repeat: int = 7, batch: int = 4096) -> None:
+    """IsolationForest scoring at batch 4096: scikit-learn vs skl2onnx's graph vs the compact graph."""
+    import numpy as np
+    import onnxruntime as ort
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import IsolationForest
+
+    from trainer.stages.compact_isoforest import isolation_forest_onnx
+
+    rng = np.random.default_rng(7)
+    train = rng.normal(size=(20_000, 76)).astype(np.float32)
+    batch_x = rng.normal(size=(batch, 76)).astype(np.float32)
+    forest = IsolationForest(n_estimators=100, random_state=7).fit(train)
+    default = convert_sklearn(
+        forest,
+        initial_types=[("features", FloatTensorType([None, 76]))],
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    ).SerializeToString()
+    compact = isolation_forest_onnx(forest, 76)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+
+    def timed(call: object, n: int) -> float:
+        runs = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            call()  # type: ignore[operator]
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs)
+
+    load_default = timed(lambda: ort.InferenceSession(default, options), 3)
+    load_compact = timed(lambda: ort.InferenceSession(compact, options), 3)
+    s_default = ort.InferenceSession(default, options)
+    s_compact = ort.InferenceSession(compact, options)
+    sk = timed(lambda: forest.score_samples(batch_x), repeat)
+    d = timed(lambda: s_default.run(None, {"features": batch_x}), repeat)
+    c = timed(lambda: s_compact.run(["scores"], {"features": batch_x}), repeat)
+    parity = float(
+        np.abs(
+            s_compact.run(["scores"], {"features": batch_x})[0][:, 0] + forest.score_samples(batch_x)
+        ).max()
+    )
+    print()
+    print(
+        f"IsolationForest, 100 trees, 76 features, batch {batch} (median of {repeat}; onnxruntime 1 thread):"
+    )
+    rows = [
+        ("scikit-learn score_samples", sk, ""),
+        ("skl2onnx default graph", d, f"load {load_default * 1e3:6.1f} ms"),
+        ("compact TreeEnsemble graph", c, f"load {load_compact * 1e3:6.1f} ms"),
+    ]
+    for label, seconds, extra in rows:
+        print(f"  {label:<28} {seconds * 1e3:8.1f} ms   {seconds / sk:.2f}×   {extra}")
+    sizes = f"{len(default):,} / {len(compact):,} B"
+    print(f"  compact parity max |onnx + score_samples| = {parity:.1e}; graph sizes {sizes}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -59,7 +121,11 @@ def main() -> int:
     parser.add_argument("--rate-hz", type=float, default=50.0)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="keep data and models here")
+    parser.add_argument("--only-isoforest", action="store_true", help="run only the IsolationForest section")
     args = parser.parse_args()
+    if args.only_isoforest:
+        bench_isolation_forest()
+        return 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     work.mkdir(parents=True, exist_ok=True)
     config = TrainerConfig()
@@ -126,6 +192,7 @@ def main() -> int:
     print(f"  ours (RecordParser, quarantine, hash): {o:7.2f} s  {speed}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
+    bench_isolation_forest()
     return 0
 
 
