@@ -72,6 +72,12 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--db", help="training data from SQL, e.g. sqlite:///fleet.db or postgresql://…")
     parser.add_argument("--table", default="samples", help="SQL table of samples (with --db)")
     parser.add_argument("--mode", choices=("batch", "stream"), default="batch")
+    parser.add_argument(
+        "--task",
+        choices=("failure", "anomaly"),
+        default="failure",
+        help="failure: classifier of failure modes (needs truth); anomaly: IsolationForest on healthy data",
+    )
     parser.add_argument("--out", type=Path, default=None, help="registry root (default: trainer.registry)")
     parser.add_argument("--name", default=None, help="model name (default: trainer.model_name)")
     parser.add_argument("--bundled", type=Path, default=None, help="also write the model to this directory")
@@ -99,7 +105,12 @@ def _train(argv: list[str]) -> int:
         if args.train_csv is None or args.test_csv is None:
             parser.error("give --train-csv and --test-csv (or --db)")
         train, test = args.train_csv, args.test_csv
-    result = train_failure_classifier(
+    trainer_function = train_failure_classifier
+    if args.task == "anomaly":
+        from trainer.anomaly import train_anomaly_detector
+
+        trainer_function = train_anomaly_detector
+    result = trainer_function(
         config,
         train,
         test,

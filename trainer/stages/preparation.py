@@ -25,7 +25,7 @@ import numpy.typing as npt
 from agent.contract.features import FeatureSpec, batch_features
 from trainer.config import LabelConfig
 from trainer.errors import DataError
-from trainer.stages.extraction import HEALTHY, Dataset
+from trainer.stages.extraction import HEALTHY, Dataset, Truth
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -101,12 +101,18 @@ class DataPreparation:
         """The feature spec windows are cut with."""
         return self._spec
 
-    def windows(self, dataset: Dataset) -> WindowSet:
-        """Features and labels of every complete window of every robot."""
+    def windows(self, dataset: Dataset, require_truth: bool = True) -> WindowSet:
+        """Features and labels of every complete window of every robot.
+
+        Without `require_truth`, series without ground truth count as healthy
+        throughout (the anomaly-only task learns from such data).
+        """
         if dataset.channels != self._spec.channels:
             raise DataError(
                 f"dataset channels {dataset.channels} differ from the spec's {self._spec.channels}"
             )
+        if not require_truth:
+            dataset = _assume_healthy(dataset)
         if not dataset.has_truth:
             missing = [s.source for s in dataset.series if s.truth is None]
             raise DataError(f"no ground truth (truth.csv) for {missing[:3]}: labels are absent")
@@ -158,6 +164,26 @@ class DataPreparation:
         if not parts:
             raise DataError(f"no complete window of {self._spec.window} samples in the data")
         return concat(parts)
+
+
+def _assume_healthy(dataset: Dataset) -> Dataset:
+    """The dataset with a healthy ground truth given to every series that has none."""
+    from dataclasses import replace
+
+    series = []
+    for item in dataset.series:
+        if item.truth is None:
+            n = len(item)
+            truth = Truth(
+                mode=np.full(n, HEALTHY),
+                component=np.full(n, ""),
+                health=np.ones(n),
+                failure=np.zeros(n, dtype=bool),
+                rul_s=np.full(n, np.inf),
+            )
+            item = replace(item, truth=truth)
+        series.append(item)
+    return replace(dataset, series=series)
 
 
 def _around_failures(
