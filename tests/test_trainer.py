@@ -250,3 +250,44 @@ class TestBadInput:
         config = tmp_path / "config.toml"
         config.write_text("[trainer.features]\nwindow = 1\n")
         assert _train(config, *fleet, tmp_path / "models") == 2
+
+
+class TestSelectionAndProfiles:
+    def test_candidates_are_ranked_by_the_configured_metric(
+        self, fleet: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """Every candidate's grouped-CV score is recorded, and the best by the config's metric is trained."""
+        config = tmp_path / "config.toml"
+        config.write_text(
+            SMALL_CONFIG
+            + '[trainer.selection]\nmetric = "f1_macro"\n'
+            + 'candidates = ["logistic_regression", "random_forest"]\n',
+            encoding="utf-8",
+        )
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        metrics = json.loads((out / "arm-test" / "1" / "metrics.json").read_text())
+        selection = metrics["selection"]
+        assert set(selection) == {"logistic_regression", "random_forest"}
+        best = max(selection, key=selection.get)
+        assert metrics["lineage"]["estimator"] == best
+        assert metrics["metrics"]["cv_f1_macro"] == selection[best]
+
+    def test_profile_and_environment_override_the_trainer_table(self, tmp_path: Path) -> None:
+        """[profiles.test.trainer] and ROBOTPM__TRAINER__… override [trainer], validated by pydantic."""
+        from agent.errors import ConfigError
+        from trainer.config import load_trainer_config
+
+        path = tmp_path / "config.toml"
+        path.write_text(
+            SMALL_CONFIG
+            + "[profiles.test.trainer.model]\nn_estimators = 3\n[profiles.prod.trainer]\nseed = 99\n",
+            encoding="utf-8",
+        )
+        assert load_trainer_config(path).model.n_estimators == 8
+        assert load_trainer_config(path, "test").model.n_estimators == 3
+        environ = {"ROBOTPM__TRAINER__MODEL__N_ESTIMATORS": "5", "ROBOTPM_PROFILE": "prod"}
+        config = load_trainer_config(path, environ=environ)
+        assert (config.model.n_estimators, config.seed) == (5, 99)
+        with pytest.raises(ConfigError, match=r"trainer\.model\.n_estimators"):
+            load_trainer_config(path, environ={"ROBOTPM__TRAINER__MODEL__N_ESTIMATORS": "0"})
