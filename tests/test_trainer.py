@@ -291,3 +291,23 @@ class TestSelectionAndProfiles:
         assert (config.model.n_estimators, config.seed) == (5, 99)
         with pytest.raises(ConfigError, match=r"trainer\.model\.n_estimators"):
             load_trainer_config(path, environ={"ROBOTPM__TRAINER__MODEL__N_ESTIMATORS": "0"})
+
+
+def test_out_of_range_values_are_quarantined_by_the_configured_limits(
+    fleet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A value outside the channel's configured limits is quarantined as out_of_range."""
+    from trainer.config import TrainerConfig
+    from trainer.stages.extraction import DataExtractionAnalysis
+
+    robot = tmp_path / "robot-r"
+    robot.mkdir()
+    source = next(fleet[0].glob("*/arm1.csv"))
+    lines = source.read_bytes().splitlines(keepends=True)[:100]
+    fields = lines[50].split(b",")
+    fields[8] = b"500.0"  # A1_T
+    lines[50] = b",".join(fields)
+    (robot / "arm1.csv").write_bytes(b"".join(lines))
+    schema = TrainerConfig(limits={"j1_temp": (-40.0, 200.0)}).record_schema()
+    dataset = DataExtractionAnalysis(schema).extract(robot)
+    assert [(q.line, q.reason) for q in dataset.quarantine] == [(51, "out_of_range")]

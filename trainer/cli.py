@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.errors import ConfigError, RobotPMError
@@ -90,7 +90,7 @@ def _train(argv: list[str]) -> int:
         from trainer.stream import run_stream
 
         return run_stream(config, registry_root=args.out, name=args.name, once=args.once)
-    from trainer.pipeline import train_failure_classifier
+    from trainer.pipeline import RunResult, train_failure_classifier
 
     train: Path | Dataset
     test: Path | Dataset
@@ -105,7 +105,7 @@ def _train(argv: list[str]) -> int:
         if args.train_csv is None or args.test_csv is None:
             parser.error("give --train-csv and --test-csv (or --db)")
         train, test = args.train_csv, args.test_csv
-    trainer_function = train_failure_classifier
+    trainer_function: Callable[..., RunResult] = train_failure_classifier
     if args.task == "anomaly":
         from trainer.anomaly import train_anomaly_detector
 

@@ -151,6 +151,10 @@ class TrainerConfig(_Section):
         default=None, description="Column → canonical channel; defaults to the agent stream's mapping."
     )
     timestamp_field: str = "ts"
+    limits: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Canonical channel → accepted range; defaults to the agent stream's.",
+    )
     registry: Path = Path("models")
     work_dir: Path = Path("var/trainer")
     model_name: str = Field(default="robot-arm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -167,7 +171,10 @@ class TrainerConfig(_Section):
     def record_schema(self) -> RecordSchema:
         """How the sensor log files are read."""
         return RecordSchema(
-            format="csv", timestamp_field=self.timestamp_field, channels=self.channels or DEFAULT_CHANNELS
+            format="csv",
+            timestamp_field=self.timestamp_field,
+            channels=self.channels or DEFAULT_CHANNELS,
+            limits=self.limits,
         )
 
     @property
@@ -189,9 +196,13 @@ def load_trainer_config(
     if config.channels is None:
         stream = _agent_stream(document, config.stream)
         if stream is not None:
-            config = config.model_copy(
-                update={"channels": dict(stream.channels), "timestamp_field": stream.timestamp_field}
-            )
+            update: dict[str, Any] = {
+                "channels": dict(stream.channels),
+                "timestamp_field": stream.timestamp_field,
+            }
+            if not config.limits:
+                update["limits"] = dict(stream.limits)
+            config = config.model_copy(update=update)
     return config
 
 
