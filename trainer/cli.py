@@ -49,7 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="config.toml (default: built-in defaults)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: ./config.toml if present, else defaults)",
+    )
     parser.add_argument("--profile", default=None, help="config profile: dev, test or prod")
 
 
@@ -69,9 +74,16 @@ def _train(argv: list[str]) -> int:
     _common(parser)
     parser.add_argument("--train-csv", type=Path, help="training logs: a CSV file or a (fleet) directory")
     parser.add_argument("--test-csv", type=Path, help="held-out logs: a CSV file or a (fleet) directory")
-    parser.add_argument("--db", help="training data from SQL, e.g. sqlite:///fleet.db or postgresql://…")
+    parser.add_argument(
+        "--db", help="training data from SQL, e.g. sqlite:///fleet.db or postgresql://user@host/db"
+    )
     parser.add_argument("--table", default="samples", help="SQL table of samples (with --db)")
-    parser.add_argument("--mode", choices=("batch", "stream"), default="batch")
+    parser.add_argument(
+        "--mode",
+        choices=("batch", "stream"),
+        default="batch",
+        help="batch: train once; stream: watch trainer.incoming and retrain when enough data arrived",
+    )
     parser.add_argument(
         "--task",
         choices=("failure", "anomaly"),

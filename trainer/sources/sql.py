@@ -39,6 +39,9 @@ _FETCH = 50_000
 def _engine(url: str) -> Any:
     import sqlalchemy
 
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3, the driver we install
+
     try:
         engine = sqlalchemy.create_engine(url)
     except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as exc:
