@@ -60,7 +60,9 @@ class TestTrainMinimum:
         out = tmp_path / "models"
         assert _train(config, *fleet, out) == 0
         version = out / "arm-test" / "1"
-        assert {"model.onnx", "manifest.json", "metrics.json"} <= {p.name for p in version.iterdir()}
+        assert {"model.onnx", "manifest.json", "metrics.json", "config.json"} <= {
+            p.name for p in version.iterdir()
+        }
         manifest = ModelManifest.read(version)
         assert (manifest.sha256, manifest.length) == file_sha256(version / "model.onnx")
         assert manifest.model_id == "arm-test"

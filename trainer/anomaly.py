@@ -131,6 +131,7 @@ def train_anomaly_detector(
         MANIFEST_FILE: manifest.to_json().encode(),
         METRICS_FILE: _json({"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage}),
         "snapshot.json": _json({"train": train_data.snapshot(), "test": test_data.snapshot()}),
+        "config.json": _json(config.model_dump(mode="json")),
     }
     if report:
         from trainer.report import binary_report

@@ -215,6 +215,7 @@ def train_failure_classifier(
         MANIFEST_FILE: manifest.to_json().encode(),
         METRICS_FILE: (json.dumps(metrics_doc, indent=2) + "\n").encode(),
         "profile.json": (json.dumps(profile, indent=2) + "\n").encode(),
+        "config.json": (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode(),
         "snapshot.json": (
             json.dumps({"train": train_data.snapshot(), "test": test_data.snapshot()}, indent=2) + "\n"
         ).encode(),
