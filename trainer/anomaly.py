@@ -20,7 +20,7 @@ import numpy as np
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import RunResult, _Timer, code_version, config_hash
+from trainer.pipeline import RunResult, StageTimer, code_version, config_hash
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation, calibrate
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
@@ -43,7 +43,7 @@ def train_anomaly_detector(
     """Fit on healthy windows, calibrate on held-out healthy robots, evaluate, export, register."""
     from sklearn.metrics import average_precision_score
 
-    timer = _Timer()
+    timer = StageTimer()
     extraction = DataExtractionAnalysis(config.record_schema())
     train_data = (
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))

@@ -58,11 +58,14 @@ class RunResult:
     """The held-out data, kept for the champion/challenger gate."""
 
 
-class _Timer:
+class StageTimer:
+    """Wall-clock seconds spent in each named stage (summed when a stage runs twice)."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
 
     def run(self, name: str, step: Callable[[], Any]) -> Any:
+        """Run `step`, add its duration to `name`, return its result."""
         start = time.perf_counter()
         try:
             return step()
@@ -111,7 +114,7 @@ def train_failure_classifier(
     trainer: TrainedMLModel | None = None,
 ) -> RunResult:
     """Train, evaluate and export a failure classifier; write it only when every stage succeeded."""
-    timer = _Timer()
+    timer = StageTimer()
     extraction = DataExtractionAnalysis(config.record_schema())
     train_data: Dataset = (
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
