@@ -313,3 +313,22 @@ def test_out_of_range_values_are_quarantined_by_the_configured_limits(
     schema = TrainerConfig(limits={"j1_temp": (-40.0, 200.0)}).record_schema()
     dataset = DataExtractionAnalysis(schema).extract(robot)
     assert [(q.line, q.reason) for q in dataset.quarantine] == [(51, "out_of_range")]
+
+
+def test_a_rotated_agent_log_directory_reads_like_one_file(tmp_path: Path) -> None:
+    """A log rotated by size (arm1.csv.3 … arm1.csv, each with a header) reads as one ordered stream."""
+    from trainer.config import TrainerConfig
+    from trainer.stages.extraction import DataExtractionAnalysis
+
+    common = {"robots": 1, "seconds": 300.0, "rate_hz": 10.0, "seed": 4}
+    simulate_fleet(tmp_path / "whole", **common)
+    simulate_fleet(tmp_path / "rotated", rotate_bytes=60_000, **common)
+    rotated = tmp_path / "rotated" / "robot-001"
+    assert len(list(rotated.glob("arm1.csv.*"))) >= 3
+    extraction = DataExtractionAnalysis(TrainerConfig().record_schema())
+    whole = extraction.extract(tmp_path / "whole" / "robot-001")
+    pieces = extraction.extract(rotated)
+    assert pieces.quarantine == []
+    np.testing.assert_array_equal(pieces.series[0].timestamps, whole.series[0].timestamps)
+    np.testing.assert_array_equal(pieces.series[0].values, whole.series[0].values)
+    assert pieces.series[0].truth is not None
