@@ -283,9 +283,11 @@ T1 = "j1_temp"
 
 VARIANTS = {
     "ours (inotify, coalesce 5 ms)": {"watch": "auto", "poll": 0.25, "coalesce": 5.0},
+    "ours, coalesce 20 ms": {"watch": "auto", "poll": 0.25, "coalesce": 20.0},
     "ours, poll-only (25 ms)": {"watch": "poll", "poll": 0.025, "coalesce": 5.0},
     "baseline: woken per event": {"watch": "inotify", "poll": 0.25, "coalesce": 0.0},
     "ingest only: follower + watcher": {"watch": "auto", "poll": 0.25, "coalesce": 5.0, "ingest_only": True},
+    "ingest only, coalesce 20 ms": {"watch": "auto", "poll": 0.25, "coalesce": 20.0, "ingest_only": True},
     "ingest only, woken per event": {"watch": "inotify", "poll": 0.25, "coalesce": 0.0, "ingest_only": True},
 }
 
