@@ -332,3 +332,18 @@ def test_a_rotated_agent_log_directory_reads_like_one_file(tmp_path: Path) -> No
     np.testing.assert_array_equal(pieces.series[0].timestamps, whole.series[0].timestamps)
     np.testing.assert_array_equal(pieces.series[0].values, whole.series[0].values)
     assert pieces.series[0].truth is not None
+
+
+def test_json_lines_logs_read_like_csv(tmp_path: Path) -> None:
+    """A JSON-lines log (arm1.jsonl) gives the same samples as the CSV log of the same robot."""
+    from trainer.config import TrainerConfig
+    from trainer.stages.extraction import DataExtractionAnalysis
+
+    common = {"robots": 1, "seconds": 120.0, "rate_hz": 10.0, "seed": 6}
+    simulate_fleet(tmp_path / "csv", **common)
+    simulate_fleet(tmp_path / "jsonl", fmt="jsonl", **common)
+    extraction = DataExtractionAnalysis(TrainerConfig().record_schema())
+    from_csv = extraction.extract(tmp_path / "csv")
+    from_jsonl = extraction.extract(tmp_path / "jsonl")
+    assert from_jsonl.sources[0].endswith("arm1.jsonl")
+    np.testing.assert_array_equal(from_jsonl.series[0].values, from_csv.series[0].values)

@@ -253,15 +253,25 @@ def _logs_in(directory: Path) -> list[Path]:
     logs = [
         p
         for p in directory.iterdir()
-        if p.is_file() and p.name != TRUTH_FILE and (p.suffix == ".csv" or ".csv." in p.name)
+        if p.is_file() and p.name != TRUTH_FILE and _log_suffix(p.name) is not None
     ]
     # rotated files (arm1.csv.2, arm1.csv.1) are older than the live one: oldest first
     return sorted(logs, key=_rotation_key)
 
 
+def _log_suffix(name: str) -> str | None:
+    """``.csv`` or ``.jsonl`` for a log file name (rotated ones too: ``arm1.csv.2``), else None."""
+    for suffix in (".csv", ".jsonl"):
+        base, found, rest = name.partition(suffix)
+        if found and base and (not rest or (rest[1:].isdigit() and rest[0] == ".")):
+            return suffix
+    return None
+
+
 def _rotation_key(path: Path) -> tuple[str, int]:
-    base, _, suffix = path.name.partition(".csv")
-    generation = int(suffix[1:]) if suffix[1:].isdigit() else 0
+    suffix = _log_suffix(path.name) or ".csv"
+    base, _, rest = path.name.partition(suffix)
+    generation = int(rest[1:]) if rest[1:].isdigit() else 0
     return base, -generation
 
 
@@ -275,18 +285,27 @@ def _read_bytes(path: Path) -> bytes:
 def parse_log_bytes(
     data: bytes, schema: RecordSchema, source: str
 ) -> tuple[FloatArray, FloatArray, list[QuarantinedRow]]:
-    """Parse a whole CSV log (header first) with the agent's parser; bad lines are quarantined."""
+    """Parse a whole log with the agent's parser; bad lines are quarantined.
+
+    CSV logs start with their header; a source named ``*.jsonl`` (or rotated
+    ``*.jsonl.N``) is read as JSON lines with the same channel mapping.
+    """
     n_channels = len(schema.channels)
     if not data.strip():
         raise DataError(f"{source}: empty file")
-    header_end = data.find(b"\n")
-    header = data[: header_end if header_end >= 0 else len(data)]
-    parser = RecordParser(schema)
-    try:
-        parser.set_header(header.rstrip(b"\r"))
-    except (RecordError, UnicodeDecodeError) as exc:
-        raise DataError(f"{source}: {exc}") from None
-    body_start = header_end + 1 if header_end >= 0 else len(data)
+    if _log_suffix(Path(source).name) == ".jsonl":
+        schema = schema.model_copy(update={"format": "jsonl"})
+        parser = RecordParser(schema)
+        header_end, body_start = -1, 0
+    else:
+        header_end = data.find(b"\n")
+        header = data[: header_end if header_end >= 0 else len(data)]
+        parser = RecordParser(schema)
+        try:
+            parser.set_header(header.rstrip(b"\r"))
+        except (RecordError, UnicodeDecodeError) as exc:
+            raise DataError(f"{source}: {exc}") from None
+        body_start = header_end + 1 if header_end >= 0 else len(data)
     rejected: list[QuarantinedRow] = []
     last_newline = data.rfind(b"\n")
     if last_newline + 1 < len(data) and last_newline >= header_end:
@@ -296,7 +315,7 @@ def parse_log_bytes(
     stamps: list[FloatArray] = []
     values: list[FloatArray] = []
     position = body_start
-    line_base = 2
+    line_base = 2 if body_start else 1
     while position < last_newline + 1:
         end = data.rfind(b"\n", position, min(position + _BLOCK_BYTES, last_newline + 1)) + 1
         if end <= position:
