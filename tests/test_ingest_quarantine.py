@@ -172,7 +172,8 @@ def test_fuzzed_lines_are_each_either_a_record_or_quarantined_once(
     assert len(good_ts) + len(records) == len(lines)
     offsets = [r["offset"] for r in records]
     assert len(set(offsets)) == len(offsets)
-    assert all(content[o - 1 : o] == b"\n" for o in offsets)
+    # a line starts after a newline, or after NULs the follower skipped (a stale writer's hole)
+    assert all(content[o - 1 : o] in (b"\n", b"\x00") for o in offsets)
     assert sum(counts.values()) == len(records)
     by_offset = {r["offset"]: r["reason"] for r in records}
     offset = len(HEADER) + 1

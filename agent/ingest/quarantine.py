@@ -7,7 +7,8 @@ One JSON object per line::
      "raw": "1764197000.0,abc,..."}
 
 ``raw`` holds the first bytes of the line, decoded as UTF-8 with undecodable bytes
-escaped (``\xNN``). The file is bounded by ``max_bytes``: when a write would pass
+escaped (``\xNN``); the file itself is ASCII (JSON escapes), so no character in a
+refused line can split a record for a line-based reader. The file is bounded by ``max_bytes``: when a write would pass
 it, the file is moved to ``<name>.1`` (replacing an older one) and a new one is
 started, so at most twice the bound is kept. Counters by reason survive rotation;
 lines that could not be written are counted under ``write_failed``.
@@ -60,8 +61,9 @@ class Quarantine:
                 "detail": item.detail,
                 "raw": item.raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
             }
-            lines.append(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-        payload = "".join(lines).encode("utf-8")
+            # ASCII only: U+0085, U+2028 … in a raw line would split the record for str.splitlines()
+            lines.append(json.dumps(record, separators=(",", ":")) + "\n")
+        payload = "".join(lines).encode("ascii")
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
