@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 WINDOW, HOP = 64, 32
-STATISTICS = ("mean", "std", "min", "max", "slope")
+STATISTICS: tuple[Any, ...] = ("mean", "std", "min", "max", "slope")  # agent.contract.features.Statistic
 N_TREES = 100
 RATE_HZ = 50.0
 SEED = 11
@@ -399,7 +399,7 @@ class _Hide:
 
 def hide_packages(args: dict[str, Any]) -> None:
     if args.get("hide"):
-        sys.meta_path.insert(0, _Hide(args["hide"]))  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _Hide(args["hide"]))
 
 
 def worker_bare(args: dict[str, Any]) -> None:
@@ -464,7 +464,7 @@ def worker_swaps(args: dict[str, Any]) -> None:
 
     variant = args["variant"]
     if variant == "no-op":
-        model_slot.release_freed_memory = lambda: None  # type: ignore[assignment]
+        model_slot.release_freed_memory = lambda: None
     elif variant == "gc only":
         import gc
 
@@ -473,7 +473,7 @@ def worker_swaps(args: dict[str, Any]) -> None:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        model_slot.release_freed_memory = lambda: libc.malloc_trim(0)  # type: ignore[assignment]
+        model_slot.release_freed_memory = lambda: libc.malloc_trim(0)
     model_dir = Path(args["model_dir"])
     slot = model_slot.ModelSlot(ModelConfig(directory=model_dir / "no-store", bundled=model_dir))
     first = slot.load_initial()
@@ -563,7 +563,7 @@ def worker_swap_live(args: dict[str, Any]) -> None:
         real_release()
         phases.append(("release", time.perf_counter() - t))
 
-    model_slot.release_freed_memory = timed_release  # type: ignore[assignment]
+    model_slot.release_freed_memory = timed_release
 
     class TimedEvent(threading.Event):
         """The daemon's wake-up event, timing how long each tick waits for file activity."""
