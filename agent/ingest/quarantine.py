@@ -6,12 +6,13 @@ One JSON object per line::
      "offset": 1234, "length": 17, "reason": "not_numeric", "detail": "A1_I='abc'",
      "raw": "1764197000.0,abc,..."}
 
-``raw`` holds the first bytes of the line, decoded as UTF-8 with undecodable bytes
-escaped (``\xNN``); the file itself is ASCII (JSON escapes), so no character in a
-refused line can split a record for a line-based reader. The file is bounded by ``max_bytes``: when a write would pass
-it, the file is moved to ``<name>.1`` (replacing an older one) and a new one is
-started, so at most twice the bound is kept. Counters by reason survive rotation;
-lines that could not be written are counted under ``write_failed``.
+``raw`` holds the first bytes of the line, decoded as UTF-8 with undecodable
+bytes escaped (``\xNN``). The file itself is ASCII (JSON escapes), so no character
+of a refused line can split a record for a line-based reader. The file is bounded
+by ``max_bytes``: when a write would pass it, the file is moved to ``<name>.1``
+(replacing an older one) and a new one is started, so at most twice the bound is
+kept. Counters by reason survive rotation; lines that could not be written are
+counted under ``write_failed``.
 """
 
 from __future__ import annotations
