@@ -347,3 +347,49 @@ def test_json_lines_logs_read_like_csv(tmp_path: Path) -> None:
     from_jsonl = extraction.extract(tmp_path / "jsonl")
     assert from_jsonl.sources[0].endswith("arm1.jsonl")
     np.testing.assert_array_equal(from_jsonl.series[0].values, from_csv.series[0].values)
+
+
+class TestCleaningAndResampling:
+    def _series(self) -> object:
+        from trainer.stages.extraction import RobotSeries, Truth
+
+        ts = np.array([0.0, 0.1, 0.1, 0.21, 0.3, 0.4, 3.0, 3.1])  # a repeated stamp, jitter, a 2.6 s gap
+        values = np.column_stack([ts * 10.0, -ts])
+        n = len(ts)
+        truth = Truth(
+            mode=np.array(["healthy"] * 5 + ["overheating"] * 3),
+            component=np.array([""] * 5 + ["motors"] * 3),
+            health=np.linspace(1.0, 0.3, n),
+            failure=np.array([False] * 7 + [True]),
+            rul_s=np.array([3.1, 3.0, 3.0, 2.89, 2.8, 2.7, 0.1, 0.0]),
+        )
+        return RobotSeries("r", "test", ts, values, truth)
+
+    def test_clean_drops_repeated_timestamps(self) -> None:
+        """A timestamp logged twice keeps its first sample only."""
+        from trainer.stages.preparation import clean
+
+        cleaned = clean(self._series())  # type: ignore[arg-type]
+        assert cleaned.timestamps.tolist() == [0.0, 0.1, 0.21, 0.3, 0.4, 3.0, 3.1]
+
+    def test_resample_makes_a_regular_grid_without_bridging_gaps(self) -> None:
+        """Resampling at 10 Hz interpolates channels linearly, carries truth forward, skips the gap."""
+        from trainer.stages.preparation import clean, resample
+
+        series = resample(clean(self._series()), 10.0, max_gap_s=0.5)  # type: ignore[arg-type]
+        np.testing.assert_allclose(series.timestamps, [0.0, 0.1, 0.2, 0.3, 0.4, 3.0, 3.1], atol=1e-9)
+        np.testing.assert_allclose(series.values[:, 0], series.timestamps * 10.0, atol=1e-9)
+        assert series.truth is not None
+        assert series.truth.mode.tolist()[-2:] == ["overheating", "overheating"]
+        assert series.truth.failure.tolist() == [False] * 6 + [True]
+
+    def test_a_resampled_run_trains_and_registers(self, fleet: tuple[Path, Path], tmp_path: Path) -> None:
+        """With trainer.features.resample_hz the whole run works and records the setting in config.json."""
+        config = tmp_path / "config.toml"
+        config.write_text(
+            SMALL_CONFIG.replace("hop = 40\n", "hop = 40\nresample_hz = 10.0\n"), encoding="utf-8"
+        )
+        out = tmp_path / "models"
+        assert _train(config, *fleet, out) == 0
+        saved = json.loads((out / "arm-test" / "1" / "config.json").read_text())
+        assert saved["features"]["resample_hz"] == 10.0

@@ -50,7 +50,13 @@ def train_anomaly_detector(
     )
     test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
     spec = config.features.spec(config.canonical_channels)
-    preparation = DataPreparation(spec, config.labels, CLASSES)
+    preparation = DataPreparation(
+        spec,
+        config.labels,
+        CLASSES,
+        resample_hz=config.features.resample_hz,
+        max_gap_s=config.features.max_gap_s,
+    )
     train_windows: WindowSet = timer.run(
         "prepare", lambda: preparation.windows(train_data, require_truth=False)
     )

@@ -46,6 +46,14 @@ class FeatureConfig(_Section):
     window: int = Field(default=400, ge=2, description="Samples per window (400 = one 8 s cycle at 50 Hz).")
     hop: int = Field(default=100, ge=1, description="Samples between window starts.")
     statistics: tuple[Statistic, ...] = ("mean", "std", "min", "max")
+    resample_hz: float | None = Field(
+        default=None,
+        gt=0,
+        description="Resample each robot onto a regular grid at this rate (None: as logged).",
+    )
+    max_gap_s: float = Field(
+        default=1.0, gt=0, description="Resampling never bridges a gap longer than this."
+    )
 
     def spec(self, channels: tuple[str, ...]) -> FeatureSpec:
         """The `FeatureSpec` for these canonical channels."""

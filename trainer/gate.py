@@ -37,7 +37,14 @@ def score_manifest(
     """The selection metric of a model file on a dataset, windows cut with the model's own spec."""
     if manifest.task != "failure_classifier":
         raise GateError(f"{manifest.label}: the gate compares failure classifiers, not {manifest.task}")
-    windows = DataPreparation(manifest.feature_spec, config.labels, CLASSES).windows(dataset)
+    preparation = DataPreparation(
+        manifest.feature_spec,
+        config.labels,
+        CLASSES,
+        resample_hz=config.features.resample_hz,
+        max_gap_s=config.features.max_gap_s,
+    )
+    windows = preparation.windows(dataset)
     onnx_bytes = model_path.read_bytes()
     full = np.zeros((len(windows), len(CLASSES)))
     outputs: dict[str, np.ndarray] = {}

@@ -123,7 +123,13 @@ def train_failure_classifier(
         test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
     )
     spec = config.features.spec(config.canonical_channels)
-    preparation = DataPreparation(spec, config.labels, CLASSES)
+    preparation = DataPreparation(
+        spec,
+        config.labels,
+        CLASSES,
+        resample_hz=config.features.resample_hz,
+        max_gap_s=config.features.max_gap_s,
+    )
     train_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(train_data))
     test_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(test_data))
     fit_mask = ~train_windows.ambiguous

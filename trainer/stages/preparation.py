@@ -1,6 +1,8 @@
 """DataPreparation: windows and features (with the agent's own code), labels, leak-free splits.
 
-Features come from `agent.contract.features.batch_features`, the one implementation
+Cleaning drops repeated timestamps; with ``trainer.features.resample_hz`` each robot is
+resampled onto a regular grid first (never across a logging gap). Features come from
+`agent.contract.features.batch_features`, the one implementation
 the agent also scores with. A window takes the ground truth of its last sample:
 
 - failure classification: the fault's class when its health is at or below the
@@ -25,7 +27,7 @@ import numpy.typing as npt
 from agent.contract.features import FeatureSpec, batch_features
 from trainer.config import LabelConfig
 from trainer.errors import DataError
-from trainer.stages.extraction import HEALTHY, Dataset, Truth
+from trainer.stages.extraction import HEALTHY, Dataset, RobotSeries, Truth
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -91,10 +93,20 @@ class WindowSet:
 class DataPreparation:
     """Stage 2: turns a `Dataset` into labelled feature windows."""
 
-    def __init__(self, spec: FeatureSpec, labels: LabelConfig, classes: Sequence[str] = CLASSES) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        labels: LabelConfig,
+        classes: Sequence[str] = CLASSES,
+        *,
+        resample_hz: float | None = None,
+        max_gap_s: float = 1.0,
+    ) -> None:
         self._spec = spec
         self._labels = labels
         self._classes = tuple(classes)
+        self._resample_hz = resample_hz
+        self._max_gap_s = max_gap_s
 
     @property
     def spec(self) -> FeatureSpec:
@@ -117,7 +129,10 @@ class DataPreparation:
             missing = [s.source for s in dataset.series if s.truth is None]
             raise DataError(f"no ground truth (truth.csv) for {missing[:3]}: labels are absent")
         parts: list[WindowSet] = []
-        for series in dataset.series:
+        for original in dataset.series:
+            series = clean(original)
+            if self._resample_hz is not None:
+                series = resample(series, self._resample_hz, self._max_gap_s)
             assert series.truth is not None
             features, ends = batch_features(series.values, self._spec)
             if not len(ends):
@@ -164,6 +179,61 @@ class DataPreparation:
         if not parts:
             raise DataError(f"no complete window of {self._spec.window} samples in the data")
         return concat(parts)
+
+
+def clean(series: RobotSeries) -> RobotSeries:
+    """The series without repeated timestamps (the first sample of each timestamp is kept)."""
+    if len(series) < 2:
+        return series
+    keep = np.concatenate(([True], np.diff(series.timestamps) > 0))
+    if keep.all():
+        return series
+    return _take(series, np.flatnonzero(keep))
+
+
+def resample(series: RobotSeries, rate_hz: float, max_gap_s: float) -> RobotSeries:
+    """The series on a regular grid at `rate_hz`: channels interpolated linearly, truth carried forward.
+
+    Grid points between two samples more than `max_gap_s` apart (inside a logging gap)
+    are dropped rather than invented; a failure sample moves to its nearest grid point.
+    """
+    ts = series.timestamps
+    if len(ts) < 2:
+        return series
+    grid = ts[0] + np.arange(int(np.floor((ts[-1] - ts[0]) * rate_hz + 1e-9)) + 1) / rate_hz
+    after = np.clip(np.searchsorted(ts, grid - 1e-9, side="left"), 0, len(ts) - 1)
+    before = np.clip(np.searchsorted(ts, grid + 1e-9, side="right") - 1, 0, len(ts) - 1)
+    grid = grid[ts[after] - ts[before] <= max_gap_s]  # inside an interval between samples, not a gap
+    values = np.column_stack(
+        [np.interp(grid, ts, series.values[:, c]) for c in range(series.values.shape[1])]
+    )
+    previous = np.clip(np.searchsorted(ts, grid, side="right") - 1, 0, len(ts) - 1)
+    truth = series.truth
+    if truth is not None:
+        failure = np.zeros(len(grid), dtype=bool)
+        for fail_ts in ts[truth.failure]:
+            failure[int(np.argmin(np.abs(grid - fail_ts)))] = True
+        truth = Truth(
+            mode=truth.mode[previous],
+            component=truth.component[previous],
+            health=truth.health[previous],
+            failure=failure,
+            rul_s=np.maximum(truth.rul_s[previous] - (grid - ts[previous]), 0.0),
+        )
+    return RobotSeries(series.robot, series.source, grid, values.reshape(len(grid), -1), truth)
+
+
+def _take(series: RobotSeries, index: IntArray) -> RobotSeries:
+    truth = series.truth
+    if truth is not None:
+        truth = Truth(
+            truth.mode[index],
+            truth.component[index],
+            truth.health[index],
+            truth.failure[index],
+            truth.rul_s[index],
+        )
+    return RobotSeries(series.robot, series.source, series.timestamps[index], series.values[index], truth)
 
 
 def _assume_healthy(dataset: Dataset) -> Dataset:
