@@ -31,6 +31,7 @@ from agent.contract.topics import RobotTopics
 from agent.errors import ConfigError
 from agent.ingest import Quarantine, StreamFollower
 from agent.model_slot import ModelSlot
+from agent.model_watch import ModelWatcher
 from agent.outbox import Outbox
 from agent.pipeline import StreamPipeline
 from agent.policy import AlertPolicy
@@ -72,7 +73,6 @@ class AgentDaemon:
         self._streams: list[_Stream] = []
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
-        self._last_model_check = 0.0
         self._last_watchdog = 0.0
         self._started_at = 0.0
         self._dirty = False
@@ -81,6 +81,7 @@ class AgentDaemon:
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
         self.slot = ModelSlot(config.model)
+        self.model_watcher = ModelWatcher(self.slot, config.model.directory, config.model.check_interval_s)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class AgentDaemon:
         self.transport.start()
         for s in self._streams:
             s.follower.start()
+        self.model_watcher.start()
         self._enqueue([self._model_status(scorer.manifest)])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
@@ -145,6 +147,7 @@ class AgentDaemon:
     def shutdown(self) -> None:
         """Commit, flush what the broker will take within a moment, say offline, and close."""
         self.notifier.stopping()
+        self.model_watcher.stop()
         self._commit(force=True)
         for s in self._streams:
             s.follower.close()
@@ -167,6 +170,7 @@ class AgentDaemon:
             self.transport.stop([telemetry.presence_message(self.topics, offline)])
         if self.store is not None:
             self.store.close()
+        self.notifier.close()
         log.info("agent_stopped", robot=self.config.robot_id)
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -197,10 +201,8 @@ class AgentDaemon:
         self._commit(force=bool(messages), messages=messages)
         assert self.delivery is not None
         self.delivery.pump()
+        self._maybe_swap_model()
         now = self.clock.monotonic()
-        if now - self._last_model_check >= self.config.model.check_interval_s:
-            self._last_model_check = now
-            self._maybe_swap_model()
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._enqueue([self._heartbeat()])
@@ -238,7 +240,7 @@ class AgentDaemon:
             self.outbox.enqueue(conn, messages)
 
     def _maybe_swap_model(self) -> None:
-        candidate: OnnxScorer | None = self.slot.poll()
+        candidate: OnnxScorer | None = self.model_watcher.take()
         if candidate is None:
             return
         started = time.perf_counter()

@@ -15,7 +15,6 @@ Signature verification, probation and rollback build on this seam (see DESIGN.md
 from __future__ import annotations
 
 import ctypes
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,9 @@ class ModelSlot:
         self._config = config
         self._loader = loader
         self._current: OnnxScorer | None = None
+        self._offered_version = 0
         self._refused: set[_Fingerprint] = set()
+        self._versions: dict[_Fingerprint, int] = {}  # manifests already read, by file stamps
 
     @property
     def current(self) -> OnnxScorer:
@@ -77,11 +78,12 @@ class ModelSlot:
 
     def poll(self) -> OnnxScorer | None:
         """A verified scorer for a version newer than the current one, or None."""
-        current_version = self._current.manifest.version if self._current else 0
-        newer = [(d, v) for d, v in self._candidates() if v > current_version]
+        floor = max(self._current.manifest.version if self._current else 0, self._offered_version)
+        newer = [(d, v) for d, v in self._candidates() if v > floor]
         for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
             scorer = self._try_load(directory)
             if scorer is not None:
+                self._offered_version = scorer.manifest.version
                 return scorer
         return None
 
@@ -104,12 +106,15 @@ class ModelSlot:
             fingerprint = _fingerprint(child)
             if fingerprint in self._refused:
                 continue
-            try:
-                manifest = ModelManifest.read(child)
-            except ContractError as exc:
-                self._refuse(child, fingerprint, str(exc))
-                continue
-            found.append((child, manifest.version))
+            version = self._versions.get(fingerprint)
+            if version is None:
+                try:
+                    version = ModelManifest.read(child).version
+                except ContractError as exc:
+                    self._refuse(child, fingerprint, str(exc))
+                    continue
+                self._versions[fingerprint] = version
+            found.append((child, version))
         return found
 
     def _try_load(self, directory: Path) -> OnnxScorer | None:
@@ -134,7 +139,6 @@ def release_freed_memory() -> None:
     Without it, RSS after repeated session swaps plateaus ~20 MiB above the first
     session (DESIGN.md, known pitfalls). A no-op where glibc is not the allocator.
     """
-    gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

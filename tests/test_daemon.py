@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,14 @@ class Harness:
         for _ in range(ticks):
             self.daemon.tick(0.01)
             self.clock.advance(0.05)
+
+    def settle_until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        """Tick until `condition` holds (the model watcher works on its own thread, in real time)."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            self.settle(1)
+            time.sleep(0.01)
 
     def alerts(self) -> list[dict[str, object]]:
         return [json.loads(m.payload) for m in self.transport.messages("alert")]
@@ -170,7 +179,7 @@ class TestModelSwap:
         write(config, lines(0, PROFILE))
         harness.settle()
         write_linear_model(config.model.directory / "v2", version=2)
-        harness.settle(5)
+        harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
         write(config, lines(100, PROFILE))
         harness.settle()
         versions = [a["model"]["version"] for a in harness.alerts()]  # type: ignore[index]
@@ -186,6 +195,7 @@ class TestModelSwap:
         """A version 2 with a broken model file is refused; alerts keep coming from version 1."""
         write_linear_model(config.model.directory / "v2", version=2)
         (config.model.directory / "v2" / "model.onnx").write_bytes(b"garbage")
+        time.sleep(0.5)  # the watcher checks the store every 10 ms: it has looked, and refused
         harness.settle(5)
         write(config, lines(0, PROFILE))
         harness.settle()

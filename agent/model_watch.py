@@ -1,0 +1,101 @@
+"""Finding and verifying newer models off the scoring thread.
+
+Loading an onnxruntime session and running its golden test takes tens of
+milliseconds; done in the daemon's loop it would stall scoring for that long. A
+`ModelWatcher` thread does it instead: it wakes when the model store changes
+(inotify through the same `agent.ingest.watcher.Watcher` the streams use, with a
+stat poll every ``check_interval_s`` as the safety net), asks `ModelSlot.poll`
+for a verified newer version, and leaves it for the loop, which only swaps the
+reference at the next tick (a window boundary).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import structlog
+
+from agent.ingest.watcher import Signature, Watcher
+from agent.model_slot import ModelSlot
+from agent.scoring import OnnxScorer
+
+log = structlog.get_logger("robotpm.model")
+
+
+def store_signature(store: Path) -> Signature:
+    """What changes when a version is added to, replaced in or removed from the store."""
+    entries: list[tuple[str, int, int, int]] = []
+    try:
+        children = sorted(os.scandir(store), key=lambda e: e.name)
+    except OSError:
+        return ()
+    for child in children:
+        for name in ("manifest.json", "model.onnx"):
+            try:
+                st = os.stat(os.path.join(child.path, name))
+            except OSError:
+                continue
+            entries.append((f"{child.name}/{name}", st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+class ModelWatcher:
+    """A thread that offers the loop verified newer models; `take` never blocks."""
+
+    def __init__(self, slot: ModelSlot, store: Path, check_interval_s: float) -> None:
+        self._slot = slot
+        self._store = store
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._ready: OnnxScorer | None = None
+        self._thread: threading.Thread | None = None
+        self._watcher = Watcher(
+            store,
+            "auto",
+            poll_interval_s=check_interval_s,
+            coalesce_s=0.01,
+            wakeup=self._wake,
+            signature=lambda: store_signature(store),
+            name="models",
+        )
+
+    def start(self) -> None:
+        """Watch the store and start the checking thread."""
+        self._store.mkdir(parents=True, exist_ok=True)
+        self._watcher.start()
+        self._wake.set()  # look once at start
+        self._thread = threading.Thread(target=self._run, name="robotpm-model-watch", daemon=True)
+        self._thread.start()
+
+    def take(self) -> OnnxScorer | None:
+        """The newest verified candidate not yet taken, or None."""
+        with self._lock:
+            ready, self._ready = self._ready, None
+        return ready
+
+    def stop(self) -> None:
+        """Stop the thread and the store watcher."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._watcher.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                candidate = self._slot.poll()
+            except Exception as exc:  # never let a bad store kill the watcher
+                log.error("model_check_failed", error=str(exc))
+                continue
+            if candidate is not None:
+                with self._lock:
+                    self._ready = candidate
