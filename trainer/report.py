@@ -202,6 +202,8 @@ def regression_report(
         ax.plot(order[mask][sort], actual[mask][sort], label="actual")
         ax.plot(order[mask][sort], predicted[mask][sort], label="predicted")
         ax.set_title(f"unit {unit_id}", fontsize=8)
+        ax.set_xlabel(unit, fontsize=7)
+        ax.set_ylabel(f"RUL ({unit}, capped)", fontsize=7)
         ax.legend(fontsize=6)
     figures.append(("overlay_units", fig))
     fig = _figure(11, 4)
