@@ -67,9 +67,14 @@ class TestCmapss:
     def test_one_window_candidate_reaches_a_useful_rmse_with_an_agent_manifest(self, tmp_path: Path) -> None:
         """A single 30-cycle candidate scores RMSE < 16 and writes a remaining-life manifest."""
         summary = run_cmapss(
-            TrainerConfig(), CMAPSS, tmp_path, seed=7, report=False, candidates=[(30, ("mean", "slope"))]
+            TrainerConfig(), CMAPSS, tmp_path, seed=7, report=True, candidates=[(30, ("mean", "slope"))]
         )
         assert summary["metrics"]["rmse"] < 16.0
+        report = Path(summary["version_dir"]) / "report"
+        assert {"residuals.png", "predicted_vs_actual.png", "overlay_units.png"} <= {
+            p.name for p in report.iterdir()
+        }
+        assert (report / "report.pdf").read_bytes().startswith(b"%PDF")
         manifest = ModelManifest.read(Path(summary["version_dir"]))
         assert manifest.task == "remaining_life"
         assert manifest.heads[0].direction == "lower_is_worse"
