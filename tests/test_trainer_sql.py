@@ -48,10 +48,11 @@ def _config(tmp_path: Path) -> Path:
 
 class TestSqlite:
     def test_trains_from_a_sqlite_file(self, fleet: Path, config: Path, tmp_path: Path) -> None:
-        """Logs imported into SQLite train a model with `--db sqlite:///…`, split by robot."""
+        """Logs loaded with `import-sql` into SQLite train a model with `--db sqlite:///…`, split by robot."""
         url = f"sqlite:///{tmp_path / 'fleet.db'}"
-        rows = load_logs_into_sql(fleet, url, "samples", TrainerConfig())
-        assert rows == 5 * 12_000
+        assert cli.main(["import-sql", str(fleet), "--db", url, "--config", str(config)]) == 0
+        with sqlite3.connect(tmp_path / "fleet.db") as connection:
+            assert connection.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 5 * 12_000
         out = tmp_path / "models"
         assert cli.main(["--config", str(config), "--db", url, "--out", str(out), "--no-report"]) == 0
         manifest = ModelManifest.read(out / "arm-sql" / "1")

@@ -7,6 +7,7 @@ Usage::
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the real-data benchmarks
+    robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
 
 Exit codes: 0 success, 1 a trainer error (message on stderr, nothing written),
@@ -27,7 +28,7 @@ from trainer.errors import TrainerError
 from trainer.stages.extraction import Dataset
 
 PROG = "robotpm-train"
-SUBCOMMANDS = ("bundle", "dataset", "list", "show", "promote", "rollback")
+SUBCOMMANDS = ("bundle", "dataset", "import-sql", "list", "show", "promote", "rollback")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,6 +195,17 @@ def _subcommand(argv: list[str]) -> int:
             args.dataset, _load(args), data_dir=args.data, registry_root=args.out, seed=args.seed
         )
         print(json.dumps(summary, indent=2))
+        return 0
+    if command == "import-sql":
+        parser.description = "Load CSV/JSON-lines logs (and truth.csv) into a SQL table that --db reads."
+        parser.add_argument("logs", type=Path, help="a log file, robot directory or fleet directory")
+        parser.add_argument("--db", required=True, help="SQLAlchemy URL, e.g. sqlite:///fleet.db")
+        parser.add_argument("--table", default="samples")
+        args = parser.parse_args(rest)
+        from trainer.sources.sql import load_logs_into_sql
+
+        rows = load_logs_into_sql(args.logs, args.db, args.table, _load(args))
+        print(f"loaded {rows} rows into {args.table}")
         return 0
     parser.add_argument("--out", type=Path, default=None, help="registry root (default: trainer.registry)")
     parser.add_argument("--name", default=None, help="model name (default: trainer.model_name)")
