@@ -76,6 +76,7 @@ class AgentDaemon:
         self._last_watchdog = 0.0
         self._started_at = 0.0
         self._dirty = False
+        self._pending: list[OutboundMessage] = []  # telemetry to commit with the next tick
         self.store: StateStore | None = None
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
@@ -197,15 +198,18 @@ class AgentDaemon:
                 s.caught_up = True
             else:
                 self._wakeup.set()  # more is waiting: come straight back
-        messages = [telemetry.alert_message(self.topics, e) for e in events]
-        self._commit(force=bool(messages), messages=messages)
-        assert self.delivery is not None
-        self.delivery.pump()
         self._maybe_swap_model()
         now = self.clock.monotonic()
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
-            self._enqueue([self._heartbeat()])
+            self._pending.append(self._heartbeat())
+        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        if self._pending:
+            messages += self._pending
+            self._pending = []
+        self._commit(force=bool(messages), messages=messages)
+        assert self.delivery is not None
+        self.delivery.pump()
         interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
         # Ping a little early: a tick ends at most poll_interval_s late, and the gap must stay
         # under half of WatchdogSec even on a loaded machine.
@@ -246,8 +250,9 @@ class AgentDaemon:
         started = time.perf_counter()
         for s in self._streams:
             s.pipeline.use_scorer(candidate)
-        self.slot.accept(candidate)
-        self._enqueue([self._model_status(candidate.manifest)])
+        self.slot.accept(candidate, trim=False)
+        self.model_watcher.request_trim()
+        self._pending.append(self._model_status(candidate.manifest))
         self.notifier.status(f"model {candidate.manifest.label} live")
         log.info(
             "model_live",

@@ -87,11 +87,16 @@ class ModelSlot:
                 return scorer
         return None
 
-    def accept(self, scorer: OnnxScorer) -> None:
-        """Make `scorer` the current model (the daemon calls this at a window boundary)."""
+    def accept(self, scorer: OnnxScorer, *, trim: bool = True) -> None:
+        """Make `scorer` the current model (the daemon calls this at a window boundary).
+
+        With ``trim`` the freed heap of the old session is handed back at once; the
+        daemon passes False and lets its model watcher thread do that off the loop.
+        """
         previous = self._current.manifest.label if self._current else None
         self._current = scorer
-        release_freed_memory()
+        if trim:
+            release_freed_memory()
         log.info("model_swapped", model=scorer.manifest.label, previous=previous)
 
     def _candidates(self) -> list[tuple[Path, int]]:

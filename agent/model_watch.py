@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from agent.ingest.watcher import Signature, Watcher
-from agent.model_slot import ModelSlot
+from agent.model_slot import ModelSlot, release_freed_memory
 from agent.scoring import OnnxScorer
 
 log = structlog.get_logger("robotpm.model")
@@ -51,6 +51,7 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._ready: OnnxScorer | None = None
+        self._trim = False
         self._thread: threading.Thread | None = None
         self._watcher = Watcher(
             store,
@@ -76,6 +77,11 @@ class ModelWatcher:
             ready, self._ready = self._ready, None
         return ready
 
+    def request_trim(self) -> None:
+        """Hand freed heap back to the OS from this thread (after the loop dropped an old session)."""
+        self._trim = True
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop the thread and the store watcher."""
         self._stop.set()
@@ -91,6 +97,9 @@ class ModelWatcher:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if self._trim:
+                self._trim = False
+                release_freed_memory()
             try:
                 candidate = self._slot.poll()
             except Exception as exc:  # never let a bad store kill the watcher
