@@ -87,9 +87,10 @@ def _train(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--task",
-        choices=("failure", "anomaly"),
+        choices=("failure", "anomaly", "rul"),
         default="failure",
-        help="failure: classifier of failure modes (needs truth); anomaly: IsolationForest on healthy data",
+        help="failure: classifier of failure modes (needs truth); anomaly: IsolationForest on healthy data; "
+        "rul: remaining useful life regressor (needs truth)",
     )
     parser.add_argument("--out", type=Path, default=None, help="registry root (default: trainer.registry)")
     parser.add_argument("--name", default=None, help="model name (default: trainer.model_name)")
@@ -123,6 +124,10 @@ def _train(argv: list[str]) -> int:
         from trainer.anomaly import train_anomaly_detector
 
         trainer_function = train_anomaly_detector
+    elif args.task == "rul":
+        from trainer.rul import train_rul_regressor
+
+        trainer_function = train_rul_regressor
     result = trainer_function(
         config,
         train,
@@ -151,9 +156,8 @@ def _print_result(result: object) -> None:
         f"parity: max |onnx - sklearn| = {result.exported.max_abs_diff:.2e} "
         f"on {len(result.test)} test windows"
     )
-    for key in ("f1_macro", "pr_auc", "recall_at_far", "false_alarm_rate", "lead_time_s_median"):
-        if key in result.evaluation.metrics:
-            print(f"  {key:20s} {result.evaluation.metrics[key]:.4f}")
+    for key, value in result.evaluation.metrics.items():
+        print(f"  {key:20s} {value:.4f}")
     for head in manifest.heads:
         t = head.thresholds
         print(
