@@ -88,33 +88,224 @@ def window_statistics(windows: FloatArray, statistics: tuple[Statistic, ...]) ->
         Shape ``(n_windows, n_channels * len(statistics))``, channel-major.
 
     """
-    n_windows, length, n_channels = windows.shape
-    columns: list[FloatArray] = []
+    return _channel_statistics(np.asarray(windows, dtype=np.float64).transpose(0, 2, 1), statistics)
+
+
+def _channel_statistics(x: FloatArray, statistics: tuple[Statistic, ...]) -> FloatArray:
+    """`window_statistics` of windows laid out ``(n_windows, n_channels, window)``.
+
+    Every statistic reduces the last axis; `batch_features` and `StreamingFeaturizer`
+    both pass views whose last axis is contiguous, so they compute identically.
+    """
+    n_windows, n_channels, length = x.shape
+    out = np.empty((n_windows, n_channels, len(statistics)), dtype=np.float64)
     mean: FloatArray | None = None
-    for stat in statistics:
-        if stat == "mean":
-            mean = windows.mean(axis=1) if mean is None else mean
-            columns.append(mean)
-        elif stat == "std":
-            columns.append(windows.std(axis=1))
-        elif stat == "min":
-            columns.append(windows.min(axis=1))
-        elif stat == "max":
-            columns.append(windows.max(axis=1))
+    low: FloatArray | None = None
+    high: FloatArray | None = None
+    for j, stat in enumerate(statistics):
+        if stat in ("mean", "std"):
+            if mean is None:
+                mean = np.add.reduce(x, axis=2) / length
+            if stat == "mean":
+                out[:, :, j] = mean
+            else:
+                deviation = x - mean[:, :, None]
+                np.multiply(deviation, deviation, out=deviation)
+                out[:, :, j] = np.sqrt(np.add.reduce(deviation, axis=2) / length)
+        elif stat in ("min", "max", "ptp"):
+            if stat != "max" and low is None:
+                low = np.minimum.reduce(x, axis=2)
+            if stat != "min" and high is None:
+                high = np.maximum.reduce(x, axis=2)
+            if stat == "min":
+                out[:, :, j] = low
+            elif stat == "max":
+                out[:, :, j] = high
+            else:
+                assert low is not None
+                assert high is not None
+                out[:, :, j] = high - low
         elif stat == "rms":
-            columns.append(np.sqrt(np.mean(windows * windows, axis=1)))
-        elif stat == "ptp":
-            columns.append(windows.max(axis=1) - windows.min(axis=1))
+            out[:, :, j] = np.sqrt(np.add.reduce(x * x, axis=2) / length)
         elif stat == "slope":
-            centred_t = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
-            denominator = float(np.dot(centred_t, centred_t))
-            columns.append(np.einsum("t,wtc->wc", centred_t, windows) / denominator)
+            out[:, :, j] = np.matmul(x, _centred_time(length))
         elif stat == "last":
-            columns.append(windows[:, -1, :])
+            out[:, :, j] = x[:, :, -1]
         else:  # pragma: no cover - Literal keeps this unreachable
             raise ValueError(f"unknown statistic {stat!r}")
-    stacked = np.stack(columns, axis=2)  # (n_windows, n_channels, n_stats)
-    return np.ascontiguousarray(stacked.reshape(n_windows, n_channels * len(statistics)))
+    return out.reshape(n_windows, n_channels * len(statistics))
+
+
+_BATCH_WINDOWS = 16_384
+"""`batch_features` computes this many windows at a time, to bound its temporary memory."""
+
+_CENTRED_TIME: dict[int, FloatArray] = {}
+
+
+def _centred_time(length: int) -> FloatArray:
+    """Least-squares slope weights for `length` samples: ``(t - t̄) / Σ(t - t̄)²``."""
+    weights = _CENTRED_TIME.get(length)
+    if weights is None:
+        centred_t = np.arange(length, dtype=np.float64) - (length - 1) / 2.0
+        weights = centred_t / float(np.dot(centred_t, centred_t))
+        if len(_CENTRED_TIME) < 64:
+            _CENTRED_TIME[length] = weights
+    return weights
+
+
+def _features_at(columns: FloatArray, first_start: int, count: int, spec: FeatureSpec) -> FloatArray:
+    """Features of `count` windows of channel-major `columns`, window i starting at ``first_start + i * hop``.
+
+    The method depends on the spec only, and each window's value on its own samples
+    only, so any chunking of a stream gives the same numbers.
+    """
+    if _use_block_tree(spec):
+        end = first_start + (count - 1) * spec.hop + spec.window
+        return _block_tree_statistics(columns[:, first_start:end], spec, count)
+    return _channel_statistics(_windows_of(columns, first_start, count, spec), spec.statistics)
+
+
+def _use_block_tree(spec: FeatureSpec) -> bool:
+    """Whether windows overlap enough that combining shared blocks beats reducing each window."""
+    return spec.window >= 16 * spec.hop
+
+
+@dataclass(slots=True)
+class _Blocks:
+    """Statistics of every block of `length` consecutive samples, indexed by block start.
+
+    Each array has shape ``(n_channels, n_samples - length + 1)``; arrays not needed
+    by the spec are None. ``m2`` is the sum of squared deviations from the block mean
+    and ``moment`` the sum of ``(t - t̄) x_t``: both combine without cancellation
+    (Chan et al.'s pairwise update).
+    """
+
+    length: int
+    starts: int
+    total: FloatArray | None
+    m2: FloatArray | None
+    moment: FloatArray | None
+    squares: FloatArray | None
+    low: FloatArray | None
+    high: FloatArray | None
+
+    def then(self, other: _Blocks) -> _Blocks:
+        """Blocks of ``self.length + other.length`` samples: a block of self, then one of other."""
+        a, b = self.length, other.length
+        n = a + b
+        size = self.starts - b  # starts that leave room for the second block
+
+        def head(x: FloatArray | None) -> FloatArray | None:
+            return None if x is None else x[:, :size]
+
+        def tail(x: FloatArray | None) -> FloatArray | None:
+            return None if x is None else x[:, a : a + size]
+
+        total = m2 = moment = squares = low = high = None
+        if self.total is not None and other.total is not None:
+            sa, sb = self.total[:, :size], other.total[:, a : a + size]
+            total = sa + sb
+            delta = sb / b - sa / a
+            if self.m2 is not None and other.m2 is not None:
+                m2 = self.m2[:, :size] + other.m2[:, a : a + size] + delta * delta * (a * b / n)
+            if self.moment is not None and other.moment is not None:
+                moment = self.moment[:, :size] + other.moment[:, a : a + size] + delta * (a * b / 2.0)
+        if self.squares is not None and other.squares is not None:
+            squares = self.squares[:, :size] + other.squares[:, a : a + size]
+        sl, ol = head(self.low), tail(other.low)
+        if sl is not None and ol is not None:
+            low = np.minimum(sl, ol)
+        sh, oh = head(self.high), tail(other.high)
+        if sh is not None and oh is not None:
+            high = np.maximum(sh, oh)
+        return _Blocks(n, size, total, m2, moment, squares, low, high)
+
+
+def _block_tree_statistics(columns: FloatArray, spec: FeatureSpec, count: int) -> FloatArray:
+    """Features of windows starting at ``0, hop, 2 hop, …`` of `columns`, from power-of-two blocks.
+
+    Blocks of 1, 2, 4, … samples are built by doubling; a window is the
+    concatenation of the blocks of the set bits of its length, largest first.
+    """
+    stats = spec.statistics
+    need_total = any(s in ("mean", "std", "slope") for s in stats)
+    x = columns
+    zeros = np.zeros_like(x) if ("std" in stats or "slope" in stats) else None
+    level = _Blocks(
+        1,
+        x.shape[1],
+        x if need_total else None,
+        zeros if "std" in stats else None,
+        zeros if "slope" in stats else None,
+        x * x if "rms" in stats else None,
+        x if ("min" in stats or "ptp" in stats) else None,
+        x if ("max" in stats or "ptp" in stats) else None,
+    )
+    window = spec.window
+    pieces: dict[int, _Blocks] = {}
+    while level.length <= window:
+        if window & level.length:
+            pieces[level.length] = level
+        if level.length * 2 > window:
+            break
+        level = level.then(level)
+    lengths = sorted(pieces, reverse=True)
+    acc = pieces[lengths[0]]
+    for length in lengths[1:]:
+        acc = acc.then(pieces[length])
+    assert acc.length == window
+    picked = slice(0, (count - 1) * spec.hop + 1, spec.hop)
+    n_channels = x.shape[0]
+    out = np.empty((count, n_channels, len(stats)), dtype=np.float64)
+    for j, stat in enumerate(stats):
+        if stat == "mean":
+            assert acc.total is not None
+            column = acc.total[:, picked] / window
+        elif stat == "std":
+            assert acc.m2 is not None
+            column = np.sqrt(acc.m2[:, picked] / window)
+        elif stat == "min":
+            assert acc.low is not None
+            column = acc.low[:, picked]
+        elif stat == "max":
+            assert acc.high is not None
+            column = acc.high[:, picked]
+        elif stat == "ptp":
+            assert acc.high is not None
+            assert acc.low is not None
+            column = acc.high[:, picked] - acc.low[:, picked]
+        elif stat == "rms":
+            assert acc.squares is not None
+            column = np.sqrt(acc.squares[:, picked] / window)
+        elif stat == "slope":
+            assert acc.moment is not None
+            column = acc.moment[:, picked] / (window * (window * window - 1) / 12.0)
+        elif stat == "last":
+            column = x[:, window - 1 :: spec.hop][:, :count]
+        else:  # pragma: no cover - Literal keeps this unreachable
+            raise ValueError(f"unknown statistic {stat!r}")
+        out[:, :, j] = column.T
+    return out.reshape(count, n_channels * len(stats))
+
+
+def _windows_of(columns: FloatArray, first_start: int, count: int, spec: FeatureSpec) -> FloatArray:
+    """A read-only view ``(count, n_channels, window)`` of the windows of channel-major `columns`.
+
+    `columns` is C-contiguous ``(n_channels, n_samples)``; window i starts at sample
+    ``first_start + i * hop``. No data is copied.
+    """
+    if not columns.flags.c_contiguous:
+        raise ValueError("windows need channel-major, C-contiguous samples")
+    item = columns.itemsize
+    view: FloatArray = np.ndarray(
+        shape=(count, columns.shape[0], spec.window),
+        dtype=np.float64,
+        buffer=columns,
+        offset=first_start * item,
+        strides=(spec.hop * item, columns.shape[1] * item, item),
+    )
+    view.flags.writeable = False
+    return view
 
 
 def window_end_indices(n_samples: int, spec: FeatureSpec, first_sample: int = 0) -> IntArray:
@@ -147,10 +338,13 @@ def batch_features(values: FloatArray, spec: FeatureSpec) -> tuple[FloatArray, I
     ends = window_end_indices(len(values), spec)
     if len(ends) == 0:
         return np.empty((0, spec.n_features)), ends
-    views = np.lib.stride_tricks.sliding_window_view(values, spec.window, axis=0)
-    # sliding_window_view puts the window axis last: (n, C, W) -> (n, W, C)
-    windows = views[ends - spec.window].transpose(0, 2, 1)
-    return window_statistics(windows, spec.statistics), ends
+    columns = np.ascontiguousarray(values.T)
+    chunk = _BATCH_WINDOWS
+    parts = [
+        _features_at(columns, first * spec.hop, min(chunk, len(ends) - first), spec)
+        for first in range(0, len(ends), chunk)
+    ]
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts)), ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +385,8 @@ class StreamingFeaturizer:
     def __init__(self, spec: FeatureSpec) -> None:
         self._spec = spec
         self._samples_seen = 0
-        self._tail: FloatArray = np.empty((0, len(spec.channels)), dtype=np.float64)
+        # The last min(samples_seen, window - 1) samples, channel-major: (n_channels, k).
+        self._tail: FloatArray = np.empty((len(spec.channels), 0), dtype=np.float64)
 
     def __repr__(self) -> str:
         spec = self._spec
@@ -210,32 +405,40 @@ class StreamingFeaturizer:
     def push(self, values: FloatArray) -> CompletedWindows:
         """Add samples (shape ``(n, n_channels)``) and return the windows they complete."""
         spec = self._spec
+        window, hop = spec.window, spec.hop
         values = np.asarray(values, dtype=np.float64)
         _check_shape(values, spec)
+        tail = self._tail
         before = self._samples_seen
         after = before + len(values)
-        ends = window_end_indices(after, spec, first_sample=before)
-        joined = np.concatenate([self._tail, values]) if len(self._tail) else values
-        offset = before - len(self._tail)  # stream sample number of joined[0]
-        if len(ends):
-            views = np.lib.stride_tricks.sliding_window_view(joined, spec.window, axis=0)
-            windows = views[ends - spec.window - offset].transpose(0, 2, 1)
-            features = window_statistics(windows, spec.statistics)
+        # Windows k with k * hop + window in (before, after].
+        first_k = max(0, (before - window) // hop + 1)
+        last_k = (after - window) // hop if after >= window else -1
+        count = max(0, last_k - first_k + 1)
+        kept = tail.shape[1]
+        joined = np.empty((values.shape[1], kept + len(values)), dtype=np.float64)
+        joined[:, :kept] = tail
+        joined[:, kept:] = values.T
+        offset = before - kept  # stream sample number of joined[:, 0]
+        if count:
+            features = _features_at(joined, first_k * hop - offset, count, spec)
         else:
             features = np.empty((0, spec.n_features))
-        keep = min(after, spec.window - 1)
-        self._tail = np.array(joined[len(joined) - keep :], dtype=np.float64) if keep else joined[:0].copy()
+        keep = min(after, window - 1)
+        self._tail = joined[:, joined.shape[1] - keep :].copy()
         self._samples_seen = after
+        index = np.arange(first_k, first_k + count, dtype=np.int64)
+        start_rows = index * hop - before
         return CompletedWindows(
             features=features,
-            index=(ends - spec.window) // spec.hop,
-            start_rows=ends - spec.window - before,
-            end_rows=ends - 1 - before,
+            index=index,
+            start_rows=start_rows,
+            end_rows=start_rows + (window - 1),
         )
 
     def state(self) -> FeaturizerState:
         """A copy of what is needed to resume this featurizer exactly."""
-        return FeaturizerState(samples_seen=self._samples_seen, tail=self._tail.copy())
+        return FeaturizerState(samples_seen=self._samples_seen, tail=self._tail.T.copy())
 
     @classmethod
     def from_state(cls, spec: FeatureSpec, state: FeaturizerState) -> StreamingFeaturizer:
@@ -246,7 +449,7 @@ class StreamingFeaturizer:
         if len(tail) != expected:
             raise ValueError(f"saved tail has {len(tail)} samples, expected {expected}")
         featurizer._samples_seen = state.samples_seen
-        featurizer._tail = tail
+        featurizer._tail = np.ascontiguousarray(tail.T)
         return featurizer
 
 
