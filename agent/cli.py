@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Set `stop` on SIGTERM/SIGINT; restore the previous handlers afterwards."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -65,7 +65,7 @@ def _run(config: AgentConfig) -> int:
     from agent.daemon import AgentDaemon  # heavy imports (onnxruntime, paho) only when running
 
     stop = threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         AgentDaemon(config).run(stop)
     return EXIT_OK
 

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 SUBSCRIBER_ID = "robotpm-demo-subscriber"
@@ -201,21 +198,9 @@ class AlertWatcher:
             )
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; see the module docstring."""
+    from agent.cli import stop_on_signals
     from agent.config import load_agent_config
     from agent.daemon import AgentDaemon
     from agent.logs import configure_logging
@@ -281,7 +266,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + args.timeout_s
-        with _stop_on_signals(stop):
+        with stop_on_signals(stop):
             while not stop.is_set() and time.monotonic() < deadline:
                 if watcher.raised.is_set() and (watcher.cleared.is_set() or args.stop_after_raise):
                     break
