@@ -31,12 +31,13 @@ class TestAi4i:
     @pytest.mark.slow
     def test_trains_exports_with_parity_and_registers(self, tmp_path: Path) -> None:
         """The AI4I run writes an ONNX model that reproduces scikit-learn, with F1 and per-mode recall."""
-        summary = run_ai4i(TrainerConfig(), AI4I, tmp_path, seed=7, report=True)
+        summary = run_ai4i(TrainerConfig(), AI4I, tmp_path, seed=7, report=True, folds=3)
         version = Path(summary["version_dir"])
         metrics = json.loads((version / "metrics.json").read_text())["metrics"]
         assert metrics["f1"] > 0.8
         assert metrics["parity_max_abs_diff"] <= 1e-4
-        assert metrics["recall_HDF"] == 1.0
+        for rule_based in ("HDF", "PWF", "OSF"):  # failures set by fixed rules on the inputs are learned
+            assert metrics[f"recall_{rule_based}"] >= 0.9
         assert (version / "report" / "report.pdf").read_bytes().startswith(b"%PDF")
         card = json.loads((version / "card.json").read_text())
         session = ort.InferenceSession(str(version / "model.onnx"))

@@ -160,7 +160,7 @@ def load_ai4i(path: Path) -> tuple[FloatArray, npt.NDArray[np.int64]]:
 
 
 def run_ai4i(
-    config: TrainerConfig, data_dir: Path, registry_root: Path, *, seed: int, report: bool
+    config: TrainerConfig, data_dir: Path, registry_root: Path, *, seed: int, report: bool, folds: int = 5
 ) -> dict[str, Any]:
     """AI4I 2020: stratified 80/20, gradient boosting on physics features, F1 at a CV-chosen threshold."""
     from sklearn.ensemble import GradientBoostingClassifier
@@ -185,7 +185,7 @@ def run_ai4i(
         model,
         x_train,
         y_train,
-        cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
         method="predict_proba",
     )[:, 1]
     threshold = best_f1_threshold(y_train, oof)
