@@ -16,7 +16,7 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +24,7 @@ import structlog
 
 from agent.config import IngestConfig, StreamConfig
 from agent.contract.alerts import AlertEvent, WindowRef
-from agent.contract.features import FeaturizerState, StreamingFeaturizer
+from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.errors import RecordError
@@ -126,17 +126,80 @@ class _Meta:
     def empty(cls) -> _Meta:
         return cls(np.empty(0), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), [])
 
-    def extend(self, ts: FloatArray, start: IntArray, end: IntArray, source: str) -> _Meta:
+    def then(self, ts: FloatArray, start: IntArray, end: IntArray, source: str, keep: int) -> _Meta:
+        """The last `keep` samples of these samples followed by new ones from `source`."""
+        n = len(ts)
+        if n >= keep:
+            cut = n - keep
+            return _Meta(ts[cut:].copy(), start[cut:].copy(), end[cut:].copy(), [source] * keep)
+        cut = max(0, len(self.ts) - (keep - n))
         return _Meta(
-            np.concatenate([self.ts, ts]),
-            np.concatenate([self.start, start]),
-            np.concatenate([self.end, end]),
-            [*self.source, *([source] * len(ts))],
+            np.concatenate([self.ts[cut:], ts]),
+            np.concatenate([self.start[cut:], start]),
+            np.concatenate([self.end[cut:], end]),
+            [*self.source[cut:], *([source] * n)],
         )
 
-    def last(self, n: int) -> _Meta:
-        cut = len(self.ts) - n if n else len(self.ts)
-        return _Meta(self.ts[cut:].copy(), self.start[cut:].copy(), self.end[cut:].copy(), self.source[cut:])
+
+class _WindowRefs(Sequence[WindowRef]):
+    """The `WindowRef` of each window a block completed, built only when asked for.
+
+    Most windows cause no event, and a pydantic model per window was most of the
+    catch-up time at hop 1.
+    """
+
+    __slots__ = ("_built", "_ends", "_first", "_index", "_last", "_meta", "_source", "_starts", "_ts")
+
+    def __init__(
+        self,
+        meta: _Meta,
+        ts: FloatArray,
+        starts: IntArray,
+        ends: IntArray,
+        source: str,
+        done: CompletedWindows,
+    ) -> None:
+        self._meta = meta  # the samples before the block (never mutated: _Meta.then makes new ones)
+        self._ts, self._starts, self._ends, self._source = ts, starts, ends, source
+        self._index, self._first, self._last = done.index, done.start_rows, done.end_rows
+        self._built: dict[int, WindowRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @overload
+    def __getitem__(self, item: int) -> WindowRef: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> Sequence[WindowRef]: ...
+
+    def __getitem__(self, item: int | slice) -> WindowRef | Sequence[WindowRef]:
+        if isinstance(item, slice):
+            return [self[i] for i in range(*item.indices(len(self)))]
+        row = range(len(self))[item]  # IndexError and negative indices as for a list
+        ref = self._built.get(row)
+        if ref is None:
+            ref = self._build(row)
+            self._built[row] = ref
+        return ref
+
+    def _build(self, row: int) -> WindowRef:
+        first, last = int(self._first[row]), int(self._last[row])  # rows of the block; first < 0: before
+        if first >= 0:
+            start, byte_start = float(self._ts[first]), int(self._starts[first])
+        else:
+            meta = self._meta
+            at = len(meta.ts) + first
+            start = float(meta.ts[at])
+            byte_start = int(meta.start[at]) if meta.source[at] == self._source else 0
+        return WindowRef(
+            index=int(self._index[row]),
+            start=start,
+            end=float(self._ts[last]),
+            source_file=self._source,
+            byte_start=byte_start,
+            byte_end=int(self._ends[last]),
+        )
 
 
 class StreamPipeline:
@@ -226,34 +289,19 @@ class StreamPipeline:
         newest = float(batch.timestamps.max())
         self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
         values = batch.values[:, self._column_order]
-        done = self._featurizer.push(values)
-        meta = self._meta.extend(batch.timestamps, batch.starts, batch.ends, str(block.path))
-        self._meta = meta.last(min(self._featurizer.samples_seen, self._featurizer.spec.window - 1))
+        featurizer = self._featurizer
+        done = featurizer.push(values)
+        before, source = self._meta, str(block.path)
+        keep = min(featurizer.samples_seen, featurizer.spec.window - 1)
+        self._meta = before.then(batch.timestamps, batch.starts, batch.ends, source, keep)
         if not len(done):
             return []
         self.counters.windows += len(done)
-        base = len(meta.ts) - len(batch)
-        refs = [
-            self._window_ref(meta, base + int(s), base + int(e), int(k))
-            for s, e, k in zip(done.start_rows, done.end_rows, done.index, strict=True)
-        ]
+        refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
         scores = self._scorer.score(done.features)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
         self.counters.alerts += len(events)
         return events
-
-    @staticmethod
-    def _window_ref(meta: _Meta, first: int, last: int, index: int) -> WindowRef:
-        source = meta.source[last]
-        same_file = meta.source[first] == source
-        return WindowRef(
-            index=index,
-            start=float(meta.ts[first]),
-            end=float(meta.ts[last]),
-            source_file=source,
-            byte_start=int(meta.start[first]) if same_file else 0,
-            byte_end=int(meta.end[last]),
-        )
 
     def _parser_for(self, block: Block) -> RecordParser | None:
         parser = self._parsers.get(block.file_key)

@@ -64,6 +64,8 @@ STATE_VERSION: Final = 1
 _RATE_WINDOW_S: Final = 60.0
 _Z_LIMIT: Final = 1e6
 _STD_FLOOR: Final = 1e-12
+_QUIET_MIN_ROWS: Final = 8
+"""Batches shorter than this are stepped window by window (cheaper than the vector path)."""
 
 Level = Literal["none", "warning", "critical"]
 
@@ -291,17 +293,29 @@ class AlertPolicy:
         if feats.ndim != 2 or feats.shape[0] != n:
             raise ContractError(f"features have shape {feats.shape}, expected ({n}, n_features)")
         columns = self._columns(scores, n)
+        heads = [
+            (head, self._heads[key], columns[key])
+            for head in self._manifest.heads
+            for key in (head_key(head.component, head.failure_mode),)
+        ]
         events: list[AlertEvent] = []
-        for row, window in enumerate(windows):
+        row = 0
+        while row < n:
+            if (
+                n - row >= _QUIET_MIN_ROWS
+                and not self._orphans
+                and all(hs.open is None for _, hs, _ in heads)
+            ):
+                row = self._skip_quiet(heads, row, n)
+                if row >= n:
+                    break
             if self._orphans:
-                events.extend(self._clear_orphans(window, feats[row], replayed))
-            for head in self._manifest.heads:
-                key = head_key(head.component, head.failure_mode)
-                event = self._step(
-                    head, self._heads[key], float(columns[key][row]), window, feats, row, replayed
-                )
+                events.extend(self._clear_orphans(windows[row], feats[row], replayed))
+            for head, hs, column in heads:
+                event = self._step(head, hs, float(column[row]), windows, row, feats, replayed)
                 if event is not None:
                     events.append(event)
+            row += 1
         return events
 
     def state(self) -> dict[str, Any]:
@@ -390,14 +404,56 @@ class AlertPolicy:
             out[head_key(head.component, head.failure_mode)] = array[:, head.column]
         return out
 
+    def _skip_quiet(
+        self, heads: Sequence[tuple[AlertHead, _HeadState, npt.NDArray[Any]]], row: int, n: int
+    ) -> int:
+        """Apply, without a Python step per window, the rows from `row` on where no head can emit.
+
+        Only for closed heads and no orphans: there a window only moves the on-delay
+        run counter (and a non-finite score also resets the other counters), until
+        the run reaches ``on_delay_windows``. Returns the first row left to `_step`
+        (`n` when none is).
+        """
+        on_delay = self._config.on_delay_windows
+        stop = n
+        runs: list[npt.NDArray[np.int64] | None] = []
+        for head, hs, column in heads:
+            scores = column[row:n]
+            t = head.thresholds
+            if head.direction == "higher_is_worse":
+                over = (scores >= t.warning) | (scores >= t.critical)
+            else:
+                over = (scores <= t.warning) | (scores <= t.critical)
+            if not over.any():
+                runs.append(None)
+                continue
+            # run[i]: the counter after window row + i (reset by any window not over).
+            total = np.cumsum(over)
+            not_over = ~over
+            last_reset = np.maximum.accumulate(np.where(not_over, total, 0))
+            run = total - last_reset + np.where(np.logical_or.accumulate(not_over), 0, hs.over)
+            reached = np.flatnonzero(run >= on_delay)
+            if reached.size:
+                stop = min(stop, row + int(reached[0]))
+            runs.append(run)
+        if stop == row:
+            return row
+        length = stop - row
+        for (_, hs, column), head_run in zip(heads, runs, strict=True):
+            hs.over = 0 if head_run is None else int(head_run[length - 1])
+            if not np.isfinite(column[row:stop]).all():
+                hs.under = hs.pending = 0
+                hs.pending_level = "none"
+        return stop
+
     def _step(
         self,
         head: AlertHead,
         hs: _HeadState,
         score: float,
-        window: WindowRef,
-        feats: npt.NDArray[np.float64],
+        windows: Sequence[WindowRef],
         row: int,
+        feats: npt.NDArray[np.float64],
         replayed: bool,
     ) -> AlertEvent | None:
         config = self._config
@@ -411,6 +467,7 @@ class AlertPolicy:
             if hs.over < config.on_delay_windows:
                 return None
             assert level != "none"  # over > 0 implies this window is over
+            window = windows[row]
             if not self._allow(window, "raised"):
                 return None
             threshold = head.thresholds.critical if level == "critical" else head.thresholds.warning
@@ -439,6 +496,7 @@ class AlertPolicy:
             hs.pending, hs.pending_level = 0, "none"
             if hs.under < config.off_delay_windows:
                 return None
+            window = windows[row]
             if not self._allow(window, "cleared"):
                 return None
             event = self._event(
@@ -466,6 +524,7 @@ class AlertPolicy:
             hs.pending, hs.pending_level = 1, level
         if hs.pending < config.on_delay_windows:
             return None
+        window = windows[row]
         if window.end - opened.last_event_time < config.min_update_interval_s:
             self._suppress("update_interval")
             return None
