@@ -6,10 +6,11 @@ samples, one window every `hop` samples: window k covers samples
 channel, in order, every statistic, in order (`FeatureSpec.feature_names`).
 
 The trainer calls `batch_features` on a whole history; the agent feeds a
-`StreamingFeaturizer` chunk by chunk. Both compute the statistics with
-`window_statistics`, so their results agree to float tolerance (a tested
-property), and the spec hash written into every model manifest lets the agent
-refuse a model built for other features.
+`StreamingFeaturizer` chunk by chunk. Both compute the statistics with the same
+code, chosen by the spec alone, and a window's value depends on its own samples
+only, so their results agree for any chunking (a tested property); the spec hash
+written into every model manifest lets the agent refuse a model built for other
+features. `window_statistics` computes the same statistics for a stack of windows.
 """
 
 from __future__ import annotations
