@@ -288,6 +288,7 @@ class AgentDaemon:
             model=ModelRef(id=manifest.model_id, version=manifest.version),
             agent_version=__version__,
             suppressed=suppressed,
+            drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
         )
         return telemetry.heartbeat_message(self.topics, record)
 
@@ -295,3 +296,10 @@ class AgentDaemon:
     def streams(self) -> list[StreamPipeline]:
         """The stream pipelines (for status and tests)."""
         return [s.pipeline for s in self._streams]
+
+
+def _worst_drift(states: Sequence[str]) -> str:
+    """Drifting if any stream drifts, else ok if any stream knows, else unknown."""
+    if "drifting" in states:
+        return "drifting"
+    return "ok" if "ok" in states else "unknown"

@@ -27,6 +27,7 @@ from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
+from agent.drift import DriftMonitor
 from agent.errors import RecordError
 
 log = structlog.get_logger("robotpm.pipeline")
@@ -224,6 +225,7 @@ class StreamPipeline:
         self._meta = _Meta.empty()
         self._last_ts: float | None = None
         self.counters = StreamCounters()
+        self.drift = DriftMonitor(scorer.manifest)
         self._check_channels(scorer.manifest)
 
     @property
@@ -251,6 +253,7 @@ class StreamPipeline:
         self._check_channels(scorer.manifest)
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
+        self.drift = DriftMonitor(scorer.manifest)  # drift is judged against the new training data
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
             seen = self._featurizer.samples_seen
@@ -297,6 +300,7 @@ class StreamPipeline:
         if not len(done):
             return []
         self.counters.windows += len(done)
+        self.drift.update(done.features)
         refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
         scores = self._scorer.score(done.features)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)

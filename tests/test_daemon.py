@@ -200,3 +200,19 @@ class TestModelSwap:
         write(config, lines(0, PROFILE))
         harness.settle()
         assert {1} == {a["model"]["version"] for a in harness.alerts()}  # type: ignore[index]
+
+
+class TestHeartbeat:
+    def test_heartbeat_reports_counters_and_drift_away_from_the_training_data(self, tmp_path: Path) -> None:
+        """Temperatures 40 training stds away make the heartbeat say drifting, with the line count."""
+        config = make_config(tmp_path).model_copy(update={"heartbeat_interval_s": 0.1})
+        harness = Harness(config)
+        try:
+            harness.settle(3)  # a heartbeat before any data
+            write(config, lines(0, [0.1] * 200))  # j1_temp 40.0 against a reference of 0 ± 1
+            harness.settle()
+            beats = [json.loads(m.payload) for m in harness.transport.messages("heartbeat")]
+        finally:
+            harness.close()
+        assert "unknown" == beats[0]["drift"]
+        assert ("drifting", 200) == (beats[-1]["drift"], beats[-1]["lines"])
