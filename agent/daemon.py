@@ -12,6 +12,11 @@ Commit rule: a tick that produced outbox rows commits at once (alerts are not
 held back); a tick without rows commits at most every
 ``ingest.checkpoint_interval_s``. After a crash, whatever was read after the last
 commit is read again and, being deterministic, yields the same event ids.
+
+Alert rows are handed to the transport inside their transaction, just before the
+COMMIT, so the broker round trip overlaps the fsync (~3 ms). A crash in between
+cannot lose an alert (nothing was committed, the lines are read again); it can
+only repeat one, with the same ``event_id``.
 """
 
 from __future__ import annotations
@@ -224,12 +229,19 @@ class AgentDaemon:
             return
         assert self.store is not None
         assert self.outbox is not None
-        with self.store.transaction() as conn:
-            for s in self._streams:
-                state = {"pipeline": s.pipeline.state(), "follower": s.follower.state()}
-                StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
-            if messages:
-                self.outbox.enqueue(conn, messages)
+        try:
+            with self.store.transaction() as conn:
+                for s in self._streams:
+                    state = {"pipeline": s.pipeline.state(), "follower": s.follower.state()}
+                    StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
+                if messages:
+                    self.outbox.enqueue(conn, messages)
+                    if self.delivery is not None and any(m.kind == "alert" for m in messages):
+                        self.delivery.send_pending()  # overlap the network trip with the fsync
+        except BaseException:
+            if self.delivery is not None:
+                self.delivery.rewind()  # row ids handed over may be reused after the rollback
+            raise
         self._last_commit = now
         self._dirty = False
 

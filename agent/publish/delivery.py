@@ -74,6 +74,22 @@ class Delivery:
         self.delivered += delivered
         return delivered
 
+    def send_pending(self) -> None:
+        """Hand pending rows to the transport now, without waiting for the next `pump`.
+
+        The daemon calls this inside the transaction that inserts a tick's alert rows,
+        just before its COMMIT, so the fsync and the network trip overlap. A crash
+        between the two loses nothing: the rows' source lines were not committed either,
+        so they are read again and yield the same keys (a duplicate at worst).
+        """
+        if self._clock.monotonic() >= self._hold_until and self._transport.connected:
+            self._send_more()
+
+    def rewind(self) -> None:
+        """Forget what was handed over (e.g. after the enclosing transaction rolled back)."""
+        self._inflight.clear()
+        self._cursor = 0
+
     def _send_more(self) -> None:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
