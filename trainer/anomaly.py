@@ -20,11 +20,11 @@ import numpy as np
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import RunResult, StageTimer, code_version, config_hash
+from trainer.pipeline import RunResult, StageTimer, code_version, config_hash, prepare_windows
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation, calibrate
-from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation, WindowSet, grouped_time_folds
+from trainer.stages.extraction import Dataset
+from trainer.stages.preparation import grouped_time_folds
 from trainer.stages.trained_model import TrainedMLModel
 from trainer.stages.training import ModelTraining
 
@@ -44,25 +44,9 @@ def train_anomaly_detector(
     from sklearn.metrics import average_precision_score
 
     timer = StageTimer()
-    extraction = DataExtractionAnalysis(config.record_schema())
-    train_data = (
-        train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
-    )
-    test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
-    spec = config.features.spec(config.canonical_channels)
-    preparation = DataPreparation(
-        spec,
-        config.labels,
-        CLASSES,
-        resample_hz=config.features.resample_hz,
-        max_gap_s=config.features.max_gap_s,
-    )
-    train_windows: WindowSet = timer.run(
-        "prepare", lambda: preparation.windows(train_data, require_truth=False)
-    )
-    test_windows: WindowSet = timer.run(
-        "prepare", lambda: preparation.windows(test_data, require_truth=False)
-    )
+    prepared = prepare_windows(config, train, test, timer, require_truth=False)
+    spec, train_data, test_data = prepared.spec, prepared.train_data, prepared.test_data
+    train_windows, test_windows = prepared.train_windows, prepared.test_windows
     healthy = train_windows.healthy
     if not healthy.any():
         raise DataError("no healthy training windows: the anomaly task learns from healthy data")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
@@ -101,6 +102,48 @@ def config_hash(config: TrainerConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """The output of DataExtractionAnalysis and DataPreparation for one run: data and windows."""
+
+    spec: FeatureSpec
+    train_data: Dataset
+    test_data: Dataset
+    train_windows: WindowSet
+    test_windows: WindowSet
+
+
+def prepare_windows(
+    config: TrainerConfig,
+    train: Path | Dataset,
+    test: Path | Dataset,
+    timer: StageTimer,
+    *,
+    require_truth: bool = True,
+) -> PreparedData:
+    """Extract both sources (unless already extracted) and cut them into labelled feature windows."""
+    extraction = DataExtractionAnalysis(config.record_schema())
+    train_data = (
+        train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
+    )
+    test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
+    spec = config.features.spec(config.canonical_channels)
+    preparation = DataPreparation(
+        spec,
+        config.labels,
+        CLASSES,
+        resample_hz=config.features.resample_hz,
+        max_gap_s=config.features.max_gap_s,
+    )
+    train_windows: WindowSet = timer.run(
+        "prepare", lambda: preparation.windows(train_data, require_truth=require_truth)
+    )
+    test_windows: WindowSet = timer.run(
+        "prepare", lambda: preparation.windows(test_data, require_truth=require_truth)
+    )
+    return PreparedData(spec, train_data, test_data, train_windows, test_windows)
+
+
 def train_failure_classifier(
     config: TrainerConfig,
     train: Path | Dataset,
@@ -115,23 +158,9 @@ def train_failure_classifier(
 ) -> RunResult:
     """Train, evaluate and export a failure classifier; write it only when every stage succeeded."""
     timer = StageTimer()
-    extraction = DataExtractionAnalysis(config.record_schema())
-    train_data: Dataset = (
-        train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
-    )
-    test_data: Dataset = (
-        test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
-    )
-    spec = config.features.spec(config.canonical_channels)
-    preparation = DataPreparation(
-        spec,
-        config.labels,
-        CLASSES,
-        resample_hz=config.features.resample_hz,
-        max_gap_s=config.features.max_gap_s,
-    )
-    train_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(train_data))
-    test_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(test_data))
+    prepared = prepare_windows(config, train, test, timer)
+    spec, train_data, test_data = prepared.spec, prepared.train_data, prepared.test_data
+    train_windows, test_windows = prepared.train_windows, prepared.test_windows
     fit_mask = ~train_windows.ambiguous
     if not (train_windows.label[fit_mask] > 0).any():
         raise DataError(

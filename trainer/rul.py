@@ -20,11 +20,11 @@ import numpy as np
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, Thresholds
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import RunResult, StageTimer, code_version, config_hash
+from trainer.pipeline import RunResult, StageTimer, code_version, config_hash, prepare_windows
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
-from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation, WindowSet, grouped_time_folds
+from trainer.stages.extraction import Dataset
+from trainer.stages.preparation import WindowSet, grouped_time_folds
 from trainer.stages.trained_model import TrainedMLModel
 from trainer.stages.training import ModelTraining
 
@@ -48,21 +48,9 @@ def train_rul_regressor(
 ) -> RunResult:
     """Fit, calibrate, evaluate (RMSE, MAE), export with parity and register a RUL model."""
     timer = StageTimer()
-    extraction = DataExtractionAnalysis(config.record_schema())
-    train_data = (
-        train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
-    )
-    test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
-    spec = config.features.spec(config.canonical_channels)
-    preparation = DataPreparation(
-        spec,
-        config.labels,
-        CLASSES,
-        resample_hz=config.features.resample_hz,
-        max_gap_s=config.features.max_gap_s,
-    )
-    train_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(train_data))
-    test_windows: WindowSet = timer.run("prepare", lambda: preparation.windows(test_data))
+    prepared = prepare_windows(config, train, test, timer)
+    spec, train_data, test_data = prepared.spec, prepared.train_data, prepared.test_data
+    train_windows, test_windows = prepared.train_windows, prepared.test_windows
     cap = config.labels.horizon_s
     y_train, y_test = rul_target(train_windows, cap), rul_target(test_windows, cap)
     if not (y_train < cap).any():
