@@ -111,11 +111,7 @@ class Broker:
 
 
 def require_mosquitto() -> str:
-    """The mosquitto path; fail (not skip) when it is missing, since CI must run these tests."""
+    """The mosquitto path; fail (never skip) when it is missing, since CI must run these tests."""
     if MOSQUITTO is None:
-        if os.environ.get("ROBOTPM_ALLOW_NO_MOSQUITTO") == "1":
-            import pytest
-
-            pytest.skip("mosquitto not installed and ROBOTPM_ALLOW_NO_MOSQUITTO=1")
         raise RuntimeError("mosquitto is not installed: run .ci/run or apt-get install mosquitto")
     return MOSQUITTO
