@@ -119,8 +119,13 @@ class AgentDaemon:
             pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine)
             follower = StreamFollower(stream, cfg.ingest, self._wakeup)
             saved = self.store.load_stream_state(stream.name)
-            pipeline.restore(saved.get("pipeline") if saved else None)
             follower.restore(saved.get("follower") if saved else None)
+            if saved and follower.counters["state_discarded"]:
+                # The follower reads every file from its start again: an open window restored
+                # from the same row would be continued with lines it already holds.
+                log.warning("stream_state_discarded", stream=stream.name, reason="damaged follower state")
+                saved = None
+            pipeline.restore(saved.get("pipeline") if saved else None)
             self._streams.append(_Stream(pipeline, follower))
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,6 +170,27 @@ class TestRestarts:
         second.close()
         assert expected == got
         assert len(expected) >= 2
+
+    def test_a_damaged_follower_state_restarts_the_stream_from_scratch(self, tmp_path: Path) -> None:
+        """When the saved position is unusable, the open window is dropped too: lines count once."""
+        config = make_config(tmp_path)
+        write(config, lines(0, PROFILE))
+        first = Harness(config)
+        first.settle()
+        first.close()
+        db = sqlite3.connect(config.state_dir / "agent.db")
+        with db:
+            (raw,) = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
+            state = json.loads(raw)
+            state["follower"]["v"] = 999
+            db.execute("UPDATE stream_state SET state = ? WHERE stream = 'arm1'", (json.dumps(state),))
+        db.close()
+        second = Harness(config)
+        try:
+            second.settle()
+            assert len(PROFILE) == second.daemon.streams[0].state()["samples_seen"]
+        finally:
+            second.close()
 
 
 class TestModelSwap:
