@@ -102,6 +102,7 @@ class Outbox:
         self._config = config
         self._clock = clock
         self._next_expire = 0.0
+        self._enqueue_calls = 0
         try:
             store.migrate(*_DDL)
         except sqlite3.Error as exc:
@@ -117,10 +118,16 @@ class Outbox:
         """The bounds in force."""
         return self._config
 
+    @property
+    def enqueue_calls(self) -> int:
+        """How many times rows were enqueued (a reader that saw the queue drained can skip a query)."""
+        return self._enqueue_calls
+
     def enqueue(self, conn: sqlite3.Connection, messages: Sequence[OutboundMessage]) -> None:
         """Store messages inside the caller's transaction, then enforce the bounds."""
         if not messages:
             return
+        self._enqueue_calls += 1
         now = self._clock.wall()
         for message in messages:
             if message.kind in _REPLACE_KINDS:

@@ -155,6 +155,39 @@ class TestDelivery:
         assert 3 == delivery.pump()
         assert 0 == outbox.depth()
 
+    def test_an_idle_pump_does_not_query_the_outbox_until_a_row_is_enqueued(
+        self, tmp_path: Path, clock: ManualClock
+    ) -> None:
+        """Once every row was handed over, pumps cost no SELECT; the next enqueue is sent at once."""
+        outbox = open_outbox(tmp_path, clock)
+        transport = InMemoryTransport()
+        delivery = Delivery(outbox, transport, clock=clock)
+        outbox.enqueue_now([alert(1)])
+        delivery.pump()
+        statements: list[str] = []
+        outbox.store.connection.set_trace_callback(statements.append)
+        for _ in range(5):
+            delivery.pump()
+        assert not [q for q in statements if q.startswith("SELECT")]
+        outbox.enqueue_now([alert(2)])
+        delivery.pump()
+        assert ["alert-1", "alert-2"] == [m.key for m in transport.messages()]
+
+    def test_rows_refused_by_a_full_transport_are_offered_again_without_a_new_enqueue(
+        self, tmp_path: Path, clock: ManualClock
+    ) -> None:
+        """A transport that takes only some rows gets the rest on later pumps."""
+        outbox = open_outbox(tmp_path, clock)
+        transport = InMemoryTransport(auto_ack=False, max_inflight=2)
+        delivery = Delivery(outbox, transport, max_inflight=10, clock=clock)
+        outbox.enqueue_now([alert(i) for i in range(5)])
+        delivery.pump()
+        assert 2 == len(transport.sent)
+        while outbox.depth():
+            transport.ack_all()
+            delivery.pump()
+        assert [f"alert-{i}" for i in range(5)] == [m.key for m in transport.messages()]
+
     def test_in_flight_is_bounded(self, tmp_path: Path, clock: ManualClock) -> None:
         """Never more than max_inflight rows wait for an ack; the rest wait in the outbox."""
         outbox = open_outbox(tmp_path, clock)

@@ -50,6 +50,7 @@ class Delivery:
         self._cursor = 0  # highest row id handed to the transport
         self._hold_until = 0.0
         self._next_expire = 0.0
+        self._drained_at: int | None = None  # outbox.enqueue_calls when no row was left to hand over
         self.delivered = 0
         self.rejected = 0
 
@@ -89,17 +90,26 @@ class Delivery:
         """Forget what was handed over (e.g. after the enclosing transaction rolled back)."""
         self._inflight.clear()
         self._cursor = 0
+        self._drained_at = None
 
     def _send_more(self) -> None:
         room = self._max_inflight - len(self._inflight)
         if room <= 0:
             return
+        enqueued = self._outbox.enqueue_calls
+        if self._drained_at == enqueued:
+            return  # every row was handed over and none was added since: no query needed
         busy = set(self._inflight.values())
-        for row in self._outbox.pending(self._cursor, room + len(busy)):
+        limit = room + len(busy)
+        rows = self._outbox.pending(self._cursor, limit)
+        if len(rows) < limit:
+            self._drained_at = enqueued  # unless a row below is refused by a full transport
+        for row in rows:
             if row.id in busy:
                 self._cursor = max(self._cursor, row.id)
                 continue
             if room <= 0:
+                self._drained_at = None
                 return
             try:
                 token = self._transport.send(row.message)
@@ -111,6 +121,7 @@ class Delivery:
                 log.error("outbox_row_unpublishable", key=row.message.key, error=str(exc))
                 continue
             if token is None:
+                self._drained_at = None  # the transport is full: try again next pump
                 return
             self._inflight[token] = row.id
             self._cursor = max(self._cursor, row.id)
@@ -125,5 +136,6 @@ class Delivery:
         if rows:
             self.rejected += len(rows)
             self._cursor = min(self._cursor, min(rows) - 1)
+            self._drained_at = None
             # Rows above the new cursor that are still in flight are skipped by _send_more.
             self._hold_until = self._clock.monotonic() + self._reject_retry_s
