@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.ingest import StreamFollower
+from agent.ingest import follower as follower_module
+from agent.ingest.identity import Candidate
 from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
 
 
@@ -66,6 +68,36 @@ def test_partial_line_across_kill_yields_exactly_one_record(logs: LogDir, harnes
     harness.wait_for(1)
     harness.settle(0.15)
     assert harness.lines == [b"5,half-done"]
+
+
+def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last_lines_first(
+    logs: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's last lines to the old file, its rename and the new file's lines all land while
+    a read is between checking the open files and listing the directory: the old file's last lines
+    still come first (Fluent Bit-style stress caught this as an occasional reorder)."""
+    h = Harness(stream_config(logs.dir), ingest_config("poll"))
+    try:
+        expected = logs.append(3)
+        h.drain()
+        real_list = follower_module.list_candidates
+        rotated = False
+
+        def list_after_a_rotation(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
+            nonlocal rotated, expected
+            if not rotated:
+                rotated = True
+                expected += logs.append(4)  # the old file's last lines, after its size was checked
+                logs.rotate_rename()
+                expected += logs.append(5)
+            return real_list(directory, patterns)
+
+        monkeypatch.setattr(follower_module, "list_candidates", list_after_a_rotation)
+        h.drain()
+        assert rotated
+        assert h.lines == expected
+    finally:
+        h.close()
 
 
 def test_rename_rotation_drains_the_rotated_file_before_its_successor(logs: LogDir, harness: Harness) -> None:

@@ -216,6 +216,7 @@ class StreamFollower:
         self._scan_due = True
         self._watcher: Watcher | None = None
         self._closed = False
+        self._path_objects: dict[str, Path] = {}
         self.counters: dict[str, int] = {
             "bytes": 0,
             "lines_too_long": 0,
@@ -308,6 +309,12 @@ class StreamFollower:
         self._check_open_files(now, verify_all=scan)
         if scan or self._scan_due:  # a truncation just seen: copytruncate's copy is already there
             self._scan(now)
+            # The scan stat'ed the files it found just now. Look at the files open before it
+            # again: a rotation in between (last lines, rename, new file's lines) would otherwise
+            # have the old file read to a size older than its successor's, and its last lines late.
+            self._check_open_files(now, verify_all=False)
+            if self._scan_due:
+                self._scan(now)
         self._resolve_pending(now)
         self._expire(now, out)
         budget = max(1, max_bytes)
@@ -711,7 +718,7 @@ class StreamFollower:
                             rest[:RAW_KEEP],
                         )
                         self.counters["unterminated"] += 1
-                        out.append(LineBlock(f.key, Path(f.path), b"", f.offset, self._header(f), (reject,)))
+                        out.append(LineBlock(f.key, self._path(f), b"", f.offset, self._header(f), (reject,)))
                     f.consume(rest)
                 f.skipping = f.header_pending = False
             if f.gone and f.offset >= size:
@@ -727,6 +734,15 @@ class StreamFollower:
             f.consume(chunk)
 
     # ------------------------------------------------------------------ reading
+
+    def _path(self, f: _File) -> Path:
+        """The file's current path as a `Path` (built once per name: this runs on every read)."""
+        path = self._path_objects.get(f.path)
+        if path is None:
+            if len(self._path_objects) > 256:
+                self._path_objects.clear()
+            path = self._path_objects[f.path] = Path(f.path)
+        return path
 
     def _header(self, f: _File) -> bytes | None:
         if not self._csv:
@@ -809,14 +825,14 @@ class StreamFollower:
             data[:RAW_KEEP],
         )
         self.counters["lines_too_long"] += 1
-        out.append(LineBlock(f.key, Path(f.path), b"", f.offset, self._header(f), (reject,)))
+        out.append(LineBlock(f.key, self._path(f), b"", f.offset, self._header(f), (reject,)))
         f.consume(data)
         f.skipping = not closed
 
     def _emit(self, f: _File, complete: bytes, out: list[LineBlock]) -> None:
         """Return the complete lines at f.offset, splitting out over-long ones, and move past them."""
         header = self._header(f)
-        path = Path(f.path)
+        path = self._path(f)
         base = f.offset
         if self._csv and header is None:
             out.append(LineBlock(f.key, path, b"", base, None, tuple(self._no_header(complete, base))))
