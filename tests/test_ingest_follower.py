@@ -75,7 +75,8 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
 ) -> None:
     """The writer's last lines to the old file, its rename and the new file's lines all land while
     a read is between checking the open files and listing the directory: the old file's last lines
-    still come first (Fluent Bit-style stress caught this as an occasional reorder)."""
+    still come first (Fluent Bit-style stress caught this as an occasional reorder).
+    """
     h = Harness(stream_config(logs.dir), ingest_config("poll"))
     try:
         expected = logs.append(3)
@@ -96,6 +97,41 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
         h.drain()
         assert rotated
         assert h.lines == expected
+    finally:
+        h.close()
+
+
+def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_successor(
+    logs: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotations between scans; the first listing misses the middle file (a name listed before
+    a rename and stat'ed after it): the follower lists again and reads the files in order.
+    """
+    h = Harness(stream_config(logs.dir), ingest_config("poll"))
+    try:
+        expected = logs.append(3)
+        h.drain()
+        expected += logs.append(2)
+        logs.rotate_rename()
+        expected += logs.append(4)  # the middle file, arm1.csv.1 after the second rotation
+        logs.rotate_rename()
+        expected += logs.append(5)
+        real_list = follower_module.list_candidates
+        hidden = False
+
+        def list_missing_the_middle_file_once(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
+            nonlocal hidden
+            listing = real_list(directory, patterns)
+            if not hidden:
+                hidden = True
+                return [c for c in listing if not c.path.endswith(".csv.1")]
+            return listing
+
+        monkeypatch.setattr(follower_module, "list_candidates", list_missing_the_middle_file_once)
+        h.drain()
+        assert hidden
+        assert h.lines == expected
+        assert h.follower.counters["listings_repeated"] >= 1
     finally:
         h.close()
 

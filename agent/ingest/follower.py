@@ -69,6 +69,8 @@ STATE_VERSION = 1
 GHOST_TTL_S = 60.0
 """How long the identity of truncated or vanished content waits for its copy to appear."""
 MAX_GHOSTS = 64
+MAX_LISTINGS = 5
+"""A scan lists the directory until two listings agree, at most this many times."""
 RAW_KEEP = 256
 """How many bytes of a rejected line are kept for the quarantine."""
 
@@ -231,6 +233,7 @@ class StreamFollower:
             "lost_bytes": 0,
             "scans": 0,
             "state_discarded": 0,
+            "listings_repeated": 0,
         }
         """Monotonic counts, for status and metrics."""
 
@@ -408,7 +411,7 @@ class StreamFollower:
         self._scan_due = False
         self._last_scan = now
         self.counters["scans"] += 1
-        candidates = list_candidates(self._directory, self._patterns)
+        candidates = self._stable_listing()
         candidates.sort(key=lambda c: (c.rank != 0, c.path))  # a name that matches itself wins for hardlinks
         seen: set[tuple[int, int]] = set()
         new: list[Candidate] = []
@@ -438,6 +441,22 @@ class StreamFollower:
             self._add_new(c, now)
         if self._watcher is not None:
             self._watcher.watch_extra(self._symlink_dirs(candidates))
+
+    def _stable_listing(self) -> list[Candidate]:
+        """The stream's files, listed until two listings in a row name the same files.
+
+        Listing a directory is not atomic: a rotation's renames during it can hide a file
+        (its name listed before the rename and stat'ed after it finds its successor). A
+        file missed that way would be found by the next scan, after its successor's lines.
+        """
+        listing = list_candidates(self._directory, self._patterns)
+        for _ in range(MAX_LISTINGS - 1):
+            again = list_candidates(self._directory, self._patterns)
+            if _names(again) == _names(listing):
+                return again
+            self.counters["listings_repeated"] += 1
+            listing = again
+        return listing
 
     def _symlink_dirs(self, candidates: list[Candidate]) -> set[str]:
         """Directories where symlinked files of the stream really live (writes there need a watch too)."""
@@ -888,6 +907,10 @@ class StreamFollower:
             with contextlib.suppress(OSError):
                 os.close(f.fd)
         self._files.clear()
+
+
+def _names(listing: list[Candidate]) -> set[tuple[str, int, int]]:
+    return {(c.path, c.dev, c.ino) for c in listing}
 
 
 def _new_key(dev: int, ino: int) -> str:
