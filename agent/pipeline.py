@@ -233,6 +233,11 @@ class StreamPipeline:
         """The stream's name."""
         return self.stream.name
 
+    @property
+    def lines_to_next_window(self) -> int:
+        """How many more valid lines complete the next window: fewer cannot cause an event."""
+        return self._featurizer.samples_to_next_window
+
     def policy_counters(self) -> dict[str, Any]:
         """The alert policy's counters (events emitted, events suppressed by reason)."""
         return self._policy.counters()

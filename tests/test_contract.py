@@ -70,6 +70,23 @@ class TestFeatures:
         np.testing.assert_allclose(streamed, expected, rtol=1e-9, atol=1e-6)
         assert list(range(len(ends))) == index
 
+    @settings(max_examples=100, deadline=None)
+    @given(spec_and_samples())
+    def test_samples_to_next_window_is_exactly_how_many_samples_complete_the_next_window(
+        self, case: tuple[FeatureSpec, np.ndarray, list[int]]
+    ) -> None:
+        """One sample fewer completes no window; exactly that many completes one."""
+        spec, values, cuts = case
+        featurizer = StreamingFeaturizer(spec)
+        for chunk in np.split(values, cuts):
+            featurizer.push(chunk)
+        need = featurizer.samples_to_next_window
+        assert need >= 1
+        sample = np.zeros((1, len(spec.channels)))
+        probe = StreamingFeaturizer.from_state(spec, featurizer.state())
+        assert len(probe.push(np.repeat(sample, need - 1, axis=0))) == 0
+        assert len(probe.push(sample)) == 1
+
     @settings(max_examples=60, deadline=None)
     @given(spec_and_samples(), st.integers(0, 120))
     def test_featurizer_resumed_from_saved_state_continues_identically(

@@ -403,6 +403,14 @@ class StreamingFeaturizer:
         """How many samples were pushed since the stream began."""
         return self._samples_seen
 
+    @property
+    def samples_to_next_window(self) -> int:
+        """How many more samples complete the next window (at least 1)."""
+        spec, seen = self._spec, self._samples_seen
+        if seen < spec.window:
+            return spec.window - seen
+        return spec.hop - (seen - spec.window) % spec.hop
+
     def push(self, values: FloatArray) -> CompletedWindows:
         """Add samples (shape ``(n, n_channels)``) and return the windows they complete."""
         spec = self._spec
