@@ -61,6 +61,13 @@ class IngestConfig(_Section):
     backwards_tolerance_s: float = Field(default=1.0, ge=0)
     rescan_interval_s: float = Field(default=1.0, gt=0, le=300)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
+    max_hold_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="Lines too few to complete a window are held (read, not yet parsed) at most this long;"
+        " the line that completes a window is scored at once. 0: parse every read at once.",
+    )
     quarantine_max_bytes: int = Field(default=64 << 20, ge=1024)
     release_after_s: float = Field(
         default=5.0,

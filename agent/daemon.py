@@ -8,6 +8,15 @@ transport, swaps in a newer verified model between windows, sends heartbeats,
 and feeds the systemd watchdog, so the watchdog stops being fed when the loop
 stalls.
 
+Lines that cannot complete a window yet cannot cause an alert either, so a tick
+holds them (read, not parsed) until enough have arrived to complete the next
+window, or for ``ingest.max_hold_s`` at most; the line that completes a window is
+scored in the tick that read it. The file watcher is told the same thing in bytes
+(lines still needed × the shortest line seen), so it does not wake the loop for
+appends that cannot complete a window. At 1 kHz appends and a hop of 100 lines the
+loop then wakes about 10 times a second instead of 200, without adding latency to
+alerts. While lines are held, a commit saves the stream position from before them.
+
 Commit rule: a tick that produced outbox rows commits at once (alerts are not
 held back); a tick without rows commits at most every
 ``ingest.checkpoint_interval_s``. After a crash, whatever was read after the last
@@ -24,7 +33,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -34,7 +44,7 @@ from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
 from agent.errors import ConfigError
-from agent.ingest import Quarantine, StreamFollower
+from agent.ingest import LineBlock, Quarantine, StreamFollower
 from agent.model_slot import ModelSlot
 from agent.model_watch import ModelWatcher
 from agent.outbox import Outbox
@@ -55,7 +65,33 @@ QUARANTINE_FILE = "quarantine.jsonl"
 class _Stream:
     pipeline: StreamPipeline
     follower: StreamFollower
+    position: dict[str, Any]
+    """The follower's state as of the last line the pipeline processed."""
     caught_up: bool = False
+    held: list[tuple[list[LineBlock], bool]] = field(default_factory=list)
+    """Reads not processed yet, each with its ``replayed`` flag."""
+    held_lines: int = 0
+    held_bytes: int = 0
+    held_since: float = 0.0
+
+    def hold(self, blocks: list[LineBlock], replayed: bool, size: int, now: float) -> None:
+        if not self.held:
+            self.held_since = now
+        self.held.append((blocks, replayed))
+        self.held_lines += sum(b.data.count(b"\n") for b in blocks)
+        self.held_bytes += size
+
+    def release(self) -> list[tuple[list[LineBlock], bool]]:
+        """The held reads, with runs of adjacent blocks of one file joined (one parse, not one per read)."""
+        held, self.held = self.held, []
+        self.held_lines = self.held_bytes = 0
+        out: list[tuple[list[LineBlock], bool]] = []
+        for blocks, replayed in held:
+            if out and out[-1][1] == replayed:
+                out[-1][0].extend(blocks)
+            else:
+                out.append((list(blocks), replayed))
+        return [(_join_adjacent(blocks), replayed) for blocks, replayed in out]
 
 
 class AgentDaemon:
@@ -126,7 +162,7 @@ class AgentDaemon:
                 log.warning("stream_state_discarded", stream=stream.name, reason="damaged follower state")
                 saved = None
             pipeline.restore(saved.get("pipeline") if saved else None)
-            self._streams.append(_Stream(pipeline, follower))
+            self._streams.append(_Stream(pipeline, follower, follower.state()))
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
@@ -159,7 +195,10 @@ class AgentDaemon:
         """Commit, flush what the broker will take within a moment, say offline, and close."""
         self.notifier.stopping()
         self.model_watcher.stop()
-        self._commit(force=True)
+        events: list[AlertEvent] = []
+        for s in self._streams:
+            events.extend(self._process_held(s))
+        self._commit(force=True, messages=[telemetry.alert_message(self.topics, e) for e in events])
         for s in self._streams:
             s.follower.close()
         if self.delivery is not None and self.transport is not None:
@@ -188,28 +227,38 @@ class AgentDaemon:
 
     def tick(self, timeout_s: float) -> int:
         """One turn of the loop; returns how many lines were read."""
+        max_bytes = self.config.ingest.read_chunk_bytes
+        max_hold = self.config.ingest.max_hold_s
+        held_since = [s.held_since for s in self._streams if s.held]
+        if held_since:  # come back in time to parse lines held for max_hold_s
+            timeout_s = max(0.0, min(timeout_s, min(held_since) + max_hold - self.clock.monotonic()))
         self._wakeup.wait(timeout_s)
         self._wakeup.clear()
         lines = 0
         events: list[AlertEvent] = []
-        max_bytes = self.config.ingest.read_chunk_bytes
+        now = self.clock.monotonic()
         for s in self._streams:
             blocks = s.follower.read(max_bytes)
-            if not blocks:
-                s.caught_up = True
-                continue
-            size = sum(len(b.data) for b in blocks)
-            replayed = not s.caught_up
-            before = s.pipeline.counters.lines
-            events.extend(s.pipeline.process(blocks, replayed=replayed))
-            lines += s.pipeline.counters.lines - before
-            self._dirty = True
-            if size < max_bytes:
-                s.caught_up = True
+            if blocks:
+                size = sum(len(b.data) for b in blocks)
+                s.hold(blocks, not s.caught_up, size, now)
+                if size < max_bytes:
+                    s.caught_up = True
+                else:
+                    self._wakeup.set()  # more is waiting: come straight back
             else:
-                self._wakeup.set()  # more is waiting: come straight back
+                s.caught_up = True
+            if s.held and (
+                s.held_lines >= s.pipeline.lines_to_next_window
+                or s.held_bytes >= max_bytes
+                or now - s.held_since >= max_hold
+            ):
+                before = s.pipeline.counters.lines
+                events.extend(self._process_held(s))
+                lines += s.pipeline.counters.lines - before
+            if max_hold > 0:
+                self._gate_wakeups(s)
         self._maybe_swap_model()
-        now = self.clock.monotonic()
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
@@ -228,6 +277,28 @@ class AgentDaemon:
             self.notifier.watchdog()
         return lines
 
+    @staticmethod
+    def _gate_wakeups(s: _Stream) -> None:
+        """Be woken for appends only once enough bytes arrived to hold the lines the next window needs.
+
+        The bound is the lines still needed times the shortest valid line seen: lines that
+        shrink below it make that one wakeup late, by at most the poll interval.
+        """
+        need = s.pipeline.lines_to_next_window - s.held_lines
+        shortest = s.pipeline.shortest_line
+        s.follower.wake_after(need * shortest if shortest is not None and need > 1 else None)
+
+    def _process_held(self, s: _Stream) -> list[AlertEvent]:
+        """Process a stream's held reads in order; its position then moves past them."""
+        if not s.held:
+            return []
+        events: list[AlertEvent] = []
+        for blocks, replayed in s.release():
+            events.extend(s.pipeline.process(blocks, replayed=replayed))
+        s.position = s.follower.state()
+        self._dirty = True
+        return events
+
     def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
         now = self.clock.monotonic()
         if not messages and not (self._dirty and (force or now - self._last_commit >= self._interval)):
@@ -237,7 +308,9 @@ class AgentDaemon:
         try:
             with self.store.transaction() as conn:
                 for s in self._streams:
-                    state = {"pipeline": s.pipeline.state(), "follower": s.follower.state()}
+                    if not s.held:  # everything read was processed: the live position is the one
+                        s.position = s.follower.state()
+                    state = {"pipeline": s.pipeline.state(), "follower": s.position}
                     StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
                 if messages:
                     self.outbox.enqueue(conn, messages)
@@ -313,6 +386,38 @@ class AgentDaemon:
     def streams(self) -> list[StreamPipeline]:
         """The stream pipelines (for status and tests)."""
         return [s.pipeline for s in self._streams]
+
+
+def _join_adjacent(blocks: list[LineBlock]) -> list[LineBlock]:
+    """Join consecutive blocks that continue each other in one file (same header, nothing rejected)."""
+    out: list[LineBlock] = []
+    run: list[LineBlock] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first = run[0]
+            out.append(replace(first, data=b"".join(b.data for b in run)))
+        run.clear()
+
+    for block in blocks:
+        if run:
+            last = run[-1]
+            if (
+                block.rejected
+                or block.file_key != last.file_key
+                or block.header != last.header
+                or block.path != last.path
+                or block.offset != last.offset + len(last.data)
+            ):
+                flush()
+        if block.rejected:
+            out.append(block)
+        else:
+            run.append(block)
+    flush()
+    return out
 
 
 def _worst_drift(states: Sequence[str]) -> str:

@@ -224,6 +224,7 @@ class StreamPipeline:
         self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
         self._meta = _Meta.empty()
         self._last_ts: float | None = None
+        self._shortest_line: int | None = None
         self.counters = StreamCounters()
         self.drift = DriftMonitor(scorer.manifest)
         self._check_channels(scorer.manifest)
@@ -237,6 +238,11 @@ class StreamPipeline:
     def lines_to_next_window(self) -> int:
         """How many more valid lines complete the next window: fewer cannot cause an event."""
         return self._featurizer.samples_to_next_window
+
+    @property
+    def shortest_line(self) -> int | None:
+        """Bytes (with its newline) of the shortest valid line seen so far; None before the first."""
+        return self._shortest_line
 
     def policy_counters(self) -> dict[str, Any]:
         """The alert policy's counters (events emitted, events suppressed by reason)."""
@@ -294,6 +300,9 @@ class StreamPipeline:
         if batch is None or not len(batch):
             return []
         self.counters.lines += len(batch)
+        shortest = int((batch.ends - batch.starts).min())
+        if self._shortest_line is None or shortest < self._shortest_line:
+            self._shortest_line = shortest
         newest = float(batch.timestamps.max())
         self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
         values = batch.values[:, self._column_order]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,6 +193,135 @@ class TestRestarts:
             assert len(PROFILE) == second.daemon.streams[0].state()["samples_seen"]
         finally:
             second.close()
+
+
+def saved_state(config: AgentConfig) -> dict[str, Any]:
+    db = sqlite3.connect(config.state_dir / "agent.db")
+    try:
+        (raw,) = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
+    finally:
+        db.close()
+    state: dict[str, Any] = json.loads(raw)
+    return state
+
+
+class TestHoldingLinesUntilAWindowCanComplete:
+    """The linear test model has window 4, hop 2: fewer lines cannot cause an alert."""
+
+    def test_lines_too_few_for_a_window_wait_and_the_line_completing_it_is_scored_in_its_tick(
+        self, tmp_path: Path
+    ) -> None:
+        """Three lines are held unparsed; the fourth completes window 0 and all four count at once."""
+        config = make_config(tmp_path, max_hold_s=60.0)
+        harness = Harness(config)
+        try:
+            counters = harness.daemon.streams[0].counters
+            write(config, lines(0, [0.1] * 3))
+            harness.daemon.tick(0.01)
+            assert (0, 0) == (counters.lines, counters.windows)
+            write(config, lines(3, [0.1]))
+            harness.daemon.tick(0.01)
+            assert (4, 1) == (counters.lines, counters.windows)
+            write(config, lines(4, [0.1]))  # one more line: window 1 needs two
+            harness.daemon.tick(0.01)
+            assert (4, 1) == (counters.lines, counters.windows)
+        finally:
+            harness.close()
+
+    def test_holding_changes_nothing_in_the_alerts_raised(self, tmp_path: Path) -> None:
+        """Lines arriving one per tick give identical alerts whether held and joined, or parsed at once."""
+        payloads = []
+        for max_hold in (0.0, 60.0):
+            config = make_config(tmp_path / f"hold-{max_hold}", max_hold_s=max_hold)
+            harness = Harness(config)
+            try:
+                text = lines(0, PROFILE).splitlines(keepends=True)
+                for i, line in enumerate(text):
+                    write(config, line if i % 3 else line + "bad line\n")
+                    harness.daemon.tick(0.01)
+            finally:
+                harness.close()
+            here = str(config.streams[0].directory)
+            payloads.append(
+                [m.payload.replace(here.encode(), b"<logs>") for m in harness.transport.messages("alert")]
+            )
+        assert payloads[0] == payloads[1]
+        assert len(payloads[0]) >= 2
+
+    def test_the_loop_sleeps_through_appends_that_cannot_complete_a_window_and_wakes_for_the_one_that_does(
+        self, tmp_path: Path
+    ) -> None:
+        """inotify, a 30 s poll: single-line appends short of a window do not end the loop's wait;
+        the append completing the window does, within the coalesce period.
+        """
+        config = make_config(tmp_path, max_hold_s=60.0).model_copy(
+            update={
+                "ingest": IngestConfig(
+                    watch="inotify", poll_interval_s=30.0, coalesce_ms=5.0, max_hold_s=60.0
+                )
+            }
+        )
+        write(config, lines(0, [0.1] * 5))  # window 0 complete; the next needs 1 more line (hop 2)
+        harness = Harness(config)
+        try:
+            counters = harness.daemon.streams[0].counters
+            harness.daemon.tick(0.01)
+            assert 1 == counters.windows
+            write(config, lines(5, [0.1]))  # window 1 complete: wakes
+            woke = time.monotonic()
+            harness.daemon.tick(5.0)
+            assert 2 == counters.windows
+            assert time.monotonic() - woke < 1.0
+            # window 2 needs two lines: one appended alone must not wake the loop
+            threading.Timer(0.3, write, (config, lines(6, [0.1]))).start()
+            threading.Timer(0.8, write, (config, lines(7, [0.1]))).start()
+            started = time.monotonic()
+            harness.daemon.tick(5.0)
+            waited = time.monotonic() - started
+            assert 3 == counters.windows
+            assert 0.75 < waited < 1.8, f"woke after {waited:.2f} s"
+        finally:
+            harness.close()
+
+    def test_held_lines_are_parsed_once_max_hold_s_has_passed(self, tmp_path: Path) -> None:
+        """However slow the stream, its lines (and their quarantine) wait at most max_hold_s."""
+        config = make_config(tmp_path, max_hold_s=0.5)
+        harness = Harness(config)
+        try:
+            write(config, lines(0, [0.1] * 2) + "oops,1,2\n")
+            harness.daemon.tick(0.01)
+            assert 0 == harness.daemon.streams[0].counters.lines
+            harness.clock.advance(0.6)
+            harness.daemon.tick(0.01)
+            assert (2, 1) == (
+                harness.daemon.streams[0].counters.lines,
+                harness.daemon.streams[0].counters.quarantined,
+            )
+        finally:
+            harness.close()
+
+    def test_a_commit_while_lines_are_held_saves_the_position_before_them(self, tmp_path: Path) -> None:
+        """A heartbeat commits while lines wait: a crash then must read them again, not skip them."""
+        config = make_config(tmp_path, max_hold_s=60.0).model_copy(update={"heartbeat_interval_s": 1.0})
+        harness = Harness(config)
+        try:
+            write(config, lines(0, [0.1] * 4))
+            harness.daemon.tick(0.01)  # window 0 complete
+            harness.clock.advance(config.ingest.checkpoint_interval_s)
+            harness.daemon.tick(0.01)  # checkpoint: committed with its position
+            committed = saved_state(config)["follower"]["files"][0]["offset"]
+            assert len(HEADER) + len(lines(0, [0.1] * 4)) == committed
+            write(config, lines(4, [0.1]))
+            harness.clock.advance(5.0)
+            harness.daemon.tick(0.01)  # reads the line, holds it, and commits a heartbeat
+            assert harness.transport.messages("heartbeat")
+            assert committed == saved_state(config)["follower"]["files"][0]["offset"]
+            assert 4 == saved_state(config)["pipeline"]["samples_seen"]
+        finally:
+            harness.close()
+        after_stop = saved_state(config)
+        assert 5 == after_stop["pipeline"]["samples_seen"], "a clean stop processes what was held"
+        assert committed + len(lines(4, [0.1])) == after_stop["follower"]["files"][0]["offset"]
 
 
 class TestModelSwap:

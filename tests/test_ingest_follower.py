@@ -469,6 +469,47 @@ def test_inotify_wakes_the_reader_without_polling(logs: LogDir, tmp_path: Path) 
         follower.close()
 
 
+def test_a_reader_that_needs_more_bytes_is_not_woken_for_fewer(logs: LogDir) -> None:
+    """wake_after(n): appends short of n bytes wake nobody; the append that reaches n does, at once."""
+    wakeup = threading.Event()
+    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
+    follower.restore(None)
+    follower.start()
+    try:
+        follower.read(1 << 20)
+        follower.wake_after(1000)
+        wakeup.clear()
+        written = 0
+        while written + 40 < 1000:
+            written += len(b"".join(x + b"\n" for x in logs.append(1)))
+            time.sleep(0.005)
+        assert not wakeup.wait(0.1), "woken before enough bytes arrived"
+        started = time.monotonic()
+        logs.append_raw(b"9" * (1000 - written) + b"\n")
+        assert wakeup.wait(1.0)
+        assert time.monotonic() - started < 0.1
+        assert follower.stats()["wakeups_gated"] > 0
+    finally:
+        follower.close()
+
+
+def test_a_new_file_wakes_a_gated_reader(logs: LogDir) -> None:
+    """Directory changes are never gated: a rotation wakes the reader even while it waits for bytes."""
+    wakeup = threading.Event()
+    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
+    follower.restore(None)
+    follower.start()
+    try:
+        logs.append(2)
+        follower.read(1 << 20)
+        follower.wake_after(1 << 20)
+        wakeup.clear()
+        logs.rotate_rename()
+        assert wakeup.wait(1.0)
+    finally:
+        follower.close()
+
+
 def test_state_is_json_and_restores_across_processes(logs: LogDir, harness: Harness) -> None:
     """The state survives a JSON round trip (as in SQLite) and resumes at the same line."""
     logs.append(3)

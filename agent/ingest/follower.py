@@ -293,6 +293,26 @@ class StreamFollower:
         )
         self._watcher.start()
 
+    def wake_after(self, n_bytes: int | None) -> None:
+        """Wake the reader for appends only once about `n_bytes` more than was read have arrived.
+
+        For a reader that cannot use fewer (the agent holds lines too few to complete a
+        window). Applies while the stream has one settled file open; otherwise, and with
+        None, every batch of writes wakes the reader. Directory changes always do.
+        """
+        watcher = self._watcher
+        if watcher is None:
+            return
+        files = list(self._files.values())
+        if n_bytes is None or len(files) != 1 or self._ghosts:
+            watcher.gate_wakeups(None)
+            return
+        f = files[0]
+        if f.pending is not None or f.skipping or f.header_pending or f.gone:
+            watcher.gate_wakeups(None)
+            return
+        watcher.gate_wakeups(f.path, f.offset + n_bytes)
+
     @property
     def watch_mode(self) -> str:
         """``inotify`` or ``poll`` once started (``auto`` degrades to poll when inotify fails)."""
@@ -386,6 +406,7 @@ class StreamFollower:
             "ghosts": len(self._ghosts),
             "file_events": watcher.events if watcher is not None else 0,
             "wakeups": watcher.wakeups if watcher is not None else 0,
+            "wakeups_gated": watcher.gated if watcher is not None else 0,
         }
 
     # ------------------------------------------------------------------ discovery

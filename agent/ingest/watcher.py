@@ -9,6 +9,12 @@ The watcher never reads files. It only says "look again", through two flags:
 * `Watcher.take_rescan`, true when a directory itself changed (a file was created,
   renamed or deleted, or its permissions changed), so the reader lists it again.
 
+A reader that knows it cannot use fewer than some number of new bytes (the agent:
+lines too few to complete a window cannot cause an alert) can gate the wakeups for
+file writes with `Watcher.gate_wakeups`: the watcher then stats that file after
+each batch of events and wakes the reader only once it is large enough. Directory
+changes and the safety-net poll always wake it.
+
 Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
 binding (`agent.ingest.inotify`: one read returns every queued event, and the
 kernel merges repeated writes while the watcher waits out the coalesce period),
@@ -65,12 +71,15 @@ class Watcher:
         self._extra: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop_pipe: tuple[int, int] | None = None
+        self._gate: tuple[str, int] | None = None
         self.mode: Literal["inotify", "poll"] = "poll"
         self.backend: Literal["inotify", "watchdog", "poll"] = "poll"
         self.events = 0
         """File events received (for stats)."""
         self.wakeups = 0
         """Times the caller's wakeup was set."""
+        self.gated = 0
+        """Batches of file writes that did not wake the caller (see `gate_wakeups`)."""
 
     def start(self) -> None:
         """Set up inotify (unless poll mode) and start the watching thread."""
@@ -116,6 +125,22 @@ class Watcher:
         """Whether a directory changed since the last call (then list it again)."""
         rescan, self._rescan = self._rescan, False
         return rescan
+
+    def gate_wakeups(self, path: str | None, size: int = 0) -> None:
+        """Wake the reader for file writes only once the file at `path` holds `size` bytes.
+
+        None removes the gate: every batch of writes wakes the reader again.
+        """
+        self._gate = None if path is None else (path, size)
+
+    def _gate_open(self) -> bool:
+        gate = self._gate  # one read: the reader may replace it meanwhile
+        if gate is None:
+            return True
+        try:
+            return os.stat(gate[0]).st_size >= gate[1]
+        except OSError:
+            return True
 
     def request_rescan(self) -> None:
         """Ask for a rescan and a wakeup."""
@@ -221,8 +246,11 @@ class Watcher:
     def _run(self, previous: Signature | None) -> None:
         while not self._stop.is_set():
             if self._wait_for_events():
-                self.wakeups += 1
-                self._wakeup.set()
+                if self._rescan or self._gate_open():
+                    self.wakeups += 1
+                    self._wakeup.set()
+                else:
+                    self.gated += 1
                 if self._coalesce > 0:
                     self._stop.wait(self._coalesce)  # let more events gather (the kernel merges them)
                 continue
