@@ -493,6 +493,50 @@ def test_a_reader_that_needs_more_bytes_is_not_woken_for_fewer(logs: LogDir) -> 
         follower.close()
 
 
+def gated_follower(logs: LogDir, wakeup: threading.Event) -> StreamFollower:
+    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
+    follower.restore(None)
+    follower.start()
+    logs.append(2)
+    follower.read(1 << 20)
+    return follower
+
+
+def test_a_rotation_amid_appends_wakes_a_gated_reader(logs: LogDir) -> None:
+    """While appends keep coming the gated watcher follows the file's size; a rotation still wakes."""
+    wakeup = threading.Event()
+    follower = gated_follower(logs, wakeup)
+    try:
+        follower.wake_after(1 << 20)
+        wakeup.clear()
+        for _ in range(20):
+            logs.append(1)
+            time.sleep(0.003)
+        assert not wakeup.is_set()
+        logs.rotate_rename()
+        assert wakeup.wait(1.0)
+    finally:
+        follower.close()
+
+
+def test_after_appends_pause_a_gated_reader_is_still_woken_by_enough_bytes(logs: LogDir) -> None:
+    """Appends, a pause longer than the watcher follows sizes for, then enough bytes: woken."""
+    wakeup = threading.Event()
+    follower = gated_follower(logs, wakeup)
+    try:
+        follower.wake_after(2000)
+        wakeup.clear()
+        for _ in range(20):
+            logs.append(1)
+            time.sleep(0.003)
+        time.sleep(0.1)  # quiet for many coalesce periods: write events are switched back on
+        assert not wakeup.is_set()
+        logs.append_raw(b"9" * 2000 + b"\n")
+        assert wakeup.wait(1.0)
+    finally:
+        follower.close()
+
+
 def test_a_new_file_wakes_a_gated_reader(logs: LogDir) -> None:
     """Directory changes are never gated: a rotation wakes the reader even while it waits for bytes."""
     wakeup = threading.Event()

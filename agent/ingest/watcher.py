@@ -13,7 +13,10 @@ A reader that knows it cannot use fewer than some number of new bytes (the agent
 lines too few to complete a window cannot cause an alert) can gate the wakeups for
 file writes with `Watcher.gate_wakeups`: the watcher then stats that file after
 each batch of events and wakes the reader only once it is large enough. Directory
-changes and the safety-net poll always wake it.
+changes and the safety-net poll always wake it. While writes keep coming and the
+gate stays closed, the watcher switches write events off and looks at the file's
+size once per coalesce period instead: one wakeup per period rather than two (the
+event, then the pause that lets more gather).
 
 Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
 binding (`agent.ingest.inotify`: one read returns every queued event, and the
@@ -36,7 +39,10 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import IngestError
-from agent.ingest.inotify import IN_MODIFY, Inotify
+from agent.ingest.inotify import DIRECTORY_MASK, IN_MODIFY, Inotify
+
+QUIET_PERIODS = 4
+"""Coalesce periods without growth after which a gated watcher switches write events back on."""
 
 Signature = tuple[tuple[str, int, int, int], ...]
 WatchMode = Literal["auto", "inotify", "poll"]
@@ -141,6 +147,64 @@ class Watcher:
             return os.stat(gate[0]).st_size >= gate[1]
         except OSError:
             return True
+
+    def _set_write_events(self, on: bool) -> bool:
+        """Switch the directory watch's write events on or off; False when that is not possible."""
+        inotify = self._inotify
+        if inotify is None:
+            return False
+        with self._lock:
+            if not on and self._extra:
+                return False  # symlinked files live elsewhere: keep it simple, stay event-driven
+            try:
+                inotify.add_watch(str(self._directory), DIRECTORY_MASK if on else DIRECTORY_MASK & ~IN_MODIFY)
+            except OSError:
+                return False
+        return True
+
+    def _follow_size(self) -> None:
+        """Look at the gated file's size once per coalesce period until the reader must be woken.
+
+        Entered with the gate closed while writes come in; write events are off meanwhile.
+        Returns when the gate opens or is lifted, a directory changes, or the file stopped
+        growing for `QUIET_PERIODS` periods, with write events on again.
+        """
+        inotify = self._inotify
+        assert inotify is not None
+        assert self._stop_pipe is not None
+        if not self._set_write_events(False):
+            return
+        last_size, quiet = -1, 0
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([inotify.fd, self._stop_pipe[0]], [], [], self._coalesce)
+                if self._stop.is_set():
+                    return
+                if inotify.fd in ready:
+                    events = inotify.read()
+                    self.events += len(events)
+                    if any(event.mask != IN_MODIFY for event in events):
+                        self._rescan = True
+                gate = self._gate
+                try:
+                    size = os.stat(gate[0]).st_size if gate is not None else -1
+                except OSError:
+                    gate = None
+                if self._rescan or gate is None or size >= gate[1]:
+                    self.wakeups += 1
+                    self._wakeup.set()
+                    return
+                self.gated += 1
+                quiet = quiet + 1 if size == last_size else 0
+                if quiet >= QUIET_PERIODS:
+                    return
+                last_size = size
+        finally:
+            self._set_write_events(True)
+            # a write between the last look and switching events on raised no event: look once more
+            if not self._stop.is_set() and self._gate_open():
+                self.wakeups += 1
+                self._wakeup.set()
 
     def request_rescan(self) -> None:
         """Ask for a rescan and a wakeup."""
@@ -251,6 +315,9 @@ class Watcher:
                     self._wakeup.set()
                 else:
                     self.gated += 1
+                    if self._coalesce > 0 and self._inotify is not None:
+                        self._follow_size()
+                        continue
                 if self._coalesce > 0:
                     self._stop.wait(self._coalesce)  # let more events gather (the kernel merges them)
                 continue
