@@ -234,36 +234,6 @@ def live_paho(port: int, seconds: float, body: bytes, every: int) -> tuple[list[
     return [(sub.received[k] - v) * 1e3 for k, v in sent.items() if k in sub.received], n
 
 
-AGENT_CONFIG = """
-[agent]
-robot_id = "robot1"
-site = "bench"
-state_dir = "state"
-heartbeat_interval_s = 30.0
-log_format = "json"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-[agent.mqtt]
-port = {port}
-[agent.ingest]
-watch = "{watch}"
-poll_interval_s = {poll}
-coalesce_ms = {coalesce}
-[agent.policy]
-on_delay_windows = 1
-off_delay_windows = 2
-max_events_per_minute = 100000
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
-
-
 def end_to_end(
     port: int, workdir: Path, seconds: float, watch: str, poll: float, coalesce: float
 ) -> list[float]:
@@ -276,13 +246,20 @@ def end_to_end(
     import os
     import subprocess
 
+    from tests.agent_config import agent_config
     from tests.models import write_linear_model
 
     root = workdir / f"agent-{watch}"
     (root / "logs").mkdir(parents=True)
     write_linear_model(root / "bundled")
     (root / "config.toml").write_text(
-        AGENT_CONFIG.format(port=port, watch=watch, poll=poll, coalesce=coalesce)
+        agent_config(
+            port=port,
+            robot_id="robot1",
+            site="bench",
+            ingest={"watch": watch, "poll_interval_s": poll, "coalesce_ms": coalesce},
+            policy={"on_delay_windows": 1, "off_delay_windows": 2, "max_events_per_minute": 100000},
+        )
     )
     received: dict[int, float] = {}
     sub = Subscriber(port)

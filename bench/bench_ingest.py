@@ -52,6 +52,7 @@ from agent.pipeline import StreamPipeline  # noqa: E402
 from agent.policy import AlertPolicy  # noqa: E402
 from agent.scoring import OnnxScorer  # noqa: E402
 from agent.seams import SystemClock  # noqa: E402
+from tests.agent_config import agent_config, stream  # noqa: E402
 from tests.models import write_linear_model  # noqa: E402
 
 N_CHANNELS = 8
@@ -259,33 +260,6 @@ def section_catch_up(work: Path, quick: bool) -> bool:
 
 # ---------------------------------------------------------------------------- b. agent CPU
 
-AGENT_CONFIG = """
-[agent]
-robot_id = "bench"
-site = "bench"
-state_dir = "state"
-heartbeat_interval_s = 30
-log_format = "json"
-log_level = "warning"
-[agent.model]
-directory = "store"
-bundled = "{bundled}"
-[agent.mqtt]
-port = {port}
-[agent.ingest]
-watch = "{watch}"
-poll_interval_s = {poll}
-coalesce_ms = {coalesce}
-max_hold_s = {max_hold}
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-patterns = ["arm1.csv"]
-timestamp_field = "ts"
-[agent.streams.channels]
-{channels}
-"""
-
 TINY_CHANNELS = {"J1": "j1_current", "T1": "j1_temp"}
 
 BASE = {"watch": "auto", "poll": 0.25, "coalesce": 5.0, "max_hold": 0.5, "model": "bundled"}
@@ -346,14 +320,9 @@ class LogSource:
         self.header = header_line()
         self.lines = sim.lines(0, n_lines).splitlines(keepends=True)
 
-    def channels_toml(self) -> str:
-        """The ``[agent.streams.channels]`` lines that map this log's columns."""
-        if self.kind == "tiny":
-            mapping = TINY_CHANNELS
-        else:
-            stream = _config_stream()
-            mapping = dict(stream.channels)
-        return "\n".join(f'{column} = "{channel}"' for column, channel in mapping.items())
+    def channels(self) -> dict[str, str]:
+        """The column names of these lines → the model's channels."""
+        return TINY_CHANNELS if self.kind == "tiny" else dict(_config_stream().channels)
 
 
 def _config_stream() -> StreamConfig:
@@ -362,6 +331,24 @@ def _config_stream() -> StreamConfig:
 
     document = load_document(REPO / "config.toml", environ={})
     return StreamConfig.model_validate(document["agent"]["streams"][0])
+
+
+def agent_toml(port: int, variant: dict[str, Any], bundled: Path, source: LogSource) -> str:
+    """The config of one measured agent: the variant's ingest settings, quiet logs."""
+    return agent_config(
+        port=port,
+        robot_id="bench",
+        site="bench",
+        agent={"log_level": "warning"},
+        model={"bundled": bundled},
+        ingest={
+            "watch": variant["watch"],
+            "poll_interval_s": variant["poll"],
+            "coalesce_ms": variant["coalesce"],
+            "max_hold_s": variant["max_hold"],
+        },
+        streams=[stream(patterns=["arm1.csv"], channels=source.channels())],
+    )
 
 
 def writer(path: Path, rate: float, stop: threading.Event, counter: list[int], lines: list[bytes]) -> None:
@@ -394,9 +381,7 @@ def agent_cpu(work: Path, port: int, variant: dict[str, Any], rate: float, secon
         bundled = root / "bundled"
     else:
         bundled = REPO / "models" / "bundled"
-    (root / "config.toml").write_text(
-        AGENT_CONFIG.format(port=port, bundled=bundled, channels=source.channels_toml(), **variant)
-    )
+    (root / "config.toml").write_text(agent_toml(port, variant, bundled, source))
     log = root / "logs" / "arm1.csv"
     log.write_bytes(source.header)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}

@@ -26,51 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_config import agent_config, stream
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "ts,J1,T1\n"
-
-CONFIG = """
-[agent]
-robot_id = "ingest-robot"
-site = "{site}"
-state_dir = "state"
-heartbeat_interval_s = 60
-log_format = "json"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-[agent.mqtt]
-port = {port}
-keepalive_s = 5
-reconnect_min_s = 0.2
-reconnect_max_s = 1
-[agent.ingest]
-watch = "auto"
-poll_interval_s = 0.05
-coalesce_ms = 5.0
-checkpoint_interval_s = 0.2
-release_after_s = 1.0
-[agent.policy]
-on_delay_windows = 2
-off_delay_windows = 2
-max_events_per_minute = 100000
-{streams}
-"""
-
-STREAM = """
-[[agent.streams]]
-name = "{name}"
-directory = "{directory}"
-patterns = ["arm1.csv"]
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
 
 
 def cycle_lines(start: int, end: int) -> list[str]:
@@ -90,11 +52,26 @@ class Agent:
         self.root = root
         self.site = site
         write_linear_model(root / "bundled")
-        blocks = []
         for name in streams:
             (root / name).mkdir(parents=True, exist_ok=True)
-            blocks.append(STREAM.format(name=name, directory=name))
-        (root / "config.toml").write_text(CONFIG.format(site=site, port=port, streams="".join(blocks)))
+        (root / "config.toml").write_text(
+            agent_config(
+                port=port,
+                robot_id="ingest-robot",
+                site=site,
+                heartbeat_interval_s=60,
+                mqtt={"keepalive_s": 5, "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+                ingest={
+                    "watch": "auto",
+                    "poll_interval_s": 0.05,
+                    "coalesce_ms": 5.0,
+                    "checkpoint_interval_s": 0.2,
+                    "release_after_s": 1.0,
+                },
+                policy={"on_delay_windows": 2, "off_delay_windows": 2, "max_events_per_minute": 100000},
+                streams=[stream(name, name, patterns=["arm1.csv"]) for name in streams],
+            )
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

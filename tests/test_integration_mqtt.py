@@ -22,40 +22,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.agent_config import agent_config
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[agent]
-robot_id = "it-robot"
-site = "it"
-state_dir = "state"
-heartbeat_interval_s = 0.5
-log_format = "json"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-check_interval_s = 0.2
-[agent.mqtt]
-host = "127.0.0.1"
-port = {port}
-keepalive_s = 5
-[agent.ingest]
-watch = "{watch}"
-poll_interval_s = 0.05
-[agent.policy]
-on_delay_windows = 2
-off_delay_windows = 2
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
 
 
 class Subscriber:
@@ -107,7 +78,18 @@ def start_agent(workdir: Path, broker: Broker, watch: str = "auto") -> subproces
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     write_linear_model(workdir / "bundled")
     config = workdir / "config.toml"
-    config.write_text(CONFIG.format(port=broker.port, watch=watch))
+    config.write_text(
+        agent_config(
+            port=broker.port,
+            robot_id="it-robot",
+            site="it",
+            heartbeat_interval_s=0.5,
+            model={"check_interval_s": 0.2},
+            mqtt={"keepalive_s": 5},
+            ingest={"watch": watch, "poll_interval_s": 0.05},
+            policy={"on_delay_windows": 2, "off_delay_windows": 2},
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
     with (workdir / "agent.log").open("wb") as log:  # the child keeps its own copy of the handle
         return subprocess.Popen(

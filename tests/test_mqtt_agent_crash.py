@@ -19,41 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_config import agent_config
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
 REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[agent]
-robot_id = "{robot}"
-site = "crash"
-state_dir = "state"
-heartbeat_interval_s = 0.5
-log_format = "json"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-[agent.mqtt]
-port = {port}
-keepalive_s = 5
-reconnect_min_s = 1
-reconnect_max_s = 1
-[agent.ingest]
-watch = "poll"
-poll_interval_s = 0.02
-[agent.policy]
-on_delay_windows = 2
-off_delay_windows = 2
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
 
 CYCLES = 30  # each cycle: 10 high lines (raise), 10 low lines (clear)
 
@@ -74,7 +45,17 @@ class Agent:
         self.root = root
         (root / "logs").mkdir(parents=True, exist_ok=True)
         write_linear_model(root / "bundled")
-        (root / "config.toml").write_text(CONFIG.format(robot=robot, port=port))
+        (root / "config.toml").write_text(
+            agent_config(
+                port=port,
+                robot_id=robot,
+                site="crash",
+                heartbeat_interval_s=0.5,
+                mqtt={"keepalive_s": 5, "reconnect_min_s": 1, "reconnect_max_s": 1},
+                ingest={"watch": "poll", "poll_interval_s": 0.02},
+                policy={"on_delay_windows": 2, "off_delay_windows": 2},
+            )
+        )
         self.log = root / "logs" / "arm1.csv"
         self.process: subprocess.Popen[bytes] | None = None
 
