@@ -27,7 +27,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.contract.records import RecordFormat, RecordSchema
 from agent.contract.topics import check_segment
@@ -108,13 +116,31 @@ class StreamConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Where the model comes from."""
+    """Where the model comes from, and which signatures it needs (see `agent.signing`)."""
 
     directory: Path = Field(description="Model store: one sub-directory per version.")
     bundled: Path | None = Field(default=None, description="Used when the store is empty.")
     check_interval_s: float = Field(default=1.0, gt=0, le=3600)
-    trusted_keys: Path | None = Field(default=None, description="Ed25519 public keys, for signed models.")
-    require_signature: bool = False
+    require_signature: bool = Field(
+        default=False,
+        description="Refuse to start unless trusted_keys is set (it already makes signatures mandatory).",
+    )
+    trusted_keys: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="Directory of <key_id>.pub Ed25519 public keys (PEM); when set, every model in the "
+        "store must be signed by one of them. The bundled model is exempt.",
+    )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_for_required_signatures(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # require_signature is declared first, so it is validated (and in info.data) by now.
+        if value is None and info.data.get("require_signature"):
+            raise ValueError(
+                "require_signature = true needs trusted_keys: a directory of <key_id>.pub public keys"
+            )
+        return value
 
 
 class TlsConfig(_Section):

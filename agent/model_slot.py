@@ -9,26 +9,28 @@ newer than the current one; a candidate is loaded and passes its golden test
 model keeps serving if anything is wrong. A refused candidate is remembered and
 not retried until its files change. Versions never go down.
 
-Signature verification, probation and rollback build on this seam (see DESIGN.md).
+Every model read from the store goes through an `agent.signing.ModelVerifier`: with
+``trusted_keys`` configured it must carry a valid signature from a trusted key, and in
+any case it must not have expired, all checked before its ONNX bytes are read. The
+bundled model is exempt (see `agent.signing` for why). Probation and rollback build on
+this seam (see DESIGN.md).
 """
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from agent.config import ModelConfig
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from agent.errors import ContractError, ModelError, ModelLoadError
 from agent.scoring import OnnxScorer
+from agent.signing import ModelVerifier
 
 log = structlog.get_logger("robotpm.model")
-
-Loader = Callable[[Path], OnnxScorer]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +40,17 @@ class _Fingerprint:
 
 
 class ModelSlot:
-    """Holds the current scorer and finds newer verified versions in the store."""
+    """Holds the current scorer and finds newer verified versions in the store.
 
-    def __init__(self, config: ModelConfig, loader: Loader = OnnxScorer.load) -> None:
+    The verifier defaults to the one `config` asks for; building it reads the trusted
+    keys, so a bad ``trusted_keys`` directory raises `ConfigError` here, at start.
+    """
+
+    def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
         self._config = config
-        self._loader = loader
+        self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
+        if self._verifier.keys is not None:
+            log.info("model_signatures_required", trusted_keys=list(self._verifier.keys.key_ids))
         self._current: OnnxScorer | None = None
         self._offered_version = 0
         self._refused: set[_Fingerprint] = set()
@@ -69,7 +77,7 @@ class ModelSlot:
                     f"no usable model: the store {self._config.directory} has none and the bundled "
                     f"model directory {bundled} lacks {MODEL_FILE} or {MANIFEST_FILE}"
                 )
-            scorer = self._loader(bundled)
+            scorer = OnnxScorer.load(bundled)  # exempt from signature and expiry: see agent.signing
             scorer.check_golden()
             self._current = scorer
             log.info("model_loaded", model=scorer.manifest.label, source=str(bundled))
@@ -114,8 +122,8 @@ class ModelSlot:
             version = self._versions.get(fingerprint)
             if version is None:
                 try:
-                    version = ModelManifest.read(child).version
-                except ContractError as exc:
+                    version = self._verifier.read_manifest(child).version
+                except (ContractError, ModelError) as exc:
                     self._refuse(child, fingerprint, str(exc))
                     continue
                 self._versions[fingerprint] = version
@@ -125,7 +133,7 @@ class ModelSlot:
     def _try_load(self, directory: Path) -> OnnxScorer | None:
         fingerprint = _fingerprint(directory)
         try:
-            scorer = self._loader(directory)
+            scorer = OnnxScorer.load(directory, verifier=self._verifier)
             scorer.check_golden()
         except ModelError as exc:
             self._refuse(directory, fingerprint, str(exc))
@@ -155,7 +163,7 @@ def release_freed_memory() -> None:
 
 def _fingerprint(directory: Path) -> _Fingerprint:
     stamps: list[tuple[int, int]] = []
-    for name in (MANIFEST_FILE, MODEL_FILE):
+    for name in (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE):
         try:
             st = (directory / name).stat()
             stamps.append((st.st_mtime_ns, st.st_size))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from agent.ingest.watcher import Signature, Watcher
 from agent.model_slot import ModelSlot, release_freed_memory
 from agent.scoring import OnnxScorer
@@ -25,14 +26,17 @@ log = structlog.get_logger("robotpm.model")
 
 
 def store_signature(store: Path) -> Signature:
-    """What changes when a version is added to, replaced in or removed from the store."""
+    """What changes when a version is added to, replaced in or removed from the store.
+
+    The signature file counts too: a model refused for lacking one is checked again once it arrives.
+    """
     entries: list[tuple[str, int, int, int]] = []
     try:
         children = sorted(os.scandir(store), key=lambda e: e.name)
     except OSError:
         return ()
     for child in children:
-        for name in ("manifest.json", "model.onnx"):
+        for name in (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE):
             try:
                 st = os.stat(os.path.join(child.path, name))
             except OSError:

@@ -2,7 +2,8 @@
 
 `OnnxScorer.load` reads a model directory (``model.onnx`` + ``manifest.json``),
 checks the bytes against the manifest's sha256 and length *before* onnxruntime
-parses them, checks the graph's inputs and outputs against the manifest, and
+parses them (after an `agent.signing.ModelVerifier` checked the manifest's signature,
+for models from the store), checks the graph's inputs and outputs against the manifest, and
 builds a single-threaded session (the agent scores one batch per read chunk, so
 intra-op threads would only add wake-ups). `FunctionScorer` is the in-memory twin.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +21,9 @@ import onnxruntime as ort
 
 from agent.contract.manifest import MODEL_FILE, ModelManifest
 from agent.errors import ModelLoadError, ModelRejectedError
+
+if TYPE_CHECKING:
+    from agent.signing import ModelVerifier
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -73,9 +78,16 @@ class OnnxScorer:
         return self._manifest
 
     @classmethod
-    def load(cls, model_dir: Path) -> OnnxScorer:
-        """Load and check a model directory; raises `ModelError` subclasses on any problem."""
-        manifest = ModelManifest.read(model_dir)
+    def load(cls, model_dir: Path, *, verifier: ModelVerifier | None = None) -> OnnxScorer:
+        """Load and check a model directory; raises `ModelError` subclasses on any problem.
+
+        With a `verifier` (models from the store), the manifest's signature and expiry
+        are checked on the very bytes that are parsed, before ``model.onnx`` is read;
+        the model bytes must then match that manifest's sha256 and length.
+        """
+        manifest = (
+            verifier.read_manifest(model_dir) if verifier is not None else ModelManifest.read(model_dir)
+        )
         return cls(read_verified_model(model_dir / MODEL_FILE, manifest), manifest)
 
     def score(self, features: FloatArray) -> Mapping[str, FloatArray]:

@@ -17,6 +17,7 @@ AGENT_MODULES = (
     "agent.daemon",
     "agent.scoring",
     "agent.model_slot",
+    "agent.signing",
     "agent.pipeline",
 )
 
@@ -48,4 +49,4 @@ def test_base_distribution_requires_no_trainer_dependencies() -> None:
         for dep in project["dependencies"]
     }
     assert names.isdisjoint({"scikit-learn", "sklearn", "pandas", "matplotlib", "skl2onnx", "onnx"})
-    assert {"numpy", "onnxruntime", "paho-mqtt", "watchdog", "pydantic", "structlog"} <= names
+    assert {"numpy", "onnxruntime", "paho-mqtt", "watchdog", "pydantic", "structlog", "cryptography"} <= names

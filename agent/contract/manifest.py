@@ -6,6 +6,10 @@ the ONNX graph (input and output names), what each output column means (one
 `AlertHead` per component and failure mode, with calibrated thresholds), the
 training reference statistics (for explanations and drift), and golden vectors
 with expected outputs (a smoke test before a model goes live).
+
+A signed model also holds ``manifest.sig`` (`SIGNATURE_FILE`), and its manifest names
+the key in ``signing_key_id``; ``expires`` bounds how long the agent accepts it. See
+`agent.signing`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from agent.errors import ManifestError
 MANIFEST_SCHEMA_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+SIGNATURE_FILE = "manifest.sig"
+"""Beside ``manifest.json`` in a signed model: the raw 64-byte Ed25519 signature over its exact bytes."""
 
 Severity = Literal["warning", "critical"]
 Direction = Literal["higher_is_worse", "lower_is_worse"]
