@@ -9,6 +9,9 @@ Usage::
     robotpm-train dataset ai4i|cmapss [--out models]                  # the real-data benchmarks
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
+    robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
+    robotpm-train sign MODEL_DIR --key DIR/ID.key [--key-id ID]       # sign a model directory
+    robotpm-train ... --sign-key DIR/ID.key [--key-id ID]             # sign the version a run writes
 
 Exit codes: 0 success, 1 a trainer error (message on stderr, nothing written),
 2 bad configuration or arguments.
@@ -20,6 +23,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from agent.errors import ConfigError, RobotPMError
@@ -28,7 +32,7 @@ from trainer.errors import TrainerError
 from trainer.stages.extraction import Dataset
 
 PROG = "robotpm-train"
-SUBCOMMANDS = ("bundle", "dataset", "import-sql", "list", "show", "promote", "rollback")
+SUBCOMMANDS = ("bundle", "dataset", "import-sql", "keygen", "sign", "list", "show", "promote", "rollback")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +102,16 @@ def _train(argv: list[str]) -> int:
     parser.add_argument("--no-report", action="store_true", help="skip the plots and PDF report")
     parser.add_argument("--promote", action="store_true", help="promote through the champion gate")
     parser.add_argument("--once", action="store_true", help="stream mode: check the incoming directory once")
+    parser.add_argument(
+        "--sign-key",
+        type=Path,
+        default=None,
+        help="sign the registered version with this Ed25519 private key",
+    )
+    parser.add_argument("--key-id", default=None, help="key id for --sign-key (default: the key file's stem)")
     args = parser.parse_args(argv)
+    if args.sign_key is not None and args.mode == "stream":
+        parser.error("--sign-key works with --mode batch only; sign stream versions with 'sign'")
     config = _load(args)
     if args.mode == "stream":
         from trainer.stream import run_stream
@@ -137,6 +150,11 @@ def _train(argv: list[str]) -> int:
         bundled_dir=args.bundled,
         report=not args.no_report,
     )
+    if args.sign_key is not None and result.version_dir is not None:
+        from trainer.signing import sign_model_dir
+
+        result.manifest = sign_model_dir(result.version_dir, args.sign_key, args.key_id or args.sign_key.stem)
+        print(f"signed {result.version_dir} with key {result.manifest.signing_key_id}")
     if args.promote and result.version_dir is not None:
         from trainer.gate import promote_through_gate
 
@@ -200,6 +218,39 @@ def _subcommand(argv: list[str]) -> int:
         )
         print(json.dumps(summary, indent=2))
         return 0
+    if command == "keygen":
+        parser.description = "Make an Ed25519 key pair: ID.key (private, mode 0600) and ID.pub (for agents)."
+        parser.add_argument("--key-id", required=True, help="the key id models will name, e.g. fleet-2026")
+        parser.add_argument("--out", type=Path, required=True, help="directory for ID.key and ID.pub")
+        args = parser.parse_args(rest)
+        from trainer.signing import generate_key_pair
+
+        private_path, public_path = generate_key_pair(args.key_id, args.out)
+        print(f"wrote {private_path} (private, keep it secret) and {public_path} (copy to agents)")
+        return 0
+    if command == "sign":
+        parser.description = "Sign a model directory: set signing_key_id and write manifest.sig."
+        parser.add_argument("model_dir", type=Path, help="a directory holding model.onnx and manifest.json")
+        parser.add_argument("--key", type=Path, required=True, help="the Ed25519 private key (ID.key)")
+        parser.add_argument("--key-id", default=None, help="the key id (default: the key file's stem)")
+        expiry = parser.add_mutually_exclusive_group()
+        expiry.add_argument(
+            "--expires",
+            type=_datetime,
+            default=None,
+            help="ISO 8601 date or time after which agents refuse it",
+        )
+        expiry.add_argument("--valid-days", type=float, default=None, help="expires this many days from now")
+        args = parser.parse_args(rest)
+        from trainer.signing import sign_model_dir
+
+        expires = args.expires
+        if args.valid_days is not None:
+            expires = datetime.now(timezone.utc) + timedelta(days=args.valid_days)
+        manifest = sign_model_dir(args.model_dir, args.key, args.key_id or args.key.stem, expires=expires)
+        until = f", expires {manifest.expires.isoformat()}" if manifest.expires else ""
+        print(f"signed {manifest.label} in {args.model_dir} with key {manifest.signing_key_id}{until}")
+        return 0
     if command == "import-sql":
         parser.description = "Load CSV/JSON-lines logs (and truth.csv) into a SQL table that --db reads."
         parser.add_argument("logs", type=Path, help="a log file, robot directory or fleet directory")
@@ -245,6 +296,15 @@ def _subcommand(argv: list[str]) -> int:
     champion = registry.rollback()
     print(f"rolled back: v{champion} is the champion of {registry.directory}")
     return 0
+
+
+def _datetime(text: str) -> datetime:
+    """An ISO 8601 date or date-time for argparse; without a time zone it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 if __name__ == "__main__":  # pragma: no cover
