@@ -134,9 +134,7 @@ class TrustedKeys:
             raise ModelRejectedError(f"{model_dir}: no signature ({SIGNATURE_FILE} is missing)") from None
         except OSError as exc:
             raise ModelRejectedError(f"{sig_path}: cannot read the signature: {exc.strerror}") from None
-        key_id = _signing_key_id(manifest_bytes)
-        if key_id is None:
-            raise ModelRejectedError(f"{model_dir}: the manifest names no signing_key_id")
+        key_id = _signing_key_id(model_dir, manifest_bytes)
         key = self._keys.get(key_id)
         if key is None:
             raise ModelRejectedError(
@@ -212,11 +210,13 @@ def check_expiry(manifest: ModelManifest, *, source: str, now: datetime | None =
         raise ModelRejectedError(f"{source}: {manifest.label} expired at {expires.isoformat()}")
 
 
-def _signing_key_id(manifest_bytes: bytes) -> str | None:
+def _signing_key_id(model_dir: Path, manifest_bytes: bytes) -> str:
     """The ``signing_key_id`` of raw manifest bytes, read with the plain JSON parser only."""
     try:
         document = json.loads(manifest_bytes)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both derive from it
+        raise ModelRejectedError(f"{model_dir}: {MANIFEST_FILE} is not JSON") from None
     value = document.get("signing_key_id") if isinstance(document, dict) else None
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        raise ModelRejectedError(f"{model_dir}: the manifest names no signing_key_id")
+    return value

@@ -509,3 +509,20 @@ class TestTrainingRunSigns:
         scorer = OnnxScorer.load(version, verifier=verifier)
         scorer.check_golden()
         assert "fleet" == scorer.manifest.signing_key_id
+
+
+class TestRefusalReasons:
+    def test_a_signed_directory_whose_manifest_names_no_key_or_is_not_json_says_so(
+        self, tmp_path: Path, keys: Keys
+    ) -> None:
+        """A signature beside a manifest without signing_key_id, or beside non-JSON, says which."""
+        verifier = ModelVerifier(TrustedKeys.load(keys.trusted))
+        signed_model(tmp_path / "m", keys, version=2)
+        manifest = json.loads((tmp_path / "m" / MANIFEST_FILE).read_text())
+        del manifest["signing_key_id"]
+        (tmp_path / "m" / MANIFEST_FILE).write_text(json.dumps(manifest))
+        with pytest.raises(ModelRejectedError, match="names no signing_key_id"):
+            OnnxScorer.load(tmp_path / "m", verifier=verifier)
+        (tmp_path / "m" / MANIFEST_FILE).write_bytes(b"\xff{ not json")
+        with pytest.raises(ModelRejectedError, match="is not JSON"):
+            OnnxScorer.load(tmp_path / "m", verifier=verifier)
