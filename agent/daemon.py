@@ -123,7 +123,9 @@ class AgentDaemon:
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
         self.slot = ModelSlot(config.model)
-        self.model_watcher = ModelWatcher(self.slot, config.model.directory, config.model.check_interval_s)
+        self.model_watcher = ModelWatcher(
+            self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ milliseconds; done in the daemon's loop it would stall scoring for that long. A
 (inotify through the same `agent.ingest.watcher.Watcher` the streams use, with a
 stat poll every ``check_interval_s`` as the safety net), asks `ModelSlot.poll`
 for a verified newer version, and leaves it for the loop, which only swaps the
-reference at the next tick (a window boundary).
+reference at the next tick (a window boundary). It sets the loop's wakeup when a
+candidate is ready, so the swap does not wait for the loop's next file event (the
+loop sleeps through appends that cannot complete a window).
 """
 
 from __future__ import annotations
@@ -46,11 +48,21 @@ def store_signature(store: Path) -> Signature:
 
 
 class ModelWatcher:
-    """A thread that offers the loop verified newer models; `take` never blocks."""
+    """A thread that offers the loop verified newer models; `take` never blocks.
 
-    def __init__(self, slot: ModelSlot, store: Path, check_interval_s: float) -> None:
+    ``ready``, if given, is set each time a candidate is ready (the loop's wakeup).
+    """
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        store: Path,
+        check_interval_s: float,
+        ready: threading.Event | None = None,
+    ) -> None:
         self._slot = slot
         self._store = store
+        self._loop_wakeup = ready
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -112,3 +124,5 @@ class ModelWatcher:
             if candidate is not None:
                 with self._lock:
                     self._ready = candidate
+                if self._loop_wakeup is not None:
+                    self._loop_wakeup.set()

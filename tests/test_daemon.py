@@ -342,6 +342,22 @@ class TestModelSwap:
         statuses = [json.loads(m.payload) for m in harness.transport.messages("model")]
         assert 2 == statuses[-1]["model"]["version"]
 
+    def test_a_verified_newer_model_ends_the_loops_wait_at_once(self, tmp_path: Path) -> None:
+        """With no file activity and a 30 s poll, the loop is woken to swap as soon as v2 is verified."""
+        config = make_config(tmp_path).model_copy(
+            update={"ingest": IngestConfig(watch="inotify", poll_interval_s=30.0)}
+        )
+        harness = Harness(config)
+        try:
+            harness.daemon.tick(0.01)
+            write_linear_model(config.model.directory / "v2", version=2)
+            started = time.monotonic()
+            harness.daemon.tick(10.0)
+            assert 2 == harness.daemon.slot.current.manifest.version
+            assert time.monotonic() - started < 5.0
+        finally:
+            harness.close()
+
     def test_a_corrupt_newer_model_is_refused_and_the_old_one_keeps_scoring(
         self, harness: Harness, config: AgentConfig
     ) -> None:
