@@ -11,8 +11,9 @@ that calls them.
      ├── TrainingError        no model could be fitted or selected
      ├── ExportError          the model could not be exported to ONNX
      │    └── ParityError     the ONNX graph disagrees with scikit-learn beyond tolerance
-     └── RegistryError        the model registry is missing, inconsistent or refuses an operation
-          └── GateError       a challenger did not beat the champion
+     ├── RegistryError        the model registry is missing, inconsistent or refuses an operation
+     │    └── GateError       a challenger did not beat the champion
+     └── SigningError         a key or model that cannot be signed (trainer.signing)
 """
 
 from __future__ import annotations
