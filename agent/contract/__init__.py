@@ -27,6 +27,7 @@ from agent.contract.features import (
 from agent.contract.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
+    SIGNATURE_FILE,
     AlertHead,
     FeatureReference,
     GoldenVector,
@@ -50,6 +51,7 @@ __all__ = [
     "ALL_STATISTICS",
     "MANIFEST_FILE",
     "MODEL_FILE",
+    "SIGNATURE_FILE",
     "AlertEvent",
     "AlertHead",
     "AlertState",
