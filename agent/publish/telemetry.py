@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef, Presence
 from agent.contract.manifest import ModelManifest
@@ -17,7 +17,8 @@ from agent.seams import OutboundMessage
 if TYPE_CHECKING:
     from agent.outbox import Outbox
 
-MODEL_STATUS_SCHEMA_VERSION: Literal["1.0"] = "1.0"
+MODEL_STATUS_SCHEMA_VERSION: Literal["1.1"] = "1.1"
+"""1.1: states other than "active" (not retained); model fields optional for them; ``source``."""
 
 
 def alert_message(topics: RobotTopics, event: AlertEvent) -> OutboundMessage:
@@ -115,46 +116,67 @@ def heartbeat_record(
 
 
 class ModelStatus(BaseModel):
-    """Retained on ``…/<robot>/model``: the model a robot runs, and since when."""
+    """A model's status on ``…/<robot>/model``.
+
+    ``active`` (retained) names the model the robot runs, and since when. ``probation``,
+    ``rolled_back`` and ``rejected`` are not retained events about another model: one on
+    probation (shadow-scored, not driving alerts), one that failed its probation, one the
+    store offered and the agent refused; ``detail`` says why. A refused model whose
+    manifest cannot be read has no model fields; ``source`` names its store directory.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
-    schema_version: Literal["1.0"] = MODEL_STATUS_SCHEMA_VERSION
+    schema_version: Literal["1.1"] = MODEL_STATUS_SCHEMA_VERSION
     robot_id: str
     site: str
     state: Literal["active", "probation", "rolled_back", "rejected"] = "active"
-    model: ModelRef
-    feature_spec_hash: str
-    sha256: str
-    channel: str
+    model: ModelRef | None = None
+    feature_spec_hash: str | None = None
+    sha256: str | None = None
+    channel: str | None = None
+    source: str | None = None
     since: datetime | None = None
     detail: str = ""
+
+    @model_validator(mode="after")
+    def _active_names_its_model(self) -> ModelStatus:
+        if self.state == "active" and None in (self.model, self.feature_spec_hash, self.sha256, self.channel):
+            raise ValueError("an active model status needs model, feature_spec_hash, sha256 and channel")
+        return self
 
 
 def model_status(
     robot_id: str,
     site: str,
-    manifest: ModelManifest,
+    manifest: ModelManifest | None,
     *,
     state: str = "active",
     since: float | None = None,
     detail: str = "",
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """The retained model status payload (a `ModelStatus` as JSON data)."""
+    """A model status payload (a `ModelStatus` as JSON data); `manifest` None only for a refused model."""
+    fields: dict[str, Any] = {}
+    if manifest is not None:
+        fields = {
+            "model": ModelRef(id=manifest.model_id, version=manifest.version),
+            "feature_spec_hash": manifest.feature_spec_hash,
+            "sha256": manifest.sha256,
+            "channel": manifest.channel,
+        }
     record = ModelStatus.model_validate(
         {
             "robot_id": robot_id,
             "site": site,
             "state": state,
-            "model": ModelRef(id=manifest.model_id, version=manifest.version),
-            "feature_spec_hash": manifest.feature_spec_hash,
-            "sha256": manifest.sha256,
-            "channel": manifest.channel,
+            **fields,
+            "source": source,
             "since": None if since is None else datetime.fromtimestamp(since, tz=timezone.utc),
             "detail": detail,
         }
     )
-    return record.model_dump(mode="json")
+    return record.model_dump(mode="json", exclude_none=True)
 
 
 def model_status_message(
@@ -163,12 +185,11 @@ def model_status_message(
     site: str,
     manifest: ModelManifest,
     *,
-    state: str = "active",
     since: float | None = None,
     detail: str = "",
 ) -> OutboundMessage:
-    """The model status as a retained QoS 1 message on ``…/model``; the newest replaces older rows."""
-    body = model_status(robot_id, site, manifest, state=state, since=since, detail=detail)
+    """The active model's status, retained QoS 1 on ``…/model``; the newest replaces older rows."""
+    body = model_status(robot_id, site, manifest, state="active", since=since, detail=detail)
     return OutboundMessage(
         key="model",
         kind="model",
@@ -176,4 +197,33 @@ def model_status_message(
         payload=json.dumps(body, separators=(",", ":")).encode(),
         qos=1,
         retain=True,
+    )
+
+
+def model_event_message(
+    topics: RobotTopics,
+    robot_id: str,
+    site: str,
+    manifest: ModelManifest | None,
+    *,
+    state: Literal["probation", "rolled_back", "rejected"],
+    since: float,
+    detail: str = "",
+    source: str | None = None,
+) -> OutboundMessage:
+    """A probation / rolled_back / rejected status: QoS 1, NOT retained, on ``…/model``.
+
+    The retained message on that topic keeps naming the model the robot runs. The key
+    is unique per event (state, model or source, time), so the outbox neither replaces
+    the retained "model" row with it nor collapses two events into one row.
+    """
+    body = model_status(robot_id, site, manifest, state=state, since=since, detail=detail, source=source)
+    who = manifest.label if manifest is not None else (source or "?")
+    return OutboundMessage(
+        key=f"model:{state}:{who}:{since:.6f}",
+        kind="model",
+        topic=topics.model,
+        payload=json.dumps(body, separators=(",", ":")).encode(),
+        qos=1,
+        retain=False,
     )
