@@ -9,23 +9,27 @@ newer than the current one; a candidate is loaded and passes its golden test
 model keeps serving if anything is wrong. A refused candidate is remembered and
 not retried until its files change. Versions never go down.
 
+Each refusal of a store model is also kept as a `Refusal` until the daemon takes it
+(`take_refusals`) to publish a "rejected" model status. A candidate that fails its
+probation (`agent.probation`) is refused through `reject`, with the same memory.
+
 Every model read from the store goes through an `agent.signing.ModelVerifier`: with
 ``trusted_keys`` configured it must carry a valid signature from a trusted key, and in
 any case it must not have expired, all checked before its ONNX bytes are read. The
-bundled model is exempt (see `agent.signing` for why). Probation and rollback build on
-this seam (see DESIGN.md).
+bundled model is exempt (see `agent.signing` for why).
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from agent.config import ModelConfig
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
 from agent.errors import ContractError, ModelError, ModelLoadError
 from agent.scoring import OnnxScorer
 from agent.signing import ModelVerifier
@@ -37,6 +41,19 @@ log = structlog.get_logger("robotpm.model")
 class _Fingerprint:
     path: Path
     stamps: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A store model the slot refused, and why.
+
+    ``manifest`` is what its manifest claims, read without trusting it (None when it cannot
+    be read at all): it names the model in the status message, nothing more.
+    """
+
+    source: Path
+    reason: str
+    manifest: ModelManifest | None
 
 
 class ModelSlot:
@@ -55,6 +72,9 @@ class ModelSlot:
         self._offered_version = 0
         self._refused: set[_Fingerprint] = set()
         self._versions: dict[_Fingerprint, int] = {}  # manifests already read, by file stamps
+        self._offered: dict[int, tuple[OnnxScorer, Path, _Fingerprint]] = {}  # by id(scorer)
+        self._lock = threading.Lock()  # short sections only: the loop must never wait for a load
+        self._refusals: list[Refusal] = []
 
     @property
     def current(self) -> OnnxScorer:
@@ -63,9 +83,15 @@ class ModelSlot:
             raise ModelLoadError("no model loaded yet")
         return self._current
 
-    def load_initial(self) -> OnnxScorer:
-        """Load the newest usable model in the store, else the bundled one."""
-        for directory, _ in sorted(self._candidates(), key=lambda c: c[1], reverse=True):
+    def load_initial(self, max_version: int | None = None) -> OnnxScorer:
+        """Load the newest usable model in the store, else the bundled one.
+
+        With `max_version`, newer store versions are left for `poll` to offer (the daemon
+        passes the version it ran before a restart, so a model that had not finished its
+        probation goes through it again instead of starting as the current model).
+        """
+        found = [c for c in self._candidates() if max_version is None or c[1] <= max_version]
+        for directory, _ in sorted(found, key=lambda c: c[1], reverse=True):
             scorer = self._try_load(directory)
             if scorer is not None:
                 self._current = scorer
@@ -89,11 +115,36 @@ class ModelSlot:
         floor = max(self._current.manifest.version if self._current else 0, self._offered_version)
         newer = [(d, v) for d, v in self._candidates() if v > floor]
         for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
+            fingerprint = _fingerprint(directory)
             scorer = self._try_load(directory)
             if scorer is not None:
-                self._offered_version = scorer.manifest.version
+                with self._lock:
+                    self._offered_version = scorer.manifest.version
+                    self._offered = {id(scorer): (scorer, directory, fingerprint)}  # the newest only
                 return scorer
         return None
+
+    def reject(self, scorer: OnnxScorer, reason: str) -> None:
+        """Refuse a candidate `poll` offered (it failed its probation) until its files change.
+
+        Not reported by `take_refusals`: the daemon publishes "rolled_back" for it.
+        """
+        with self._lock:
+            offered = self._offered.pop(id(scorer), None)
+            if offered is None:
+                log.warning("model_rejected_unknown", model=scorer.manifest.label, reason=reason)
+                return
+            _, directory, fingerprint = offered
+            self._refused.add(fingerprint)  # before lowering the floor: a concurrent poll skips it
+            # Lower the floor again, so the same version with changed files is offered once more.
+            self._offered_version = self._current.manifest.version if self._current else 0
+        log.warning("model_refused", source=str(directory), reason=reason)
+
+    def take_refusals(self) -> list[Refusal]:
+        """The store models refused since the last call (thread-safe)."""
+        with self._lock:
+            refusals, self._refusals = self._refusals, []
+        return refusals
 
     def accept(self, scorer: OnnxScorer, *, trim: bool = True) -> None:
         """Make `scorer` the current model (the daemon calls this at a window boundary).
@@ -102,7 +153,9 @@ class ModelSlot:
         daemon passes False and lets its model watcher thread do that off the loop.
         """
         previous = self._current.manifest.label if self._current else None
-        self._current = scorer
+        with self._lock:
+            self._current = scorer
+            self._offered.pop(id(scorer), None)
         if trim:
             release_freed_memory()
         log.info("model_swapped", model=scorer.manifest.label, previous=previous)
@@ -143,6 +196,12 @@ class ModelSlot:
 
     def _refuse(self, directory: Path, fingerprint: _Fingerprint, reason: str) -> None:
         self._refused.add(fingerprint)
+        try:
+            claimed: ModelManifest | None = ModelManifest.read(directory)
+        except Exception:  # unreadable is a reason to refuse, not to fail
+            claimed = None
+        with self._lock:
+            self._refusals.append(Refusal(directory, reason, claimed))
         log.warning("model_refused", source=str(directory), reason=reason)
 
 
