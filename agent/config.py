@@ -125,6 +125,26 @@ class ModelConfig(_Section):
         default=False,
         description="Refuse to start unless trusted_keys is set (it already makes signatures mandatory).",
     )
+    probation_windows: int = Field(
+        default=50,
+        ge=0,
+        le=1_000_000,
+        description="Windows (summed over all streams) a verified newer model is shadow-scored before it "
+        "drives alerts; 0 swaps it in at once.",
+    )
+    probation_max_alert_rate: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Roll the candidate back if the share of probation windows on which it reaches a "
+        "warning threshold is above this …",
+    )
+    probation_alert_margin: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="… and also above the current model's share on the same windows by more than this.",
+    )
     trusted_keys: Path | None = Field(
         default=None,
         validate_default=True,

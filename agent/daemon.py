@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -50,6 +50,7 @@ from agent.model_watch import ModelWatcher
 from agent.outbox import Outbox
 from agent.pipeline import StreamPipeline
 from agent.policy import AlertPolicy
+from agent.probation import Probation
 from agent.publish import Delivery, MqttTransport, telemetry
 from agent.scoring import OnnxScorer
 from agent.sdnotify import Notifier
@@ -123,6 +124,7 @@ class AgentDaemon:
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
         self.slot = ModelSlot(config.model)
+        self._probation: Probation | None = None
         self.model_watcher = ModelWatcher(
             self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
         )
@@ -138,10 +140,10 @@ class AgentDaemon:
                     "config", f"agent.streams[{i}].directory", f"no such directory: {stream.directory}"
                 )
         self._started_at = self.clock.monotonic()
-        scorer = self.slot.load_initial()
-        self.notifier.status(f"model {scorer.manifest.label} loaded")
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore.in_dir(cfg.state_dir)
+        scorer = self.slot.load_initial(self._version_before_restart())
+        self.notifier.status(f"model {scorer.manifest.label} loaded")
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
         quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
         for stream in cfg.streams:
@@ -173,7 +175,7 @@ class AgentDaemon:
         for s in self._streams:
             s.follower.start()
         self.model_watcher.start()
-        self._enqueue([self._model_status(scorer.manifest)])
+        self._enqueue([self._model_status(scorer.manifest), *self._refusal_statuses()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
@@ -335,10 +337,98 @@ class AgentDaemon:
         with self.store.transaction() as conn:
             self.outbox.enqueue(conn, messages)
 
+    def _version_before_restart(self) -> int | None:
+        """The model version the streams were scored with before a restart (None: first start).
+
+        With probation on, store versions newer than it start as candidates again, so a model
+        that had not finished its probation goes through it again (see agent.probation).
+        """
+        if self.config.model.probation_windows == 0:
+            return None
+        assert self.store is not None
+        versions: list[int] = []
+        for stream in self.config.streams:
+            saved = self.store.load_stream_state(stream.name)
+            label = ((saved or {}).get("pipeline") or {}).get("model")
+            _, _, version = str(label or "").rpartition("@")
+            if not version.isdigit():
+                return None  # a stream never scored, or state we cannot read: load the newest
+            versions.append(int(version))
+        return max(versions) if versions else None
+
     def _maybe_swap_model(self) -> None:
+        """Between windows: publish refusals, start or judge a probation, swap a model in."""
+        self._pending.extend(self._refusal_statuses())
         candidate: OnnxScorer | None = self.model_watcher.take()
-        if candidate is None:
+        if candidate is not None:
+            self._begin(candidate)
+        probation = self._probation
+        if probation is None or not probation.finished:
             return
+        self._set_shadow(None)
+        if probation.failure is not None:
+            self._roll_back(probation.candidate, probation.failure)
+        else:
+            candidate_rate, current_rate = probation.rates
+            log.info(
+                "probation_passed",
+                model=probation.candidate.manifest.label,
+                windows=probation.windows,
+                alert_rate=round(candidate_rate, 4),
+                current_alert_rate=round(current_rate, 4),
+            )
+            self._swap(probation.candidate)
+
+    def _begin(self, candidate: OnnxScorer) -> None:
+        """Put a new candidate on probation, or swap it in at once when probation cannot apply."""
+        cfg = self.config.model
+        if self._probation is not None:  # a newer version supersedes the one on probation
+            log.info(
+                "probation_superseded",
+                model=self._probation.candidate.manifest.label,
+                by=candidate.manifest.label,
+            )
+            self._set_shadow(None)
+        current = self.slot.current.manifest
+        if cfg.probation_windows == 0:
+            self._swap(candidate)
+            return
+        if candidate.manifest.feature_spec_hash != current.feature_spec_hash:
+            # Its windows differ from the ones the streams cut: it cannot be shadow-scored on
+            # them. It passed its golden test; it is swapped in as without probation.
+            log.warning(
+                "probation_skipped",
+                model=candidate.manifest.label,
+                reason="feature spec differs from the current model's",
+            )
+            self._swap(candidate)
+            return
+        self._set_shadow(
+            Probation(
+                candidate,
+                current,
+                windows=cfg.probation_windows,
+                max_alert_rate=cfg.probation_max_alert_rate,
+                alert_margin=cfg.probation_alert_margin,
+            )
+        )
+        detail = f"shadow-scored for {cfg.probation_windows} windows against {current.label}"
+        self._pending.append(self._model_event(candidate.manifest, "probation", detail))
+        self.notifier.status(f"model {candidate.manifest.label} on probation")
+        log.info("probation_started", model=candidate.manifest.label, windows=cfg.probation_windows)
+
+    def _set_shadow(self, probation: Probation | None) -> None:
+        self._probation = probation
+        for s in self._streams:
+            s.pipeline.set_shadow(probation)
+
+    def _roll_back(self, candidate: OnnxScorer, reason: str) -> None:
+        self.slot.reject(candidate, reason)
+        self.model_watcher.request_trim()  # its session is dropped with the probation
+        self._pending.append(self._model_event(candidate.manifest, "rolled_back", reason))
+        log.warning("model_rolled_back", model=candidate.manifest.label, reason=reason)
+
+    def _swap(self, candidate: OnnxScorer) -> None:
         started = time.perf_counter()
         for s in self._streams:
             s.pipeline.use_scorer(candidate)
@@ -356,6 +446,30 @@ class AgentDaemon:
         return telemetry.model_status_message(
             self.topics, self.config.robot_id, self.config.site, manifest, since=self.clock.wall()
         )
+
+    def _model_event(
+        self,
+        manifest: ModelManifest | None,
+        state: Literal["probation", "rolled_back", "rejected"],
+        detail: str,
+        source: str | None = None,
+    ) -> OutboundMessage:
+        return telemetry.model_event_message(
+            self.topics,
+            self.config.robot_id,
+            self.config.site,
+            manifest,
+            state=state,
+            since=self.clock.wall(),
+            detail=detail,
+            source=source,
+        )
+
+    def _refusal_statuses(self) -> list[OutboundMessage]:
+        return [
+            self._model_event(r.manifest, "rejected", r.reason, source=str(r.source))
+            for r in self.slot.take_refusals()
+        ]
 
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
@@ -383,6 +497,11 @@ class AgentDaemon:
             drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
         )
         return telemetry.heartbeat_message(self.topics, record)
+
+    @property
+    def probation(self) -> Probation | None:
+        """The probation of a candidate model in progress, if any (for status and tests)."""
+        return self._probation
 
     @property
     def streams(self) -> list[StreamPipeline]:

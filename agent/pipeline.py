@@ -96,6 +96,13 @@ class Policy(Protocol):
         """Events emitted by state and events suppressed by reason."""
 
 
+class ShadowHook(Protocol):
+    """Sees every window batch the pipeline scores (see `agent.probation.Probation`); must not raise."""
+
+    def __call__(self, features: FloatArray, current_scores: Any) -> None:
+        """Take the features of scored windows and the current model's scores of them."""
+
+
 class QuarantineSink(Protocol):
     """Where refused lines go (see `agent.ingest.Quarantine`)."""
 
@@ -222,6 +229,7 @@ class StreamPipeline:
         self._quarantine = quarantine
         self._parsers: dict[str, RecordParser] = {}
         self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
+        self._shadow: ShadowHook | None = None
         self._meta = _Meta.empty()
         self._last_ts: float | None = None
         self._shortest_line: int | None = None
@@ -272,6 +280,13 @@ class StreamPipeline:
             self._meta = _Meta.empty()
             log.info("feature_spec_changed", stream=self.name, samples_before=seen)
 
+    def set_shadow(self, hook: ShadowHook | None) -> None:
+        """Hand every scored window batch to `hook` too (None: stop); alerts still come from the scorer.
+
+        The daemon sets it for a model on probation; it needs the same feature spec as the scorer.
+        """
+        self._shadow = hook
+
     def process(self, blocks: Sequence[Block], *, replayed: bool) -> list[AlertEvent]:
         """Parse, window, score and judge `blocks` (in stream order); return the alert events."""
         events: list[AlertEvent] = []
@@ -317,6 +332,8 @@ class StreamPipeline:
         self.drift.update(done.features)
         refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
         scores = self._scorer.score(done.features)
+        if self._shadow is not None:
+            self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
         self.counters.alerts += len(events)
         return events

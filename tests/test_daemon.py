@@ -37,7 +37,12 @@ def make_config(tmp_path: Path, **ingest: object) -> AgentConfig:
                 channels={"J1": "j1_current", "T1": "j1_temp"},
             ),
         ),
-        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled", check_interval_s=0.01),
+        model=ModelConfig(
+            directory=tmp_path / "store",
+            bundled=tmp_path / "bundled",
+            check_interval_s=0.01,
+            probation_windows=0,  # these tests expect the swap at once; tests/test_model_probation.py
+        ),
         ingest=IngestConfig(watch="poll", poll_interval_s=0.01, **ingest),  # type: ignore[arg-type]
         policy=PolicyConfig(on_delay_windows=2, off_delay_windows=2),
         heartbeat_interval_s=3600,

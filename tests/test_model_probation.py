@@ -1,0 +1,306 @@
+"""Probation of newer models (shadow scoring, promotion, rollback) and the model life cycle on MQTT.
+
+Real onnxruntime models from `tests.models`, the in-process daemon of `tests.test_daemon`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from jsonschema import Draft202012Validator
+
+from agent.config import AgentConfig
+from agent.probation import Probation
+from agent.scoring import OnnxScorer
+from tests.models import write_linear_model
+from tests.test_daemon import PROFILE, Harness, lines, make_config, write
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "agent/schemas/model-status.schema.json").read_text())
+
+# PROFILE (40 lines, window 4, hop 2) makes 19 windows, about a third of them over the warning threshold.
+PROBATION_WINDOWS = 10
+
+
+def probation_config(tmp_path: Path, windows: int = PROBATION_WINDOWS) -> AgentConfig:
+    config = make_config(tmp_path)
+    model = config.model.model_copy(update={"probation_windows": windows})
+    return config.model_copy(update={"model": model})
+
+
+@pytest.fixture(name="config")
+def _config(tmp_path: Path) -> AgentConfig:
+    return probation_config(tmp_path)
+
+
+@pytest.fixture(name="harness")
+def _harness(config: AgentConfig) -> Iterator[Harness]:
+    harness = Harness(config)
+    yield harness
+    harness.close()
+
+
+def statuses(harness: Harness) -> list[dict[str, Any]]:
+    """Model status messages as sent, each with its ``retain`` flag; every one valid against the schema."""
+    out = []
+    for message in harness.transport.messages("model"):
+        body = json.loads(message.payload)
+        Draft202012Validator(SCHEMA).validate(body)
+        out.append({**body, "retain": message.retain})
+    return out
+
+
+def retained(harness: Harness) -> list[dict[str, Any]]:
+    return [s for s in statuses(harness) if s["retain"]]
+
+
+def alert_versions(harness: Harness) -> list[int]:
+    return [a["model"]["version"] for a in harness.alerts()]  # type: ignore[index]
+
+
+def on_probation(harness: Harness, version: int) -> bool:
+    probation = harness.daemon.probation
+    return probation is not None and probation.candidate.manifest.version == version
+
+
+def hot_temperature_model(directory: Path, version: int) -> None:
+    """A model scoring j1_temp (40 °C in every line) on current thresholds: a warning on every window."""
+    write_linear_model(directory, version=version, watch="j1_temp__mean")
+
+
+def overflowing_model(directory: Path, version: int) -> None:
+    """A model that passes its golden test (inputs ≤ 0.3) but overflows float32 to inf on 40 °C."""
+    write_linear_model(directory, version=version, watch="j1_temp__mean", scale=1e38)
+
+
+class TestPromotion:
+    def test_a_good_model_is_shadow_scored_then_promoted_and_alerts_meanwhile_come_from_the_current_one(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """v2 goes on probation (status "probation", not retained) while v1 raises the alerts.
+
+        After the probation windows v2 is the retained "active" model and scores later alerts.
+        """
+        write_linear_model(config.model.directory / "v2", version=2)
+        harness.settle_until(lambda: on_probation(harness, 2))
+        assert 1 == harness.daemon.slot.current.manifest.version
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert alert_versions(harness), "the fault raised alerts during probation"
+        assert {1} == set(alert_versions(harness))
+        assert harness.daemon.probation is None
+        assert 2 == harness.daemon.slot.current.manifest.version
+        write(config, lines(100, PROFILE))
+        harness.settle()
+        assert 2 == alert_versions(harness)[-1]
+        sent = statuses(harness)
+        assert [("active", 1, True), ("probation", 2, False), ("active", 2, True)] == [
+            (s["state"], s["model"]["version"], s["retain"]) for s in sent
+        ]
+        assert "10 windows" in sent[1]["detail"]
+
+    def test_a_model_stays_on_probation_until_enough_windows_were_scored(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Fewer windows than probation_windows do not promote it: 4 windows in, v1 still runs."""
+        write_linear_model(config.model.directory / "v2", version=2)
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, [0.1] * 10))  # windows end at samples 4, 6, 8, 10
+        harness.settle()
+        probation = harness.daemon.probation
+        assert probation is not None
+        assert 4 == probation.windows
+        assert 1 == harness.daemon.slot.current.manifest.version
+
+    def test_probation_windows_0_swaps_a_newer_model_in_at_once(self, tmp_path: Path) -> None:
+        """With probation off, v2 is active as soon as it is verified; no probation status is sent."""
+        config = probation_config(tmp_path, windows=0)
+        harness = Harness(config)
+        try:
+            write_linear_model(config.model.directory / "v2", version=2)
+            harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
+            assert harness.daemon.probation is None
+            harness.settle(2)
+            sent = statuses(harness)
+            assert {"active"} == {s["state"] for s in sent}
+            assert (2, True) == (sent[-1]["model"]["version"], sent[-1]["retain"])
+        finally:
+            harness.close()
+
+
+class TestRollback:
+    def test_a_model_scoring_non_finite_values_is_rolled_back_and_the_current_one_keeps_scoring(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """v2 overflows to inf on real data: rolled back with the reason, never offered again, v1 scores."""
+        overflowing_model(config.model.directory / "v2", version=2)
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert harness.daemon.probation is None
+        assert 1 == harness.daemon.slot.current.manifest.version
+        rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
+        assert 1 == len(rolled)
+        assert (2, False) == (rolled[0]["model"]["version"], rolled[0]["retain"])
+        assert "non-finite" in rolled[0]["detail"]
+        write(config, lines(100, PROFILE))
+        harness.settle(60)
+        assert {1} == set(alert_versions(harness))
+        assert harness.daemon.slot.poll() is None, "a rolled-back model is not offered again"
+        assert [1] == [s["model"]["version"] for s in retained(harness)]
+
+    def test_a_model_that_alerts_on_every_window_is_rolled_back_as_an_alert_storm(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """v2 reaches its warning threshold on 100% of the windows, v1 on about a third: rolled back."""
+        hot_temperature_model(config.model.directory / "v2", version=2)
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert 1 == harness.daemon.slot.current.manifest.version
+        rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
+        assert 1 == len(rolled)
+        assert rolled[0]["detail"].startswith("alert storm: warning threshold reached on 100%")
+        assert {1} == set(alert_versions(harness))
+
+    def test_a_rolled_back_model_is_offered_again_once_its_files_change(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Republishing v2 with fixed files puts it on probation again, and this time it is promoted."""
+        hot_temperature_model(config.model.directory / "v2", version=2)
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert harness.daemon.probation is None
+        write_linear_model(config.model.directory / "v2", version=2)  # new files, same version
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(100, PROFILE))
+        harness.settle()
+        assert 2 == harness.daemon.slot.current.manifest.version
+        assert ["active", "probation", "rolled_back", "probation", "active"] == [
+            s["state"] for s in statuses(harness)
+        ]
+
+
+class TestRejectedModels:
+    def test_a_model_failing_its_golden_test_is_reported_rejected_and_not_retained(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """A "rejected" status (not retained) names v2 and the golden test; the retained one still says v1."""
+        directory = config.model.directory / "v2"
+        write_linear_model(directory, version=2)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["golden"][0]["expected"]["score"] = [999.0]
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
+        rejected = [s for s in statuses(harness) if s["state"] == "rejected"]
+        assert 1 == len(rejected)
+        assert (2, False) == (rejected[0]["model"]["version"], rejected[0]["retain"])
+        assert "golden 0" in rejected[0]["detail"]
+        assert str(directory) == rejected[0]["source"]
+        assert [1] == [s["model"]["version"] for s in retained(harness)]
+        assert 1 == harness.daemon.slot.current.manifest.version
+
+    def test_a_model_with_an_unreadable_manifest_is_reported_by_its_store_directory(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Without a readable manifest the "rejected" status has no model fields, only source and reason."""
+        directory = config.model.directory / "v3"
+        directory.mkdir(parents=True)
+        (directory / "manifest.json").write_text("{not json")
+        harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
+        (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
+        assert "model" not in rejected
+        assert str(directory) == rejected["source"]
+        assert rejected["detail"]
+        assert not rejected["retain"]
+
+
+class TestRestart:
+    def test_a_restart_during_probation_starts_with_the_old_model_and_puts_the_candidate_on_probation_again(
+        self, tmp_path: Path
+    ) -> None:
+        """The probation is not saved: after a restart v1 runs again and v2 is verified and shadowed anew."""
+        config = probation_config(tmp_path, windows=1000)
+        first = Harness(config)
+        try:
+            write(config, lines(0, PROFILE))
+            first.settle()
+            write_linear_model(config.model.directory / "v2", version=2)
+            first.settle_until(lambda: on_probation(first, 2))
+        finally:
+            first.close()
+        second = Harness(config)
+        try:
+            assert 1 == second.daemon.slot.current.manifest.version
+            second.settle_until(lambda: on_probation(second, 2))
+            assert [("active", 1), ("probation", 2)] == [
+                (s["state"], s["model"]["version"]) for s in statuses(second)
+            ]
+        finally:
+            second.close()
+
+    def test_a_first_start_loads_the_newest_store_model_without_probation(self, tmp_path: Path) -> None:
+        """With no saved state there is no model to compare with: the newest verified one is active."""
+        config = probation_config(tmp_path)
+        write_linear_model(config.model.directory / "v2", version=2)
+        harness = Harness(config)
+        try:
+            harness.settle(3)
+            assert 2 == harness.daemon.slot.current.manifest.version
+            assert harness.daemon.probation is None
+        finally:
+            harness.close()
+
+
+class TestProbationJudgement:
+    """`Probation` on its own, with real sessions: what fails a candidate and what does not."""
+
+    @pytest.fixture(name="models")
+    def _models(self, tmp_path: Path) -> tuple[OnnxScorer, OnnxScorer]:
+        write_linear_model(tmp_path / "v1", version=1)
+        write_linear_model(tmp_path / "v2", version=2, watch="j1_temp__mean")
+        return OnnxScorer.load(tmp_path / "v1"), OnnxScorer.load(tmp_path / "v2")
+
+    def probation(self, current: OnnxScorer, candidate: OnnxScorer, windows: int = 4) -> Probation:
+        return Probation(candidate, current.manifest, windows=windows, max_alert_rate=0.5, alert_margin=0.2)
+
+    def test_scoring_that_raises_fails_the_candidate_with_the_error(
+        self, models: tuple[OnnxScorer, OnnxScorer]
+    ) -> None:
+        """Features of the wrong width make onnxruntime raise: the failure names the exception."""
+        current, candidate = models
+        probation = self.probation(current, candidate)
+        probation(np.zeros((2, 3)), {"score": np.zeros((2, 1))})
+        assert probation.finished
+        assert probation.failure is not None
+        assert probation.failure.startswith("scoring raised")
+
+    def test_a_high_rate_close_to_the_current_models_rate_is_not_a_storm(
+        self, models: tuple[OnnxScorer, OnnxScorer]
+    ) -> None:
+        """Candidate 100%, current 100%: above the bound but not above current + margin, so it passes."""
+        current, candidate = models
+        probation = self.probation(current, candidate)
+        features = np.array([[1.0, 1.0, 40.0, 40.0]] * 4)
+        probation(features, current.score(features))
+        assert (1.0, 1.0) == probation.rates
+        assert probation.finished
+        assert probation.failure is None
+
+    def test_the_rate_is_judged_over_all_probation_windows_not_the_first_batch(
+        self, models: tuple[OnnxScorer, OnnxScorer]
+    ) -> None:
+        """A storm in the first batch does not decide before the probation windows are in."""
+        current, candidate = models
+        probation = self.probation(current, candidate, windows=8)
+        features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
+        probation(features, current.score(features))
+        assert not probation.finished
+        probation(features, current.score(features))
+        assert probation.failure is not None
+        assert "alert storm" in probation.failure
