@@ -390,6 +390,11 @@ class AgentDaemon:
             )
             self._set_shadow(None)
         current = self.slot.current.manifest
+        unfit = self._unfit(candidate.manifest)
+        if unfit is not None:
+            # Swapping it in would make every tick raise: refuse it before any probation.
+            self._roll_back(candidate, unfit, state="rejected")
+            return
         if cfg.probation_windows == 0:
             self._swap(candidate)
             return
@@ -417,16 +422,36 @@ class AgentDaemon:
         self.notifier.status(f"model {candidate.manifest.label} on probation")
         log.info("probation_started", model=candidate.manifest.label, windows=cfg.probation_windows)
 
+    def _unfit(self, manifest: ModelManifest) -> str | None:
+        """Why the streams cannot feed this model (channels their mapping lacks), or None."""
+        for s in self._streams:
+            have = s.pipeline.stream.record_schema().canonical_channels
+            missing = [c for c in manifest.feature_spec.channels if c not in have]
+            if missing:
+                return f"stream {s.pipeline.name} provides no channels {missing}"
+        return None
+
     def _set_shadow(self, probation: Probation | None) -> None:
         self._probation = probation
         for s in self._streams:
             s.pipeline.set_shadow(probation)
 
-    def _roll_back(self, candidate: OnnxScorer, reason: str) -> None:
+    def _roll_back(
+        self,
+        candidate: OnnxScorer,
+        reason: str,
+        *,
+        state: Literal["rolled_back", "rejected"] = "rolled_back",
+    ) -> None:
+        """Refuse a candidate (until its files change) and say so: it is never used."""
         self.slot.reject(candidate, reason)
         self.model_watcher.request_trim()  # its session is dropped with the probation
-        self._pending.append(self._model_event(candidate.manifest, "rolled_back", reason))
-        log.warning("model_rolled_back", model=candidate.manifest.label, reason=reason)
+        self._pending.append(self._model_event(candidate.manifest, state, reason))
+        log.warning(
+            "model_rolled_back" if state == "rolled_back" else "model_refused",
+            model=candidate.manifest.label,
+            reason=reason,
+        )
 
     def _swap(self, candidate: OnnxScorer) -> None:
         started = time.perf_counter()

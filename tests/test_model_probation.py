@@ -6,7 +6,8 @@ Real onnxruntime models from `tests.models`, the in-process daemon of `tests.tes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from agent.config import AgentConfig
+from agent.contract.features import FeatureSpec
 from agent.probation import Probation
 from agent.scoring import OnnxScorer
 from tests.models import write_linear_model
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
+from trainer.signing import generate_key_pair, sign_model_dir
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "agent/schemas/model-status.schema.json").read_text())
 
@@ -67,6 +70,21 @@ def on_probation(harness: Harness, version: int) -> bool:
     return probation is not None and probation.candidate.manifest.version == version
 
 
+def into_store(config: AgentConfig, name: str, writer: Callable[[Path], object]) -> Path:
+    """Write a model elsewhere and rename it into the store, as the store's contract asks.
+
+    Written in place, the watcher may read a half-written manifest and (rightly) refuse it.
+    """
+    staging = config.model.directory.parent / f"staging-{name}"
+    writer(staging)
+    target = config.model.directory / name
+    if target.exists():
+        shutil.rmtree(target)
+    config.model.directory.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    return target
+
+
 def hot_temperature_model(directory: Path, version: int) -> None:
     """A model scoring j1_temp (40 °C in every line) on current thresholds: a warning on every window."""
     write_linear_model(directory, version=version, watch="j1_temp__mean")
@@ -85,7 +103,7 @@ class TestPromotion:
 
         After the probation windows v2 is the retained "active" model and scores later alerts.
         """
-        write_linear_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2))
         harness.settle_until(lambda: on_probation(harness, 2))
         assert 1 == harness.daemon.slot.current.manifest.version
         write(config, lines(0, PROFILE))
@@ -107,7 +125,7 @@ class TestPromotion:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Fewer windows than probation_windows do not promote it: 4 windows in, v1 still runs."""
-        write_linear_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2))
         harness.settle_until(lambda: on_probation(harness, 2))
         write(config, lines(0, [0.1] * 10))  # windows end at samples 4, 6, 8, 10
         harness.settle()
@@ -121,7 +139,7 @@ class TestPromotion:
         config = probation_config(tmp_path, windows=0)
         harness = Harness(config)
         try:
-            write_linear_model(config.model.directory / "v2", version=2)
+            into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
             assert harness.daemon.probation is None
             harness.settle(2)
@@ -137,7 +155,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 overflows to inf on real data: rolled back with the reason, never offered again, v1 scores."""
-        overflowing_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: overflowing_model(d, version=2))
         harness.settle_until(lambda: on_probation(harness, 2))
         write(config, lines(0, PROFILE))
         harness.settle()
@@ -157,7 +175,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 reaches its warning threshold on 100% of the windows, v1 on about a third: rolled back."""
-        hot_temperature_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
         harness.settle_until(lambda: on_probation(harness, 2))
         write(config, lines(0, PROFILE))
         harness.settle()
@@ -171,12 +189,12 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Republishing v2 with fixed files puts it on probation again, and this time it is promoted."""
-        hot_temperature_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
         harness.settle_until(lambda: on_probation(harness, 2))
         write(config, lines(0, PROFILE))
         harness.settle()
         assert harness.daemon.probation is None
-        write_linear_model(config.model.directory / "v2", version=2)  # new files, same version
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2))  # new files, same version
         harness.settle_until(lambda: on_probation(harness, 2))
         write(config, lines(100, PROFILE))
         harness.settle()
@@ -191,11 +209,14 @@ class TestRejectedModels:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """A "rejected" status (not retained) names v2 and the golden test; the retained one still says v1."""
-        directory = config.model.directory / "v2"
-        write_linear_model(directory, version=2)
-        manifest = json.loads((directory / "manifest.json").read_text())
-        manifest["golden"][0]["expected"]["score"] = [999.0]
-        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+        def wrong_golden(directory: Path) -> None:
+            write_linear_model(directory, version=2)
+            manifest = json.loads((directory / "manifest.json").read_text())
+            manifest["golden"][0]["expected"]["score"] = [999.0]
+            (directory / "manifest.json").write_text(json.dumps(manifest))
+
+        directory = into_store(config, "v2", wrong_golden)
         harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
         rejected = [s for s in statuses(harness) if s["state"] == "rejected"]
         assert 1 == len(rejected)
@@ -205,13 +226,60 @@ class TestRejectedModels:
         assert [1] == [s["model"]["version"] for s in retained(harness)]
         assert 1 == harness.daemon.slot.current.manifest.version
 
+    def test_an_unsigned_model_is_reported_rejected_when_signatures_are_required(
+        self, tmp_path: Path
+    ) -> None:
+        """With trusted keys an unsigned v2 is "rejected" (the signature); a signed v3 goes on probation."""
+        private, public = generate_key_pair("fleet", tmp_path / "keys")
+        trusted = tmp_path / "trusted"
+        trusted.mkdir()
+        shutil.copy(public, trusted / public.name)
+        config = probation_config(tmp_path)
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"trusted_keys": trusted})}
+        )
+        harness = Harness(config)
+        try:
+            into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+            harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
+            into_store(
+                config,
+                "v3",
+                lambda d: (write_linear_model(d, version=3), sign_model_dir(d, private, "fleet")),
+            )
+            harness.settle_until(lambda: on_probation(harness, 3))
+            (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
+            assert (2, False) == (rejected["model"]["version"], rejected["retain"])
+            assert "signature" in rejected["detail"]
+            assert [1] == [s["model"]["version"] for s in retained(harness)]
+        finally:
+            harness.close()
+
+    def test_a_model_needing_a_channel_the_streams_lack_is_rejected_before_probation(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Swapping it in could not work (no such column): it is refused and v1 keeps scoring."""
+        spec = FeatureSpec(channels=("j1_current", "j2_current"), window=4, hop=2, statistics=("mean", "max"))
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2, spec=spec))
+        harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
+        (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
+        assert "provides no channels ['j2_current']" in rejected["detail"]
+        assert harness.daemon.probation is None
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert {1} == set(alert_versions(harness))
+        assert harness.daemon.slot.poll() is None
+
     def test_a_model_with_an_unreadable_manifest_is_reported_by_its_store_directory(
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Without a readable manifest the "rejected" status has no model fields, only source and reason."""
-        directory = config.model.directory / "v3"
-        directory.mkdir(parents=True)
-        (directory / "manifest.json").write_text("{not json")
+
+        def unreadable(directory: Path) -> None:
+            directory.mkdir(parents=True)
+            (directory / "manifest.json").write_text("{not json")
+
+        directory = into_store(config, "v3", unreadable)
         harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
         (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
         assert "model" not in rejected
@@ -230,7 +298,7 @@ class TestRestart:
         try:
             write(config, lines(0, PROFILE))
             first.settle()
-            write_linear_model(config.model.directory / "v2", version=2)
+            into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             first.settle_until(lambda: on_probation(first, 2))
         finally:
             first.close()
@@ -244,10 +312,35 @@ class TestRestart:
         finally:
             second.close()
 
+    def test_a_model_rolled_back_before_a_restart_goes_through_probation_again_after_it(
+        self, tmp_path: Path
+    ) -> None:
+        """Rollbacks are remembered in memory only: after a restart the storm model is judged again."""
+        config = probation_config(tmp_path)
+        first = Harness(config)
+        try:
+            into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
+            first.settle_until(lambda: on_probation(first, 2))
+            write(config, lines(0, PROFILE))
+            first.settle()
+            assert ["rolled_back"] == [s["state"] for s in statuses(first) if s["state"] == "rolled_back"]
+        finally:
+            first.close()
+        second = Harness(config)
+        try:
+            assert 1 == second.daemon.slot.current.manifest.version
+            second.settle_until(lambda: on_probation(second, 2))
+            write(config, lines(100, PROFILE))
+            second.settle()
+            assert 1 == second.daemon.slot.current.manifest.version
+            assert ["active", "probation", "rolled_back"] == [s["state"] for s in statuses(second)]
+        finally:
+            second.close()
+
     def test_a_first_start_loads_the_newest_store_model_without_probation(self, tmp_path: Path) -> None:
         """With no saved state there is no model to compare with: the newest verified one is active."""
         config = probation_config(tmp_path)
-        write_linear_model(config.model.directory / "v2", version=2)
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2))
         harness = Harness(config)
         try:
             harness.settle(3)
