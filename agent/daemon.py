@@ -347,14 +347,13 @@ class AgentDaemon:
             return None
         assert self.store is not None
         versions: list[int] = []
-        for stream in self.config.streams:
+        for stream in self.config.streams:  # a stream without saved state (e.g. new) tells nothing
             saved = self.store.load_stream_state(stream.name)
             label = ((saved or {}).get("pipeline") or {}).get("model")
             _, _, version = str(label or "").rpartition("@")
-            if not version.isdigit():
-                return None  # a stream never scored, or state we cannot read: load the newest
-            versions.append(int(version))
-        return max(versions) if versions else None
+            if version.isdigit():
+                versions.append(int(version))
+        return max(versions) if versions else None  # None: nothing ran yet, load the newest
 
     def _maybe_swap_model(self) -> None:
         """Between windows: publish refusals, start or judge a probation, swap a model in."""
