@@ -374,7 +374,14 @@ def agent_config(
         streams=(
             StreamConfig(name="arm1", directory=log_dir, timestamp_field="ts", channels=stream_channels()),
         ),
-        model=ModelConfig(directory=root / "store", bundled=model_dir, check_interval_s=check_interval_s),
+        # Probation off: the swap benchmarks time the swap itself. With probation (50 windows by
+        # default) a model goes live after that many shadow-scored windows, at the log's pace.
+        model=ModelConfig(
+            directory=root / "store",
+            bundled=model_dir,
+            check_interval_s=check_interval_s,
+            probation_windows=0,
+        ),
         ingest=IngestConfig(
             watch=watch,  # type: ignore[arg-type]
             **({"read_chunk_bytes": read_chunk_bytes} if read_chunk_bytes else {}),
@@ -1082,7 +1089,8 @@ def section_swap(assets: Assets, plan: Plan) -> None:
             "From the rename of a new version's directory into the store to the end of the tick that\n"
             "swapped: "
             "the model watcher thread wakes on the store's inotify event (or its check_interval_s poll),\n"
-            "loads and verifies the model off the loop; the loop then only swaps references."
+            "loads and verifies the model off the loop; the loop then only swaps references.\n"
+            "Probation is off here (probation_windows = 0): this times the swap itself."
         ),
     )
     table(
