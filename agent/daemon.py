@@ -142,7 +142,7 @@ class AgentDaemon:
         self._started_at = self.clock.monotonic()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore.in_dir(cfg.state_dir)
-        scorer = self.slot.load_initial(self._version_before_restart())
+        scorer = self.slot.load_initial(self._version_before_restart(), unfit=self._unfit)
         self.notifier.status(f"model {scorer.manifest.label} loaded")
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
         quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
@@ -422,12 +422,12 @@ class AgentDaemon:
         log.info("probation_started", model=candidate.manifest.label, windows=cfg.probation_windows)
 
     def _unfit(self, manifest: ModelManifest) -> str | None:
-        """Why the streams cannot feed this model (channels their mapping lacks), or None."""
-        for s in self._streams:
-            have = s.pipeline.stream.record_schema().canonical_channels
+        """Why the configured streams cannot feed this model (channels their mapping lacks), or None."""
+        for stream in self.config.streams:
+            have = stream.record_schema().canonical_channels
             missing = [c for c in manifest.feature_spec.channels if c not in have]
             if missing:
-                return f"stream {s.pipeline.name} provides no channels {missing}"
+                return f"stream {stream.name} provides no channels {missing}"
         return None
 
     def _set_shadow(self, probation: Probation | None) -> None:

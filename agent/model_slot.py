@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,19 +84,31 @@ class ModelSlot:
             raise ModelLoadError("no model loaded yet")
         return self._current
 
-    def load_initial(self, max_version: int | None = None) -> OnnxScorer:
+    def load_initial(
+        self,
+        max_version: int | None = None,
+        unfit: Callable[[ModelManifest], str | None] | None = None,
+    ) -> OnnxScorer:
         """Load the newest usable model in the store, else the bundled one.
 
         With `max_version`, newer store versions are left for `poll` to offer (the daemon
         passes the version it ran before a restart, so a model that had not finished its
         probation goes through it again instead of starting as the current model).
+        `unfit` says why a verified model cannot serve here (e.g. channels the streams do
+        not map); such a store model is refused and the next one tried, so a bad newest
+        model cannot make the agent crash-loop. The bundled model being unfit is an error.
         """
         found = [c for c in self._candidates() if max_version is None or c[1] <= max_version]
         for directory, _ in sorted(found, key=lambda c: c[1], reverse=True):
             scorer = self._try_load(directory)
-            if scorer is not None:
-                self._current = scorer
-                return scorer
+            if scorer is None:
+                continue
+            reason = unfit(scorer.manifest) if unfit is not None else None
+            if reason is not None:
+                self._refuse(directory, _fingerprint(directory), reason)
+                continue
+            self._current = scorer
+            return scorer
         bundled = self._config.bundled
         if bundled is not None:
             if not (bundled / MANIFEST_FILE).exists() or not (bundled / MODEL_FILE).exists():
@@ -105,6 +118,9 @@ class ModelSlot:
                 )
             scorer = OnnxScorer.load(bundled)  # exempt from signature and expiry: see agent.signing
             scorer.check_golden()
+            reason = unfit(scorer.manifest) if unfit is not None else None
+            if reason is not None:
+                raise ModelLoadError(f"the bundled model {scorer.manifest.label} cannot serve here: {reason}")
             self._current = scorer
             log.info("model_loaded", model=scorer.manifest.label, source=str(bundled))
             return scorer

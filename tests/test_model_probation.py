@@ -349,6 +349,26 @@ class TestRestart:
         finally:
             harness.close()
 
+    def test_a_newest_store_model_the_streams_cannot_feed_is_passed_over_at_start(
+        self, tmp_path: Path
+    ) -> None:
+        """No crash loop: v3 needs a channel no stream maps, so the agent starts on v2 and reports v3."""
+        config = probation_config(tmp_path)
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+        spec = FeatureSpec(channels=("j1_current", "j2_current"), window=4, hop=2, statistics=("mean", "max"))
+        into_store(config, "v3", lambda d: write_linear_model(d, version=3, spec=spec))
+        harness = Harness(config)
+        try:
+            assert 2 == harness.daemon.slot.current.manifest.version
+            harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
+            (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
+            assert "provides no channels ['j2_current']" in rejected["detail"]
+            write(config, lines(0, PROFILE))
+            harness.settle()
+            assert {2} == set(alert_versions(harness))
+        finally:
+            harness.close()
+
 
 class TestProbationJudgement:
     """`Probation` on its own, with real sessions: what fails a candidate and what does not."""
