@@ -152,6 +152,39 @@ class ModelConfig(_Section):
         "store must be signed by one of them. The bundled model is exempt.",
     )
 
+    channel: str | None = Field(
+        default=None,
+        description="Follow the retained announcements on robotpm/v1/models/<channel> and download the "
+        "bundles they name into the store; None: only models dropped into the store are used.",
+    )
+    download_max_bytes: int = Field(
+        default=64 << 20,
+        ge=1024,
+        description="A bundle larger than this is refused (cut off while streaming).",
+    )
+    download_timeout_s: float = Field(default=30.0, gt=0, le=600, description="Per connect and per read.")
+    allow_http: bool = Field(
+        default=False, description="Accept http:// bundle URLs (and redirects to them); https only otherwise."
+    )
+    download_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) the bundle server must chain to; default: the system trust store.",
+    )
+
+    @field_validator("channel")
+    @classmethod
+    def _channel_segment(cls, value: str | None) -> str | None:
+        return None if value is None else check_segment(value, "model channel")
+
+    @field_validator("download_ca_file")
+    @classmethod
+    def _ca_beside_config(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Relative paths are resolved by key name in _resolve_paths; this key is resolved here.
+        base = info.context.get("base") if isinstance(info.context, dict) else None
+        if value is not None and not value.is_absolute() and isinstance(base, Path):
+            return (base / value).resolve()
+        return value
+
     @field_validator("trusted_keys")
     @classmethod
     def _keys_for_required_signatures(cls, value: Path | None, info: ValidationInfo) -> Path | None:

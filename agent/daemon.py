@@ -42,9 +42,10 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.manifest import ModelManifest
-from agent.contract.topics import RobotTopics
+from agent.contract.topics import RobotTopics, model_announcements
 from agent.errors import ConfigError
 from agent.ingest import LineBlock, Quarantine, StreamFollower
+from agent.model_fetch import ModelFetcher, Subscriber
 from agent.model_slot import ModelSlot
 from agent.model_watch import ModelWatcher
 from agent.outbox import Outbox
@@ -128,6 +129,7 @@ class AgentDaemon:
         self.model_watcher = ModelWatcher(
             self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
         )
+        self.model_fetcher: ModelFetcher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -171,6 +173,7 @@ class AgentDaemon:
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
         self.delivery = Delivery(self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight)
+        self._start_model_fetcher(self.transport)
         self.transport.start()
         for s in self._streams:
             s.follower.start()
@@ -186,6 +189,18 @@ class AgentDaemon:
             version=__version__,
         )
 
+    def _start_model_fetcher(self, transport: Transport) -> None:
+        """Follow the model channel's announcements, if one is configured (see `agent.model_fetch`)."""
+        channel = self.config.model.channel
+        if channel is None:
+            return
+        if not isinstance(transport, Subscriber):
+            log.warning("model_channel_unsupported", channel=channel, reason="the transport cannot subscribe")
+            return
+        self.model_fetcher = ModelFetcher(self.config.model, floor=lambda: self.slot.current.manifest.version)
+        self.model_fetcher.start()
+        transport.subscribe(model_announcements(channel), self.model_fetcher.offer)
+
     def run(self, stop: threading.Event) -> None:
         """Run ticks until `stop` is set, then shut down gracefully."""
         self.startup()
@@ -198,6 +213,8 @@ class AgentDaemon:
     def shutdown(self) -> None:
         """Commit, flush what the broker will take within a moment, say offline, and close."""
         self.notifier.stopping()
+        if self.model_fetcher is not None:
+            self.model_fetcher.stop()
         self.model_watcher.stop()
         events: list[AlertEvent] = []
         for s in self._streams:

@@ -12,6 +12,8 @@ Usage::
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
     robotpm-train sign MODEL_DIR --key DIR/ID.key [--key-id ID]       # sign a model directory
     robotpm-train ... --sign-key DIR/ID.key [--key-id ID]             # sign the version a run writes
+    robotpm-train publish VERSION_DIR --channel NAME --base-url URL --out WEBROOT \
+        [--mqtt-host H --mqtt-port P]                                  # bundle + retained announcement
 
 Exit codes: 0 success, 1 a trainer error (message on stderr, nothing written),
 2 bad configuration or arguments.
@@ -32,7 +34,18 @@ from trainer.errors import TrainerError
 from trainer.stages.extraction import Dataset
 
 PROG = "robotpm-train"
-SUBCOMMANDS = ("bundle", "dataset", "import-sql", "keygen", "sign", "list", "show", "promote", "rollback")
+SUBCOMMANDS = (
+    "bundle",
+    "dataset",
+    "import-sql",
+    "keygen",
+    "sign",
+    "publish",
+    "list",
+    "show",
+    "promote",
+    "rollback",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,6 +263,34 @@ def _subcommand(argv: list[str]) -> int:
         manifest = sign_model_dir(args.model_dir, args.key, args.key_id or args.key.stem, expires=expires)
         until = f", expires {manifest.expires.isoformat()}" if manifest.expires else ""
         print(f"signed {manifest.label} in {args.model_dir} with key {manifest.signing_key_id}{until}")
+        return 0
+    if command == "publish":
+        parser.description = (
+            "Write the bundle of a (signed) model version into a web root and announce it, retained, "
+            "on robotpm/v1/models/<channel> for the agents following that channel."
+        )
+        parser.add_argument("version_dir", type=Path, help="a directory holding model.onnx and manifest.json")
+        parser.add_argument("--channel", default=None, help="the channel (default: the manifest's)")
+        parser.add_argument("--base-url", required=True, help="the URL the web root is served at (https://…)")
+        parser.add_argument("--out", type=Path, required=True, help="the web root to write the bundle into")
+        parser.add_argument("--mqtt-host", default=None, help="broker to announce on (none: only write it)")
+        parser.add_argument("--mqtt-port", type=int, default=1883)
+        args = parser.parse_args(rest)
+        from trainer.publish import publish
+
+        announcement = publish(
+            args.version_dir,
+            channel=args.channel,
+            base_url=args.base_url,
+            webroot=args.out,
+            mqtt_host=args.mqtt_host,
+            mqtt_port=args.mqtt_port,
+        )
+        where = (
+            f" on {args.mqtt_host}:{args.mqtt_port}" if args.mqtt_host else " (not announced: no --mqtt-host)"
+        )
+        print(f"published {announcement.label} as {announcement.url} ({announcement.length} bytes){where}")
+        print(announcement.to_json().decode())
         return 0
     if command == "import-sql":
         parser.description = "Load CSV/JSON-lines logs (and truth.csv) into a SQL table that --db reads."

@@ -19,6 +19,8 @@ What it does, and why (DESIGN.md pitfalls, reliability-anchors §2):
   ``max_inflight`` messages wait for their PUBACK, so paho's in-memory queue never
   grows; the durable outbox holds the rest.
 * ``TCP_NODELAY`` on every socket (paho never sets it: 40 ms Nagle spikes).
+* `subscribe` (used for retained model announcements) is renewed on every connect;
+  its callbacks run on paho's network thread and must only hand the payload on.
 * Delivery is tracked with ``on_publish`` (never ``is_published``, which raises for
   a message queued while offline). A PUBACK with a failure reason code is reported
   by `take_rejected`, not as an acknowledgement.
@@ -32,7 +34,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -155,6 +157,7 @@ class MqttTransport:
         self._control_mids: set[int] = set()
         self._early: dict[int, bool] = {}  # mid -> rejected, for PUBACKs that beat publish()'s return
         self._control_acked = threading.Condition(self._lock)
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
         self._started = False
         self.connects = 0
         self.disconnects = 0
@@ -200,6 +203,7 @@ class MqttTransport:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
+        client.on_message = self._on_message
 
     # -- Transport --------------------------------------------------------------
 
@@ -303,6 +307,17 @@ class MqttTransport:
         self._started = False
         log.info("mqtt_stopped", client_id=self.client_id)
 
+    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Receive messages on `topic` (QoS 1, no wildcards), now if connected and after every connect.
+
+        `callback` gets the payload on paho's network thread: it must not block (hand the
+        payload to another thread). An exception it raises is logged and swallowed.
+        """
+        with self._lock:
+            self._subscriptions[topic] = callback
+        if self._started:  # while disconnected paho refuses (NO_CONN); the next connect subscribes
+            self._client.subscribe(topic, qos=1)
+
     def _track(self, mid: int, *, control: bool) -> None:
         """Start waiting for the PUBACK of `mid`, unless it already arrived (see `_on_publish`)."""
         with self._control_acked:
@@ -347,6 +362,10 @@ class MqttTransport:
         info = client.publish(self._topics.status, online.model_dump_json().encode(), qos=1, retain=True)
         with self._lock:
             self._control_mids.add(info.mid)
+        with self._lock:
+            topics = list(self._subscriptions)
+        for topic in topics:
+            client.subscribe(topic, qos=1)
         self._connected.set()
         log.info(
             "mqtt_connected",
@@ -355,6 +374,16 @@ class MqttTransport:
             protocol=self.protocol_in_use,
             session_present=bool(flags.session_present),
         )
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            callback = self._subscriptions.get(message.topic)
+        if callback is None:
+            return
+        try:
+            callback(bytes(message.payload))
+        except Exception:  # a subscriber's bug must not kill paho's network thread
+            log.exception("mqtt_message_callback_failed", topic=message.topic)
 
     def _on_disconnect(
         self,

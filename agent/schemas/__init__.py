@@ -15,6 +15,7 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from agent.contract.alerts import AlertEvent, Heartbeat, Presence
+from agent.contract.announcement import ModelAnnouncement
 from agent.contract.manifest import ModelManifest
 from agent.publish.telemetry import ModelStatus
 
@@ -57,6 +58,13 @@ SCHEMAS: Final = (
         ModelStatus,
         "robotpm/v1/<site>/<robot>/model",
         "Retained: the model the robot runs, and since when.",
+    ),
+    SchemaSpec(
+        "model-announcement",
+        ModelAnnouncement,
+        "robotpm/v1/models/<channel>",
+        "Retained, QoS 1, published by the trainer: a model version and the URL, sha256 and length of "
+        "its bundle (an uncompressed tar of model.onnx, manifest.json and manifest.sig).",
     ),
     SchemaSpec(
         "model-manifest",
