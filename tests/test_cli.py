@@ -6,25 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.agent_config import agent_config
 from tests.models import write_linear_model
 
 REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[agent]
-robot_id = "r1"
-state_dir = "state"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +23,9 @@ def setup(tmp_path: Path, model: bool = True) -> Path:
     if model:
         write_linear_model(tmp_path / "bundled")
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG)
+    config.write_text(
+        agent_config(port=1883, robot_id="r1", ingest={"watch": "poll", "poll_interval_s": 0.05})
+    )
     return config
 
 

@@ -30,7 +30,9 @@ from agent.errors import ConfigError, ModelRejectedError
 from agent.model_slot import ModelSlot
 from agent.scoring import OnnxScorer
 from agent.signing import ModelVerifier, TrustedKeys
+from tests.agent_config import agent_config
 from tests.models import write_linear_model
+from tests.test_cli import run as run_agent_cli
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
 from trainer.cli import main as train_main
 from trainer.signing import SigningError, generate_key_pair, sign_model_dir
@@ -303,44 +305,21 @@ class TestDaemon:
 
 
 class TestConfig:
-    CONFIG = """
-[agent]
-robot_id = "r1"
-state_dir = "state"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-{model}
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
-
-    def _setup(self, tmp_path: Path, model: str) -> Path:
+    def _setup(self, tmp_path: Path, **model: str | bool | Path) -> Path:
         (tmp_path / "logs").mkdir()
         write_linear_model(tmp_path / "bundled")
         path = tmp_path / "config.toml"
-        path.write_text(self.CONFIG.format(model=model))
+        path.write_text(agent_config(port=1883, robot_id="r1", model=model))  # `check` does not connect
         return path
 
     def _check(self, config: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "agent.cli", "check", "--config", str(config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        return run_agent_cli("check", "--config", str(config))
 
     def test_require_signature_without_trusted_keys_is_a_config_error_naming_the_key(
         self, tmp_path: Path
     ) -> None:
         """require_signature = true alone is refused at load time, naming agent.model.trusted_keys."""
-        path = self._setup(tmp_path, "require_signature = true")
+        path = self._setup(tmp_path, require_signature=True)
         with pytest.raises(ConfigError) as info:
             load_agent_config(path, environ={})
         assert "agent.model.trusted_keys" == info.value.key
@@ -348,14 +327,14 @@ T1 = "j1_temp"
 
     def test_the_agent_cli_exits_2_when_signatures_are_required_without_keys(self, tmp_path: Path) -> None:
         """robotpm-agent check exits 2 and names the key on stderr, without a traceback."""
-        result = self._check(self._setup(tmp_path, "require_signature = true"))
+        result = self._check(self._setup(tmp_path, require_signature=True))
         assert 2 == result.returncode
         assert "agent.model.trusted_keys" in result.stderr
         assert "Traceback" not in result.stderr
 
     def test_the_agent_cli_exits_2_when_the_trusted_keys_directory_is_missing(self, tmp_path: Path) -> None:
         """A trusted_keys directory that does not exist is a configuration error, exit 2."""
-        result = self._check(self._setup(tmp_path, 'trusted_keys = "no-such-keys"'))
+        result = self._check(self._setup(tmp_path, trusted_keys="no-such-keys"))
         assert 2 == result.returncode
         assert "agent.model.trusted_keys" in result.stderr
         assert "no such directory" in result.stderr
@@ -364,7 +343,7 @@ T1 = "j1_temp"
         self, tmp_path: Path, keys: Keys
     ) -> None:
         """With keys and require_signature, check loads the signed store model, not the bundled one."""
-        path = self._setup(tmp_path, f'trusted_keys = "{keys.trusted}"\nrequire_signature = true')
+        path = self._setup(tmp_path, trusted_keys=keys.trusted, require_signature=True)
         signed_model(tmp_path / "store" / "v2", keys, version=2)
         result = self._check(path)
         assert 0 == result.returncode, result.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.sdnotify import Notifier
+from tests.agent_config import agent_config
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
@@ -232,30 +233,13 @@ def _agent_config(tmp_path: Path, broker_port: int) -> Path:
     write_linear_model(tmp_path / "bundled", version=1)
     config = tmp_path / "config.toml"
     config.write_text(
-        f"""
-[agent]
-robot_id = "r1"
-site = "lab"
-state_dir = "state"
-heartbeat_interval_s = 3600
-log_format = "json"
-[agent.model]
-directory = "store"
-bundled = "bundled"
-[agent.mqtt]
-host = "127.0.0.1"
-port = {broker_port}
-[agent.ingest]
-watch = "poll"
-poll_interval_s = 0.05
-[[agent.streams]]
-name = "arm1"
-directory = "logs"
-timestamp_field = "ts"
-[agent.streams.channels]
-J1 = "j1_current"
-T1 = "j1_temp"
-"""
+        agent_config(
+            port=broker_port,
+            robot_id="r1",
+            site="lab",
+            heartbeat_interval_s=3600,
+            ingest={"watch": "poll", "poll_interval_s": 0.05},
+        )
     )
     return config
 
