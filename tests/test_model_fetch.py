@@ -16,19 +16,24 @@ import tarfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, ModelConfig, load_agent_config
+from agent.config import AgentConfig, ModelConfig, MqttConfig, load_agent_config
 from agent.contract.announcement import ModelAnnouncement
+from agent.contract.topics import model_announcements
 from agent.daemon import AgentDaemon
 from agent.errors import ConfigError
 from agent.model_fetch import FetchRefusedError, ModelFetcher, redact_url, safe_extract
+from agent.publish.mqtt import MqttTransport
+from agent.seams import SystemClock
 from tests.agent_config import agent_config
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
@@ -562,3 +567,49 @@ class TestUnits:
         config = ModelConfig(directory=tmp_path, channel=CHANNEL, download_ca_file=tmp_path / "missing.pem")
         with pytest.raises(ConfigError, match="download_ca_file"):
             ModelFetcher(config)
+
+
+class TestSubscription:
+    def test_the_transport_subscribes_again_on_a_broker_that_lost_its_sessions(self, broker: Broker) -> None:
+        """A broker that lost its state (or another node): subscribing on each connect brings the news."""
+        received: list[bytes] = []
+        transport = MqttTransport(
+            MqttConfig(port=broker.port, reconnect_min_s=1, reconnect_max_s=1),
+            robot_id="r1",
+            site="lab",
+            agent_version="0.1.0",
+            clock=SystemClock(),
+        )
+        topic = model_announcements(CHANNEL)
+        transport.subscribe(topic, received.append)
+        transport.start()
+        try:
+            publish_retained(broker.port, topic, b"first")
+            wait_until(lambda: b"first" in received)
+            broker.stop()
+            wait_until(lambda: not transport.connected)
+            (broker.workdir / "mosquitto.db").unlink(missing_ok=True)  # sessions and retained messages gone
+            broker.start()
+            publish_retained(broker.port, topic, b"second")
+            wait_until(lambda: b"second" in received, timeout_s=15)
+        finally:
+            transport.stop()
+        assert transport.connects >= 2
+
+
+def publish_retained(port: int, topic: str, payload: bytes) -> None:
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
