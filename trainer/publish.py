@@ -21,10 +21,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.contract.announcement import ModelAnnouncement, bundle_name
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest, file_sha256
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
 from agent.contract.topics import model_announcements
-from agent.errors import ManifestError
 from trainer.errors import TrainerError
+from trainer.registry import verified_manifest
 
 
 class PublishError(TrainerError):
@@ -38,16 +38,7 @@ def write_bundle(version_dir: Path, webroot: Path) -> tuple[Path, ModelManifest]
     ships a model its manifest does not vouch for. Members are written in a fixed
     order with fixed owners, modes and times, so the same version gives the same bytes.
     """
-    try:
-        manifest = ModelManifest.read(version_dir)
-    except ManifestError as exc:
-        raise PublishError(str(exc)) from exc
-    try:
-        digest, length = file_sha256(version_dir / MODEL_FILE)
-    except OSError as exc:
-        raise PublishError(f"{version_dir / MODEL_FILE}: cannot read: {exc.strerror}") from exc
-    if (digest, length) != (manifest.sha256, manifest.length):
-        raise PublishError(f"{version_dir / MODEL_FILE}: sha256/length differ from the manifest")
+    manifest = verified_manifest(version_dir, PublishError)
     names = [MODEL_FILE, MANIFEST_FILE] + (
         [SIGNATURE_FILE] if (version_dir / SIGNATURE_FILE).exists() else []
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, file_sha256
 from agent.errors import ManifestError
-from trainer.errors import GateError, RegistryError
+from trainer.errors import GateError, RegistryError, TrainerError
 
 INDEX_FILE = "registry.json"
 METRICS_FILE = "metrics.json"
@@ -61,6 +61,25 @@ def write_directory_atomically(target: Path, files: Mapping[str, bytes]) -> Path
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def verified_manifest(directory: Path, error: type[TrainerError] = RegistryError) -> ModelManifest:
+    """The manifest of a model directory, once its ``model.onnx`` matches the sha256 and length in it.
+
+    Raises `error` naming the file when the manifest cannot be read or does not describe the
+    model beside it (so nothing signs, publishes or promotes a model its manifest does not vouch for).
+    """
+    try:
+        manifest = ModelManifest.read(directory)
+    except ManifestError as exc:
+        raise error(str(exc)) from exc
+    try:
+        digest, length = file_sha256(directory / MODEL_FILE)
+    except OSError as exc:
+        raise error(f"{directory / MODEL_FILE}: cannot read: {exc.strerror}") from exc
+    if (digest, length) != (manifest.sha256, manifest.length):
+        raise error(f"{directory / MODEL_FILE}: sha256/length differ from the manifest")
+    return manifest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,14 +140,7 @@ class Registry:
         path = self.path(version)
         if not path.is_dir():
             raise RegistryError(f"{self._name}: no version {version} in {self.directory}")
-        try:
-            manifest = ModelManifest.read(path)
-        except ManifestError as exc:
-            raise RegistryError(str(exc)) from exc
-        digest, length = file_sha256(path / MODEL_FILE)
-        if (digest, length) != (manifest.sha256, manifest.length):
-            raise RegistryError(f"{path / MODEL_FILE}: sha256/length differ from the manifest")
-        return manifest
+        return verified_manifest(path)
 
     def metrics(self, version: int) -> dict[str, Any]:
         """The stored ``metrics.json`` of a version."""

@@ -21,10 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest, file_sha256
-from agent.errors import ManifestError
+from agent.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest
 from agent.signing import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX
 from trainer.errors import TrainerError
+from trainer.registry import verified_manifest
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -104,16 +104,7 @@ def sign_model_dir(
     """
     check_key_id(key_id)
     key = load_private_key(private_key)
-    try:
-        manifest = ModelManifest.read(model_dir)
-    except ManifestError as exc:
-        raise SigningError(str(exc)) from exc
-    try:
-        digest, length = file_sha256(model_dir / MODEL_FILE)
-    except OSError as exc:
-        raise SigningError(f"{model_dir / MODEL_FILE}: cannot read: {exc.strerror}") from exc
-    if (digest, length) != (manifest.sha256, manifest.length):
-        raise SigningError(f"{model_dir / MODEL_FILE}: sha256/length differ from the manifest; not signing")
+    manifest = verified_manifest(model_dir, SigningError)
     update: dict[str, object] = {"signing_key_id": key_id}
     if expires is not None:
         update["expires"] = expires
