@@ -18,7 +18,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from tests.agent_config import agent_config, stream
+from tests.agent_process import spawn_agent
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
-REPO = Path(__file__).resolve().parent.parent
 HEADER = "ts,J1,T1\n"
 
 
@@ -75,16 +74,7 @@ class Agent:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
-        env["PYTHONUNBUFFERED"] = "1"  # its log lines must survive a SIGKILL
-        with (self.root / "agent.out").open("ab") as out:
-            self.process = subprocess.Popen(  # our own interpreter and module
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.root / "config.toml")],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = spawn_agent(self.root / "config.toml", self.root / "agent.out")
 
     def kill(self) -> None:
         assert self.process is not None

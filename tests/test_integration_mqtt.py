@@ -7,11 +7,9 @@ nothing but the topic tree.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +21,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.agent_config import agent_config
+from tests.agent_process import spawn_agent
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class Subscriber:
@@ -90,15 +87,7 @@ def start_agent(workdir: Path, broker: Broker, watch: str = "auto") -> subproces
             policy={"on_delay_windows": 2, "off_delay_windows": 2},
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
-    with (workdir / "agent.log").open("wb") as log:  # the child keeps its own copy of the handle
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return spawn_agent(config, workdir / "agent.log")
 
 
 def stop_agent(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:

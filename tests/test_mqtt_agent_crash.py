@@ -7,11 +7,9 @@ duplicates repeat an event_id.
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.agent_config import agent_config
+from tests.agent_process import spawn_agent
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
-
-REPO = Path(__file__).resolve().parent.parent
 
 CYCLES = 30  # each cycle: 10 high lines (raise), 10 low lines (clear)
 
@@ -60,15 +57,7 @@ class Agent:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
-        with (self.root / "agent.out").open("ab") as out:
-            self.process = subprocess.Popen(  # our own interpreter and module
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(self.root / "config.toml")],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = spawn_agent(self.root / "config.toml", self.root / "agent.out")
 
     def append(self, text: str) -> None:
         new = not self.log.exists()

@@ -1,0 +1,28 @@
+"""Run the real agent as a subprocess, as systemd would, for tests that kill, stop and restart it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def spawn_agent(config: Path, output: Path) -> subprocess.Popen[bytes]:
+    """``robotpm-agent run --config config`` in our own interpreter, its output appended to `output`.
+
+    The environment is this one without ``ROBOTPM*`` overrides (the config file alone decides),
+    and unbuffered, so the agent's log lines survive a SIGKILL.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with output.open("ab") as out:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
