@@ -126,6 +126,7 @@ class AgentDaemon:
         self.transport: Transport | None = None
         self.slot = ModelSlot(config.model)
         self._probation: Probation | None = None
+        self._model_events: dict[str, int] = {}  # model life-cycle events sent, by state
         self.model_watcher = ModelWatcher(
             self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
         )
@@ -495,6 +496,7 @@ class AgentDaemon:
         detail: str,
         source: str | None = None,
     ) -> OutboundMessage:
+        self._model_events[state] = self._model_events.get(state, 0) + 1  # for the heartbeat
         return telemetry.model_event_message(
             self.topics,
             self.config.robot_id,
@@ -520,6 +522,7 @@ class AgentDaemon:
             for reason, count in s.pipeline.policy_counters().get("suppressed", {}).items():
                 suppressed[reason] = suppressed.get(reason, 0) + int(count)
         manifest = self.slot.current.manifest
+        candidate = self._probation.candidate.manifest if self._probation is not None else None
         record = telemetry.heartbeat_record(
             robot_id=self.config.robot_id,
             site=self.config.site,
@@ -536,6 +539,10 @@ class AgentDaemon:
             agent_version=__version__,
             suppressed=suppressed,
             drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
+            model_candidate=(
+                ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
+            ),
+            model_events=self._model_events,
         )
         return telemetry.heartbeat_message(self.topics, record)
 

@@ -23,7 +23,9 @@ from tests.models import write_linear_model
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
 from trainer.signing import generate_key_pair, sign_model_dir
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "agent/schemas/model-status.schema.json").read_text())
+SCHEMAS = Path(__file__).parent.parent / "agent" / "schemas"
+SCHEMA = json.loads((SCHEMAS / "model-status.schema.json").read_text())
+HEARTBEAT_SCHEMA = json.loads((SCHEMAS / "heartbeat.schema.json").read_text())
 
 # PROFILE (40 lines, window 4, hop 2) makes 19 windows, about a third of them over the warning threshold.
 PROBATION_WINDOWS = 10
@@ -54,6 +56,16 @@ def statuses(harness: Harness) -> list[dict[str, Any]]:
         body = json.loads(message.payload)
         Draft202012Validator(SCHEMA).validate(body)
         out.append({**body, "retain": message.retain})
+    return out
+
+
+def heartbeats(harness: Harness) -> list[dict[str, Any]]:
+    """Heartbeats as sent, each valid against the schema."""
+    out = []
+    for message in harness.transport.messages("heartbeat"):
+        body = json.loads(message.payload)
+        Draft202012Validator(HEARTBEAT_SCHEMA).validate(body)
+        out.append(body)
     return out
 
 
@@ -202,6 +214,29 @@ class TestRollback:
         assert ["active", "probation", "rolled_back", "probation", "active"] == [
             s["state"] for s in statuses(harness)
         ]
+
+    def test_the_heartbeat_names_the_model_on_probation_and_counts_the_rollback(self, tmp_path: Path) -> None:
+        """Events on …/model are not retained; the retained heartbeat keeps the tally for late readers."""
+        config = probation_config(tmp_path).model_copy(update={"heartbeat_interval_s": 1.0})
+        harness = Harness(config)
+        try:
+            into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
+            harness.settle_until(lambda: on_probation(harness, 2))
+            harness.clock.advance(2.0)
+            harness.settle(1)
+            during = heartbeats(harness)[-1]
+            assert {"id": "test-linear", "version": 2} == during["model_candidate"]
+            assert {"probation": 1} == during["model_events"]
+            write(config, lines(0, PROFILE))
+            harness.settle()
+            harness.clock.advance(2.0)
+            harness.settle(1)
+            after = heartbeats(harness)[-1]
+            assert after["model_candidate"] is None
+            assert {"probation": 1, "rolled_back": 1} == after["model_events"]
+            assert {"id": "test-linear", "version": 1} == after["model"]
+        finally:
+            harness.close()
 
 
 class TestRejectedModels:

@@ -105,3 +105,25 @@ def test_presence_heartbeat_and_model_status_validate() -> None:
     validator("heartbeat").validate(json.loads(beat.model_dump_json()))
     validator("model-status").validate(model_status("r1", "s1", make_manifest(), since=1.7e9))
     validator("model-manifest").validate(json.loads(make_manifest().to_json()))
+
+
+def test_a_heartbeat_from_an_agent_not_yet_upgraded_still_parses_and_validates() -> None:
+    """During a fleet rollout subscribers get 1.0 heartbeats (no model_candidate/model_events) too."""
+    old = {
+        "schema_version": "1.0",
+        "robot_id": "r1",
+        "site": "s1",
+        "sent_at": "2026-01-01T00:00:00Z",
+        "uptime_s": 1.0,
+        "lines": 1,
+        "windows": 1,
+        "alerts": 0,
+        "quarantined": 0,
+        "outbox_depth": 0,
+        "outbox_oldest_age_s": None,
+        "model": {"id": "m", "version": 1},
+        "agent_version": "0.1.0",
+    }
+    validator("heartbeat").validate(old)
+    beat = Heartbeat.model_validate_json(json.dumps(old))
+    assert (beat.model_candidate, beat.model_events) == (None, {})

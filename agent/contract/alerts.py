@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.contract.manifest import Severity
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
+HEARTBEAT_SCHEMA_VERSION: Final = "1.1"
+"""1.1 added the optional ``model_candidate`` and ``model_events``; 1.0 heartbeats still parse."""
 
 AlertState = Literal["raised", "updated", "cleared"]
 
@@ -106,7 +108,7 @@ class Presence(_Message):
 class Heartbeat(_Message):
     """Periodic counters on ``…/<robot>/heartbeat``."""
 
-    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = HEARTBEAT_SCHEMA_VERSION  # 1.0 from agents not yet upgraded
     robot_id: str
     site: str
     sent_at: datetime
@@ -127,4 +129,12 @@ class Heartbeat(_Message):
     )
     alerts_suppressed: dict[str, int] = Field(
         default_factory=dict, description="Alert events the policy's rate limits held back, by reason."
+    )
+    model_candidate: ModelRef | None = Field(
+        default=None, description="A newer model on probation (shadow-scored, not driving alerts), if any."
+    )
+    model_events: dict[str, int] = Field(
+        default_factory=dict,
+        description="Model life-cycle events since the agent started, by state: 'probation', 'rolled_back',"
+        " 'rejected' (each also sent, not retained, on …/model).",
     )

@@ -89,11 +89,14 @@ def heartbeat_record(
     agent_version: str,
     drift: str = "unknown",
     suppressed: Mapping[str, int] | None = None,
+    model_candidate: ModelRef | None = None,
+    model_events: Mapping[str, int] | None = None,
 ) -> Heartbeat:
     """A complete heartbeat: pipeline counters, outbox depth, age, size and drops, model, drift.
 
     ``counters`` holds ``lines``, ``windows``, ``alerts`` and ``quarantined`` (missing
-    ones count as 0); ``suppressed`` the policy's held-back events by reason.
+    ones count as 0); ``suppressed`` the policy's held-back events by reason;
+    ``model_candidate`` a model on probation; ``model_events`` model life-cycle events by state.
     """
     return Heartbeat(
         robot_id=robot_id,
@@ -112,6 +115,8 @@ def heartbeat_record(
         model=model,
         drift=drift,
         agent_version=agent_version,
+        model_candidate=model_candidate,
+        model_events=dict(model_events or {}),
     )
 
 
