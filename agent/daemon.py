@@ -17,9 +17,10 @@ appends that cannot complete a window. At 1 kHz appends and a hop of 100 lines t
 loop then wakes about 10 times a second instead of 200, without adding latency to
 alerts. While lines are held, a commit saves the stream position from before them.
 
-Commit rule: a tick that produced outbox rows commits at once (alerts are not
-held back); a tick without rows commits at most every
-``ingest.checkpoint_interval_s``. After a crash, whatever was read after the last
+Commit rule: a tick that produced alert rows commits at once (alerts are not
+held back); otherwise a tick commits at most every ``ingest.checkpoint_interval_s``,
+and telemetry (heartbeats, model status) waits for that commit rather than paying
+an fsync of its own. After a crash, whatever was read after the last
 commit is read again and, being deterministic, yields the same event ids.
 
 Alert rows are handed to the transport inside their transaction, just before the
@@ -220,7 +221,9 @@ class AgentDaemon:
         events: list[AlertEvent] = []
         for s in self._streams:
             events.extend(self._process_held(s))
-        self._commit(force=True, messages=[telemetry.alert_message(self.topics, e) for e in events])
+        messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
+        self._pending = []
+        self._commit(force=True, messages=messages)
         for s in self._streams:
             s.follower.close()
         if self.delivery is not None and self.transport is not None:
@@ -285,7 +288,9 @@ class AgentDaemon:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
         messages = [telemetry.alert_message(self.topics, e) for e in events]
-        if self._pending:
+        # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
+        # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
+        if self._pending and (messages or now - self._last_commit >= self._interval):
             messages += self._pending
             self._pending = []
         self._commit(force=bool(messages), messages=messages)

@@ -154,7 +154,7 @@ class TestPromotion:
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
             assert harness.daemon.probation is None
-            harness.settle(2)
+            harness.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
             sent = statuses(harness)
             assert {"active"} == {s["state"] for s in sent}
             assert (2, True) == (sent[-1]["model"]["version"], sent[-1]["retain"])
@@ -341,6 +341,7 @@ class TestRestart:
         try:
             assert 1 == second.daemon.slot.current.manifest.version
             second.settle_until(lambda: on_probation(second, 2))
+            second.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
             assert [("active", 1), ("probation", 2)] == [
                 (s["state"], s["model"]["version"]) for s in statuses(second)
             ]
