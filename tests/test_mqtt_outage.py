@@ -152,13 +152,21 @@ def driver_main(argv: list[str]) -> None:
                 "connected": transport.connected,
                 "delivered": delivery.delivered,
             }
-            print(json.dumps(progress), flush=True)
+            report(progress)
         if enqueued >= count and outbox.depth() == 0 and count == 0:
             break
         time.sleep(0.002)
     offline = presence_message(TOPICS, presence("robot1", "site1", "offline", "t", reason="stopped"))
     transport.stop([offline])
-    print(json.dumps({"done": True}), flush=True)
+    report({"done": True})
+
+
+def report(progress: dict[str, object]) -> None:
+    """One progress line in one write: print() writes the newline separately, and the transport's
+    log lines (from paho's thread) could land between the two.
+    """
+    sys.stdout.write(json.dumps(progress) + "\n")
+    sys.stdout.flush()
 
 
 class Driver:
