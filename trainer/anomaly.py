@@ -11,17 +11,23 @@ TreeEnsemble graph (`trainer.stages.compact_isoforest`), parity-checked.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead
+from agent.contract.manifest import AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import RunResult, StageTimer, code_version, config_hash, prepare_windows
-from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
+from trainer.pipeline import (
+    RunResult,
+    StageTimer,
+    code_version,
+    config_hash,
+    prepare_windows,
+    store_run,
+    version_files,
+)
+from trainer.registry import Registry
 from trainer.stages.evaluation import Evaluation, calibrate
 from trainer.stages.extraction import Dataset
 from trainer.stages.preparation import grouped_time_folds
@@ -116,13 +122,14 @@ def train_anomaly_detector(
         lineage=lineage,
     )
     evaluation = Evaluation(metrics=metrics, classes=("healthy", "anomaly"))
-    files: dict[str, bytes] = {
-        MODEL_FILE: exported.onnx_bytes,
-        MANIFEST_FILE: manifest.to_json().encode(),
-        METRICS_FILE: _json({"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage}),
-        "snapshot.json": _json({"train": train_data.snapshot(), "test": test_data.snapshot()}),
-        "config.json": _json(config.model_dump(mode="json")),
-    }
+    files = version_files(
+        manifest,
+        exported,
+        {"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage},
+        config,
+        train_data,
+        test_data,
+    )
     if report:
         from trainer.report import binary_report
 
@@ -135,12 +142,4 @@ def train_anomaly_detector(
         manifest, exported, evaluation, fitted, test_windows, proba, test_data=test_data, files=files
     )
     result.timings = timer.timings
-    if write_registry:
-        result.version_dir = registry.write(version, files)
-    if bundled_dir is not None:
-        result.bundled_dir = write_directory_atomically(bundled_dir, files)
-    return result
-
-
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2) + "\n").encode()
+    return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)

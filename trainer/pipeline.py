@@ -248,16 +248,8 @@ def train_failure_classifier(
         "timings_s": timer.timings,
         "lineage": lineage,
     }
-    files: dict[str, bytes] = {
-        MODEL_FILE: exported.onnx_bytes,
-        MANIFEST_FILE: manifest.to_json().encode(),
-        METRICS_FILE: (json.dumps(metrics_doc, indent=2) + "\n").encode(),
-        "profile.json": (json.dumps(profile, indent=2) + "\n").encode(),
-        "config.json": (json.dumps(config.model_dump(mode="json"), indent=2) + "\n").encode(),
-        "snapshot.json": (
-            json.dumps({"train": train_data.snapshot(), "test": test_data.snapshot()}, indent=2) + "\n"
-        ).encode(),
-    }
+    files = version_files(manifest, exported, metrics_doc, config, train_data, test_data)
+    files["profile.json"] = json_bytes(profile)
     if train_data.quarantine or test_data.quarantine:
         files["quarantine.csv"] = train_data.quarantine_csv() + test_data.quarantine_csv().split(b"\n", 1)[1]
     result = RunResult(
@@ -269,10 +261,45 @@ def train_failure_classifier(
         files.update(timer.run("report", lambda: classifier_report(result)))
     result.timings = timer.timings
     result.files = files
+    return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
+
+
+def json_bytes(data: Any) -> bytes:
+    """Indented JSON with a final newline: how every JSON file of a model version is written."""
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def version_files(
+    manifest: ModelManifest,
+    exported: ExportedModel,
+    metrics_doc: dict[str, Any],
+    config: TrainerConfig,
+    train_data: Dataset,
+    test_data: Dataset,
+) -> dict[str, bytes]:
+    """The files every model version holds: model, manifest, metrics, the config and the data snapshot."""
+    return {
+        MODEL_FILE: exported.onnx_bytes,
+        MANIFEST_FILE: manifest.to_json().encode(),
+        METRICS_FILE: json_bytes(metrics_doc),
+        "config.json": json_bytes(config.model_dump(mode="json")),
+        "snapshot.json": json_bytes({"train": train_data.snapshot(), "test": test_data.snapshot()}),
+    }
+
+
+def store_run(
+    result: RunResult,
+    registry: Registry,
+    version: int,
+    *,
+    write_registry: bool,
+    bundled_dir: Path | None,
+) -> RunResult:
+    """Write a run's files as a registry version and/or the bundled model directory."""
     if write_registry:
-        result.version_dir = registry.write(version, files)
+        result.version_dir = registry.write(version, result.files)
     if bundled_dir is not None:
-        result.bundled_dir = write_directory_atomically(bundled_dir, files)
+        result.bundled_dir = write_directory_atomically(bundled_dir, result.files)
     return result
 
 

@@ -11,17 +11,24 @@ value they undercut at the target false-alarm rate) and critical at half of it.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, Thresholds
+from agent.contract.manifest import AlertHead, Thresholds
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import RunResult, StageTimer, code_version, config_hash, prepare_windows
-from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
+from trainer.pipeline import (
+    RunResult,
+    StageTimer,
+    code_version,
+    config_hash,
+    prepare_windows,
+    store_run,
+    version_files,
+)
+from trainer.registry import Registry
 from trainer.stages.evaluation import Evaluation
 from trainer.stages.extraction import Dataset
 from trainer.stages.preparation import WindowSet, grouped_time_folds
@@ -129,13 +136,14 @@ def train_rul_regressor(
         metrics={**metrics, "parity_max_abs_diff": exported.max_abs_diff},
         lineage=lineage,
     )
-    files: dict[str, bytes] = {
-        MODEL_FILE: exported.onnx_bytes,
-        MANIFEST_FILE: manifest.to_json().encode(),
-        METRICS_FILE: _json({"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage}),
-        "snapshot.json": _json({"train": train_data.snapshot(), "test": test_data.snapshot()}),
-        "config.json": _json(config.model_dump(mode="json")),
-    }
+    files = version_files(
+        manifest,
+        exported,
+        {"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage},
+        config,
+        train_data,
+        test_data,
+    )
     if report:
         from trainer.report import regression_report
 
@@ -157,12 +165,4 @@ def train_rul_regressor(
     )
     result.files = files
     result.timings = timer.timings
-    if write_registry:
-        result.version_dir = registry.write(version, files)
-    if bundled_dir is not None:
-        result.bundled_dir = write_directory_atomically(bundled_dir, files)
-    return result
-
-
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2) + "\n").encode()
+    return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
