@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from agent.contract.manifest import ModelManifest
+from tests.fleets import small_fleet
 from trainer import cli
 from trainer.config import TrainerConfig
 from trainer.errors import GateError, RegistryError
 from trainer.gate import promote_version
 from trainer.registry import Registry, write_directory_atomically
-from trainer.simulate import simulate_fleet
 
 CONFIG = """
 [trainer]
@@ -31,11 +31,7 @@ horizon_s = 60.0
 
 @pytest.fixture(scope="module", name="fleet")
 def _fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fleet")
-    common = {"seconds": 1500.0, "rate_hz": 10.0, "fault_duration_s": 150.0, "mean_healthy_s": 200.0}
-    simulate_fleet(root / "train", robots=4, seed=3, **common)
-    simulate_fleet(root / "test", robots=2, seed=4, **common)
-    return root / "train", root / "test"
+    return small_fleet(tmp_path_factory.mktemp("fleet"), seed=3)
 
 
 def _config(tmp_path: Path, trees: int, depth: int) -> Path:

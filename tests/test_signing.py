@@ -472,12 +472,10 @@ class TestTrainingRunSigns:
         self, tmp_path: Path, keys: Keys
     ) -> None:
         """robotpm-train --sign-key signs the version it registers; the verifier accepts it as is."""
+        from tests.fleets import small_fleet
         from tests.test_trainer import SMALL_CONFIG
-        from trainer.simulate import simulate_fleet
 
-        common = {"seconds": 1500.0, "rate_hz": 10.0, "fault_duration_s": 150.0, "mean_healthy_s": 200.0}
-        simulate_fleet(tmp_path / "train", robots=4, seed=7, **common)
-        simulate_fleet(tmp_path / "test", robots=2, seed=8, **common)
+        small_fleet(tmp_path, seed=7)
         config = tmp_path / "config.toml"
         config.write_text(SMALL_CONFIG)
         argv = ["--config", str(config), "--train-csv", str(tmp_path / "train"), "--test-csv"]

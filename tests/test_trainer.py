@@ -11,6 +11,7 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
+from tests.fleets import small_fleet
 from trainer import cli
 from trainer.errors import DataError, ParityError, SourceError
 from trainer.simulate import simulate_fleet
@@ -33,11 +34,7 @@ horizon_s = 60.0
 @pytest.fixture(scope="module", name="fleet")
 def _fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Simulator output directories: 4 training robots and 2 test robots (another seed), 10 Hz."""
-    root = tmp_path_factory.mktemp("fleet")
-    common = {"seconds": 1500.0, "rate_hz": 10.0, "fault_duration_s": 150.0, "mean_healthy_s": 200.0}
-    simulate_fleet(root / "train", robots=4, seed=7, **common)
-    simulate_fleet(root / "test", robots=2, seed=8, **common)
-    return root / "train", root / "test"
+    return small_fleet(tmp_path_factory.mktemp("fleet"), seed=7)
 
 
 @pytest.fixture(name="config")

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from agent.contract.manifest import ModelManifest
+from tests.fleets import small_fleet
 from trainer import cli
-from trainer.simulate import simulate_fleet
 
 CONFIG = """
 [trainer]
@@ -29,11 +29,7 @@ horizon_s = 60.0
 
 @pytest.fixture(scope="module", name="fleet")
 def _fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("fleet")
-    common = {"seconds": 1500.0, "rate_hz": 10.0, "fault_duration_s": 150.0, "mean_healthy_s": 200.0}
-    simulate_fleet(root / "train", robots=4, seed=21, **common)
-    simulate_fleet(root / "test", robots=2, seed=22, **common)
-    return root / "train", root / "test"
+    return small_fleet(tmp_path_factory.mktemp("fleet"), seed=21)
 
 
 def test_trains_on_healthy_windows_and_ranks_faults_higher(fleet: tuple[Path, Path], tmp_path: Path) -> None:
