@@ -71,7 +71,7 @@ def _run(config: AgentConfig) -> int:
 
 
 def _check(config: AgentConfig) -> int:
-    from agent.model_slot import ModelSlot
+    from agent.models.slot import ModelSlot
 
     scorer = ModelSlot(config.model).load_initial()
     print(f"config ok: robot {config.robot_id} at site {config.site}, {len(config.streams)} stream(s)")

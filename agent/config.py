@@ -116,7 +116,7 @@ class StreamConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Where the model comes from, and which signatures it needs (see `agent.signing`)."""
+    """Where the model comes from, and which signatures it needs (see `agent.models.verify`)."""
 
     directory: Path = Field(description="Model store: one sub-directory per version.")
     bundled: Path | None = Field(default=None, description="Used when the store is empty.")

@@ -46,18 +46,18 @@ from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics, model_announcements
 from agent.errors import ConfigError
 from agent.ingest import LineBlock, Quarantine, StreamFollower
-from agent.model_fetch import ModelFetcher, Subscriber
-from agent.model_slot import ModelSlot
-from agent.model_watch import ModelWatcher
+from agent.models.fetch import ModelFetcher, Subscriber
+from agent.models.probation import Probation
+from agent.models.scorer import OnnxScorer
+from agent.models.slot import ModelSlot
+from agent.models.watch import ModelWatcher
 from agent.outbox import Outbox
-from agent.pipeline import StreamPipeline
 from agent.policy import AlertPolicy
-from agent.probation import Probation
 from agent.publish import Delivery, MqttTransport, telemetry
-from agent.scoring import OnnxScorer
 from agent.sdnotify import Notifier
 from agent.seams import Clock, OutboundMessage, SystemClock, Transport
 from agent.state import StateStore
+from agent.streams.pipeline import StreamPipeline
 
 log = structlog.get_logger("robotpm.agent")
 
@@ -192,7 +192,7 @@ class AgentDaemon:
         )
 
     def _start_model_fetcher(self, transport: Transport) -> None:
-        """Follow the model channel's announcements, if one is configured (see `agent.model_fetch`)."""
+        """Follow the model channel's announcements, if one is configured (see `agent.models.fetch`)."""
         channel = self.config.model.channel
         if channel is None:
             return
@@ -364,7 +364,7 @@ class AgentDaemon:
         """The model version the streams were scored with before a restart (None: first start).
 
         With probation on, store versions newer than it start as candidates again, so a model
-        that had not finished its probation goes through it again (see agent.probation).
+        that had not finished its probation goes through it again (see agent.models.probation).
         """
         if self.config.model.probation_windows == 0:
             return None

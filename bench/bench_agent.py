@@ -21,7 +21,7 @@ c. Against a naive agent on the same simulated log: our parts (RecordParser →
 
 The model is a 100-tree RandomForestClassifier over the canonical channels of
 config.toml (feature spec window 64 / hop 32), exported with skl2onnx (zipmap=False,
-float32 input), trained on simulated fleet history (trainer.simulate).
+float32 input), trained on simulated fleet history (robotpm_sim.simulate).
 
 Nothing here asserts on timing. The script exits non-zero when a run fails
 functionally: a worker crashes, our scores disagree with scikit-learn's, the daemon
@@ -236,7 +236,7 @@ def build_assets(work: Path, plan: Plan) -> Assets:
         Thresholds,
         file_sha256,
     )
-    from trainer.simulate import COLUMNS, MODES, format_records, header_line, simulate_history
+    from robotpm_sim.simulate import COLUMNS, MODES, format_records, header_line, simulate_history
 
     channels = stream_channels()
     file_columns = tuple(channels)
@@ -465,9 +465,9 @@ def worker_swaps(args: dict[str, Any]) -> None:
     """Swap the model `n` times as the daemon does (load, golden test, accept); RSS along the way."""
     import numpy as np
 
-    import agent.model_slot as model_slot
+    import agent.models.slot as model_slot
     from agent.config import ModelConfig
-    from agent.scoring import OnnxScorer
+    from agent.models.scorer import OnnxScorer
 
     variant = args["variant"]
     if variant == "no-op":
@@ -509,7 +509,7 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     from agent.daemon import AgentDaemon
     from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
-    from trainer.simulate import format_records, header_line, simulate_history
+    from robotpm_sim.simulate import format_records, header_line, simulate_history
 
     root = Path(args["root"])
     rate = float(args["rate"])
@@ -560,7 +560,7 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     import ctypes
     import gc
 
-    import agent.model_slot as model_slot
+    import agent.models.slot as model_slot
 
     phases: list[tuple[str, float]] = []
     real_release = model_slot.release_freed_memory
@@ -698,7 +698,7 @@ def worker_ours(args: dict[str, Any]) -> None:
     import numpy as np
 
     from agent.contract.records import RecordSchema
-    from agent.scoring import OnnxScorer
+    from agent.models.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(Path(args["model_dir"]))
     schema = RecordSchema(format="csv", timestamp_field="ts", channels=stream_channels())
@@ -719,10 +719,10 @@ def worker_pipeline(args: dict[str, Any]) -> None:
     from agent import __version__
     from agent.config import IngestConfig, PolicyConfig, StreamConfig
     from agent.ingest import Quarantine
-    from agent.pipeline import StreamPipeline
+    from agent.models.scorer import OnnxScorer
     from agent.policy import AlertPolicy
-    from agent.scoring import OnnxScorer
     from agent.seams import SystemClock
+    from agent.streams.pipeline import StreamPipeline
 
     @dc(frozen=True)
     class Block:
@@ -819,7 +819,7 @@ def worker_one_row(args: dict[str, Any]) -> None:
 
     import numpy as np
 
-    from agent.scoring import OnnxScorer
+    from agent.models.scorer import OnnxScorer
 
     scorer = OnnxScorer.load(Path(args["model_dir"]))
     forest = pickle.loads(Path(args["sk_model"]).read_bytes())

@@ -48,10 +48,10 @@ import psutil  # noqa: E402
 from agent.config import IngestConfig, PolicyConfig, StreamConfig  # noqa: E402
 from agent.contract.features import FeatureSpec, window_statistics  # noqa: E402
 from agent.ingest import Quarantine, StreamFollower  # noqa: E402
-from agent.pipeline import StreamPipeline  # noqa: E402
+from agent.models.scorer import OnnxScorer  # noqa: E402
 from agent.policy import AlertPolicy  # noqa: E402
-from agent.scoring import OnnxScorer  # noqa: E402
 from agent.seams import SystemClock  # noqa: E402
+from agent.streams.pipeline import StreamPipeline  # noqa: E402
 from tests.agent_config import agent_config, stream  # noqa: E402
 from tests.models import write_linear_model  # noqa: E402
 
@@ -313,7 +313,7 @@ class LogSource:
             self.header = b"ts,J1,T1\n"
             self.lines = [f"{1_700_000_000 + n / 1000:.3f},0.1,40.0\n".encode() for n in range(n_lines)]
             return
-        from trainer.simulate import ArmSimulator, header_line
+        from robotpm_sim.simulate import ArmSimulator, header_line
 
         # 50 Hz data, as the bundled model was trained on, appended at whatever rate the run asks
         sim = ArmSimulator("bench", rate_hz=50.0, seed=7)

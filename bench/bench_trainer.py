@@ -1,7 +1,7 @@
 """Trainer benchmark: 1M rows of simulated robot logs → evaluated, parity-checked model and report.
 
 Simulates a fleet (not timed against the target), then runs the whole batch pipeline
-(`trainer.pipeline.train_failure_classifier`, report included) and prints the time of
+(`trainer.tasks.failure.train_failure_classifier`, report included) and prints the time of
 each stage next to the target of DESIGN.md (1M rows → evaluated model and report
 ≤ 120 s on 2 cores). The baseline, measured in the same run on the same files, is a
 naive extraction: Python's csv module and float() per field, which is what a quick
@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from robotpm_sim.simulate import simulate_fleet
 from trainer.config import TrainerConfig
-from trainer.pipeline import train_failure_classifier
-from trainer.simulate import simulate_fleet
 from trainer.stages.extraction import DataExtractionAnalysis
+from trainer.tasks.failure import train_failure_classifier
 
 TARGET_S = 120.0
 

@@ -17,11 +17,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from agent.alerts_cli import Printer, Watcher, main, open_store
 from agent.config import MqttConfig
 from agent.contract.alerts import AlertEvent
 from agent.contract.topics import RobotTopics
 from agent.publish.telemetry import presence
+from agent.subscriber.cli import Printer, Watcher, main, open_store
 from tests.mosquitto import Broker
 from tests.test_policy import make_policy, run
 
@@ -71,7 +71,7 @@ class Tool:
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent.alerts_cli", *args],
+            [sys.executable, "-m", "agent.subscriber.cli", *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -262,6 +262,6 @@ class TestStores:
 
 
 def test_console_script_is_declared() -> None:
-    """Pyproject declares robotpm-alerts = agent.alerts_cli:main."""
+    """Pyproject declares robotpm-alerts = agent.subscriber.cli:main."""
     text = (REPO / "pyproject.toml").read_text()
-    assert 'robotpm-alerts = "agent.alerts_cli:main"' in text
+    assert 'robotpm-alerts = "agent.subscriber.cli:main"' in text

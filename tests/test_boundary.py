@@ -15,10 +15,10 @@ AGENT_MODULES = (
     "agent.config",
     "agent.cli",
     "agent.daemon",
-    "agent.scoring",
-    "agent.model_slot",
-    "agent.signing",
-    "agent.pipeline",
+    "agent.models.scorer",
+    "agent.models.slot",
+    "agent.models.verify",
+    "agent.streams.pipeline",
 )
 
 

@@ -20,7 +20,7 @@ def test_the_demo_shows_a_raised_alert_with_its_explanation(tmp_path: Path, brok
         [
             sys.executable,
             "-m",
-            "trainer.demo",
+            "robotpm_sim.demo",
             "--workdir",
             str(tmp_path / "demo"),
             "--broker",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.drift import DriftMonitor
+from agent.streams.drift import DriftMonitor
 from tests.models import SPEC, write_linear_model
 
 

@@ -610,7 +610,7 @@ def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(
     logs: LogDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No inotify (e.g. watch limits reached) and no watchdog backend: auto polls and lines still flow."""
-    import agent.ingest.watcher as watcher_module
+    import agent.filewatch.watcher as watcher_module
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(28, "inotify watch limit reached")
@@ -633,7 +633,7 @@ def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(
 
 def test_inotify_mode_refuses_to_start_without_inotify(logs: LogDir, monkeypatch: pytest.MonkeyPatch) -> None:
     """Watch = "inotify" is a promise: without any event backend the follower says so instead of polling."""
-    import agent.ingest.watcher as watcher_module
+    import agent.filewatch.watcher as watcher_module
     from agent.errors import IngestError
 
     def refuse(*args: object, **kwargs: object) -> None:

@@ -31,7 +31,7 @@ from agent.contract.announcement import ModelAnnouncement
 from agent.contract.topics import model_announcements
 from agent.daemon import AgentDaemon
 from agent.errors import ConfigError
-from agent.model_fetch import FetchRefusedError, ModelFetcher, redact_url, safe_extract
+from agent.models.fetch import FetchRefusedError, ModelFetcher, redact_url, safe_extract
 from agent.publish.mqtt import MqttTransport
 from agent.seams import SystemClock
 from tests.agent_config import agent_config

@@ -17,8 +17,8 @@ from jsonschema import Draft202012Validator
 
 from agent.config import AgentConfig
 from agent.contract.features import FeatureSpec
-from agent.probation import Probation
-from agent.scoring import OnnxScorer
+from agent.models.probation import Probation
+from agent.models.scorer import OnnxScorer
 from tests.models import write_linear_model
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
 from trainer.signing import generate_key_pair, sign_model_dir

@@ -10,8 +10,8 @@ import pytest
 
 from agent.config import ModelConfig
 from agent.errors import ModelLoadError, ModelRejectedError
-from agent.model_slot import ModelSlot
-from agent.scoring import OnnxScorer
+from agent.models.scorer import OnnxScorer
+from agent.models.slot import ModelSlot
 from tests.models import SPEC, write_linear_model
 
 

@@ -1,7 +1,7 @@
 """Signed models end to end: real Ed25519 key pairs, real model directories, real onnxruntime loading.
 
 The trainer signs (`trainer.signing`, ``robotpm-train keygen`` / ``sign``); the agent
-verifies (`agent.signing`) before a store model's ONNX bytes are read, and a refused
+verifies (`agent.models.verify`) before a store model's ONNX bytes are read, and a refused
 model never replaces the one serving.
 """
 
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.config import AgentConfig, ModelConfig, load_agent_config
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from agent.errors import ConfigError, ModelRejectedError
-from agent.model_slot import ModelSlot
-from agent.scoring import OnnxScorer
-from agent.signing import ModelVerifier, TrustedKeys
+from agent.models.scorer import OnnxScorer
+from agent.models.slot import ModelSlot
+from agent.models.verify import ModelVerifier, TrustedKeys
 from tests.agent_config import agent_config
 from tests.models import write_linear_model
 from tests.test_cli import run as run_agent_cli
@@ -354,7 +354,7 @@ class TestConfig:
         write_linear_model(tmp_path / "bundled")
         code = (
             "import sys\nfrom pathlib import Path\nimport agent.daemon\n"
-            "from agent.config import ModelConfig\nfrom agent.model_slot import ModelSlot\n"
+            "from agent.config import ModelConfig\nfrom agent.models.slot import ModelSlot\n"
             f"ModelSlot(ModelConfig(directory=Path({str(tmp_path / 'store')!r}), "
             f"bundled=Path({str(tmp_path / 'bundled')!r}))).load_initial()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'cryptography'))\n"

@@ -16,7 +16,8 @@ import pytest
 
 from agent.config import load_agent_config
 from agent.contract.records import RecordParser, RecordSchema
-from trainer.simulate import (
+from robotpm_sim.cli import main as sim_main
+from robotpm_sim.simulate import (
     COLUMNS,
     COMPONENTS,
     CURRENT,
@@ -36,7 +37,6 @@ from trainer.simulate import (
     simulate_fleet,
     simulate_history,
 )
-from trainer.simulate_cli import main as sim_main
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 10.0
@@ -401,7 +401,7 @@ class TestLive:
             [
                 sys.executable,
                 "-m",
-                "trainer.simulate_cli",
+                "robotpm_sim.cli",
                 "live",
                 "--out",
                 str(tmp_path / "arm1"),
@@ -437,7 +437,7 @@ class TestLive:
 
 def test_simulator_does_not_import_scikit_learn() -> None:
     """The simulator runs on numpy alone (the demo installs no trainer extra)."""
-    code = "import sys, trainer.simulate, trainer.simulate_cli; print('sklearn' in sys.modules)"
+    code = "import sys, robotpm_sim.simulate, robotpm_sim.cli; print('sklearn' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

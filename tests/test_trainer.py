@@ -11,10 +11,10 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
+from robotpm_sim.simulate import simulate_fleet
 from tests.fleets import small_fleet
 from trainer import cli
 from trainer.errors import DataError, ParityError, SourceError
-from trainer.simulate import simulate_fleet
 from trainer.stages import trained_model
 
 SMALL_CONFIG = """

@@ -18,8 +18,8 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
+from robotpm_sim.simulate import COLUMNS, FAULT_MODES, ArmSimulator, Fault
 from trainer.config import DEFAULT_CHANNELS
-from trainer.simulate import COLUMNS, FAULT_MODES, ArmSimulator, Fault
 
 BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled"
 RATE_HZ = 50.0

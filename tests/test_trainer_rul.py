@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.contract.manifest import ModelManifest
+from robotpm_sim.simulate import simulate_fleet
 from trainer import cli
-from trainer.simulate import simulate_fleet
 
 CONFIG = """
 [trainer]

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from agent.contract.manifest import ModelManifest
+from robotpm_sim.simulate import simulate_fleet
 from trainer import cli
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, SourceError
-from trainer.simulate import simulate_fleet
 from trainer.sources.sql import load_logs_into_sql, read_sql_dataset
 
 CONFIG = """

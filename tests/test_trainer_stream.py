@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+from robotpm_sim.simulate import simulate_fleet
 from trainer import cli
 from trainer.config import FeatureConfig, LabelConfig, ModelParams, StreamTrainerConfig, TrainerConfig
 from trainer.registry import Registry
-from trainer.simulate import simulate_fleet
 from trainer.stream import check_once
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from trainer.config import TrainerConfig
 from trainer.errors import ExportError
-from trainer.pipeline import RunResult, train_failure_classifier
 from trainer.stages.extraction import Dataset, RobotSeries, Truth
+from trainer.tasks.failure import RunResult, train_failure_classifier
 
 # (fault duration s, mean healthy gap s) per robot of the fleet, cycled: slow and fast faults.
 _FAULT_PROFILES: tuple[tuple[float, float], ...] = (
@@ -38,7 +38,7 @@ def simulated_dataset(
     seed: int,
 ) -> Dataset:
     """Histories of simulated robots as a `Dataset`, channels mapped like a log file would be."""
-    from trainer.simulate import COLUMNS, simulate_history
+    from robotpm_sim.simulate import COLUMNS, simulate_history
 
     schema = config.record_schema()
     columns = [COLUMNS.index(name) for name in schema.channels]

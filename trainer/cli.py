@@ -130,7 +130,7 @@ def _train(argv: list[str]) -> int:
         from trainer.stream import run_stream
 
         return run_stream(config, registry_root=args.out, name=args.name, once=args.once)
-    from trainer.pipeline import RunResult, train_failure_classifier
+    from trainer.tasks.failure import RunResult, train_failure_classifier
 
     train: Path | Dataset
     test: Path | Dataset
@@ -147,11 +147,11 @@ def _train(argv: list[str]) -> int:
         train, test = args.train_csv, args.test_csv
     trainer_function: Callable[..., RunResult] = train_failure_classifier
     if args.task == "anomaly":
-        from trainer.anomaly import train_anomaly_detector
+        from trainer.tasks.anomaly import train_anomaly_detector
 
         trainer_function = train_anomaly_detector
     elif args.task == "rul":
-        from trainer.rul import train_rul_regressor
+        from trainer.tasks.rul import train_rul_regressor
 
         trainer_function = train_rul_regressor
     result = trainer_function(
@@ -177,7 +177,7 @@ def _train(argv: list[str]) -> int:
 
 
 def _print_result(result: object) -> None:
-    from trainer.pipeline import RunResult
+    from trainer.tasks.failure import RunResult
 
     assert isinstance(result, RunResult)
     manifest = result.manifest

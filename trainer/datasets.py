@@ -433,6 +433,6 @@ def _default(value: Any) -> Any:
 
 
 def _code_version() -> str:
-    from trainer.pipeline import code_version
+    from trainer.tasks.failure import code_version
 
     return code_version()

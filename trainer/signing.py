@@ -10,7 +10,7 @@ agents' ``agent.model.trusted_keys`` directory.
 writes manifests (`ModelManifest.to_json`), and writes ``manifest.sig``: the Ed25519
 signature over the exact bytes of the new ``manifest.json``. The manifest carries the
 sha256 and length of ``model.onnx``, so the model is covered too. The agent side is
-`agent.signing`.
+`agent.models.verify`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest
-from agent.signing import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX
+from agent.models.verify import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX
 from trainer.errors import TrainerError
 from trainer.registry import verified_manifest
 

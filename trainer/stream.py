@@ -68,7 +68,7 @@ def check_once(
 ) -> StreamOutcome:
     """Look at the incoming directory once; train and gate when due."""
     from trainer.gate import promote_through_gate
-    from trainer.pipeline import train_failure_classifier
+    from trainer.tasks.failure import train_failure_classifier
 
     incoming = config.incoming.incoming
     state_path = config.work_dir / STATE_FILE

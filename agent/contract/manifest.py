@@ -9,7 +9,7 @@ with expected outputs (a smoke test before a model goes live).
 
 A signed model also holds ``manifest.sig`` (`SIGNATURE_FILE`), and its manifest names
 the key in ``signing_key_id``; ``expires`` bounds how long the agent accepts it. See
-`agent.signing`.
+`agent.models.verify`.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from typing import Any
 from agent.config import IngestConfig, StreamConfig
 from agent.contract.records import RejectedLine
 from agent.errors import IngestError
+from agent.filewatch.watcher import Signature, Watcher
 from agent.ingest.identity import (
     HEAD_BYTES,
     MARKER_BYTES,
@@ -63,7 +64,6 @@ from agent.ingest.identity import (
     order_key,
     pread_exact,
 )
-from agent.ingest.watcher import Signature, Watcher
 
 STATE_VERSION = 1
 GHOST_TTL_S = 60.0

@@ -2,7 +2,7 @@
 
 `OnnxScorer.load` reads a model directory (``model.onnx`` + ``manifest.json``),
 checks the bytes against the manifest's sha256 and length *before* onnxruntime
-parses them (after an `agent.signing.ModelVerifier` checked the manifest's signature,
+parses them (after an `agent.models.verify.ModelVerifier` checked the manifest's signature,
 for models from the store), checks the graph's inputs and outputs against the manifest, and
 builds a single-threaded session (the agent scores one batch per read chunk, so
 intra-op threads would only add wake-ups). `FunctionScorer` is the in-memory twin.
@@ -23,7 +23,7 @@ from agent.contract.manifest import MODEL_FILE, ModelManifest
 from agent.errors import ModelLoadError, ModelRejectedError
 
 if TYPE_CHECKING:
-    from agent.signing import ModelVerifier
+    from agent.models.verify import ModelVerifier
 
 FloatArray = npt.NDArray[np.float64]
 

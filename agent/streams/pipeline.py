@@ -27,8 +27,8 @@ from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
-from agent.drift import DriftMonitor
 from agent.errors import RecordError
+from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")
 
@@ -97,7 +97,7 @@ class Policy(Protocol):
 
 
 class ShadowHook(Protocol):
-    """Sees every window batch the pipeline scores (see `agent.probation.Probation`); must not raise."""
+    """Sees every window batch the pipeline scores (`agent.models.probation.Probation`); must not raise."""
 
     def __call__(self, features: FloatArray, current_scores: Any) -> None:
         """Take the features of scored windows and the current model's scores of them."""

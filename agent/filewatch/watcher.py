@@ -19,7 +19,7 @@ size once per coalesce period instead: one wakeup per period rather than two (th
 event, then the pause that lets more gather).
 
 Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
-binding (`agent.ingest.inotify`: one read returns every queued event, and the
+binding (`agent.filewatch.inotify`: one read returns every queued event, and the
 kernel merges repeated writes while the watcher waits out the coalesce period),
 then watchdog's observer (for platforms without it). A stat poll runs every
 ``poll_interval`` without events in every mode: with inotify it is the safety net
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import IngestError
-from agent.ingest.inotify import DIRECTORY_MASK, IN_MODIFY, Inotify
+from agent.filewatch.inotify import DIRECTORY_MASK, IN_MODIFY, Inotify
 
 QUIET_PERIODS = 4
 """Coalesce periods without growth after which a gated watcher switches write events back on."""

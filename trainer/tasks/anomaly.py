@@ -18,7 +18,13 @@ import numpy as np
 from agent.contract.manifest import AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import (
+from trainer.registry import Registry
+from trainer.stages.evaluation import Evaluation, calibrate
+from trainer.stages.extraction import Dataset
+from trainer.stages.preparation import grouped_time_folds
+from trainer.stages.trained_model import TrainedMLModel
+from trainer.stages.training import ModelTraining
+from trainer.tasks.failure import (
     RunResult,
     StageTimer,
     code_version,
@@ -27,12 +33,6 @@ from trainer.pipeline import (
     store_run,
     version_files,
 )
-from trainer.registry import Registry
-from trainer.stages.evaluation import Evaluation, calibrate
-from trainer.stages.extraction import Dataset
-from trainer.stages.preparation import grouped_time_folds
-from trainer.stages.trained_model import TrainedMLModel
-from trainer.stages.training import ModelTraining
 
 
 def train_anomaly_detector(

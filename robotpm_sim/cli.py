@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.simulate import FAULT_MODES, run_live, simulate_fleet, stop_on_signals
+from robotpm_sim.simulate import FAULT_MODES, run_live, simulate_fleet, stop_on_signals
 
 
 def _parser() -> argparse.ArgumentParser:

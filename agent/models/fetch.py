@@ -9,15 +9,15 @@ The transport hands each payload to `ModelFetcher.offer` on paho's network threa
 2. accepts an ``https://`` URL only (``http://`` with ``allow_http``; redirects are held
    to the same rule), verifying the certificate and host name against the system trust
    store or ``download_ca_file``;
-3. streams the bundle into a dot-directory inside the store (`agent.model_slot` ignores
+3. streams the bundle into a dot-directory inside the store (`agent.models.slot` ignores
    those), hashing as it reads and cutting it off past ``download_max_bytes`` or the
    announced length, then compares sha256 and length with the announcement;
 4. unpacks the tar with `safe_extract` (regular files with the three expected names only,
    no paths, a size cap), checks the manifest names the announced model and version, and
    renames the directory to ``v<version>`` in the store.
 
-From there the model is a store model like any other: `agent.model_watch` notices it,
-`agent.signing` checks its signature and expiry, the golden test and probation follow.
+From there the model is a store model like any other: `agent.models.watch` notices it,
+`agent.models.verify` checks its signature and expiry, the golden test and probation follow.
 Failures are logged with their reason and never reach the daemon; network failures and
 digest mismatches (a stale cache) are retried with back-off, policy refusals are not.
 URLs are logged without user info, query or fragment (they may hold tokens).

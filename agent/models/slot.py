@@ -11,12 +11,12 @@ not retried until its files change. Versions never go down.
 
 Each refusal of a store model is also kept as a `Refusal` until the daemon takes it
 (`take_refusals`) to publish a "rejected" model status. A candidate that fails its
-probation (`agent.probation`) is refused through `reject`, with the same memory.
+probation (`agent.models.probation`) is refused through `reject`, with the same memory.
 
-Every model read from the store goes through an `agent.signing.ModelVerifier`: with
+Every model read from the store goes through an `agent.models.verify.ModelVerifier`: with
 ``trusted_keys`` configured it must carry a valid signature from a trusted key, and in
 any case it must not have expired, all checked before its ONNX bytes are read. The
-bundled model is exempt (see `agent.signing` for why).
+bundled model is exempt (see `agent.models.verify` for why).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ import structlog
 from agent.config import ModelConfig
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
 from agent.errors import ContractError, ModelError, ModelLoadError
-from agent.scoring import OnnxScorer
-from agent.signing import ModelVerifier
+from agent.models.scorer import OnnxScorer
+from agent.models.verify import ModelVerifier
 
 log = structlog.get_logger("robotpm.model")
 
@@ -116,7 +116,7 @@ class ModelSlot:
                     f"no usable model: the store {self._config.directory} has none and the bundled "
                     f"model directory {bundled} lacks {MODEL_FILE} or {MANIFEST_FILE}"
                 )
-            scorer = OnnxScorer.load(bundled)  # exempt from signature and expiry: see agent.signing
+            scorer = OnnxScorer.load(bundled)  # exempt from signature and expiry: see agent.models.verify
             scorer.check_golden()
             reason = unfit(scorer.manifest) if unfit is not None else None
             if reason is not None:

@@ -5,7 +5,7 @@ A signed model directory holds, beside ``model.onnx`` and ``manifest.json``, the
 ``manifest.json``. The manifest names its key (``signing_key_id``) and carries the
 sha256 and length of ``model.onnx``, so the signature covers the model transitively.
 `ModelVerifier.read_manifest` checks the signature on the bytes it then parses, and
-`agent.scoring.OnnxScorer.load` checks the model bytes against that parsed manifest
+`agent.models.scorer.OnnxScorer.load` checks the model bytes against that parsed manifest
 before onnxruntime sees them: nothing unsigned is ever parsed by onnxruntime.
 
 **Trusted keys.** ``agent.model.trusted_keys`` names a directory of ``<key_id>.pub``

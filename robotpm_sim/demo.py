@@ -1,6 +1,6 @@
 """The end-to-end demo: a simulated robot develops a fault, the agent scores it, alerts arrive over MQTT.
 
-Run it with ``./dev demo`` (or ``python -m trainer.demo``). It uses the broker at
+Run it with ``./dev demo`` (or ``python -m robotpm_sim.demo``). It uses the broker at
 ``--broker`` (default 127.0.0.1:1883) when one answers there; otherwise it starts
 its own on a free loopback port: the ``mosquitto`` binary when installed, else an
 embedded Python broker (amqtt, from the ``demo`` extra). Everything it writes goes
@@ -204,7 +204,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from agent.config import load_agent_config
     from agent.daemon import AgentDaemon
     from agent.logs import configure_logging
-    from trainer.simulate import run_live
+    from robotpm_sim.simulate import run_live
 
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)

@@ -19,7 +19,13 @@ import numpy as np
 from agent.contract.manifest import AlertHead, Thresholds
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.pipeline import (
+from trainer.registry import Registry
+from trainer.stages.evaluation import Evaluation
+from trainer.stages.extraction import Dataset
+from trainer.stages.preparation import WindowSet, grouped_time_folds
+from trainer.stages.trained_model import TrainedMLModel
+from trainer.stages.training import ModelTraining
+from trainer.tasks.failure import (
     RunResult,
     StageTimer,
     code_version,
@@ -28,12 +34,6 @@ from trainer.pipeline import (
     store_run,
     version_files,
 )
-from trainer.registry import Registry
-from trainer.stages.evaluation import Evaluation
-from trainer.stages.extraction import Dataset
-from trainer.stages.preparation import WindowSet, grouped_time_folds
-from trainer.stages.trained_model import TrainedMLModel
-from trainer.stages.training import ModelTraining
 
 
 def rul_target(windows: WindowSet, cap: float) -> np.ndarray[Any, Any]:

@@ -32,7 +32,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.contract.manifest import ModelManifest
-from agent.scoring import OnnxScorer
+from agent.models.scorer import OnnxScorer
 
 log = structlog.get_logger("robotpm.model")
 
