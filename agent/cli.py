@@ -19,7 +19,7 @@ from types import FrameType
 
 from agent import __version__
 from agent.config import AgentConfig, load_agent_config
-from agent.errors import ConfigError, RobotPMError
+from agent.contract.errors import ConfigError, RobotPMError
 from agent.logs import configure_logging
 from agent.state import STATE_FILE
 

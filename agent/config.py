@@ -1,18 +1,9 @@
-"""Configuration: one TOML file for agent and trainer, with profiles and environment overrides.
+"""The agent's configuration: the ``[agent]`` table of config.toml, validated by pydantic.
 
-Resolution order, later wins:
-
-1. the file's top-level tables (``[agent]``, ``[trainer]``);
-2. the selected profile's tables (``[profiles.<name>.agent]`` …), merged key by key;
-   the profile is ``--profile``, else ``$ROBOTPM_PROFILE``, else ``robotpm.profile``
-   in the file, else none;
-3. environment variables ``ROBOTPM__<SECTION>__<KEY>…`` (double underscores separate
-   levels; values are read as TOML literals when they parse, else as strings), e.g.
-   ``ROBOTPM__AGENT__MQTT__PORT=1884``.
-
-Relative paths are resolved against the directory of the config file. Secrets
-(MQTT passwords, keys) never live in this file: the config names a credentials
-file or environment variables instead.
+The file, its profiles and environment overrides are read by
+`agent.contract.configfile`, which the trainer shares; relative paths are resolved
+against the directory of the config file. Secrets (MQTT passwords, keys) never live
+in this file: the config names a credentials file or environment variables instead.
 
 Any problem raises `ConfigError` naming the file, the dotted key and the problem;
 the CLIs turn it into exit code 2.
@@ -20,36 +11,22 @@ the CLIs turn it into exit code 2.
 
 from __future__ import annotations
 
-import copy
-import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from agent.contract.records import RecordFormat, RecordSchema
+from agent.contract.configfile import load_section
+from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
-from agent.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-ENV_PREFIX = "ROBOTPM__"
-PROFILE_ENV = "ROBOTPM_PROFILE"
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -84,35 +61,6 @@ class IngestConfig(_Section):
         description="A file that left the directory is closed once read to its end and unchanged this long;"
         " a rotated file's unterminated last line is quarantined after this long.",
     )
-
-
-class StreamConfig(_Section):
-    """One sensor stream: a log directory of one robot arm (or other asset)."""
-
-    name: str = Field(description="Stream id, unique per agent, e.g. 'arm1'.")
-    directory: Path
-    patterns: tuple[str, ...] = ("*.csv",)
-    format: RecordFormat = "csv"
-    timestamp_field: str = "timestamp"
-    channels: dict[str, str] = Field(
-        min_length=1, description="Column name in the file → canonical channel name."
-    )
-    limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    robot_id: str | None = Field(default=None, description="Defaults to agent.robot_id.")
-
-    @field_validator("name")
-    @classmethod
-    def _segment(cls, value: str) -> str:
-        return check_segment(value, "stream name")
-
-    def record_schema(self) -> RecordSchema:
-        """The `RecordSchema` this stream's lines follow."""
-        return RecordSchema(
-            format=self.format,
-            timestamp_field=self.timestamp_field,
-            channels=self.channels,
-            limits=self.limits,
-        )
 
 
 class ModelConfig(_Section):
@@ -284,79 +232,7 @@ class AgentConfig(_Section):
         return self
 
 
-def load_document(
-    path: Path, profile: str | None = None, environ: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Read the TOML file, apply the profile and environment overrides; return plain data."""
-    environ = os.environ if environ is None else environ
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), "(file)", "no such file") from None
-    except OSError as exc:
-        raise ConfigError(str(path), "(file)", f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "(file)", "not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "(syntax)", str(exc)) from None
-    profiles = raw.pop("profiles", {})
-    meta = raw.pop("robotpm", {})
-    chosen = profile or environ.get(PROFILE_ENV) or meta.get("profile")
-    document: dict[str, Any] = copy.deepcopy(raw)
-    if chosen:
-        if not isinstance(profiles, dict) or chosen not in profiles:
-            available = sorted(profiles) if isinstance(profiles, dict) else []
-            raise ConfigError(str(path), "robotpm.profile", f"unknown profile {chosen!r}; have {available}")
-        _merge(document, profiles[chosen])
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX):
-            keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__") if k]
-            if keys:
-                _set_path(document, keys, _env_value(value))
-    document["_meta"] = {"path": str(path), "profile": chosen or ""}
-    return document
-
-
-def load_section(
-    path: Path,
-    section: str,
-    model: type[ModelT],
-    profile: str | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> ModelT:
-    """Load and validate one top-level table of the config file as `model`."""
-    document = load_document(path, profile, environ)
-    return validate_section(document, section, model)
-
-
-def validate_section(document: dict[str, Any], section: str, model: type[ModelT]) -> ModelT:
-    """Validate one table of an already loaded document; raises `ConfigError`."""
-    path = document.get("_meta", {}).get("path", "config")
-    data = document.get(section)
-    if data is None:
-        raise ConfigError(path, section, "missing table")
-    base = Path(path).resolve().parent
-    try:
-        return model.model_validate(_resolve_paths(data, base), context={"base": base})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join([section, *(str(p) for p in first["loc"])])
-        message = first["msg"]
-        if first["type"] not in ("missing", "extra_forbidden") and "input" in first:
-            message += f" (got {first['input']!r})"
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise ConfigError(path, key, message) from None
-
-
-def load_agent_config(
-    path: Path, profile: str | None = None, environ: Mapping[str, str] | None = None
-) -> AgentConfig:
-    """Load the ``[agent]`` table of a config file."""
-    return load_section(path, "agent", AgentConfig, profile, environ)
-
-
-_PATH_KEYS = frozenset(
+AGENT_PATH_KEYS = frozenset(
     {
         "directory",
         "bundled",
@@ -366,50 +242,13 @@ _PATH_KEYS = frozenset(
         "cert_file",
         "key_file",
         "credentials_file",
-        "registry",
-        "incoming",
-        "reports_dir",
-        "work_dir",
     }
 )
+"""The agent's keys whose relative paths resolve against the config file's directory."""
 
 
-def _resolve_paths(data: Any, base: Path) -> Any:
-    """Make relative path values (by key name) absolute against the config file's directory."""
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            if key in _PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
-                out[key] = str((base / value).resolve())
-            else:
-                out[key] = _resolve_paths(value, base)
-        return out
-    if isinstance(data, list):
-        return [_resolve_paths(v, base) for v in data]
-    return data
-
-
-def _merge(into: dict[str, Any], overlay: Mapping[str, Any]) -> None:
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = copy.deepcopy(value)
-
-
-def _set_path(document: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = document
-    for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[keys[-1]] = value
-
-
-def _env_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def load_agent_config(
+    path: Path, profile: str | None = None, environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    """Load the ``[agent]`` table of a config file."""
+    return load_section(path, "agent", AgentConfig, profile, environ, AGENT_PATH_KEYS)

@@ -42,9 +42,9 @@ import structlog
 from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
+from agent.contract.errors import ConfigError
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics, model_announcements
-from agent.errors import ConfigError
 from agent.ingest import LineBlock, Quarantine, StreamFollower
 from agent.models.fetch import ModelFetcher, Subscriber
 from agent.models.probation import Probation

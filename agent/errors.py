@@ -1,14 +1,13 @@
-"""The one exception tree of the agent package.
+"""The agent's exceptions: the branches of RobotPM's one tree that only the daemon raises.
 
-Every error the agent raises on purpose derives from `RobotPMError`, so a caller
-can catch the whole family at once. Third-party errors (onnxruntime, paho-mqtt,
-sqlite3) are translated into these at the module that talks to the library.
+The root, `RobotPMError`, and the contract's errors (configuration, records,
+manifests) live in `agent.contract.errors`, which the trainer shares. Third-party
+errors (onnxruntime, paho-mqtt, sqlite3) are translated into these at the module
+that talks to the library.
 
-    RobotPMError
-     ├── ConfigError            bad configuration: the CLI exits with code 2
-     ├── ContractError          data that breaks the edge contract
-     │    ├── RecordError       a sensor line that cannot be parsed or validated
-     │    └── ManifestError     a model manifest that is malformed or inconsistent
+    RobotPMError                (agent.contract.errors)
+     ├── ConfigError            (agent.contract.errors)
+     ├── ContractError          (agent.contract.errors)
      ├── ModelError             a model that cannot be used
      │    ├── ModelLoadError    onnxruntime refused the model, or a file is missing
      │    └── ModelRejectedError  verification refused it (signature, checks, golden test)
@@ -19,39 +18,7 @@ sqlite3) are translated into these at the module that talks to the library.
 
 from __future__ import annotations
 
-
-class RobotPMError(Exception):
-    """Base class of every error the agent raises on purpose.
-
-    Catch this to handle anything RobotPM-specific::
-
-        try:
-            run(config)
-        except RobotPMError as exc:
-            log.error("agent_failed", error=str(exc))
-    """
-
-
-class ConfigError(RobotPMError):
-    """The configuration is invalid; the message names the file, the key and the problem."""
-
-    def __init__(self, path: str, key: str, problem: str) -> None:
-        self.path = path
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{path}: {key}: {problem}")
-
-
-class ContractError(RobotPMError):
-    """Data that breaks the edge contract between agent and trainer."""
-
-
-class RecordError(ContractError):
-    """A sensor line that cannot be parsed or validated."""
-
-
-class ManifestError(ContractError):
-    """A model manifest that is malformed or inconsistent with its model."""
+from agent.contract.errors import RobotPMError
 
 
 class ModelError(RobotPMError):

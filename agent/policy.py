@@ -56,8 +56,8 @@ from agent.contract.alerts import (
     WindowRef,
     derive_event_id,
 )
+from agent.contract.errors import ContractError
 from agent.contract.manifest import AlertHead, ModelManifest, Severity
-from agent.errors import ContractError
 from agent.seams import Clock
 
 STATE_VERSION: Final = 1

@@ -365,7 +365,8 @@ def agent_config(
     read_chunk_bytes: int | None = None,
 ) -> Any:
     """An AgentConfig for one stream following `log_dir`, config.toml's channel mapping."""
-    from agent.config import AgentConfig, IngestConfig, ModelConfig, StreamConfig
+    from agent.config import AgentConfig, IngestConfig, ModelConfig
+    from agent.contract.streams import StreamConfig
 
     return AgentConfig(
         robot_id="bench-robot",
@@ -717,7 +718,8 @@ def worker_pipeline(args: dict[str, Any]) -> None:
     from dataclasses import dataclass as dc
 
     from agent import __version__
-    from agent.config import IngestConfig, PolicyConfig, StreamConfig
+    from agent.config import IngestConfig, PolicyConfig
+    from agent.contract.streams import StreamConfig
     from agent.ingest import Quarantine
     from agent.models.scorer import OnnxScorer
     from agent.policy import AlertPolicy

@@ -45,8 +45,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from agent.config import IngestConfig, PolicyConfig, StreamConfig  # noqa: E402
+from agent.config import IngestConfig, PolicyConfig  # noqa: E402
 from agent.contract.features import FeatureSpec, window_statistics  # noqa: E402
+from agent.contract.streams import StreamConfig  # noqa: E402
 from agent.ingest import Quarantine, StreamFollower  # noqa: E402
 from agent.models.scorer import OnnxScorer  # noqa: E402
 from agent.policy import AlertPolicy  # noqa: E402
@@ -327,7 +328,7 @@ class LogSource:
 
 def _config_stream() -> StreamConfig:
     """The example stream of config.toml: the simulator's column names → canonical channels."""
-    from agent.config import load_document
+    from agent.contract.configfile import load_document
 
     document = load_document(REPO / "config.toml", environ={})
     return StreamConfig.model_validate(document["agent"]["streams"][0])

@@ -17,8 +17,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from agent.config import IngestConfig, StreamConfig
+from agent.config import IngestConfig
 from agent.contract.records import RejectedLine
+from agent.contract.streams import StreamConfig
 from agent.ingest import LineBlock, StreamFollower
 
 HEADER = b"timestamp,a"

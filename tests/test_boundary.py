@@ -50,3 +50,52 @@ def test_base_distribution_requires_no_trainer_dependencies() -> None:
     }
     assert names.isdisjoint({"scikit-learn", "sklearn", "pandas", "matplotlib", "skl2onnx", "onnx"})
     assert {"numpy", "onnxruntime", "paho-mqtt", "watchdog", "pydantic", "structlog", "cryptography"} <= names
+
+
+def _imported_modules(package: str) -> dict[str, set[str]]:
+    """Every module each source file of `package` imports (absolute names), read from its AST."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    found: dict[str, set[str]] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[str(path.relative_to(root))] = names
+    return found
+
+
+def _outside(imports: dict[str, set[str]], top: str, allowed: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{file}: {name}"
+        for file, names in imports.items()
+        for name in names
+        if name.split(".")[0] == top and not any(name == a or name.startswith(a + ".") for a in allowed)
+    )
+
+
+def test_the_trainer_reaches_the_agent_only_through_the_contract() -> None:
+    """No trainer module imports an agent module outside `agent.contract`."""
+    assert [] == _outside(_imported_modules("trainer"), "agent", ("agent.contract",))
+
+
+def test_the_contract_is_self_contained() -> None:
+    """`agent.contract` imports nothing of the agent outside itself (the trainer depends on it alone)."""
+    assert [] == _outside(_imported_modules("agent/contract"), "agent", ("agent.contract",))
+
+
+def test_the_agent_never_imports_the_trainer_or_the_simulator() -> None:
+    """No agent module names the trainer or the simulator package, even inside a function."""
+    imports = _imported_modules("agent")
+    assert [] == _outside(imports, "trainer", ()) + _outside(imports, "robotpm_sim", ())
+
+
+def test_the_daemon_never_imports_the_subscriber_tool() -> None:
+    """The operators' subscriber tool (`agent.subscriber`) is not part of what runs on the robot."""
+    imports = {f: n for f, n in _imported_modules("agent").items() if not f.startswith("agent/subscriber/")}
+    assert [] == sorted(f"{f}: {n}" for f, names in imports.items() for n in names if "subscriber" in n)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_agent_config, load_document
-from agent.errors import ConfigError
+from agent.config import load_agent_config
+from agent.contract.configfile import load_document
+from agent.contract.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,9 +26,9 @@ from agent.contract import (
     parse_timestamp,
     subscription,
 )
+from agent.contract.errors import RecordError
 from agent.contract.features import ALL_STATISTICS
 from agent.contract.topics import parse_robot_topic
-from agent.errors import RecordError
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=64)
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig, StreamConfig
+from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
+from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.publish import InMemoryTransport
 from agent.seams import ManualClock

@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import IngestConfig, StreamConfig
+from agent.config import IngestConfig
 from agent.contract.records import RecordParser, RejectedLine
+from agent.contract.streams import StreamConfig
 from agent.ingest import Quarantine, StreamFollower
 
 HEADER = b"ts,J1,T1"

@@ -28,9 +28,9 @@ from pydantic import ValidationError
 
 from agent.config import AgentConfig, ModelConfig, MqttConfig, load_agent_config
 from agent.contract.announcement import ModelAnnouncement
+from agent.contract.errors import ConfigError
 from agent.contract.topics import model_announcements
 from agent.daemon import AgentDaemon
-from agent.errors import ConfigError
 from agent.models.fetch import FetchRefusedError, ModelFetcher, redact_url, safe_extract
 from agent.publish.mqtt import MqttTransport
 from agent.seams import SystemClock

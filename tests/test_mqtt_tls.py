@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.config import MqttConfig, OutboxConfig, TlsConfig
+from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
-from agent.errors import ConfigError
 from agent.outbox import Outbox
 from agent.publish.delivery import Delivery
 from agent.publish.mqtt import MqttTransport, tls_context

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import AgentConfig, ModelConfig, load_agent_config
+from agent.contract.errors import ConfigError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
-from agent.errors import ConfigError, ModelRejectedError
+from agent.errors import ModelRejectedError
 from agent.models.scorer import OnnxScorer
 from agent.models.slot import ModelSlot
 from agent.models.verify import ModelVerifier, TrustedKeys

@@ -274,7 +274,7 @@ class TestSelectionAndProfiles:
 
     def test_profile_and_environment_override_the_trainer_table(self, tmp_path: Path) -> None:
         """[profiles.test.trainer] and ROBOTPM__TRAINER__… override [trainer], validated by pydantic."""
-        from agent.errors import ConfigError
+        from agent.contract.errors import ConfigError
         from trainer.config import load_trainer_config
 
         path = tmp_path / "config.toml"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig, StreamConfig
+from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
+from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.ingest import StreamFollower
 from agent.ingest.follower import LineBlock

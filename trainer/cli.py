@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from agent.errors import ConfigError, RobotPMError
+from agent.contract.errors import ConfigError, RobotPMError
 from trainer.config import TrainerConfig, load_trainer_config
 from trainer.errors import TrainerError
 from trainer.stages.extraction import Dataset

@@ -1,7 +1,7 @@
 """The ``[trainer]`` table of config.toml, validated by pydantic.
 
 The trainer shares config.toml (and its profiles and ``ROBOTPM__TRAINER__…``
-environment overrides) with the agent; see `agent.config` for the resolution
+environment overrides) with the agent; see `agent.contract.configfile` for the resolution
 order. The channel mapping that turns a controller's column names into canonical
 channels is read from the agent stream named by ``trainer.stream``, so both
 halves read the same files the same way.
@@ -14,10 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.config import StreamConfig, load_document, validate_section
+from agent.contract.configfile import load_document, validate_section
+from agent.contract.errors import ConfigError
 from agent.contract.features import FeatureSpec, Statistic
 from agent.contract.records import RecordSchema
-from agent.errors import ConfigError
+from agent.contract.streams import STREAM_PATH_KEYS, StreamConfig
 
 DEFAULT_CHANNELS: dict[str, str] = {
     **{f"A{j}_I": f"j{j}_current" for j in range(1, 7)},
@@ -26,6 +27,9 @@ DEFAULT_CHANNELS: dict[str, str] = {
     "TOOL_I": "tool_current",
 }
 """The simulator's column names → canonical channels, used when no config file is given."""
+
+TRAINER_PATH_KEYS = frozenset({"registry", "incoming", "reports_dir", "work_dir", "directory"})
+"""The trainer's keys whose relative paths resolve against the config file's directory."""
 
 ModelKind = Literal[
     "random_forest",
@@ -200,7 +204,7 @@ def load_trainer_config(
     document = load_document(path, profile, environ)
     raw: dict[str, Any] = dict(document.get("trainer") or {})
     document["trainer"] = raw
-    config = validate_section(document, "trainer", TrainerConfig)
+    config = validate_section(document, "trainer", TrainerConfig, TRAINER_PATH_KEYS)
     if config.channels is None:
         stream = _agent_stream(document, config.stream)
         if stream is not None:
@@ -220,7 +224,7 @@ def _agent_stream(document: dict[str, Any], name: str) -> StreamConfig | None:
         if isinstance(raw, dict) and raw.get("name") == name:
             wrapped = {**document, "_stream": raw}
             try:
-                return validate_section(wrapped, "_stream", StreamConfig)
+                return validate_section(wrapped, "_stream", StreamConfig, STREAM_PATH_KEYS)
             except ConfigError as exc:
                 path = document.get("_meta", {}).get("path", "config")
                 raise ConfigError(path, f"agent.streams[{index}]", exc.problem) from None

@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agent.contract.errors import ManifestError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, file_sha256
-from agent.errors import ManifestError
 from trainer.errors import GateError, RegistryError, TrainerError
 
 INDEX_FILE = "registry.json"

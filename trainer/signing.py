@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest
-from agent.models.verify import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX
+from agent.contract.signatures import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX
 from trainer.errors import TrainerError
 from trainer.registry import verified_manifest
 

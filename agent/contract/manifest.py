@@ -22,8 +22,8 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.contract.errors import ManifestError
 from agent.contract.features import FeatureSpec
-from agent.errors import ManifestError
 
 MANIFEST_SCHEMA_VERSION: Final = 1
 MANIFEST_FILE = "manifest.json"

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.errors import RecordError
+from agent.contract.errors import RecordError
 
 RecordFormat = Literal["csv", "jsonl"]
 

@@ -50,8 +50,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import IngestConfig, StreamConfig
+from agent.config import IngestConfig
 from agent.contract.records import RejectedLine
+from agent.contract.streams import StreamConfig
 from agent.errors import IngestError
 from agent.filewatch.watcher import Signature, Watcher
 from agent.ingest.identity import (

@@ -49,8 +49,8 @@ from pydantic import ValidationError
 
 from agent.config import ModelConfig
 from agent.contract.announcement import BUNDLE_MEMBERS, REQUIRED_MEMBERS, ModelAnnouncement
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import MANIFEST_FILE, ModelManifest
-from agent.errors import ConfigError, ContractError
 
 log = structlog.get_logger("robotpm.model")
 

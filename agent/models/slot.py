@@ -30,8 +30,9 @@ from pathlib import Path
 import structlog
 
 from agent.config import ModelConfig
+from agent.contract.errors import ContractError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
-from agent.errors import ContractError, ModelError, ModelLoadError
+from agent.errors import ModelError, ModelLoadError
 from agent.models.scorer import OnnxScorer
 from agent.models.verify import ModelVerifier
 

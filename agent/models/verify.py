@@ -52,17 +52,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from agent.config import ModelConfig
+from agent.contract.errors import ConfigError, ManifestError
 from agent.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest
-from agent.errors import ConfigError, ManifestError, ModelRejectedError
+from agent.contract.signatures import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX, SIGNATURE_BYTES
+from agent.errors import ModelRejectedError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-KEY_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
-"""Key ids double as file names (``<key_id>.pub``), so they are kept to these characters."""
-
-PUBLIC_KEY_SUFFIX: Final = ".pub"
-SIGNATURE_BYTES: Final = 64
 MAX_MANIFEST_BYTES: Final = 8 * 1024 * 1024
 """A manifest larger than this is refused before it is read in full."""
 

@@ -45,8 +45,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, TlsConfig
+from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
-from agent.errors import ConfigError, PublishError
+from agent.errors import PublishError
 from agent.publish.telemetry import presence
 from agent.seams import Clock, OutboundMessage
 

@@ -22,12 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.config import IngestConfig, StreamConfig
+from agent.config import IngestConfig
 from agent.contract.alerts import AlertEvent, WindowRef
+from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
-from agent.errors import RecordError
+from agent.contract.streams import StreamConfig
 from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")

@@ -42,8 +42,8 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.config import MqttConfig, TlsConfig, load_agent_config
 from agent.contract.alerts import AlertEvent, Heartbeat, Presence
+from agent.contract.errors import ConfigError
 from agent.contract.topics import parse_robot_topic, subscription
-from agent.errors import ConfigError
 from agent.publish.mqtt import read_credentials, tls_context
 
 EXIT_OK = 0

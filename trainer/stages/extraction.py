@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.contract.errors import RecordError
 from agent.contract.records import RecordParser, RecordSchema
-from agent.errors import RecordError
 from trainer.errors import DataError, SourceError
 
 FloatArray = npt.NDArray[np.float64]

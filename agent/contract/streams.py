@@ -1,0 +1,48 @@
+"""A sensor stream as both halves describe it: where its log files are and how to read them.
+
+The agent follows a stream's files; the trainer reads the same files (or the same
+channel mapping) for training, so one description serves both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.contract.records import RecordFormat, RecordSchema
+from agent.contract.topics import check_segment
+
+STREAM_PATH_KEYS = frozenset({"directory"})
+"""The stream keys whose relative paths resolve against the config file's directory."""
+
+
+class StreamConfig(BaseModel):
+    """One sensor stream: a log directory of one robot arm (or other asset)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="Stream id, unique per agent, e.g. 'arm1'.")
+    directory: Path
+    patterns: tuple[str, ...] = ("*.csv",)
+    format: RecordFormat = "csv"
+    timestamp_field: str = "timestamp"
+    channels: dict[str, str] = Field(
+        min_length=1, description="Column name in the file → canonical channel name."
+    )
+    limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    robot_id: str | None = Field(default=None, description="Defaults to agent.robot_id.")
+
+    @field_validator("name")
+    @classmethod
+    def _segment(cls, value: str) -> str:
+        return check_segment(value, "stream name")
+
+    def record_schema(self) -> RecordSchema:
+        """The `RecordSchema` this stream's lines follow."""
+        return RecordSchema(
+            format=self.format,
+            timestamp_field=self.timestamp_field,
+            channels=self.channels,
+            limits=self.limits,
+        )
