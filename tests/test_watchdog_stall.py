@@ -25,7 +25,7 @@ from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
 from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.ingest import StreamFollower
-from agent.ingest.follower import LineBlock
+from agent.ingest.reader import LineBlock
 from agent.publish import InMemoryTransport
 from agent.sdnotify import Notifier
 from tests.models import write_linear_model
