@@ -35,6 +35,7 @@ from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, Thresh
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, SourceError
 from trainer.registry import METRICS_FILE, Registry
+from trainer.run import json_bytes, lineage
 from trainer.stages.evaluation import regression_metrics
 from trainer.stages.trained_model import TrainedMLModel
 from trainer.stages.training import FittedModel
@@ -223,8 +224,8 @@ def run_ai4i(
     }
     files: dict[str, bytes] = {
         MODEL_FILE: exported.onnx_bytes,
-        "card.json": _json(card),
-        METRICS_FILE: _json({"metrics": metrics, "parity": {"max_abs_diff": exported.max_abs_diff}}),
+        "card.json": json_bytes(card),
+        METRICS_FILE: json_bytes({"metrics": metrics, "parity": {"max_abs_diff": exported.max_abs_diff}}),
     }
     if report:
         from trainer.report import binary_report
@@ -345,13 +346,12 @@ def run_cmapss(
     metrics.update(cv_rmse=cv_rmse, window=float(window), parity_max_abs_diff=exported.max_abs_diff)
     registry = Registry(registry_root, "cmapss-fd001")
     version = registry.next_version()
-    lineage = {
-        "data_hash": _file_hash(train_path, test_path, truth_path),
-        "code_version": _code_version(),
-        "estimator": "HistGradientBoostingRegressor",
-        "rul_cap": str(RUL_CAP),
-        "selection": json.dumps([[round(r, 3), w, list(s)] for r, w, s in ranking]),
-    }
+    record = lineage(
+        _file_hash(train_path, test_path, truth_path),
+        "HistGradientBoostingRegressor",
+        rul_cap=str(RUL_CAP),
+        selection=json.dumps([[round(r, 3), w, list(s)] for r, w, s in ranking]),
+    )
     head = AlertHead(
         output=exported.score_output,
         column=0,
@@ -371,14 +371,14 @@ def run_cmapss(
         train_features=x,
         golden_features=x_test[last[:6]],
         metrics=metrics,
-        lineage=lineage,
+        lineage=record,
         created=datetime.now(timezone.utc),
     )
     command = f"robotpm-train dataset cmapss --seed {seed}"
     files: dict[str, bytes] = {
         MODEL_FILE: exported.onnx_bytes,
         MANIFEST_FILE: manifest.to_json().encode(),
-        METRICS_FILE: _json({"metrics": metrics, "command": command, "lineage": lineage}),
+        METRICS_FILE: json_bytes({"metrics": metrics, "command": command, "lineage": record}),
     }
     if report:
         from trainer.report import regression_report
@@ -397,7 +397,7 @@ def run_cmapss(
                 all_predicted,
                 unit_test.astype(int),
                 cycle_test,
-                {"metrics": metrics, "command": command, "lineage": lineage},
+                {"metrics": metrics, "command": command, "lineage": record},
             )
         )
     where = registry.write(version, files)
@@ -418,21 +418,3 @@ def _grouped_cv_rmse(make_model: Any, x: FloatArray, y: FloatArray, groups: Floa
         errors.append(model.predict(x[val_idx].astype(np.float32)) - y[val_idx])
     residual = np.concatenate(errors)
     return float(np.sqrt(np.mean(residual**2)))
-
-
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, default=_default) + "\n").encode()
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Sequence):
-        return list(value)
-    raise TypeError(type(value).__name__)
-
-
-def _code_version() -> str:
-    from trainer.tasks.failure import code_version
-
-    return code_version()
