@@ -39,7 +39,8 @@ def simulated_dataset(
     seed: int,
 ) -> Dataset:
     """Histories of simulated robots as a `Dataset`, channels mapped like a log file would be."""
-    from robotpm_sim.simulate import COLUMNS, simulate_history
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.records import COLUMNS
 
     schema = config.record_schema()
     columns = [COLUMNS.index(name) for name in schema.channels]
