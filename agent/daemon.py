@@ -8,14 +8,10 @@ transport, swaps in a newer verified model between windows, sends heartbeats,
 and feeds the systemd watchdog, so the watchdog stops being fed when the loop
 stalls.
 
-Lines that cannot complete a window yet cannot cause an alert either, so a tick
-holds them (read, not parsed) until enough have arrived to complete the next
-window, or for ``ingest.max_hold_s`` at most; the line that completes a window is
-scored in the tick that read it. The file watcher is told the same thing in bytes
-(lines still needed × the shortest line seen), so it does not wake the loop for
-appends that cannot complete a window. At 1 kHz appends and a hop of 100 lines the
-loop then wakes about 10 times a second instead of 200, without adding latency to
-alerts. While lines are held, a commit saves the stream position from before them.
+Each stream is a `agent.streams.runner.StreamRunner`: it holds lines too few to
+complete a window (read, not parsed) and gates the file watcher's wake-ups the
+same way, so at 1 kHz appends and a hop of 100 lines the loop wakes about 10 times
+a second instead of 200, without adding latency to alerts.
 
 Commit rule: a tick that produced alert rows commits at once (alerts are not
 held back); otherwise a tick commits at most every ``ingest.checkpoint_interval_s``,
@@ -34,8 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
@@ -45,7 +40,7 @@ from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.errors import ConfigError
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics, model_announcements
-from agent.ingest import LineBlock, Quarantine, StreamFollower
+from agent.ingest import Quarantine, StreamFollower
 from agent.models.fetch import ModelFetcher, Subscriber
 from agent.models.probation import Probation
 from agent.models.scorer import OnnxScorer
@@ -58,43 +53,11 @@ from agent.sdnotify import Notifier
 from agent.seams import Clock, OutboundMessage, SystemClock, Transport
 from agent.state import StateStore
 from agent.streams.pipeline import StreamPipeline
+from agent.streams.runner import StreamRunner
 
 log = structlog.get_logger("robotpm.agent")
 
 QUARANTINE_FILE = "quarantine.jsonl"
-
-
-@dataclass(slots=True)
-class _Stream:
-    pipeline: StreamPipeline
-    follower: StreamFollower
-    position: dict[str, Any]
-    """The follower's state as of the last line the pipeline processed."""
-    caught_up: bool = False
-    held: list[tuple[list[LineBlock], bool]] = field(default_factory=list)
-    """Reads not processed yet, each with its ``replayed`` flag."""
-    held_lines: int = 0
-    held_bytes: int = 0
-    held_since: float = 0.0
-
-    def hold(self, blocks: list[LineBlock], replayed: bool, size: int, now: float) -> None:
-        if not self.held:
-            self.held_since = now
-        self.held.append((blocks, replayed))
-        self.held_lines += sum(b.data.count(b"\n") for b in blocks)
-        self.held_bytes += size
-
-    def release(self) -> list[tuple[list[LineBlock], bool]]:
-        """The held reads, with runs of adjacent blocks of one file joined (one parse, not one per read)."""
-        held, self.held = self.held, []
-        self.held_lines = self.held_bytes = 0
-        out: list[tuple[list[LineBlock], bool]] = []
-        for blocks, replayed in held:
-            if out and out[-1][1] == replayed:
-                out[-1][0].extend(blocks)
-            else:
-                out.append((list(blocks), replayed))
-        return [(_join_adjacent(blocks), replayed) for blocks, replayed in out]
 
 
 class AgentDaemon:
@@ -114,12 +77,11 @@ class AgentDaemon:
         self.notifier = notifier or Notifier.from_env()
         self._transport_arg = transport
         self._wakeup = threading.Event()
-        self._streams: list[_Stream] = []
+        self._streams: list[StreamRunner] = []
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
         self._last_watchdog = 0.0
         self._started_at = 0.0
-        self._dirty = False
         self._pending: list[OutboundMessage] = []  # telemetry to commit with the next tick
         self.store: StateStore | None = None
         self.outbox: Outbox | None = None
@@ -160,17 +122,14 @@ class AgentDaemon:
                 agent_version=__version__,
                 clock=self.clock,
             )
-            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine)
-            follower = StreamFollower(stream, cfg.ingest, self._wakeup)
-            saved = self.store.load_stream_state(stream.name)
-            follower.restore(saved.get("follower") if saved else None)
-            if saved and follower.counters["state_discarded"]:
-                # The follower reads every file from its start again: an open window restored
-                # from the same row would be continued with lines it already holds.
-                log.warning("stream_state_discarded", stream=stream.name, reason="damaged follower state")
-                saved = None
-            pipeline.restore(saved.get("pipeline") if saved else None)
-            self._streams.append(_Stream(pipeline, follower, follower.state()))
+            runner = StreamRunner(
+                StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
+                StreamFollower(stream, cfg.ingest, self._wakeup),
+                cfg.ingest,
+                self._wakeup,
+            )
+            runner.restore(self.store.load_stream_state(stream.name))
+            self._streams.append(runner)
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
@@ -178,7 +137,7 @@ class AgentDaemon:
         self._start_model_fetcher(self.transport)
         self.transport.start()
         for s in self._streams:
-            s.follower.start()
+            s.start()
         self.model_watcher.start()
         self._enqueue([self._model_status(scorer.manifest), *self._refusal_statuses()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
@@ -220,12 +179,12 @@ class AgentDaemon:
         self.model_watcher.stop()
         events: list[AlertEvent] = []
         for s in self._streams:
-            events.extend(self._process_held(s))
+            events.extend(s.flush())
         messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
         self._pending = []
         self._commit(force=True, messages=messages)
         for s in self._streams:
-            s.follower.close()
+            s.close()
         if self.delivery is not None and self.transport is not None:
             deadline = time.monotonic() + 2.0
             while self.outbox is not None and self.outbox.depth() and time.monotonic() < deadline:
@@ -252,37 +211,18 @@ class AgentDaemon:
 
     def tick(self, timeout_s: float) -> int:
         """One turn of the loop; returns how many lines were read."""
-        max_bytes = self.config.ingest.read_chunk_bytes
-        max_hold = self.config.ingest.max_hold_s
-        held_since = [s.held_since for s in self._streams if s.held]
-        if held_since:  # come back in time to parse lines held for max_hold_s
-            timeout_s = max(0.0, min(timeout_s, min(held_since) + max_hold - self.clock.monotonic()))
+        deadlines = [d for d in (s.hold_deadline() for s in self._streams) if d is not None]
+        if deadlines:  # come back in time to parse lines held for max_hold_s
+            timeout_s = max(0.0, min(timeout_s, min(deadlines) - self.clock.monotonic()))
         self._wakeup.wait(timeout_s)
         self._wakeup.clear()
         lines = 0
         events: list[AlertEvent] = []
         now = self.clock.monotonic()
         for s in self._streams:
-            blocks = s.follower.read(max_bytes)
-            if blocks:
-                size = sum(len(b.data) for b in blocks)
-                s.hold(blocks, not s.caught_up, size, now)
-                if size < max_bytes:
-                    s.caught_up = True
-                else:
-                    self._wakeup.set()  # more is waiting: come straight back
-            else:
-                s.caught_up = True
-            if s.held and (
-                s.held_lines >= s.pipeline.lines_to_next_window
-                or s.held_bytes >= max_bytes
-                or now - s.held_since >= max_hold
-            ):
-                before = s.pipeline.counters.lines
-                events.extend(self._process_held(s))
-                lines += s.pipeline.counters.lines - before
-            if max_hold > 0:
-                self._gate_wakeups(s)
+            before = s.pipeline.counters.lines
+            events.extend(s.step(now))
+            lines += s.pipeline.counters.lines - before
         self._maybe_swap_model()
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
@@ -304,41 +244,17 @@ class AgentDaemon:
             self.notifier.watchdog()
         return lines
 
-    @staticmethod
-    def _gate_wakeups(s: _Stream) -> None:
-        """Be woken for appends only once enough bytes arrived to hold the lines the next window needs.
-
-        The bound is the lines still needed times the shortest valid line seen: lines that
-        shrink below it make that one wakeup late, by at most the poll interval.
-        """
-        need = s.pipeline.lines_to_next_window - s.held_lines
-        shortest = s.pipeline.shortest_line
-        s.follower.wake_after(need * shortest if shortest is not None and need > 1 else None)
-
-    def _process_held(self, s: _Stream) -> list[AlertEvent]:
-        """Process a stream's held reads in order; its position then moves past them."""
-        if not s.held:
-            return []
-        events: list[AlertEvent] = []
-        for blocks, replayed in s.release():
-            events.extend(s.pipeline.process(blocks, replayed=replayed))
-        s.position = s.follower.state()
-        self._dirty = True
-        return events
-
     def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
         now = self.clock.monotonic()
-        if not messages and not (self._dirty and (force or now - self._last_commit >= self._interval)):
+        dirty = any(s.unsaved for s in self._streams)
+        if not messages and not (dirty and (force or now - self._last_commit >= self._interval)):
             return
         assert self.store is not None
         assert self.outbox is not None
         try:
             with self.store.transaction() as conn:
                 for s in self._streams:
-                    if not s.held:  # everything read was processed: the live position is the one
-                        s.position = s.follower.state()
-                    state = {"pipeline": s.pipeline.state(), "follower": s.position}
-                    StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
+                    StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
                 if messages:
                     self.outbox.enqueue(conn, messages)
                     if self.delivery is not None and any(m.kind == "alert" for m in messages):
@@ -348,7 +264,8 @@ class AgentDaemon:
                 self.delivery.rewind()  # row ids handed over may be reused after the rollback
             raise
         self._last_commit = now
-        self._dirty = False
+        for s in self._streams:
+            s.saved()
 
     @property
     def _interval(self) -> float:
@@ -560,38 +477,6 @@ class AgentDaemon:
     def streams(self) -> list[StreamPipeline]:
         """The stream pipelines (for status and tests)."""
         return [s.pipeline for s in self._streams]
-
-
-def _join_adjacent(blocks: list[LineBlock]) -> list[LineBlock]:
-    """Join consecutive blocks that continue each other in one file (same header, nothing rejected)."""
-    out: list[LineBlock] = []
-    run: list[LineBlock] = []
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            first = run[0]
-            out.append(replace(first, data=b"".join(b.data for b in run)))
-        run.clear()
-
-    for block in blocks:
-        if run:
-            last = run[-1]
-            if (
-                block.rejected
-                or block.file_key != last.file_key
-                or block.header != last.header
-                or block.path != last.path
-                or block.offset != last.offset + len(last.data)
-            ):
-                flush()
-        if block.rejected:
-            out.append(block)
-        else:
-            run.append(block)
-    flush()
-    return out
 
 
 def _worst_drift(states: Sequence[str]) -> str:
