@@ -1,12 +1,12 @@
 """The agent daemon: startup → tick loop → graceful shutdown.
 
 One thread does the pipeline work (uvicorn's shape): each tick waits for file
-activity (or the safety-net poll period), reads every stream's new lines,
-scores them, and commits the streams' positions together with the resulting
-outbox rows in one SQLite transaction; then it hands pending outbox rows to the
-transport, swaps in a newer verified model between windows, sends heartbeats,
-and feeds the systemd watchdog, so the watchdog stops being fed when the loop
-stalls.
+activity (or the safety-net poll period), lets every stream runner read and
+score its new lines, takes one step of the model life cycle
+(`agent.models.lifecycle.ModelLifecycle`: probation, rollback, swap, between
+windows), commits the streams' positions together with the resulting outbox rows
+in one SQLite transaction, hands pending outbox rows to the transport, and feeds
+the systemd watchdog, so the watchdog stops being fed when the loop stalls.
 
 Each stream is a `agent.streams.runner.StreamRunner`: it holds lines too few to
 complete a window (read, not parsed) and gates the file watcher's wake-ups the
@@ -30,7 +30,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Literal
 
 import structlog
 
@@ -38,14 +37,12 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.errors import ConfigError
-from agent.contract.manifest import ModelManifest
-from agent.contract.topics import RobotTopics, model_announcements
+from agent.contract.topics import RobotTopics
 from agent.ingest import Quarantine, StreamFollower
-from agent.models.fetch import ModelFetcher, Subscriber
+from agent.models.fetch import ModelFetcher
+from agent.models.lifecycle import ModelLifecycle
 from agent.models.probation import Probation
-from agent.models.scorer import OnnxScorer
 from agent.models.slot import ModelSlot
-from agent.models.watch import ModelWatcher
 from agent.outbox import Outbox
 from agent.policy import AlertPolicy
 from agent.publish import Delivery, MqttTransport, telemetry
@@ -87,15 +84,11 @@ class AgentDaemon:
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
-        self.slot = ModelSlot(config.model)
-        self._probation: Probation | None = None
-        self._model_events: dict[str, int] = {}  # model life-cycle events sent, by state
-        self.model_watcher = ModelWatcher(
-            self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
+        self.models = ModelLifecycle(
+            config, self.topics, clock=self.clock, notifier=self.notifier, wakeup=self._wakeup
         )
-        self.model_fetcher: ModelFetcher | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- startup and shutdown ----------------------------------------------------------------------
 
     def startup(self) -> None:
         """Open state, load the model, restore and start every stream, connect the transport."""
@@ -108,8 +101,8 @@ class AgentDaemon:
         self._started_at = self.clock.monotonic()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore.in_dir(cfg.state_dir)
-        scorer = self.slot.load_initial(self._version_before_restart(), unfit=self._unfit)
-        self.notifier.status(f"model {scorer.manifest.label} loaded")
+        saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
+        scorer = self.models.load_initial(saved.values())
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
         quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
         for stream in cfg.streams:
@@ -128,39 +121,27 @@ class AgentDaemon:
                 cfg.ingest,
                 self._wakeup,
             )
-            runner.restore(self.store.load_stream_state(stream.name))
+            runner.restore(saved[stream.name])
             self._streams.append(runner)
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
         self.delivery = Delivery(self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight)
-        self._start_model_fetcher(self.transport)
+        statuses = self.models.start([s.pipeline for s in self._streams], self.transport)
         self.transport.start()
         for s in self._streams:
             s.start()
-        self.model_watcher.start()
-        self._enqueue([self._model_status(scorer.manifest), *self._refusal_statuses()])
+        with self.store.transaction() as conn:
+            self.outbox.enqueue(conn, statuses)
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
             robot=cfg.robot_id,
             site=cfg.site,
-            streams=[s.pipeline.name for s in self._streams],
+            streams=[s.name for s in self._streams],
             model=scorer.manifest.label,
             version=__version__,
         )
-
-    def _start_model_fetcher(self, transport: Transport) -> None:
-        """Follow the model channel's announcements, if one is configured (see `agent.models.fetch`)."""
-        channel = self.config.model.channel
-        if channel is None:
-            return
-        if not isinstance(transport, Subscriber):
-            log.warning("model_channel_unsupported", channel=channel, reason="the transport cannot subscribe")
-            return
-        self.model_fetcher = ModelFetcher(self.config.model, floor=lambda: self.slot.current.manifest.version)
-        self.model_fetcher.start()
-        transport.subscribe(model_announcements(channel), self.model_fetcher.offer)
 
     def run(self, stop: threading.Event) -> None:
         """Run ticks until `stop` is set, then shut down gracefully."""
@@ -174,9 +155,7 @@ class AgentDaemon:
     def shutdown(self) -> None:
         """Commit, flush what the broker will take within a moment, say offline, and close."""
         self.notifier.stopping()
-        if self.model_fetcher is not None:
-            self.model_fetcher.stop()
-        self.model_watcher.stop()
+        self.models.stop()
         events: list[AlertEvent] = []
         for s in self._streams:
             events.extend(s.flush())
@@ -223,7 +202,7 @@ class AgentDaemon:
             before = s.pipeline.counters.lines
             events.extend(s.step(now))
             lines += s.pipeline.counters.lines - before
-        self._maybe_swap_model()
+        self._pending.extend(self.models.step())
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
@@ -271,171 +250,6 @@ class AgentDaemon:
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
 
-    def _enqueue(self, messages: Sequence[OutboundMessage]) -> None:
-        assert self.store is not None
-        assert self.outbox is not None
-        with self.store.transaction() as conn:
-            self.outbox.enqueue(conn, messages)
-
-    def _version_before_restart(self) -> int | None:
-        """The model version the streams were scored with before a restart (None: first start).
-
-        With probation on, store versions newer than it start as candidates again, so a model
-        that had not finished its probation goes through it again (see agent.models.probation).
-        """
-        if self.config.model.probation_windows == 0:
-            return None
-        assert self.store is not None
-        versions: list[int] = []
-        for stream in self.config.streams:  # a stream without saved state (e.g. new) tells nothing
-            saved = self.store.load_stream_state(stream.name)
-            label = ((saved or {}).get("pipeline") or {}).get("model")
-            _, _, version = str(label or "").rpartition("@")
-            if version.isdigit():
-                versions.append(int(version))
-        return max(versions) if versions else None  # None: nothing ran yet, load the newest
-
-    def _maybe_swap_model(self) -> None:
-        """Between windows: publish refusals, start or judge a probation, swap a model in."""
-        self._pending.extend(self._refusal_statuses())
-        candidate: OnnxScorer | None = self.model_watcher.take()
-        if candidate is not None:
-            self._begin(candidate)
-        probation = self._probation
-        if probation is None or not probation.finished:
-            return
-        self._set_shadow(None)
-        if probation.failure is not None:
-            self._roll_back(probation.candidate, probation.failure)
-        else:
-            candidate_rate, current_rate = probation.rates
-            log.info(
-                "probation_passed",
-                model=probation.candidate.manifest.label,
-                windows=probation.windows,
-                alert_rate=round(candidate_rate, 4),
-                current_alert_rate=round(current_rate, 4),
-            )
-            self._swap(probation.candidate)
-
-    def _begin(self, candidate: OnnxScorer) -> None:
-        """Put a new candidate on probation, or swap it in at once when probation cannot apply."""
-        cfg = self.config.model
-        if self._probation is not None:  # a newer version supersedes the one on probation
-            log.info(
-                "probation_superseded",
-                model=self._probation.candidate.manifest.label,
-                by=candidate.manifest.label,
-            )
-            self._set_shadow(None)
-        current = self.slot.current.manifest
-        unfit = self._unfit(candidate.manifest)
-        if unfit is not None:
-            # Swapping it in would make every tick raise: refuse it before any probation.
-            self._roll_back(candidate, unfit, state="rejected")
-            return
-        if cfg.probation_windows == 0:
-            self._swap(candidate)
-            return
-        if candidate.manifest.feature_spec_hash != current.feature_spec_hash:
-            # Its windows differ from the ones the streams cut: it cannot be shadow-scored on
-            # them. It passed its golden test; it is swapped in as without probation.
-            log.warning(
-                "probation_skipped",
-                model=candidate.manifest.label,
-                reason="feature spec differs from the current model's",
-            )
-            self._swap(candidate)
-            return
-        self._set_shadow(
-            Probation(
-                candidate,
-                current,
-                windows=cfg.probation_windows,
-                max_alert_rate=cfg.probation_max_alert_rate,
-                alert_margin=cfg.probation_alert_margin,
-            )
-        )
-        detail = f"shadow-scored for {cfg.probation_windows} windows against {current.label}"
-        self._pending.append(self._model_event(candidate.manifest, "probation", detail))
-        self.notifier.status(f"model {candidate.manifest.label} on probation")
-        log.info("probation_started", model=candidate.manifest.label, windows=cfg.probation_windows)
-
-    def _unfit(self, manifest: ModelManifest) -> str | None:
-        """Why the configured streams cannot feed this model (channels their mapping lacks), or None."""
-        for stream in self.config.streams:
-            have = stream.record_schema().canonical_channels
-            missing = [c for c in manifest.feature_spec.channels if c not in have]
-            if missing:
-                return f"stream {stream.name} provides no channels {missing}"
-        return None
-
-    def _set_shadow(self, probation: Probation | None) -> None:
-        self._probation = probation
-        for s in self._streams:
-            s.pipeline.set_shadow(probation)
-
-    def _roll_back(
-        self,
-        candidate: OnnxScorer,
-        reason: str,
-        *,
-        state: Literal["rolled_back", "rejected"] = "rolled_back",
-    ) -> None:
-        """Refuse a candidate (until its files change) and say so: it is never used."""
-        self.slot.reject(candidate, reason)
-        self.model_watcher.request_trim()  # its session is dropped with the probation
-        self._pending.append(self._model_event(candidate.manifest, state, reason))
-        log.warning(
-            "model_rolled_back" if state == "rolled_back" else "model_refused",
-            model=candidate.manifest.label,
-            reason=reason,
-        )
-
-    def _swap(self, candidate: OnnxScorer) -> None:
-        started = time.perf_counter()
-        for s in self._streams:
-            s.pipeline.use_scorer(candidate)
-        self.slot.accept(candidate, trim=False)
-        self.model_watcher.request_trim()
-        self._pending.append(self._model_status(candidate.manifest))
-        self.notifier.status(f"model {candidate.manifest.label} live")
-        log.info(
-            "model_live",
-            model=candidate.manifest.label,
-            swap_ms=round((time.perf_counter() - started) * 1e3, 3),
-        )
-
-    def _model_status(self, manifest: ModelManifest) -> OutboundMessage:
-        return telemetry.model_status_message(
-            self.topics, self.config.robot_id, self.config.site, manifest, since=self.clock.wall()
-        )
-
-    def _model_event(
-        self,
-        manifest: ModelManifest | None,
-        state: Literal["probation", "rolled_back", "rejected"],
-        detail: str,
-        source: str | None = None,
-    ) -> OutboundMessage:
-        self._model_events[state] = self._model_events.get(state, 0) + 1  # for the heartbeat
-        return telemetry.model_event_message(
-            self.topics,
-            self.config.robot_id,
-            self.config.site,
-            manifest,
-            state=state,
-            since=self.clock.wall(),
-            detail=detail,
-            source=source,
-        )
-
-    def _refusal_statuses(self) -> list[OutboundMessage]:
-        return [
-            self._model_event(r.manifest, "rejected", r.reason, source=str(r.source))
-            for r in self.slot.take_refusals()
-        ]
-
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
         counters = [s.pipeline.counters for s in self._streams]
@@ -443,8 +257,9 @@ class AgentDaemon:
         for s in self._streams:
             for reason, count in s.pipeline.policy_counters().get("suppressed", {}).items():
                 suppressed[reason] = suppressed.get(reason, 0) + int(count)
-        manifest = self.slot.current.manifest
-        candidate = self._probation.candidate.manifest if self._probation is not None else None
+        manifest = self.models.current.manifest
+        probation = self.models.probation
+        candidate = probation.candidate.manifest if probation is not None else None
         record = telemetry.heartbeat_record(
             robot_id=self.config.robot_id,
             site=self.config.site,
@@ -464,18 +279,30 @@ class AgentDaemon:
             model_candidate=(
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
-            model_events=self._model_events,
+            model_events=self.models.events,
         )
         return telemetry.heartbeat_message(self.topics, record)
 
+    # -- for status and tests ----------------------------------------------------------------------
+
+    @property
+    def slot(self) -> ModelSlot:
+        """The model slot (the model in use, the store's candidates)."""
+        return self.models.slot
+
     @property
     def probation(self) -> Probation | None:
-        """The probation of a candidate model in progress, if any (for status and tests)."""
-        return self._probation
+        """The probation of a candidate model in progress, if any."""
+        return self.models.probation
+
+    @property
+    def model_fetcher(self) -> ModelFetcher | None:
+        """The fetcher following the model channel, if one is configured."""
+        return self.models.fetcher
 
     @property
     def streams(self) -> list[StreamPipeline]:
-        """The stream pipelines (for status and tests)."""
+        """The stream pipelines."""
         return [s.pipeline for s in self._streams]
 
 
