@@ -28,7 +28,6 @@ only repeat one, with the same ``event_id``.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 import structlog
@@ -40,14 +39,14 @@ from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.ingest import Quarantine, StreamFollower
 from agent.models.fetch import ModelFetcher
-from agent.models.lifecycle import ModelLifecycle
+from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
 from agent.models.slot import ModelSlot
 from agent.outbox import Outbox
 from agent.policy import AlertPolicy
 from agent.publish import Delivery, MqttTransport, telemetry
 from agent.sdnotify import Notifier
-from agent.seams import Clock, OutboundMessage, SystemClock, Transport
+from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transport
 from agent.state import StateStore
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
@@ -67,6 +66,7 @@ class AgentDaemon:
         transport: Transport | None = None,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
+        models: ModelSource | None = None,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
@@ -84,9 +84,8 @@ class AgentDaemon:
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
-        self.models = ModelLifecycle(
-            config, self.topics, clock=self.clock, notifier=self.notifier, wakeup=self._wakeup
-        )
+        source = models or StoreModels(config.model, wakeup=self._wakeup)
+        self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
 
     # -- startup and shutdown ----------------------------------------------------------------------
 
@@ -104,7 +103,9 @@ class AgentDaemon:
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
-        quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
+        quarantine = Quarantine(
+            cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
+        )
         for stream in cfg.streams:
             policy = AlertPolicy(
                 scorer.manifest,
@@ -117,7 +118,7 @@ class AgentDaemon:
             )
             runner = StreamRunner(
                 StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
-                StreamFollower(stream, cfg.ingest, self._wakeup),
+                StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
                 cfg.ingest,
                 self._wakeup,
             )
@@ -126,7 +127,9 @@ class AgentDaemon:
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
-        self.delivery = Delivery(self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight)
+        self.delivery = Delivery(
+            self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight, clock=self.clock
+        )
         statuses = self.models.start([s.pipeline for s in self._streams], self.transport)
         self.transport.start()
         for s in self._streams:
@@ -165,12 +168,12 @@ class AgentDaemon:
         for s in self._streams:
             s.close()
         if self.delivery is not None and self.transport is not None:
-            deadline = time.monotonic() + 2.0
-            while self.outbox is not None and self.outbox.depth() and time.monotonic() < deadline:
+            deadline = self.clock.monotonic() + 2.0
+            while self.outbox is not None and self.outbox.depth() and self.clock.monotonic() < deadline:
                 self.delivery.pump()
                 if not self.transport.connected:
                     break
-                time.sleep(0.01)
+                self.clock.sleep(0.01)
             self.delivery.pump()
             offline = telemetry.presence(
                 self.config.robot_id,
@@ -287,8 +290,11 @@ class AgentDaemon:
 
     @property
     def slot(self) -> ModelSlot:
-        """The model slot (the model in use, the store's candidates)."""
-        return self.models.slot
+        """The store's model slot (the model in use, the store's candidates); with the store as source."""
+        source = self.models.source
+        if not isinstance(source, StoreModels):
+            raise TypeError(f"the model source is {type(source).__name__}, not the store")
+        return source.slot
 
     @property
     def probation(self) -> Probation | None:

@@ -429,8 +429,8 @@ def worker_daemon(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
 
     root = Path(args["root"])
     config = agent_config(
@@ -508,8 +508,8 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
     from robotpm_sim.simulate import format_records, header_line, simulate_history
 
     root = Path(args["root"])

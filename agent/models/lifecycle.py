@@ -1,8 +1,8 @@
 """The model life cycle as one state machine: which model scores, which one is on probation, and why.
 
 The daemon owns one `ModelLifecycle` and calls `step` once a tick, between windows.
-A step publishes the store's refusals, takes a verified newer candidate from the
-model watcher, and moves it along::
+A step publishes the source's refusals, takes a verified newer candidate from the
+model source (`StoreModels`: the store's slot and watcher), and moves it along::
 
     candidate ──unfit for the streams──────────────► rejected
         │ probation_windows = 0, or another feature spec ─► live (swapped in at once)
@@ -14,8 +14,8 @@ model watcher, and moves it along::
 
 A newer candidate supersedes the one on probation. Every transition is logged, sent
 as a model status or model event (counted by state for the heartbeat) and shown in
-systemd's status line. A refused or rolled-back candidate is remembered by the slot
-until its files change, so it is never offered again as it is.
+systemd's status line. A refused or rolled-back candidate is remembered by the
+source (the store's slot: until its files change), so it is never offered again as it is.
 
 At start, with probation on, the model the streams were scored with before the
 restart is loaded (not a newer store version), so a candidate that had not finished
@@ -27,22 +27,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import structlog
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ModelConfig
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics, model_announcements
-from agent.models.fetch import ModelFetcher, Subscriber
+from agent.models.fetch import ModelFetcher
 from agent.models.probation import Probation
 from agent.models.scorer import OnnxScorer
-from agent.models.slot import ModelSlot
+from agent.models.slot import ModelSlot, Refusal
 from agent.models.watch import ModelWatcher
 from agent.publish import telemetry
 from agent.sdnotify import Notifier
-from agent.seams import Clock, OutboundMessage, Transport
+from agent.seams import Clock, ModelSource, OutboundMessage, Scorer, Transport
 from agent.streams.pipeline import StreamPipeline
 
 log = structlog.get_logger("robotpm.agent")
@@ -50,30 +50,74 @@ log = structlog.get_logger("robotpm.agent")
 EventState = Literal["probation", "rolled_back", "rejected"]
 
 
-class ModelLifecycle:
-    """Owns the model slot, its watcher and fetcher, and the probation in progress; see the module docstring.
+class StoreModels:
+    """The model store as the life cycle's `agent.seams.ModelSource`.
 
-    ``wakeup`` is the loop's: it is set when a candidate is ready, so the swap does not
-    wait for the next file event.
+    The `ModelSlot` verifies, golden-tests and holds the models; the `ModelWatcher` looks
+    for newer ones on its own thread and sets ``wakeup`` (the loop's) when one is ready,
+    so the swap does not wait for the next file event. An old session dropped by a swap
+    or a rollback is handed back to the OS on the watcher's thread, not the loop's.
     """
+
+    def __init__(self, config: ModelConfig, *, wakeup: threading.Event | None = None) -> None:
+        self.slot = ModelSlot(config)
+        self.watcher = ModelWatcher(self.slot, config.directory, config.check_interval_s, ready=wakeup)
+
+    @property
+    def current(self) -> Scorer:
+        """The model the streams score with."""
+        return self.slot.current
+
+    def load_initial(
+        self, max_version: int | None, unfit: Callable[[ModelManifest], str | None]
+    ) -> OnnxScorer:
+        """The newest usable store model up to `max_version`, else the bundled one (see `ModelSlot`)."""
+        return self.slot.load_initial(max_version, unfit=unfit)
+
+    def start(self) -> None:
+        """Start watching the store."""
+        self.watcher.start()
+
+    def take(self) -> OnnxScorer | None:
+        """The newest verified candidate not taken yet, or None."""
+        return self.watcher.take()
+
+    def accept(self, scorer: Scorer) -> None:
+        """Make `scorer` current; its predecessor's heap is released off the loop."""
+        self.slot.accept(scorer, trim=False)
+        self.watcher.request_trim()
+
+    def reject(self, scorer: Scorer, reason: str) -> None:
+        """Refuse the candidate until its files change; its session is released off the loop."""
+        self.slot.reject(scorer, reason)
+        self.watcher.request_trim()
+
+    def take_refusals(self) -> list[Refusal]:
+        """Store models refused since the last call."""
+        return self.slot.take_refusals()
+
+    def stop(self) -> None:
+        """Stop watching the store."""
+        self.watcher.stop()
+
+
+class ModelLifecycle:
+    """The model source, the fetcher and the probation in progress; see the module docstring."""
 
     def __init__(
         self,
         config: AgentConfig,
         topics: RobotTopics,
+        source: ModelSource,
         *,
         clock: Clock,
         notifier: Notifier,
-        wakeup: threading.Event,
     ) -> None:
         self._config = config
         self._topics = topics
         self._clock = clock
         self._notifier = notifier
-        self.slot = ModelSlot(config.model)
-        self.watcher = ModelWatcher(
-            self.slot, config.model.directory, config.model.check_interval_s, ready=wakeup
-        )
+        self.source = source
         self.fetcher: ModelFetcher | None = None
         self._pipelines: list[StreamPipeline] = []
         self._probation: Probation | None = None
@@ -81,18 +125,18 @@ class ModelLifecycle:
         """Model life-cycle events sent since start, by state (for the heartbeat)."""
 
     @property
-    def current(self) -> OnnxScorer:
+    def current(self) -> Scorer:
         """The scorer the streams score with."""
-        return self.slot.current
+        return self.source.current
 
     @property
     def probation(self) -> Probation | None:
         """The probation of a candidate model in progress, if any."""
         return self._probation
 
-    def load_initial(self, saved_states: Iterable[dict[str, Any] | None]) -> OnnxScorer:
+    def load_initial(self, saved_states: Iterable[dict[str, Any] | None]) -> Scorer:
         """Load the model to start with, given the streams' saved states (None: a stream without)."""
-        scorer = self.slot.load_initial(self._version_before_restart(saved_states), unfit=self.unfit)
+        scorer = self.source.load_initial(self._version_before_restart(saved_states), self.unfit)
         self._notifier.status(f"model {scorer.manifest.label} loaded")
         return scorer
 
@@ -100,19 +144,19 @@ class ModelLifecycle:
         """Start watching the store (and the model channel); returns the first model status messages."""
         self._pipelines = list(pipelines)
         self._start_fetcher(transport)
-        self.watcher.start()
-        return [self._status(self.slot.current.manifest), *self._refusal_statuses()]
+        self.source.start()
+        return [self._status(self.source.current.manifest), *self._refusal_statuses()]
 
     def stop(self) -> None:
-        """Stop the fetcher and the watcher."""
+        """Stop the fetcher and the model source."""
         if self.fetcher is not None:
             self.fetcher.stop()
-        self.watcher.stop()
+        self.source.stop()
 
     def step(self) -> list[OutboundMessage]:
         """Between windows: publish refusals, start or judge a probation, swap a model in."""
         messages = self._refusal_statuses()
-        candidate: OnnxScorer | None = self.watcher.take()
+        candidate = self.source.take()
         if candidate is not None:
             messages += self._begin(candidate)
         probation = self._probation
@@ -161,14 +205,11 @@ class ModelLifecycle:
         channel = self._config.model.channel
         if channel is None:
             return
-        if not isinstance(transport, Subscriber):
-            log.warning("model_channel_unsupported", channel=channel, reason="the transport cannot subscribe")
-            return
-        self.fetcher = ModelFetcher(self._config.model, floor=lambda: self.slot.current.manifest.version)
+        self.fetcher = ModelFetcher(self._config.model, floor=lambda: self.source.current.manifest.version)
         self.fetcher.start()
         transport.subscribe(model_announcements(channel), self.fetcher.offer)
 
-    def _begin(self, candidate: OnnxScorer) -> list[OutboundMessage]:
+    def _begin(self, candidate: Scorer) -> list[OutboundMessage]:
         """Put a new candidate on probation, or swap it in at once when probation cannot apply."""
         cfg = self._config.model
         if self._probation is not None:  # a newer version supersedes the one on probation
@@ -178,7 +219,7 @@ class ModelLifecycle:
                 by=candidate.manifest.label,
             )
             self._set_shadow(None)
-        current = self.slot.current.manifest
+        current = self.source.current.manifest
         unfit = self.unfit(candidate.manifest)
         if unfit is not None:
             # Swapping it in would make every tick raise: refuse it before any probation.
@@ -215,14 +256,13 @@ class ModelLifecycle:
 
     def _roll_back(
         self,
-        candidate: OnnxScorer,
+        candidate: Scorer,
         reason: str,
         *,
         state: Literal["rolled_back", "rejected"] = "rolled_back",
     ) -> OutboundMessage:
         """Refuse a candidate (until its files change) and say so: it is never used."""
-        self.slot.reject(candidate, reason)
-        self.watcher.request_trim()  # its session is dropped with the probation
+        self.source.reject(candidate, reason)
         log.warning(
             "model_rolled_back" if state == "rolled_back" else "model_refused",
             model=candidate.manifest.label,
@@ -230,12 +270,11 @@ class ModelLifecycle:
         )
         return self._event(candidate.manifest, state, reason)
 
-    def _swap(self, candidate: OnnxScorer) -> OutboundMessage:
+    def _swap(self, candidate: Scorer) -> OutboundMessage:
         started = time.perf_counter()  # measured for the log, not enforced: the real clock
         for pipeline in self._pipelines:
             pipeline.use_scorer(candidate)
-        self.slot.accept(candidate, trim=False)
-        self.watcher.request_trim()
+        self.source.accept(candidate)
         self._notifier.status(f"model {candidate.manifest.label} live")
         log.info(
             "model_live",
@@ -271,5 +310,5 @@ class ModelLifecycle:
     def _refusal_statuses(self) -> list[OutboundMessage]:
         return [
             self._event(r.manifest, "rejected", r.reason, source=str(r.source))
-            for r in self.slot.take_refusals()
+            for r in self.source.take_refusals()
         ]
