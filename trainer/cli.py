@@ -281,7 +281,12 @@ def _bundle(args: argparse.Namespace) -> int:
     "dataset",
     "Train and evaluate on public benchmark data.",
     arg("dataset", choices=("ai4i", "cmapss")),
-    arg("--data", type=Path, default=None, help="dataset directory (default ../shared/data/…)"),
+    arg(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset directory (default: data/<set>/ in the repository)",
+    ),
     arg("--out", type=Path, default=None, help="registry root (default: trainer.registry)"),
     arg("--seed", type=int, default=7),
 )

@@ -26,6 +26,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest, Task
@@ -210,6 +211,27 @@ class TaskSteps:
     name_suffix: str
     require_truth: bool
     fit: Callable[[TrainerConfig, PreparedData, StageTimer], TaskFit]
+
+    def train(
+        self,
+        config: TrainerConfig,
+        train: Path | Dataset,
+        test: Path | Dataset,
+        **options: Unpack[RunOptions],
+    ) -> RunResult:
+        """Run this task on `train` and `test` (log paths or extracted data sets); see `run_task`."""
+        return run_task(self, config, train, test, **options)
+
+
+def one_head(**fields: Any) -> Callable[[str], Sequence[AlertHead]]:
+    """The heads of a one-score model: column 0 of the score output, with these `AlertHead` fields."""
+    return lambda output: [AlertHead(output=output, column=0, **fields)]
+
+
+def extreme_rows(features: FloatArray, score: npt.NDArray[Any], per_end: int = 3) -> FloatArray:
+    """The feature rows of the `per_end` highest and lowest scores (golden vectors of a one-score model)."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    return features[np.unique(np.concatenate([order[:per_end], order[-per_end:]]))]
 
 
 class RunOptions(TypedDict, total=False):

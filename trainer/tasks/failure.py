@@ -10,11 +10,9 @@ on the test windows (ModelEvaluationValidation). The rest of the run is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from typing_extensions import Unpack
 
 from agent.contract.manifest import AlertHead, Thresholds
 from trainer.config import TrainerConfig
@@ -22,16 +20,12 @@ from trainer.errors import DataError
 from trainer.report import classifier_report
 from trainer.run import (
     PreparedData,
-    RunOptions,
-    RunResult,
     StageTimer,
     TaskFit,
     TaskSteps,
     projection_matrix,
-    run_task,
 )
 from trainer.stages.evaluation import Evaluation, ModelEvaluationValidation
-from trainer.stages.extraction import Dataset
 from trainer.stages.preparation import CLASSES, WindowSet
 from trainer.stages.selection import ModelSelection
 from trainer.stages.training import FittedModel, ModelTraining
@@ -112,11 +106,8 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
 FAILURE = TaskSteps(task="failure_classifier", name_suffix="", require_truth=True, fit=fit_failure_classifier)
 
 
-def train_failure_classifier(
-    config: TrainerConfig, train: Path | Dataset, test: Path | Dataset, **options: Unpack[RunOptions]
-) -> RunResult:
-    """Train, evaluate and export a failure classifier; write it only when every stage succeeded."""
-    return run_task(FAILURE, config, train, test, **options)
+train_failure_classifier = FAILURE.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""
 
 
 def golden_rows(
