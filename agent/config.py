@@ -153,6 +153,12 @@ class TlsConfig(_Section):
     server_hostname: str | None = None
 
 
+PLAINTEXT_CREDENTIALS_REFUSED = (
+    "credentials are configured but TLS is not: the password would cross the network in clear "
+    '(set [agent.mqtt.tls], or plaintext_credentials = "warn" outside production)'
+)
+
+
 class MqttConfig(_Section):
     """The broker connection. Credentials come from `credentials_file` or the environment."""
 
@@ -165,10 +171,15 @@ class MqttConfig(_Section):
     max_inflight: int = Field(default=20, ge=1, le=1000)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    tls: TlsConfig | None = None
     credentials_file: Path | None = Field(
         default=None, description="A file 'username:password' (e.g. a systemd credential)."
     )
+    plaintext_credentials: Literal["warn", "refuse"] = Field(
+        default="warn",
+        description="Credentials configured without [agent.mqtt.tls] would cross the network in clear: "
+        "warn (log mqtt_credentials_without_tls) or refuse to start (exit 2 naming agent.mqtt.tls).",
+    )
+    tls: TlsConfig | None = Field(default=None, validate_default=True)
     will_delay_s: int = Field(
         default=0,
         ge=0,
@@ -177,6 +188,19 @@ class MqttConfig(_Section):
     )
     username_env: str = "ROBOTPM_MQTT_USERNAME"
     password_env: str = "ROBOTPM_MQTT_PASSWORD"
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_for_a_credentials_file(cls, value: TlsConfig | None, info: ValidationInfo) -> TlsConfig | None:
+        # credentials_file and plaintext_credentials are declared first, so they are in info.data.
+        # Credentials from the environment are checked when the transport reads them.
+        if (
+            value is None
+            and info.data.get("credentials_file") is not None
+            and info.data.get("plaintext_credentials") == "refuse"
+        ):
+            raise ValueError(PLAINTEXT_CREDENTIALS_REFUSED)
+        return value
 
 
 class PolicyConfig(_Section):

@@ -19,6 +19,11 @@ alert, and moves it through ``raised → updated* → cleared``:
   a crash emits exactly the same events. A suppressed event is counted and not
   emitted; the policy state does not move, so the event is tried again on the next
   window and the life cycle stays consistent (no clear without a raise).
+  Data time may be stepped (a controller's clock set back a year, which the ingest
+  accepts after a few consistent lines): events counted more than a minute in the
+  data future are forgotten, and an update interval that comes out negative by more
+  than itself starts anew, so a step back never silences a stream until data time
+  catches up with the old clock.
 * A window whose score is not finite (NaN, inf) is no evidence either way: it
   resets both run counters.
 
@@ -525,8 +530,9 @@ class AlertPolicy:
         if hs.pending < config.on_delay_windows:
             return None
         window = windows[row]
-        if window.end - opened.last_event_time < config.min_update_interval_s:
-            self._suppress("update_interval")
+        elapsed = window.end - opened.last_event_time
+        if -config.min_update_interval_s <= elapsed < config.min_update_interval_s:
+            self._suppress("update_interval")  # (a larger negative gap: data time was stepped back)
             return None
         if not self._allow(window, "updated"):
             return None
@@ -584,6 +590,8 @@ class AlertPolicy:
     def _allow(self, window: WindowRef, state: AlertState) -> bool:
         """The per-policy events-per-minute budget, in data time."""
         now = window.end
+        while self._recent and self._recent[-1] > now + _RATE_WINDOW_S:
+            self._recent.pop()  # counted in a data future: data time was stepped back
         while self._recent and self._recent[0] <= now - _RATE_WINDOW_S:
             self._recent.popleft()
         if len(self._recent) >= self._config.max_events_per_minute:

@@ -64,11 +64,12 @@ def presence_message(topics: RobotTopics, record: Presence) -> OutboundMessage:
 def heartbeat_message(topics: RobotTopics, record: Heartbeat) -> OutboundMessage:
     """A heartbeat as a retained QoS 1 message on ``…/heartbeat`` (new subscribers see the latest).
 
-    The key is the send time, so two heartbeats never collapse into one row and a
-    backlog of heartbeats is dropped oldest first when the outbox is full.
+    The key is the send time and the uptime (monotonic), so two heartbeats never collapse
+    into one row, even when the wall clock was stepped back between them; a backlog of
+    heartbeats is dropped oldest first when the outbox is full.
     """
     return OutboundMessage(
-        key=f"heartbeat:{record.sent_at.timestamp():.6f}",
+        key=f"heartbeat:{record.sent_at.timestamp():.6f}:{record.uptime_s:.3f}",
         kind="heartbeat",
         topic=topics.heartbeat,
         payload=record.model_dump_json().encode(),
