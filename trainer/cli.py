@@ -5,7 +5,7 @@ Usage::
     robotpm-train --train-csv DIR_OR_CSV --test-csv DIR_OR_CSV [--out models] [--name robot-arm]
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
-    robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
+    robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the real-data benchmarks
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
@@ -205,7 +205,7 @@ def _subcommand(argv: list[str]) -> int:
     if command == "bundle":
         parser.description = "Simulate a fleet, train and write the bundled default model (≤ 1 MB)."
         parser.add_argument("--seed", type=int, default=7)
-        parser.add_argument("--out", type=Path, default=Path("models/bundled"))
+        parser.add_argument("--out", type=Path, default=Path("agent/models/bundled"))
         parser.add_argument("--report", action="store_true", help="also write the plots and PDF report")
         args = parser.parse_args(rest)
         from trainer.bundle import build_bundle
