@@ -12,6 +12,7 @@ the CLIs turn it into exit code 2.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -63,11 +64,19 @@ class IngestConfig(_Section):
     )
 
 
+def packaged_model() -> Path:
+    """The bundled model shipped inside the installed agent package (``agent/models/bundled``)."""
+    return Path(str(resources.files("agent.models").joinpath("bundled")))
+
+
 class ModelConfig(_Section):
     """Where the model comes from, and which signatures it needs (see `agent.models.verify`)."""
 
     directory: Path = Field(description="Model store: one sub-directory per version.")
-    bundled: Path | None = Field(default=None, description="Used when the store is empty.")
+    bundled: Path | None = Field(
+        default_factory=packaged_model,
+        description="Used when the store is empty; default: the model packaged with the agent.",
+    )
     check_interval_s: float = Field(default=1.0, gt=0, le=3600)
     require_signature: bool = Field(
         default=False,
