@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -163,3 +164,16 @@ class TestSubscriberStartsFromIt:
             False,
         )
         assert {} == watcher.open_alerts
+
+
+class TestDocumentation:
+    def test_the_documented_example_and_home_assistant_config_match_the_interface(self) -> None:
+        """docs/mqtt-interface.md: the example validates; the discovery config reads the real topics."""
+        text = (Path(__file__).resolve().parent.parent / "docs" / "mqtt-interface.md").read_text()
+        section = text[text.index("### Open alerts (retained)") : text.index("### Drift reports")]
+        example, discovery = (json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S))
+        schema = json.loads((SCHEMA_DIR / "open-alerts.schema.json").read_text())
+        Draft202012Validator(schema).validate(example)
+        assert example["count"] == len(OpenAlerts.model_validate(example).alerts)
+        assert TOPICS.open_alerts == discovery["state_topic"] == discovery["json_attributes_topic"]
+        assert TOPICS.status == discovery["availability_topic"]
