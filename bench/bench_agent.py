@@ -21,7 +21,7 @@ c. Against a naive agent on the same simulated log: our parts (RecordParser →
 
 The model is a 100-tree RandomForestClassifier over the canonical channels of
 config.toml (feature spec window 64 / hop 32), exported with skl2onnx (zipmap=False,
-float32 input), trained on simulated fleet history (robotpm_sim.simulate).
+float32 input), trained on simulated fleet history (robotpm_sim.fleet).
 
 Nothing here asserts on timing. The script exits non-zero when a run fails
 functionally: a worker crashes, our scores disagree with scikit-learn's, the daemon
@@ -236,7 +236,10 @@ def build_assets(work: Path, plan: Plan) -> Assets:
         Thresholds,
         file_sha256,
     )
-    from robotpm_sim.simulate import COLUMNS, MODES, format_records, header_line, simulate_history
+    from robotpm_sim.faults import MODES
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.formatting import format_records
+    from robotpm_sim.records import COLUMNS, header_line
 
     channels = stream_channels()
     file_columns = tuple(channels)
@@ -429,8 +432,8 @@ def worker_daemon(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
 
     root = Path(args["root"])
     config = agent_config(
@@ -508,9 +511,11 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
-    from robotpm_sim.simulate import format_records, header_line, simulate_history
+    from agent.testing import InMemoryTransport
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.formatting import format_records
+    from robotpm_sim.records import header_line
 
     root = Path(args["root"])
     rate = float(args["rate"])

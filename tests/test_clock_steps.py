@@ -18,10 +18,10 @@ from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
 from agent.policy import AlertPolicy
 from agent.publish.delivery import Delivery
-from agent.publish.memory import InMemoryTransport
 from agent.publish.telemetry import heartbeat_message, heartbeat_record
 from agent.seams import OutboundMessage
 from agent.state import StateStore
+from agent.testing import InMemoryTransport
 from tests.test_policy import make_manifest
 
 BOOT_1970 = 86_400.0
@@ -176,7 +176,7 @@ def window_at(index: int, end: float) -> WindowRef:
 
 class TestPolicyDataTime:
     def _policy(self, **config: object) -> AlertPolicy:
-        from agent.seams import ManualClock
+        from agent.testing import ManualClock
 
         manifest = make_manifest(heads=tuple((f"j{i}", "wear", "higher_is_worse") for i in range(3)))
         return AlertPolicy(

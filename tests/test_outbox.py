@@ -12,10 +12,10 @@ from agent.contract.alerts import ModelRef
 from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
 from agent.publish.delivery import Delivery
-from agent.publish.memory import InMemoryTransport
 from agent.publish.telemetry import heartbeat_message, heartbeat_record
-from agent.seams import ManualClock, OutboundMessage
+from agent.seams import OutboundMessage
 from agent.state import StateStore
+from agent.testing import InMemoryTransport, ManualClock
 
 
 def alert(i: int, size: int = 100) -> OutboundMessage:

@@ -47,14 +47,16 @@ def count_rows(incoming: Path) -> int:
         found = discover_logs(incoming)
     except DataError:
         return 0
-    total = 0
-    for _, files in found:
-        for path in files:
-            with path.open("rb") as handle:
-                total += max(
-                    0, sum(block.count(b"\n") for block in iter(lambda h=handle: h.read(1 << 20), b"")) - 1
-                )
-    return total
+    return sum(max(0, _newlines(path) - 1) for _, files in found for path in files)
+
+
+def _newlines(path: Path) -> int:
+    """Newlines in a file, read in 1 MiB blocks."""
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
 
 
 def drift_reports(incoming: Path) -> list[Path]:

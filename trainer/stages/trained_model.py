@@ -137,7 +137,9 @@ def check_parity(
         raise ParityError(f"{what}: ONNX output has NaN or infinite values")
     max_diff = float(diff.max()) if diff.size else 0.0
     limit = config.tolerance * (np.maximum(1.0, np.abs(expected)) if relative else 1.0)
-    rows_over = (diff > limit).any(axis=1) if diff.size else np.zeros(0, dtype=bool)
+    rows_over: npt.NDArray[np.bool_] = (
+        np.asarray((diff > limit).any(axis=1)) if diff.size else np.zeros(0, dtype=bool)
+    )
     fraction = float(rows_over.mean()) if len(rows_over) else 0.0
     if fraction > config.max_mismatch_fraction:
         raise ParityError(
