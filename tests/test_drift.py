@@ -18,9 +18,9 @@ from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
 from agent.publish.telemetry import drift_message, drift_report, drift_summary, heartbeat_record
 from agent.schemas import SCHEMA_DIR
-from agent.seams import ManualClock
 from agent.state import StateStore
 from agent.streams.drift import DriftMonitor
+from agent.testing import ManualClock
 from tests.models import SPEC, write_linear_model
 
 FloatArray = npt.NDArray[np.float64]

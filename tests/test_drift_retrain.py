@@ -14,10 +14,10 @@ from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
 from agent.publish.telemetry import presence
 from agent.subscriber.cli import write_drift_report
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from tests.mosquitto import Broker
 from tests.test_alerts_cli import Publisher, Tool
-from trainer.config import FeatureConfig, LabelConfig, ModelParams, StreamTrainerConfig, TrainerConfig
+from tests.test_trainer_stream import _config
 from trainer.stream import CONSUMED_DIR, check_once
 
 
@@ -72,18 +72,6 @@ def test_the_bridge_writes_each_report_asking_for_a_retrain_as_a_whole_file(
     assert (written.retrain, written.features[0].name) == (True, "j3_temp__mean")
     kinds = [json.loads(line)["kind"] for line in tool.lines]
     assert 2 == kinds.count("drift")
-
-
-def _config(tmp_path: Path, min_new_rows: int) -> TrainerConfig:
-    return TrainerConfig(
-        model_name="arm-stream",
-        registry=tmp_path / "models",
-        work_dir=tmp_path / "work",
-        features=FeatureConfig(window=80, hop=40),
-        labels=LabelConfig(horizon_s=60.0),
-        model=ModelParams(n_estimators=6, max_depth=6),
-        incoming=StreamTrainerConfig(incoming=tmp_path / "incoming", min_new_rows=min_new_rows),
-    )
 
 
 def test_stream_mode_retrains_once_per_agent_drift_report_and_ignores_reports_that_do_not_ask(

@@ -18,9 +18,9 @@ from agent.contract.topics import RobotTopics, parse_robot_topic
 from agent.outbox import Outbox
 from agent.publish.telemetry import open_alerts_message, open_alerts_state
 from agent.schemas import SCHEMA_DIR
-from agent.seams import ManualClock
 from agent.state import StateStore
 from agent.subscriber.cli import Printer, Watcher, main
+from agent.testing import ManualClock
 from tests.mosquitto import Broker
 from tests.test_alerts_cli import Publisher, Tool, events
 from tests.test_policy import make_manifest, make_policy, run
