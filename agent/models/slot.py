@@ -35,7 +35,7 @@ from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, M
 from agent.errors import ModelError, ModelLoadError
 from agent.models.scorer import OnnxScorer
 from agent.models.verify import ModelVerifier
-from agent.seams import Scorer
+from agent.seams import LoadGuard, Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -66,8 +66,11 @@ class ModelSlot:
     keys, so a bad ``trusted_keys`` directory raises `ConfigError` here, at start.
     """
 
-    def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, verifier: ModelVerifier | None = None, *, guard: LoadGuard | None = None
+    ) -> None:
         self._config = config
+        self._guard = guard  # told of every store model load; may refuse one (agent.crashguard)
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
             log.info("model_signatures_required", trusted_keys=list(self._verifier.keys.key_ids))
@@ -203,12 +206,19 @@ class ModelSlot:
 
     def _try_load(self, directory: Path) -> OnnxScorer | None:
         fingerprint = _fingerprint(directory)
+        refusal = self._guard.before_load(directory) if self._guard is not None else None
+        if refusal is not None:
+            self._refuse(directory, fingerprint, refusal)
+            return None
         try:
             scorer = OnnxScorer.load(directory, verifier=self._verifier)
             scorer.check_golden()
         except ModelError as exc:
             self._refuse(directory, fingerprint, str(exc))
             return None
+        finally:
+            if self._guard is not None and refusal is None:
+                self._guard.after_load(directory)
         log.info("model_verified", model=scorer.manifest.label, source=str(directory))
         return scorer
 
