@@ -34,7 +34,7 @@ from trainer.config import TrainerConfig
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation, WindowSet
+from trainer.stages.preparation import DataPreparation, WindowSet, label_classes
 from trainer.stages.trained_model import ExportedModel, TrainedMLModel
 from trainer.stages.training import FittedModel
 
@@ -148,7 +148,7 @@ def prepare_windows(
     require_truth: bool = True,
 ) -> PreparedData:
     """Extract both sources (unless already extracted) and cut them into labelled feature windows."""
-    extraction = DataExtractionAnalysis(config.record_schema())
+    extraction = DataExtractionAnalysis.for_config(config)
     train_data = (
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
     )
@@ -157,7 +157,7 @@ def prepare_windows(
     preparation = DataPreparation(
         spec,
         config.labels,
-        CLASSES,
+        label_classes(train_data, test_data),
         resample_hz=config.features.resample_hz,
         max_gap_s=config.features.max_gap_s,
     )
