@@ -391,6 +391,17 @@ def _publish(args: argparse.Namespace) -> int:
 
 # -- the registry ----------------------------------------------------------------------------
 
+HEADLINE_METRICS = (
+    "pr_auc",
+    "f1_macro",
+    "event_detection_rate",
+    "lead_time_s_median",
+    "rmse_s",
+    "f1",
+    "rmse",
+)
+"""The metrics `list` shows first, as stored by the run (the same definitions as the gate)."""
+
 REGISTRY_ARGUMENTS = (
     arg("--out", type=Path, default=None, help="registry root (default: trainer.registry)"),
     arg("--name", default=None, help="model name (default: trainer.model_name)"),
@@ -411,7 +422,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no versions in {registry.directory}")
     for info in infos:
         flag = "*" if info.champion else " "
-        headline = ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:4])
+        shown = [k for k in HEADLINE_METRICS if k in info.metrics] or list(info.metrics)[:4]
+        headline = ", ".join(f"{k}={info.metrics[k]:.4g}" for k in shown)
         print(f"{flag} v{info.version:<4d} {info.created[:19]:19s} {headline}")
     return 0
 

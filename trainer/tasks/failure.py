@@ -112,6 +112,7 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
         heads=heads,
         reference_features=fit_set.features,
         golden_features=golden_rows(test_windows, test_proba, columns),
+        score_names=tuple(f"p_{classes[c]}" for c in fitted.classes),
         estimator=fitted.kind,
         report=classifier_report,
     )
