@@ -176,3 +176,22 @@ def test_train_list_and_the_gate_report_the_same_pr_auc(
     capsys.readouterr()
     assert cli.main(["list", "--config", str(config), "--out", str(out)]) == 0
     assert f"pr_auc={stored:.4g}" in capsys.readouterr().out
+
+
+def test_inspect_prints_what_the_trainer_will_see(
+    export: tuple[Path, Path, list[tuple[str, float, str, str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`inspect` shows rows and sample rate per robot, events per mode, label balance and quarantine."""
+    config = tmp_path / "config.toml"
+    config.write_text(FLAG)
+    assert cli.main(["inspect", str(export[0]), str(export[1]), "--config", str(config)]) == 0
+    text = capsys.readouterr().out
+    assert "== train:" in text
+    assert "== test:" in text
+    assert "robot robot-001: 15000 rows over 1500 s, 10 Hz observed" in text
+    train_events = sum(1 for f in export[2] if not f[0].startswith("test-"))
+    assert f"failure events per mode: protective_stop {train_events}" in text
+    assert "windows per label: healthy " in text
+    assert "quarantine by reason: none" in text

@@ -7,6 +7,7 @@ Usage::
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
@@ -297,6 +298,21 @@ def _dataset(args: argparse.Namespace) -> int:
         args.dataset, load_config(args), data_dir=args.data, registry_root=args.out, seed=args.seed
     )
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+@subcommand(
+    "inspect",
+    "Print what the trainer will see: rows per robot, sample rate and jitter, events per mode, "
+    "label balance per split, quarantine by reason.",
+    arg("train", type=Path, help="training logs (a file, robot or fleet directory)"),
+    arg("test", type=Path, nargs="?", default=None, help="held-out logs (optional)"),
+)
+def _inspect(args: argparse.Namespace) -> int:
+    from trainer.inspection import describe
+
+    splits = {"train": args.train} if args.test is None else {"train": args.train, "test": args.test}
+    print(describe(load_config(args), splits), end="")
     return 0
 
 
