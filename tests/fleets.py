@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 
 
 def small_fleet(root: Path, seed: int) -> tuple[Path, Path]:

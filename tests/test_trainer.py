@@ -11,7 +11,7 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from tests.fleets import small_fleet
 from trainer import cli
 from trainer.errors import DataError, ParityError, SourceError

@@ -23,6 +23,7 @@ from agent.contract.manifest import (
     GoldenVector,
     ModelManifest,
     OnnxInterface,
+    ReferenceBins,
     Task,
 )
 from trainer.config import ParityConfig
@@ -205,6 +206,7 @@ class TrainedMLModel:
                 name: tuple(float(v) for v in np.quantile(train_features, q, axis=0))
                 for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
             },
+            bins=ReferenceBins.from_features(train_features),  # for the agent's PSI drift test
         )
         golden_out = run_onnx(exported.onnx_bytes, golden_features, exported.score_output)
         golden = tuple(
