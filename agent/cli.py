@@ -1,4 +1,4 @@
-"""``robotpm-agent``: run the agent, check a config, or show local status to a technician.
+"""``robotpm-agent``: run the agent, check a config, show local status, or replay recorded logs offline.
 
 Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
 line on stderr; 2 a bad configuration, naming the file, key and problem.
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", type=Path, default=Path("config.toml"), help="config file (TOML)")
         cmd.add_argument("--profile", default=None, help="profile to apply (dev, test, prod, …)")
+    from agent.replay import add_replay_arguments
+
+    add_replay_arguments(sub)
     return parser
 
 
@@ -123,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_CONFIG
     commands = {"run": _run, "check": _check, "status": _status}
     try:
+        if args.command == "replay":
+            from agent.replay import replay_command
+
+            return replay_command(config, args)
         return commands[args.command](config)
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ that talks to the library.
      │    ├── ModelLoadError    onnxruntime refused the model, or a file is missing
      │    └── ModelRejectedError  verification refused it (signature, checks, golden test)
      ├── IngestError            a log source cannot be followed (missing directory, I/O)
+     ├── WatchError             a directory cannot be watched for changes as configured
      ├── StateError             the agent's local state store is unusable
      └── PublishError           alerts cannot be handed to the transport
 """
@@ -35,6 +36,10 @@ class ModelRejectedError(ModelError):
 
 class IngestError(RobotPMError):
     """A log source cannot be followed."""
+
+
+class WatchError(RobotPMError):
+    """A directory cannot be watched for changes the way the configuration asks."""
 
 
 class StateError(RobotPMError):

@@ -432,8 +432,8 @@ def worker_daemon(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
 
     root = Path(args["root"])
     config = agent_config(
@@ -511,8 +511,8 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
     from robotpm_sim.fleet import simulate_history
     from robotpm_sim.formatting import format_records
     from robotpm_sim.records import header_line

@@ -138,7 +138,7 @@ def catch_up_daemon(logs: Path, work: Path, hop: int, n_lines: int) -> dict[str,
 
     from agent.config import AgentConfig
     from agent.daemon import AgentDaemon
-    from agent.publish.memory import InMemoryTransport
+    from agent.testing import InMemoryTransport
 
     model_for(work, hop)
     root = work / f"daemon-hop{hop}"

@@ -16,11 +16,11 @@ from agent.contract.manifest import MODEL_FILE, ModelManifest
 from trainer.config import TrainerConfig
 from trainer.errors import GateError
 from trainer.registry import Registry
+from trainer.run import RunResult
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
 from trainer.stages.preparation import CLASSES, DataPreparation
 from trainer.stages.selection import HIGHER_IS_BETTER, classifier_metric
 from trainer.stages.trained_model import run_onnx
-from trainer.tasks.failure import RunResult
 
 
 def score_version(

@@ -21,7 +21,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainer.tasks.failure import RunResult
+    from trainer.run import RunResult
 
 FloatArray = npt.NDArray[np.float64]
 REPORT_DIR = "report"

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, Protocol, runtime_checkable
+from typing import IO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -66,14 +66,6 @@ class FetchRefusedError(Exception):
 
 class FetchFailedError(Exception):
     """The download did not work this time (network, server, stale copy): retried with back-off."""
-
-
-@runtime_checkable
-class Subscriber(Protocol):
-    """A transport that can deliver messages of one topic (`agent.publish.mqtt.MqttTransport`)."""
-
-    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        """Call `callback` with each payload on `topic` (on the transport's thread)."""
 
 
 @dataclass(frozen=True, slots=True)

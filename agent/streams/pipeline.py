@@ -15,8 +15,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -29,86 +28,13 @@ from agent.contract.features import CompletedWindows, FeaturizerState, Streaming
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
+from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
 from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-class Block(Protocol):
-    """What the pipeline needs of a follower's line block (see `agent.ingest.LineBlock`)."""
-
-    @property
-    def file_key(self) -> str:
-        """Stable identity of the file the lines came from."""
-
-    @property
-    def path(self) -> Path:
-        """The path the lines were read from."""
-
-    @property
-    def data(self) -> bytes:
-        """Complete lines, each ending in a newline; never the CSV header."""
-
-    @property
-    def offset(self) -> int:
-        """Byte offset of ``data[0]`` in its file."""
-
-    @property
-    def header(self) -> bytes | None:
-        """The file's CSV header line, None for JSON lines."""
-
-    @property
-    def rejected(self) -> tuple[RejectedLine, ...]:
-        """Lines the follower refused while reading (e.g. over-long)."""
-
-
-class ScoreFunction(Protocol):
-    """The part of a scorer the pipeline uses."""
-
-    @property
-    def manifest(self) -> ModelManifest:
-        """The manifest of the model."""
-
-    def score(self, features: FloatArray) -> Any:
-        """Outputs by name for a batch of feature vectors."""
-
-
-class Policy(Protocol):
-    """The part of the alert policy the pipeline uses (see `agent.policy.AlertPolicy`)."""
-
-    def evaluate(
-        self, scores: Any, windows: Sequence[WindowRef], features: FloatArray, *, replayed: bool
-    ) -> list[AlertEvent]:
-        """Alert events for scored windows."""
-
-    def state(self) -> dict[str, Any]:
-        """JSON-serialisable state, committed with the stream's position."""
-
-    def restore(self, state: dict[str, Any] | None) -> None:
-        """Resume from saved state (None: fresh)."""
-
-    def use_model(self, manifest: ModelManifest) -> None:
-        """Continue with a new model's heads."""
-
-    def counters(self) -> dict[str, Any]:
-        """Events emitted by state and events suppressed by reason."""
-
-
-class ShadowHook(Protocol):
-    """Sees every window batch the pipeline scores (`agent.models.probation.Probation`); must not raise."""
-
-    def __call__(self, features: FloatArray, current_scores: Any) -> None:
-        """Take the features of scored windows and the current model's scores of them."""
-
-
-class QuarantineSink(Protocol):
-    """Where refused lines go (see `agent.ingest.Quarantine`)."""
-
-    def write(self, stream: str, source: Path, rejected: Sequence[RejectedLine]) -> None:
-        """Record refused lines with their reasons."""
 
 
 @dataclass(slots=True)
@@ -218,7 +144,7 @@ class StreamPipeline:
         self,
         stream: StreamConfig,
         ingest: IngestConfig,
-        scorer: ScoreFunction,
+        scorer: Scorer,
         policy: Policy,
         quarantine: QuarantineSink,
     ) -> None:
@@ -267,7 +193,7 @@ class StreamPipeline:
             )
         self._column_order = np.array([self._schema.canonical_channels.index(c) for c in needed])
 
-    def use_scorer(self, scorer: ScoreFunction) -> None:
+    def use_scorer(self, scorer: Scorer) -> None:
         """Score the next windows with `scorer`; the open window is kept when the feature spec is equal."""
         old_hash = self._scorer.manifest.feature_spec_hash
         self._check_channels(scorer.manifest)

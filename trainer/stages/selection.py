@@ -11,7 +11,7 @@ has not seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,9 @@ from trainer.stages.preparation import WindowSet, grouped_time_folds
 from trainer.stages.training import ModelTraining
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+FoldPredictor = Callable[[IntArray, IntArray], "FloatArray | None"]
+"""(training indices, validation indices) → scores of the validation windows, or None to skip the fold."""
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "pr_auc": True,
@@ -68,6 +71,22 @@ def classifier_metric(name: str, proba: FloatArray, labels: npt.NDArray[np.int64
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def out_of_fold(windows: WindowSet, n_folds: int, width: int, predict: FoldPredictor) -> FloatArray:
+    """Scores of every window from a model that never saw its robot (NaN where no fold validated it).
+
+    The folds are `grouped_time_folds` (whole robots held out; one robot: past → future);
+    `predict` fits on a fold's training windows and scores its validation windows.
+    """
+    oof = np.full((len(windows), width), np.nan)
+    for train_idx, val_idx in grouped_time_folds(windows.robot, windows.end_ts, n_folds):
+        if not len(val_idx):
+            continue
+        scores = predict(train_idx, val_idx)
+        if scores is not None:
+            oof[val_idx] = np.asarray(scores, dtype=np.float64).reshape(len(val_idx), width)
+    return oof
+
+
 class ModelSelection:
     """Stage 3: ranks candidate estimators by grouped time-aware cross-validation."""
 
@@ -94,19 +113,21 @@ class ModelSelection:
         self, kind: ModelKind, windows: WindowSet, fit_mask: npt.NDArray[np.bool_]
     ) -> CandidateResult:
         n_classes = len(windows.classes)
-        oof = np.full((len(windows), n_classes), np.nan)
         fold_scores: list[float] = []
-        for train_idx, val_idx in grouped_time_folds(windows.robot, windows.end_ts, self._folds):
+
+        def predict(train_idx: IntArray, val_idx: IntArray) -> FloatArray | None:
             fit_idx = train_idx[fit_mask[train_idx]]
-            if len(np.unique(windows.label[fit_idx])) < 2 or not len(val_idx):
-                continue
+            if len(np.unique(windows.label[fit_idx])) < 2:
+                return None
             fitted = self._training.fit(windows.features[fit_idx], windows.label[fit_idx], kind=kind)
             proba = fitted.estimator.predict_proba(windows.features[val_idx].astype(np.float32))
             full = np.zeros((len(val_idx), n_classes))
             for col, cls in enumerate(fitted.classes):
                 full[:, cls] = proba[:, col]
-            oof[val_idx] = full
             fold_scores.append(classifier_metric(self._metric, full, windows.label[val_idx]))
+            return full
+
+        oof = out_of_fold(windows, self._folds, n_classes, predict)
         validated = ~np.isnan(oof[:, 0])
         if not validated.any():
             raise TrainingError(
