@@ -44,6 +44,9 @@ from tests.robot_install import (  # noqa: E402
     configure_template,
     install_venv,
     package_dir,
+    samples_seen,
+    start_agent,
+    wait_ready,
     write_atomically,
 )
 
@@ -142,20 +145,6 @@ class Robot:
         state.mkdir(parents=True)
         write_atomically(self.logs / "arm1.csv", self.log_bytes)
 
-    def samples_seen(self) -> int:
-        """Records the agent has read, from `robotpm-agent status` (its committed state)."""
-        done = subprocess.run(
-            [str(self.agent), "status", "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            check=False,
-        )
-        for line in done.stdout.splitlines():
-            if line.startswith("stream arm1:") and "samples " in line:
-                return int(line.split("samples ")[1].split(",")[0])
-        return 0
-
     def started_agent(self, work: Path) -> tuple[dict[str, float], dict[str, float]]:
         """RSS of `robotpm-agent run` at READY=1 and after reading the whole log."""
         self.fresh_state()
@@ -163,22 +152,16 @@ class Robot:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify_path))
         sock.settimeout(1.0)
-        env = {**clean_env(), "NOTIFY_SOCKET": str(notify_path), "ROBOTPM__AGENT__MQTT__PORT": str(self.port)}
         with open(work / "agent.out", "ab") as out:
-            process = subprocess.Popen(
-                [str(self.agent), "run", "--config", str(self.config), "--profile", "prod"],
-                env=env,
-                cwd=self.root,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+            process = start_agent(
+                self.agent, self.config, root=self.root, port=self.port, notify=notify_path, out=out
             )
         try:
-            deadline = time.monotonic() + 120
-            while b"READY=1" not in _receive(sock):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"the agent never became ready; see {work / 'agent.out'}")
+            if not wait_ready(sock, process, 120):
+                raise RuntimeError(f"the agent never became ready; see {work / 'agent.out'}")
             ready = status_mib(process.pid)
-            while self.samples_seen() < LOG_LINES:
+            deadline = time.monotonic() + 120
+            while samples_seen(self.agent, self.config) < LOG_LINES:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"the agent did not read the log; see {work / 'agent.out'}")
                 time.sleep(0.2)
@@ -189,13 +172,6 @@ class Robot:
             sock.close()
             if process.returncode != 0:
                 raise RuntimeError(f"the agent exited {process.returncode}; see {work / 'agent.out'}")
-
-
-def _receive(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(4096)
-    except TimeoutError:
-        return b""
 
 
 def main() -> int:

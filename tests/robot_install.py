@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,3 +83,45 @@ def write_atomically(path: Path, data: bytes) -> None:
     staging = path.parent.parent / f".{path.name}.part"
     staging.write_bytes(data)
     os.replace(staging, path)
+
+
+def start_agent(
+    agent: Path, config: Path, *, root: Path, port: int, notify: Path, out: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """``robotpm-agent run --profile prod`` as the unit starts it, under a fake systemd's `notify` socket."""
+    env = {**clean_env(), "NOTIFY_SOCKET": str(notify), "ROBOTPM__AGENT__MQTT__PORT": str(port)}
+    return subprocess.Popen(
+        [str(agent), "run", "--config", str(config), "--profile", "prod"],
+        env=env,
+        cwd=root,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(notify: socket.socket, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether READY=1 arrives on `notify` (a socket with a timeout) while `process` runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if b"READY=1" in notify.recv(4096):
+                return True
+        except TimeoutError:
+            continue
+    return False
+
+
+def samples_seen(agent: Path, config: Path, stream: str = "arm1") -> int:
+    """Records of `stream` the agent has committed, as ``robotpm-agent status`` shows them."""
+    done = subprocess.run(
+        [str(agent), "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith(f"stream {stream}:") and "samples " in line:
+            return int(line.split("samples ")[1].split(",")[0])
+    return 0

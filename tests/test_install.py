@@ -37,6 +37,9 @@ from tests.robot_install import (
     configure_template,
     install_venv,
     package_dir,
+    samples_seen,
+    start_agent,
+    wait_ready,
     write_atomically,
 )
 from trainer.config import load_trainer_config
@@ -204,32 +207,6 @@ def _notify(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
         sock.close()
 
 
-def _wait_ready(sock: socket.socket, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if b"READY=1" in sock.recv(4096):
-                return True
-        except TimeoutError:
-            continue
-    return False
-
-
-def _samples_seen(robot: Robot) -> int:
-    done = subprocess.run(
-        [str(robot.agent), "status", "--config", str(robot.config)],
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        timeout=60,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("stream arm1:") and "samples " in line:
-            return int(line.split("samples ")[1].split(",")[0])
-    return 0
-
-
 @pytest.mark.mosquitto
 def test_a_short_run_scores_the_log_with_the_packaged_model_and_stops_on_sigterm(
     robot: Robot, broker: Broker, notify: tuple[socket.socket, Path]
@@ -238,24 +215,19 @@ def test_a_short_run_scores_the_log_with_the_packaged_model_and_stops_on_sigterm
     sock, notify_path = notify
     _, values, _ = simulate_history("robot-001", LOG_LINES / 50.0, 50.0, 7, faults=())
     write_atomically(robot.root / "var/log/robot/arm1/arm1.csv", header_line() + format_records(values))
-    env = {**clean_env(), "NOTIFY_SOCKET": str(notify_path), "ROBOTPM__AGENT__MQTT__PORT": str(broker.port)}
     output = robot.root / "agent.out"
     with Collector(broker.port, ("robotpm/v1/plant-1/robot-001/#",), client_id="install-test") as sub:
         with output.open("wb") as out:
-            process = subprocess.Popen(
-                [str(robot.agent), "run", "--config", str(robot.config), "--profile", "prod"],
-                env=env,
-                cwd=robot.root,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+            process = start_agent(
+                robot.agent, robot.config, root=robot.root, port=broker.port, notify=notify_path, out=out
             )
         try:
-            assert _wait_ready(sock, process, 60), output.read_text()[-3000:]
+            assert wait_ready(sock, process, 60), output.read_text()[-3000:]
             assert sub.wait_for(lambda s: any(m.json().get("state") == "online" for m in s.on("/status")), 30)
             deadline = time.monotonic() + 60
-            while _samples_seen(robot) < LOG_LINES and time.monotonic() < deadline:
+            while samples_seen(robot.agent, robot.config) < LOG_LINES and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert _samples_seen(robot) == LOG_LINES
+            assert samples_seen(robot.agent, robot.config) == LOG_LINES
         finally:
             process.send_signal(signal.SIGTERM)
             try:
