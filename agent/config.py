@@ -27,6 +27,7 @@ from pydantic import (
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
+from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfig, ShelvingConfig
 
 
 class _Section(BaseModel):
@@ -242,6 +243,10 @@ class AgentConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     policy: PolicyConfig = PolicyConfig()
     outbox: OutboxConfig = OutboxConfig()
+    journal: JournalConfig = JournalConfig()
+    shelving: ShelvingConfig = ShelvingConfig()
+    control: ControlConfig = ControlConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("robot_id", "site")
     @classmethod
@@ -266,6 +271,7 @@ AGENT_PATH_KEYS = frozenset(
         "cert_file",
         "key_file",
         "credentials_file",
+        "file",
     }
 )
 """The agent's keys whose relative paths resolve against the config file's directory."""
