@@ -283,10 +283,9 @@ class FieldOperations:
         opened = self.journal.open_alerts()
         shelved = 0
         for alert in opened:
-            probe = AlertEvent.model_construct(
-                stream=alert.stream, component=alert.component, failure_mode=alert.failure_mode
+            shelved += (
+                self.shelving.covering_head(alert.stream, alert.component, alert.failure_mode) is not None
             )
-            shelved += self.shelving.covering(probe) is not None
         outbox = self._outbox
         status = AgentStatus(
             robot_id=self.config.robot_id,

@@ -69,13 +69,15 @@ class Shelf(_Model):
 
     def covers(self, event: AlertEvent) -> bool:
         """Whether this shelf covers an event."""
+        return self.covers_head(event.stream, event.component, event.failure_mode)
+
+    def covers_head(self, stream: str, component: str | None, failure_mode: str | None) -> bool:
+        """Whether this shelf covers an alert head (component and failure mode None: the stream as such)."""
         if self.scope == "all":
             return True
-        if self.stream != event.stream:
+        if self.stream != stream:
             return False
-        return self.scope == "stream" or (
-            self.component == event.component and self.failure_mode == event.failure_mode
-        )
+        return self.scope == "stream" or (self.component, self.failure_mode) == (component, failure_mode)
 
     def target(self) -> str:
         """What it covers, for people."""
@@ -163,7 +165,11 @@ class Shelving:
 
     def covering(self, event: AlertEvent) -> Shelf | None:
         """The first active shelf that covers this event, or None."""
-        return next((s for s in self.shelves if s.covers(event)), None)
+        return self.covering_head(event.stream, event.component, event.failure_mode)
+
+    def covering_head(self, stream: str, component: str | None, failure_mode: str | None) -> Shelf | None:
+        """The first active shelf that covers this alert head (or stream), or None."""
+        return next((s for s in self.shelves if s.covers_head(stream, component, failure_mode)), None)
 
     def publishes(self, event: AlertEvent, shelf: Shelf | None, seen: bool) -> bool:
         """Whether an event goes to the broker: not covered, or a clear of an alert subscribers saw."""
@@ -231,7 +237,7 @@ class Shelving:
             request_id=request.id,
             action="shelve",
             ok=True,
-            detail=f"{shelf.kind} {shelf.target()} until {shelf.until.isoformat(timespec='seconds')}",
+            detail=f"{shelf.kind} {shelf.target()} until {shelf.until.strftime('%Y-%m-%d %H:%M:%SZ')}",
             shelves=(shelf,),
         )
 
@@ -252,8 +258,9 @@ class Shelving:
             )
         ]
         self._remove(conn, ended)
-        probe = _probe(stream, component, failure_mode) if scope != "all" else None
-        still = tuple(s for s in self.shelves if probe is not None and s.covers(probe))
+        still = tuple(
+            s for s in self.shelves if stream is not None and s.covers_head(stream, component, failure_mode)
+        )
         detail = f"ended {len(ended)} shelve(s)" if ended else "nothing was shelved there"
         if still:
             detail += f"; still covered by {', '.join(s.target() for s in still)}"
@@ -285,15 +292,6 @@ class Shelving:
         for shelf in shelves:
             conn.execute("DELETE FROM shelves WHERE id = ?", (shelf.id,))
             self._shelves.pop(shelf.id, None)
-
-
-def _probe(stream: str | None, component: str | None, failure_mode: str | None) -> AlertEvent | None:
-    """A stand-in event to ask which shelves still cover a stream or head."""
-    if stream is None:
-        return None
-    return AlertEvent.model_construct(
-        stream=stream, component=component or "", failure_mode=failure_mode or ""
-    )
 
 
 def _request_id(body: bytes) -> str:
