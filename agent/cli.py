@@ -1,4 +1,7 @@
-"""``robotpm-agent``: run the agent, check a config, or serve a technician (alerts, explain, status, shelve).
+"""``robotpm-agent``: run the agent, check a config, serve a technician, or replay recorded logs offline.
+
+The technician's commands (alerts, explain, status, shelve, unshelve) are in
+`agent.technician.commands`.
 
 Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
 line on stderr; 2 a bad configuration, naming the file, key and problem. The
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         _config_options(sub.add_parser(name, help=text, description=text))
     add_commands(sub, _config_options)
+    from agent.replay import add_replay_arguments
+
+    add_replay_arguments(sub)
     return parser
 
 
@@ -90,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command in ("run", "check"):  # the technician commands' stdout is their report alone
+    if args.command not in COMMANDS:  # the technician commands' stdout is their report alone
         configure_logging(config.log_level, config.log_format)
+    if args.command in ("run", "check"):
         for i, stream in enumerate(config.streams):
             if not stream.directory.is_dir():
                 print(
@@ -104,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](config, args)
+        if args.command == "replay":
+            from agent.replay import replay_command
+
+            return replay_command(config, args)
         return commands[args.command](config)
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)

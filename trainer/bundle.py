@@ -1,4 +1,4 @@
-"""The bundled default model: simulated fleet history → trained, checked model in ``models/bundled``.
+"""The bundled default model: simulated fleet history → trained, checked model in ``agent/models/bundled``.
 
 `build_bundle` is what ``robotpm-train bundle --seed 7`` runs. Training data comes
 straight from the simulator's Python API (no CSV round trip): a fleet whose faults

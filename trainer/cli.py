@@ -5,7 +5,7 @@ Usage::
     robotpm-train --train-csv DIR_OR_CSV --test-csv DIR_OR_CSV [--out models] [--name robot-arm]
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
-    robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
+    robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
@@ -267,7 +267,7 @@ def print_result(result: RunResult) -> None:
     "bundle",
     "Simulate a fleet, train and write the bundled default model (≤ 1 MB).",
     arg("--seed", type=int, default=7),
-    arg("--out", type=Path, default=Path("models/bundled")),
+    arg("--out", type=Path, default=Path("agent/models/bundled")),
     arg("--report", action="store_true", help="also write the plots and PDF report"),
 )
 def _bundle(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from agent.contract.alerts import AlertEvent, Heartbeat, Presence
+from agent.contract.alerts import AlertEvent, DriftReport, Heartbeat, OpenAlerts, Presence
 from agent.contract.announcement import ModelAnnouncement
 from agent.contract.manifest import ModelManifest
 from agent.publish.telemetry import ModelStatus
@@ -47,6 +47,20 @@ SCHEMAS: Final = (
         "robotpm/v1/<site>/<robot>/alerts",
         "One event of an alert's life cycle (raised, updated, cleared). QoS 1, not retained; "
         "delivered at least once: de-duplicate by event_id.",
+    ),
+    SchemaSpec(
+        "open-alerts",
+        OpenAlerts,
+        "robotpm/v1/<site>/<robot>/open_alerts",
+        "Retained, QoS 1: every open alert of the robot, replaced on every raise, update, clear and shelve. "
+        "A subscriber that (re)starts reads what is open here; an empty list means nothing is.",
+    ),
+    SchemaSpec(
+        "drift-report",
+        DriftReport,
+        "robotpm/v1/<site>/<robot>/drift",
+        "QoS 1, not retained: one stream's feature drift against the model's training data (PSI against "
+        "the training quantile bins and the mean shift in training stds), sent when its state changes.",
     ),
     SchemaSpec(
         "presence",
