@@ -122,8 +122,10 @@ class AgentDaemon:
                     clock=self.clock,
                 )
             )
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
+            pipeline.on_scored = self.fieldops.inference.observe
             runner = StreamRunner(
-                StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
+                pipeline,
                 StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
                 cfg.ingest,
                 self._wakeup,
@@ -141,7 +143,7 @@ class AgentDaemon:
         for s in self._streams:
             s.start()
         with self.store.transaction() as conn:
-            self.outbox.enqueue(conn, statuses)
+            self.outbox.enqueue(conn, [*statuses, self.fieldops.open_alerts_message()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
@@ -309,6 +311,7 @@ class AgentDaemon:
 
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
+        assert self.fieldops is not None
         counters = [s.pipeline.counters for s in self._streams]
         suppressed: dict[str, int] = {}
         for s in self._streams:
@@ -337,6 +340,15 @@ class AgentDaemon:
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
             model_events=self.models.events,
+            drift_streams=self.fieldops.drift_summaries(self._streams),
+        )
+        self._pending.extend(
+            self.fieldops.on_heartbeat(
+                record,
+                streams=self._streams,
+                broker_connected=bool(self.transport is not None and self.transport.connected),
+                model=ModelRef(id=manifest.model_id, version=manifest.version),
+            )
         )
         return telemetry.heartbeat_message(self.topics, record)
 

@@ -8,7 +8,11 @@ The daemon owns one `FieldOperations` and calls it at four points:
 * `step` once a tick: at most every `REQUEST_POLL_S` it ends expired shelves,
   applies the shelve requests waiting in the control directory, and publishes the
   alerts a shelf withheld that are still open once that shelf ended;
-* `refresh_status` each heartbeat, `stopped` at the end.
+* `refresh_status` each tick (written every `refresh_s`), `stopped` at the end;
+* `on_heartbeat`: drift reports and the metrics textfile (`agent.technician.fleetview`).
+
+The retained open-alerts view is re-sent with every tick that had alert events,
+every shelve change, and at start (`open_alerts_message`).
 
 Every raise, update, clear, shelve and unshelve is logged with the robot, stream
 and model bound (``structlog.contextvars``), so the local log reads as an alarm log.
@@ -28,14 +32,16 @@ import structlog
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.contract.alerts import AlertEvent, ModelRef
+from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef, OpenAlerts, StreamDrift
 from agent.contract.topics import RobotTopics
 from agent.journal import AlertJournal, read_entry
+from agent.metrics import LatencyHistogram
 from agent.outbox import Outbox
 from agent.publish import telemetry
 from agent.seams import Clock, OutboundMessage
 from agent.state import StateStore
 from agent.technician.control import ControlDir, removing, write_atomic
+from agent.technician.fleetview import FleetView
 from agent.technician.recorder import ExplainingPolicy
 from agent.technician.shelving import Shelf, ShelveResult, Shelving
 from agent.technician.statusfile import (
@@ -97,9 +103,14 @@ class FieldOperations:
         self.journal = AlertJournal(store, config.journal, outbox.running_s)
         self.shelving = Shelving(store, config.shelving, wall=clock.wall, running_s=outbox.running_s)
         self.control = control_dir(config)
+        self.fleet = FleetView(config, topics)
+        self.inference = LatencyHistogram()
+        """Seconds per scoring call over every stream (for the metrics file)."""
         self._policies: list[ExplainingPolicy] = []
         self._next_poll = 0.0
         self._last_status = float("-inf")
+        self._status_due = True
+        """Something the status file shows changed (alerts, shelves): rewrite it at the next tick."""
         self._model_label = ""
         self.last_update: ModelUpdate | None = None
         self.requests_refused = 0
@@ -117,6 +128,7 @@ class FieldOperations:
         self.config = config
         self.journal.use_config(config.journal)
         self.shelving.use_config(config.shelving)
+        self.fleet.use_config(config)
 
     def wrap(self, policy: Any) -> ExplainingPolicy:
         """The stream's policy, wrapped so each event's context reaches the journal."""
@@ -171,7 +183,39 @@ class FieldOperations:
             if published:
                 out.append(telemetry.alert_message(self._topics, event))
         self.journal.retain(conn)
+        self._status_due = True
+        out.append(self.open_alerts_message())
         return out
+
+    def open_alerts_message(self) -> OutboundMessage:
+        """The retained view of every open alert now, shelved ones marked."""
+        policies = [p.inner for p in self._policies]
+        return self.fleet.open_alerts(policies, self.shelving, self._clock.wall())
+
+    def on_heartbeat(
+        self,
+        heartbeat: Heartbeat,
+        *,
+        streams: Sequence[StreamView],
+        broker_connected: bool,
+        model: ModelRef,
+    ) -> list[OutboundMessage]:
+        """Each heartbeat: write the metrics textfile; returns the drift reports due."""
+        pipelines = [s.pipeline for s in streams]
+        wall = self._clock.wall()
+        self.fleet.write_metrics(
+            heartbeat,
+            pipelines,
+            {s.name: _stream_status(s, wall) for s in streams},
+            broker_connected=broker_connected,
+            inference=self.inference,
+            open_alerts=telemetry_open_alerts(self.open_alerts_message()),
+        )
+        return self.fleet.drift_reports(pipelines, model, wall)
+
+    def drift_summaries(self, streams: Sequence[StreamView]) -> dict[str, StreamDrift]:
+        """Each stream's drift for the heartbeat."""
+        return self.fleet.drift_summaries([s.pipeline for s in streams])
 
     def step(self, now: float) -> None:
         """End expired shelves, apply waiting requests, publish what an ended shelf withheld."""
@@ -184,11 +228,15 @@ class FieldOperations:
         unsafe = self.control.unsafe() if pending else None
         answers: list[tuple[Path, ShelveResult]] = []
         with self._store.transaction() as conn:
-            for shelf in self.shelving.expire(conn):
+            ended = self.shelving.expire(conn)
+            for shelf in ended:
                 log.info("shelve_expired", **_shelf_fields(shelf))
             for path in pending:
                 answers.append((path, self._handle(conn, path, unsafe)))
             released = self._release(conn)
+            if ended or answers:
+                self._status_due = True
+                released.append(self.open_alerts_message())
             self._outbox.enqueue(conn, released)
         for path, result in answers:
             with removing(path):
@@ -210,10 +258,11 @@ class FieldOperations:
         drift: str,
         force: bool = False,
     ) -> None:
-        """Rewrite the status file if a refresh period passed (or `force`)."""
-        if not force and now - self._last_status < self.refresh_s:
+        """Rewrite the status file if a refresh period passed, alerts or shelves changed, or `force`."""
+        if not (force or self._status_due) and now - self._last_status < self.refresh_s:
             return
         self._last_status = now
+        self._status_due = False
         self._write("running", streams=streams, broker=broker, model=model, uptime_s=uptime_s, drift=drift)
 
     def stopped(
@@ -330,6 +379,11 @@ def model_view(current: ModelRef, label: str, probation: Any, needed: int) -> Mo
         candidate_windows=int(probation.windows),
         candidate_windows_needed=needed,
     )
+
+
+def telemetry_open_alerts(message: OutboundMessage) -> OpenAlerts:
+    """The open-alerts record back from its message (for the metrics file)."""
+    return OpenAlerts.model_validate_json(message.payload)
 
 
 def telemetry_json(payload: bytes) -> dict[str, Any]:
