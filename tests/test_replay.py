@@ -7,10 +7,12 @@ import itertools
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from agent.cli import main as agent_main
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
@@ -244,6 +246,13 @@ def _broken_candidate(tmp_path: Path) -> Path:
 
 
 class TestReplayCommand:
+    @pytest.fixture(autouse=True)
+    def _keep_logging(self) -> Iterator[None]:
+        """agent_main points structlog at this test's captured stdout; later tests must not log there."""
+        saved = structlog.get_config()
+        yield
+        structlog.configure(**saved)
+
     def test_the_command_writes_its_files_and_exits_0(self, tmp_path: Path) -> None:
         """robotpm-agent replay FILE --out DIR: scores, alerts and summary in DIR, exit code 0."""
         shutil.copytree(BUNDLED, tmp_path / "bundled")
