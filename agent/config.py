@@ -29,6 +29,7 @@ from pydantic import (
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
+from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfig, ShelvingConfig
 
 
 class _Section(BaseModel):
@@ -302,6 +303,10 @@ class AgentConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     policy: PolicyConfig = PolicyConfig()
     outbox: OutboxConfig = OutboxConfig()
+    journal: JournalConfig = JournalConfig()
+    shelving: ShelvingConfig = ShelvingConfig()
+    control: ControlConfig = ControlConfig()
+    logging: LoggingConfig = LoggingConfig()
     drift: DriftConfig = DriftConfig()
     metrics: MetricsConfig = MetricsConfig()
 
@@ -328,6 +333,7 @@ AGENT_PATH_KEYS = frozenset(
         "cert_file",
         "key_file",
         "credentials_file",
+        "file",
         "textfile",
     }
 )
