@@ -213,6 +213,16 @@ def status_report(config: AgentConfig, now: float) -> StatusReport:
     )
 
 
+def agent_running(config: AgentConfig, now: float) -> bool:
+    """Whether the agent refreshes its status file now (reads nothing else: any group member may ask)."""
+    path = control_dir(config).status
+    try:
+        agent = read_status(path)
+        return agent is not None and agent.state == "running" and not is_stale(agent, age_s(path, now))
+    except (OSError, ValueError):
+        return False
+
+
 def read_source(file: str, start: int, end: int) -> SourceView:
     """The raw lines of a byte range, if the file still holds them at the same place."""
 
