@@ -27,7 +27,7 @@ from tests.agent_config import agent_config, stream
 from tests.models import write_linear_model
 from trainer.config import DEFAULT_CHANNELS
 
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled"
+BUNDLED = Path(__file__).resolve().parent.parent / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 
 
