@@ -215,7 +215,7 @@ class TestShelving:
         robot.log(csv_lines(0, [0.1] * 6 + [1.0] * 6))
         robot.settle()
         alert = robot.published_alerts()[0]["alert_id"]
-        self.shelve(robot, alert, "--for", "1h", "--reason", "known fault")
+        self.shelve(robot, alert[:12], "--for", "1h", "--reason", "known fault")  # as alerts shows it
         robot.log(csv_lines(12, [0.1] * 10))
         robot.settle()
         assert ["raised", "cleared"] == [a["state"] for a in robot.published_alerts()]
