@@ -27,13 +27,7 @@ from agent.technician.settings import JournalConfig, ShelvingConfig
 from agent.technician.shelving import Shelving
 from agent.testing import InMemoryTransport, ManualClock
 from tests.test_technician_cli import FAULT, Robot, csv_lines
-
-
-@pytest.fixture(name="robot")
-def _robot(tmp_path: Path) -> Iterator[Robot]:
-    robot = Robot(tmp_path)
-    yield robot
-    robot.close()
+from tests.test_technician_cli import _robot as _robot  # the same robot fixture
 
 
 def journal(robot: Robot) -> list[dict[str, Any]]:
