@@ -308,7 +308,7 @@ class TestAlertsAndTopics:
         event = self._event()
         text = event.model_dump_json()
         assert event == AlertEvent.model_validate_json(text)
-        assert "1.0" == json.loads(text)["schema_version"]
+        assert "1.1" == json.loads(text)["schema_version"]
 
     def test_event_ids_are_stable_and_distinguish_every_input(self) -> None:
         """Same inputs give the same id; changing any one of them changes it."""

@@ -292,6 +292,7 @@ def run_task(
         exported=exported,
         heads=fit.heads(exported.score_output),
         train_features=fit.reference_features,
+        healthy_features=prepared.train_windows.features[prepared.train_windows.healthy],
         golden_features=fit.golden_features,
         metrics=metrics,
         lineage=record,
