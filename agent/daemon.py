@@ -50,6 +50,8 @@ from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transp
 from agent.state import StateStore
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
+from agent.technician.operations import FieldOperations, model_view
+from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 log = structlog.get_logger("robotpm.agent")
 
@@ -84,6 +86,7 @@ class AgentDaemon:
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
+        self.fieldops: FieldOperations | None = None
         source = models or StoreModels(config.model, wakeup=self._wakeup)
         self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
 
@@ -103,21 +106,26 @@ class AgentDaemon:
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
+        self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
         quarantine = Quarantine(
             cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
         )
         for stream in cfg.streams:
-            policy = AlertPolicy(
-                scorer.manifest,
-                cfg.policy,
-                robot_id=stream.robot_id or cfg.robot_id,
-                site=cfg.site,
-                stream=stream.name,
-                agent_version=__version__,
-                clock=self.clock,
+            policy = self.fieldops.wrap(
+                AlertPolicy(
+                    scorer.manifest,
+                    cfg.policy,
+                    robot_id=stream.robot_id or cfg.robot_id,
+                    site=cfg.site,
+                    stream=stream.name,
+                    agent_version=__version__,
+                    clock=self.clock,
+                )
             )
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
+            pipeline.on_scored = self.fieldops.inference.observe
             runner = StreamRunner(
-                StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
+                pipeline,
                 StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
                 cfg.ingest,
                 self._wakeup,
@@ -135,7 +143,7 @@ class AgentDaemon:
         for s in self._streams:
             s.start()
         with self.store.transaction() as conn:
-            self.outbox.enqueue(conn, statuses)
+            self.outbox.enqueue(conn, [*statuses, self.fieldops.open_alerts_message()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
@@ -162,9 +170,16 @@ class AgentDaemon:
         events: list[AlertEvent] = []
         for s in self._streams:
             events.extend(s.flush())
-        messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
+        messages = self._pending
         self._pending = []
-        self._commit(force=True, messages=messages)
+        self._commit(force=True, messages=messages, events=events)
+        if self.fieldops is not None and self.transport is not None:
+            self.fieldops.stopped(
+                streams=self._streams,
+                broker=self._broker_status(),
+                model=self._model_status(),
+                uptime_s=self.clock.monotonic() - self._started_at,
+            )
         for s in self._streams:
             s.close()
         if self.delivery is not None and self.transport is not None:
@@ -205,17 +220,30 @@ class AgentDaemon:
             before = s.pipeline.counters.lines
             events.extend(s.step(now))
             lines += s.pipeline.counters.lines - before
-        self._pending.extend(self.models.step())
+        model_messages = self.models.step()
+        self._pending.extend(model_messages)
+        assert self.fieldops is not None
+        self.fieldops.note_model_messages(model_messages)
+        self.fieldops.bind_model(self.models.current.manifest.label)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
-        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
-        if self._pending and (messages or now - self._last_commit >= self._interval):
+        if self._pending and (events or now - self._last_commit >= self._interval):
             messages += self._pending
             self._pending = []
-        self._commit(force=bool(messages), messages=messages)
+        self._commit(force=bool(messages or events), messages=messages, events=events)
+        self.fieldops.step(now)
+        self.fieldops.refresh_status(
+            now,
+            streams=self._streams,
+            broker=self._broker_status(),
+            model=self._model_status(),
+            uptime_s=now - self._started_at,
+            drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
+        )
         assert self.delivery is not None
         self.delivery.pump()
         interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
@@ -226,17 +254,30 @@ class AgentDaemon:
             self.notifier.watchdog()
         return lines
 
-    def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
+    def _commit(
+        self,
+        *,
+        force: bool,
+        messages: Sequence[OutboundMessage] = (),
+        events: Sequence[AlertEvent] = (),
+    ) -> None:
         now = self.clock.monotonic()
         dirty = any(s.unsaved for s in self._streams)
-        if not messages and not (dirty and (force or now - self._last_commit >= self._interval)):
+        if (
+            not messages
+            and not events
+            and not (dirty and (force or now - self._last_commit >= self._interval))
+        ):
             return
         assert self.store is not None
         assert self.outbox is not None
+        assert self.fieldops is not None
         try:
             with self.store.transaction() as conn:
                 for s in self._streams:
                     StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
+                # Journaled with their outbox rows; a shelve withholds some from the broker.
+                messages = [*self.fieldops.admit(conn, events), *messages]
                 if messages:
                     self.outbox.enqueue(conn, messages)
                     if self.delivery is not None and any(m.kind == "alert" for m in messages):
@@ -249,12 +290,28 @@ class AgentDaemon:
         for s in self._streams:
             s.saved()
 
+    def _broker_status(self) -> BrokerStatus:
+        mqtt = self.config.mqtt
+        transport = self.transport
+        return BrokerStatus(
+            connected=bool(transport is not None and transport.connected),
+            host=mqtt.host,
+            port=mqtt.port,
+            last_error=str(getattr(transport, "last_error", "") or ""),
+        )
+
+    def _model_status(self) -> ModelStatusView:
+        manifest = self.models.current.manifest
+        ref = ModelRef(id=manifest.model_id, version=manifest.version)
+        return model_view(ref, manifest.label, self.probation, self.config.model.probation_windows)
+
     @property
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
 
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
+        assert self.fieldops is not None
         counters = [s.pipeline.counters for s in self._streams]
         suppressed: dict[str, int] = {}
         for s in self._streams:
@@ -283,6 +340,15 @@ class AgentDaemon:
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
             model_events=self.models.events,
+            drift_streams=self.fieldops.drift_summaries(self._streams),
+        )
+        self._pending.extend(
+            self.fieldops.on_heartbeat(
+                record,
+                streams=self._streams,
+                broker_connected=bool(self.transport is not None and self.transport.connected),
+                model=ModelRef(id=manifest.model_id, version=manifest.version),
+            )
         )
         return telemetry.heartbeat_message(self.topics, record)
 

@@ -60,6 +60,7 @@ from agent.contract.alerts import (
     AlertState,
     FeatureContribution,
     ModelRef,
+    OpenAlert,
     WindowRef,
     derive_event_id,
 )
@@ -279,6 +280,27 @@ class AlertPolicy:
     def open_alerts(self) -> dict[str, Severity]:
         """Open alerts: head key → severity."""
         return {k: s.open.severity for k, s in self._heads.items() if s.open is not None}
+
+    def open_alert_records(self) -> list[OpenAlert]:
+        """Every open alert of this stream (with those of heads a new model dropped): the retained view."""
+        opened = [
+            (*key.partition("/")[::2], hs.open) for key, hs in self._heads.items() if hs.open is not None
+        ]
+        opened += [(component, mode, o) for component, mode, o in self._orphans.values()]
+        return [
+            OpenAlert(
+                alert_id=o.alert_id,
+                stream=self._stream,
+                component=component,
+                failure_mode=mode,
+                severity=o.severity,
+                score=o.last_score if math.isfinite(o.last_score) else 0.0,
+                raised_window=o.raised_index,
+                last_event_time=o.last_event_time,
+                model=ModelRef(id=o.model_id, version=o.model_version),
+            )
+            for component, mode, o in sorted(opened, key=lambda item: (item[0], item[1]))
+        ]
 
     def counters(self) -> dict[str, Any]:
         """Events emitted by state, and events suppressed by reason."""

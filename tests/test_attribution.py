@@ -35,7 +35,7 @@ from trainer.config import DEFAULT_CHANNELS, FeatureConfig, ModelParams, Trainer
 from trainer.run import StageTimer, prepare_windows
 from trainer.tasks.failure import train_failure_classifier
 
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled"
+BUNDLED = Path(__file__).resolve().parent.parent / "agent" / "models" / "bundled"
 FloatArray = np.ndarray
 
 # The tiny model's features: j1_current__mean, j1_current__max, j1_temp__mean, j1_temp__max.

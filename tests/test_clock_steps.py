@@ -21,7 +21,7 @@ from agent.publish.delivery import Delivery
 from agent.publish.telemetry import heartbeat_message, heartbeat_record
 from agent.seams import OutboundMessage
 from agent.state import StateStore
-from agent.testing import InMemoryTransport
+from agent.testing import InMemoryTransport, ManualClock
 from tests.test_policy import make_manifest
 
 BOOT_1970 = 86_400.0
@@ -29,23 +29,14 @@ BOOT_1970 = 86_400.0
 TODAY = 1_780_000_000.0
 
 
-class SteppingClock:
-    """A `Clock` whose wall time can be set to anything while monotonic time only moves forward."""
+class SteppingClock(ManualClock):
+    """`ManualClock` whose wall time can also be set, while monotonic time only moves forward."""
+
+    __slots__ = ()
 
     def __init__(self, wall: float, monotonic: float = 0.0) -> None:
-        self._wall = wall
-        self._mono = monotonic
-
-    def wall(self) -> float:
-        return self._wall
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        """Time passes: both clocks move."""
-        self._wall += seconds
-        self._mono += seconds
+        super().__init__(wall - monotonic)
+        self.advance(monotonic)
 
     def set_wall(self, wall: float) -> None:
         """NTP or an operator steps the wall clock; monotonic time does not move."""
@@ -176,8 +167,6 @@ def window_at(index: int, end: float) -> WindowRef:
 
 class TestPolicyDataTime:
     def _policy(self, **config: object) -> AlertPolicy:
-        from agent.testing import ManualClock
-
         manifest = make_manifest(heads=tuple((f"j{i}", "wear", "higher_is_worse") for i in range(3)))
         return AlertPolicy(
             manifest,

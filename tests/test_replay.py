@@ -29,7 +29,7 @@ from tests.models import write_linear_model
 from trainer.config import DEFAULT_CHANNELS
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = REPO / "models" / "bundled"
+BUNDLED = REPO / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 
 

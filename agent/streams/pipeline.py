@@ -14,7 +14,8 @@ sample; its ``byte_start`` is then 0.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.config import IngestConfig
+from agent.config import DriftConfig, IngestConfig
 from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
@@ -149,8 +150,11 @@ class StreamPipeline:
         scorer: Scorer,
         policy: Policy,
         quarantine: QuarantineSink,
+        *,
+        drift: DriftConfig | None = None,
     ) -> None:
         self.stream = stream
+        self._drift_config = drift
         self._ingest = ingest
         self._schema: RecordSchema = stream.record_schema()
         self._scorer = scorer
@@ -163,8 +167,10 @@ class StreamPipeline:
         self._last_ts: float | None = None
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
-        self.drift = DriftMonitor(scorer.manifest)
+        self.drift = DriftMonitor(scorer.manifest, drift)
         self.attribution = ChannelAttribution(scorer.manifest)
+        self.on_scored: Callable[[float], None] | None = None
+        """Called with the seconds each scoring call took (the daemon's inference-latency histogram)."""
         self._check_channels(scorer.manifest)
 
     @property
@@ -202,7 +208,7 @@ class StreamPipeline:
         self._check_channels(scorer.manifest)
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
-        self.drift = DriftMonitor(scorer.manifest)  # drift is judged against the new training data
+        self.drift = DriftMonitor(scorer.manifest, self._drift_config)  # judged against the new training data
         self.attribution = ChannelAttribution(scorer.manifest)
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
@@ -262,7 +268,10 @@ class StreamPipeline:
         self.counters.windows += len(done)
         self.drift.update(done.features)
         refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
+        started = time.perf_counter()
         scores = self._scorer.score(done.features)
+        if self.on_scored is not None:
+            self.on_scored(time.perf_counter() - started)
         if self._shadow is not None:
             self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
