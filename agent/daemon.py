@@ -45,14 +45,16 @@ from typing import TypeVar
 
 import structlog
 
-from agent import __version__
+from agent import __version__, reload
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
+from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
 from agent.errors import PublishError, StateError
 from agent.health import HEALTH_FILE, AgentState, Health
 from agent.ingest import Quarantine, StreamFollower
+from agent.logfile import configure_agent_logging
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
@@ -66,6 +68,8 @@ from agent.state import DiskSpace, StateStore, is_disk_full, open_state
 from agent.stopping import StopBudget
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
+from agent.technician.operations import FieldOperations, model_view
+from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 log = structlog.get_logger("robotpm.agent")
 
@@ -90,8 +94,11 @@ class AgentDaemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         models: ModelSource | None = None,
+        reload_config: Callable[[], AgentConfig] | None = None,
     ) -> None:
         self.config = config
+        self._reload_config = reload_config
+        self._reload_requested = False
         self.clock: Clock = clock or SystemClock()
         self.topics = RobotTopics(config.site, config.robot_id)
         self.notifier = notifier or Notifier.from_env()
@@ -106,13 +113,17 @@ class AgentDaemon:
         self._started_at = 0.0
         self._pending: list[OutboundMessage] = []  # telemetry to commit with the next tick
         self._unsaved: list[OutboundMessage] = []  # messages of a commit the full disk refused
+        self._unsaved_events: list[AlertEvent] = []  # and its alert events
         self.store: StateStore | None = None
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
+        self.fieldops: FieldOperations | None = None
         self.guard = CrashGuard(config.state_dir, hang_report_s=config.hang_report_s)
         self.disk = DiskSpace(config.state_dir)
-        self.health = Health(config.state_dir / HEALTH_FILE, self.notifier)
+        self.health = Health(
+            config.state_dir / HEALTH_FILE, self.notifier, refresh_s=config.heartbeat_interval_s
+        )
         source = models or StoreModels(config.model, wakeup=self._wakeup, guard=GuardedLoads(self.guard))
         self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
 
@@ -142,21 +153,26 @@ class AgentDaemon:
         self.store, self.outbox = self._open_state()
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
+        self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
         quarantine = Quarantine(
             cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
         )
         for stream in cfg.streams:
-            policy = AlertPolicy(
-                scorer.manifest,
-                cfg.policy,
-                robot_id=stream.robot_id or cfg.robot_id,
-                site=cfg.site,
-                stream=stream.name,
-                agent_version=__version__,
-                clock=self.clock,
+            policy = self.fieldops.wrap(
+                AlertPolicy(
+                    scorer.manifest,
+                    cfg.policy,
+                    robot_id=stream.robot_id or cfg.robot_id,
+                    site=cfg.site,
+                    stream=stream.name,
+                    agent_version=__version__,
+                    clock=self.clock,
+                )
             )
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
+            pipeline.on_scored = self.fieldops.inference.observe
             runner = StreamRunner(
-                StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
+                pipeline,
                 StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
                 cfg.ingest,
                 self._wakeup,
@@ -177,7 +193,7 @@ class AgentDaemon:
         self.transport.start()
         for s in self._streams:
             self._guarded(s, "starting to watch it", partial(s.start, self.clock.monotonic()))
-        statuses, self._pending = self._pending, []
+        statuses, self._pending = [*self._pending, self.fieldops.open_alerts_message()], []
         self._commit(force=True, messages=statuses, streams=False)  # the model status goes out at once
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         self._report("running", force=True)
@@ -235,6 +251,11 @@ class AgentDaemon:
         self._stop.set()
         self._wakeup.set()
 
+    def request_reload(self) -> None:
+        """Reload the config between ticks (safe to call from a signal handler; see `agent.reload`)."""
+        self._reload_requested = True
+        self._wakeup.set()
+
     def shutdown(self) -> None:
         """Final commit first, then close everything within ``stop_timeout_s``, whatever the network does.
 
@@ -249,12 +270,20 @@ class AgentDaemon:
         events: list[AlertEvent] = []
         for s in self._streams:
             events.extend(s.flush())
-        messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
-        self._pending = []
-        if self.store is not None:
-            self._commit(force=True, messages=messages)
+        messages, self._pending = self._pending, []
+        if self.store is not None and self.fieldops is not None:
+            self._commit(force=True, messages=messages, events=events)
             if self.disk.full:
-                log.error("final_commit_not_made", reason="disk full", unsaved_messages=len(self._unsaved))
+                log.error(
+                    "final_commit_not_made", reason="disk full", unsaved_events=len(self._unsaved_events)
+                )
+            if self.transport is not None:
+                self.fieldops.stopped(
+                    streams=self._streams,
+                    broker=self._broker_status(),
+                    model=self._model_status(),
+                    uptime_s=self.clock.monotonic() - self._started_at,
+                )
         closing = [budget.start(f"stream-{s.name}", s.close) for s in self._streams]
         if self.delivery is not None and self.transport is not None:
             self._flush_outbox(min(FLUSH_ON_STOP_S, budget.left() / 2))
@@ -297,6 +326,9 @@ class AgentDaemon:
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - self.clock.monotonic()))
         self._wakeup.wait(timeout_s)
         self._wakeup.clear()
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
         lines = 0
         events: list[AlertEvent] = []
         now = self.clock.monotonic()
@@ -305,17 +337,30 @@ class AgentDaemon:
                 before = s.pipeline.counters.lines
                 events.extend(self._guarded(s, "reading it", partial(s.step, now)))
                 lines += s.pipeline.counters.lines - before
-        self._pending.extend(self.models.step())
+        model_messages = self.models.step()
+        self._pending.extend(model_messages)
+        assert self.fieldops is not None
+        self.fieldops.note_model_messages(model_messages)
+        self.fieldops.bind_model(self.models.current.manifest.label)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._heartbeat()
-        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
-        if self._pending and (messages or now - self._last_commit >= self._interval):
-            messages += self._pending
-            self._pending = []
-        self._commit(force=bool(messages), messages=messages)
+        if self._pending and (events or now - self._last_commit >= self._interval):
+            messages, self._pending = self._pending, []
+        self._commit(force=bool(messages or events), messages=messages, events=events)
+        if not self.disk.full:  # shelving requests and the status file need the disk
+            self.fieldops.step(now)
+            self.fieldops.refresh_status(
+                now,
+                streams=self._streams,
+                broker=self._broker_status(),
+                model=self._model_status(),
+                uptime_s=now - self._started_at,
+                drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
+            )
         assert self.delivery is not None
         self.delivery.pump()
         self._report("running")
@@ -335,28 +380,36 @@ class AgentDaemon:
         finally:
             self.guard.leave("loop")
 
-    def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = (), streams: bool = True) -> None:
-        """Commit the streams' states (unless not `streams`) with `messages`; a full disk keeps them."""
+    def _commit(
+        self,
+        *,
+        force: bool,
+        messages: Sequence[OutboundMessage] = (),
+        events: Sequence[AlertEvent] = (),
+        streams: bool = True,
+    ) -> None:
+        """Commit the streams' states (unless not `streams`), `events` and `messages`; kept on a full disk."""
         now = self.clock.monotonic()
-        messages = [*self._unsaved, *messages]
-        self._unsaved = []
+        messages, self._unsaved = [*self._unsaved, *messages], []
+        events, self._unsaved_events = [*self._unsaved_events, *events], []
         dirty = any(s.unsaved for s in self._streams)
-        if not self.disk.due(now) or not (
-            messages or (dirty and (force or self.disk.full or now - self._last_commit >= self._interval))
-        ):
-            self._unsaved = messages
+        due = force or self.disk.full or now - self._last_commit >= self._interval
+        if not self.disk.due(now) or not (messages or events or (dirty and due)):
+            self._unsaved, self._unsaved_events = messages, events
             return
         assert self.store is not None
         assert self.outbox is not None
-        overlap = (
-            self.delivery is not None and not self.disk.full and any(m.kind == "alert" for m in messages)
-        )
+        assert self.fieldops is not None
+        overlap = False
         try:
             with self.store.transaction() as conn:
                 for s in self._streams if streams else ():
                     StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
-                if messages:
-                    self.outbox.enqueue(conn, messages)
+                # Journaled with their outbox rows; a shelve withholds some from the broker.
+                rows = [*self.fieldops.admit(conn, events), *messages]
+                if rows:
+                    self.outbox.enqueue(conn, rows)
+                    overlap = not self.disk.full and any(m.kind == "alert" for m in rows)
                     if overlap and self.delivery is not None:
                         self.delivery.send_pending()  # overlap the network trip with the fsync
         except Exception as exc:
@@ -365,7 +418,7 @@ class AgentDaemon:
             if not is_disk_full(exc, self.config.state_dir):
                 raise
             self.disk.failed(now, exc)
-            self._unsaved = messages  # tried again once there is room; the streams wait meanwhile
+            self._unsaved, self._unsaved_events = messages, events  # tried again once there is room
             return
         self.disk.recovered(now)
         if streams:
@@ -373,13 +426,63 @@ class AgentDaemon:
             for s in self._streams:
                 s.saved()
 
+    def _reload(self) -> None:
+        """Apply the live parts of the config file as it is now; keep everything if it does not load."""
+        if self._reload_config is None:
+            log.warning("config_reload_refused", reason="this agent was started without a config file")
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+            return
+        reload_keys = getattr(getattr(self.models.source, "slot", None), "reload_trusted_keys", None)
+        keys_live = callable(reload_keys)
+        changed = reload.changed_keys(self.config, new)
+        live = [k for k in changed if reload.is_live(k, trusted_keys_live=keys_live)]
+        later = [k for k in changed if k not in live]
+        if "model.trusted_keys" in live and callable(reload_keys):
+            try:
+                reload_keys(new.model)
+            except ConfigError as exc:
+                log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+                return
+        self.config = reload.merged(self.config, new, trusted_keys_live=keys_live)
+        configure_agent_logging(self.config)
+        assert self.fieldops is not None
+        self.fieldops.use_config(self.config)
+        log.info("config_reloaded", changed=live)
+        if later:
+            log.warning(
+                "config_restart_needed", keys=later, detail="kept at their running values until a restart"
+            )
+
+    def _broker_status(self) -> BrokerStatus:
+        mqtt = self.config.mqtt
+        transport = self.transport
+        return BrokerStatus(
+            connected=bool(transport is not None and transport.connected),
+            host=mqtt.host,
+            port=mqtt.port,
+            last_error=str(getattr(transport, "last_error", "") or ""),
+        )
+
+    def _model_status(self) -> ModelStatusView:
+        manifest = self.models.current.manifest
+        ref = ModelRef(id=manifest.model_id, version=manifest.version)
+        return model_view(ref, manifest.label, self.probation, self.config.model.probation_windows)
+
     @property
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
 
     def _faults(self) -> dict[str, str]:
         """What the agent runs degraded under now (besides the standing faults of `health`)."""
-        faults = {stream_component(s.name): s.fault for s in self._streams if s.fault is not None}
+        faults = {
+            stream_component(s.name): s.degraded_reason
+            for s in self._streams
+            if s.degraded_reason is not None
+        }
         if self.disk.full:
             faults["disk"] = self.disk.describe()
         for component, doing in self.guard.stuck().items():
@@ -389,12 +492,13 @@ class AgentDaemon:
     def _report(self, state: AgentState, *, force: bool = False) -> None:
         self.health.update(state, self._faults(), self.clock.wall(), force=force)
         for s in self._streams:  # a stream skipped for an earlier death that works again
-            if s.fault is None and stream_component(s.name) in self.guard.remembered():
+            if s.degraded_reason is None and stream_component(s.name) in self.guard.remembered():
                 self.guard.forget(stream_component(s.name))
 
     def _heartbeat(self) -> None:
         """Queue a heartbeat; on a full disk, hand it to the transport directly (best effort)."""
         assert self.outbox is not None
+        assert self.fieldops is not None
         counters = [s.pipeline.counters for s in self._streams]
         suppressed: dict[str, int] = {}
         for s in self._streams:
@@ -423,12 +527,19 @@ class AgentDaemon:
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
             model_events=self.models.events,
+            drift_streams=self.fieldops.drift_summaries(self._streams),
             faults={**self.health.faults, **self._faults()},
+        )
+        followers = self.fieldops.on_heartbeat(
+            record,
+            streams=self._streams,
+            broker_connected=bool(self.transport is not None and self.transport.connected),
+            model=ModelRef(id=manifest.model_id, version=manifest.version),
         )
         message = telemetry.heartbeat_message(self.topics, record)
         self.health.update("running", self._faults(), self.clock.wall(), force=True)
         if not self.disk.full:
-            self._pending.append(message)
+            self._pending.extend([*followers, message])
         elif self.transport is not None and self.transport.connected:
             with contextlib.suppress(PublishError):  # the outbox cannot take it: straight out, unawaited
                 self.transport.send(message)

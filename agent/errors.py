@@ -16,7 +16,8 @@ that talks to the library.
      ├── StateError             the agent's local state store is unusable
      │    ├── DiskFullError     no space left for it (waits, never deletes anything)
      │    └── StateDamagedError the file is not a sound SQLite database (moved aside)
-     └── PublishError           alerts cannot be handed to the transport
+     ├── PublishError           alerts cannot be handed to the transport
+     └── NotAllowedError        a local user may not change the agent (shelving: not in its group)
 """
 
 from __future__ import annotations
@@ -58,3 +59,7 @@ class StateDamagedError(StateError):
 
 class PublishError(RobotPMError):
     """Alerts cannot be handed to the transport."""
+
+
+class NotAllowedError(RobotPMError):
+    """A local user may not change the running agent (e.g. shelve): not root, not in its group."""

@@ -78,8 +78,9 @@ class Health:
     `update` (streams, the disk, stuck steps), which hold while they are passed.
     """
 
-    def __init__(self, path: Path, notifier: Notifier, *, pid: int | None = None) -> None:
+    def __init__(self, path: Path, notifier: Notifier, *, refresh_s: float, pid: int | None = None) -> None:
         self._file = HealthFile(path)
+        self._refresh_s = refresh_s
         self._notifier = notifier
         self._pid = pid if pid is not None else os.getpid()
         self._standing: dict[str, str] = {}
@@ -113,7 +114,13 @@ class Health:
                 self._notifier.status(_summary(state, merged))
         self.faults, self._state = merged, state
         if changed or force:
-            record = {"state": state, "pid": self._pid, "updated": wall, "faults": merged}
+            record = {
+                "state": state,
+                "pid": self._pid,
+                "updated": wall,
+                "refresh_s": self._refresh_s,
+                "faults": merged,
+            }
             if not self._file.write(record):
                 log.debug("health_not_written", path=str(self._file.path))
 
@@ -129,6 +136,23 @@ def _summary(state: str, faults: Mapping[str, str]) -> str:
     first = next(iter(faults.items()))
     more = f" (+{len(faults) - 1} more)" if len(faults) > 1 else ""
     return f"{state}, degraded: {first[0]}: {first[1]}"[:200] + more
+
+
+def current_health(path: Path, now: float) -> dict[str, Any] | None:
+    """The record of an agent that is up (starting, waiting or running) and wrote it lately, else None.
+
+    Lately: within three of its refresh periods and 10 s; the record is rewritten at least
+    with every heartbeat, and even on a full disk.
+    """
+    record = read_health(path)
+    if record is None or record.get("state") not in ("starting", "waiting", "running"):
+        return None
+    try:
+        age = now - float(record["updated"])
+        fresh = age <= 3.0 * float(record.get("refresh_s", 30.0)) + 10.0
+    except (KeyError, TypeError, ValueError):
+        return None
+    return record if fresh else None
 
 
 def read_health(path: Path) -> dict[str, Any] | None:

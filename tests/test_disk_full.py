@@ -304,7 +304,7 @@ def test_a_damaged_state_file_is_moved_aside_and_the_agent_replays_with_the_same
         assert "error" == moved["level"]
         aside = list(agent.state_dir.glob("agent.db.damaged-*"))
         assert [Path(moved["moved_to"]).name] == [p.name for p in aside]
-        assert "degraded: state: agent.db was damaged" in agent.status()
+        assert "state: agent.db was damaged" in agent.status()
         assert 0 == agent.stop()
     finally:
         agent.kill()

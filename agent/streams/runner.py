@@ -15,7 +15,7 @@ reads them again instead of skipping them.
 
 A failure confined to the stream never leaves it: any error its follower or
 pipeline raises (permission, a vanished or replaced directory, too many open
-files, an I/O error, a bug) puts the stream in a degraded state (`fault`, logged
+files, an I/O error, a bug) puts the stream in a degraded state (`degraded_reason`, logged
 as ``stream_degraded``) and rewinds it to its last committed state, so nothing read
 since is lost or counted twice; it is retried after 1 s, then twice as long each
 time up to ``ingest.retry_max_s``, and reported ``stream_recovered`` once a step
@@ -88,7 +88,7 @@ class StreamRunner:
         return self.pipeline.name
 
     @property
-    def fault(self) -> str | None:
+    def degraded_reason(self) -> str | None:
         """Why the stream is degraded (failing, skipped, or its directory is missing); None when healthy."""
         return self._failure or self._missing
 
