@@ -6,7 +6,7 @@ Usage::
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
-    robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train dataset ai4i|cmapss|robot-failures [--out models]   # the public benchmark data
     robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
@@ -281,7 +281,7 @@ def _bundle(args: argparse.Namespace) -> int:
 @subcommand(
     "dataset",
     "Train and evaluate on public benchmark data.",
-    arg("dataset", choices=("ai4i", "cmapss")),
+    arg("dataset", choices=("ai4i", "cmapss", "robot-failures")),
     arg(
         "--data",
         type=Path,
