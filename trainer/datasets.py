@@ -427,7 +427,13 @@ def run_cmapss(
             )
         )
     where = registry.write(version, files)
-    return {"dataset": "cmapss", "version_dir": str(where), "metrics": metrics, "command": command}
+    return {
+        "dataset": "cmapss",
+        "version_dir": str(where),
+        "metrics": metrics,
+        "command": command,
+        "selected": {"window": window, "statistics": list(stats)},
+    }
 
 
 def _capped_rul(table: FloatArray, unit: FloatArray, cycle: FloatArray) -> FloatArray:
