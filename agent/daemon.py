@@ -28,16 +28,17 @@ only repeat one, with the same ``event_id``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
-from agent import __version__
+from agent import __version__, reload
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.ingest import Quarantine, StreamFollower
+from agent.logfile import configure_agent_logging
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
@@ -50,6 +51,8 @@ from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transp
 from agent.state import StateStore
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
+from agent.technician.operations import FieldOperations, model_view
+from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 log = structlog.get_logger("robotpm.agent")
 
@@ -67,8 +70,11 @@ class AgentDaemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         models: ModelSource | None = None,
+        reload_config: Callable[[], AgentConfig] | None = None,
     ) -> None:
         self.config = config
+        self._reload_config = reload_config
+        self._reload_requested = False
         self.clock: Clock = clock or SystemClock()
         self.topics = RobotTopics(config.site, config.robot_id)
         self.notifier = notifier or Notifier.from_env()
@@ -84,6 +90,7 @@ class AgentDaemon:
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
+        self.fieldops: FieldOperations | None = None
         source = models or StoreModels(config.model, wakeup=self._wakeup)
         self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
 
@@ -103,21 +110,26 @@ class AgentDaemon:
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
+        self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
         quarantine = Quarantine(
             cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
         )
         for stream in cfg.streams:
-            policy = AlertPolicy(
-                scorer.manifest,
-                cfg.policy,
-                robot_id=stream.robot_id or cfg.robot_id,
-                site=cfg.site,
-                stream=stream.name,
-                agent_version=__version__,
-                clock=self.clock,
+            policy = self.fieldops.wrap(
+                AlertPolicy(
+                    scorer.manifest,
+                    cfg.policy,
+                    robot_id=stream.robot_id or cfg.robot_id,
+                    site=cfg.site,
+                    stream=stream.name,
+                    agent_version=__version__,
+                    clock=self.clock,
+                )
             )
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
+            pipeline.on_scored = self.fieldops.inference.observe
             runner = StreamRunner(
-                StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine),
+                pipeline,
                 StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
                 cfg.ingest,
                 self._wakeup,
@@ -135,7 +147,7 @@ class AgentDaemon:
         for s in self._streams:
             s.start()
         with self.store.transaction() as conn:
-            self.outbox.enqueue(conn, statuses)
+            self.outbox.enqueue(conn, [*statuses, self.fieldops.open_alerts_message()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
@@ -162,9 +174,16 @@ class AgentDaemon:
         events: list[AlertEvent] = []
         for s in self._streams:
             events.extend(s.flush())
-        messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
+        messages = self._pending
         self._pending = []
-        self._commit(force=True, messages=messages)
+        self._commit(force=True, messages=messages, events=events)
+        if self.fieldops is not None and self.transport is not None:
+            self.fieldops.stopped(
+                streams=self._streams,
+                broker=self._broker_status(),
+                model=self._model_status(),
+                uptime_s=self.clock.monotonic() - self._started_at,
+            )
         for s in self._streams:
             s.close()
         if self.delivery is not None and self.transport is not None:
@@ -191,8 +210,16 @@ class AgentDaemon:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def request_reload(self) -> None:
+        """Reload the config between ticks (safe to call from a signal handler; see `agent.reload`)."""
+        self._reload_requested = True
+        self._wakeup.set()
+
     def tick(self, timeout_s: float) -> int:
         """One turn of the loop; returns how many lines were read."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
         deadlines = [d for d in (s.hold_deadline() for s in self._streams) if d is not None]
         if deadlines:  # come back in time to parse lines held for max_hold_s
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - self.clock.monotonic()))
@@ -205,17 +232,30 @@ class AgentDaemon:
             before = s.pipeline.counters.lines
             events.extend(s.step(now))
             lines += s.pipeline.counters.lines - before
-        self._pending.extend(self.models.step())
+        model_messages = self.models.step()
+        self._pending.extend(model_messages)
+        assert self.fieldops is not None
+        self.fieldops.note_model_messages(model_messages)
+        self.fieldops.bind_model(self.models.current.manifest.label)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
-        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
-        if self._pending and (messages or now - self._last_commit >= self._interval):
+        if self._pending and (events or now - self._last_commit >= self._interval):
             messages += self._pending
             self._pending = []
-        self._commit(force=bool(messages), messages=messages)
+        self._commit(force=bool(messages or events), messages=messages, events=events)
+        self.fieldops.step(now)
+        self.fieldops.refresh_status(
+            now,
+            streams=self._streams,
+            broker=self._broker_status(),
+            model=self._model_status(),
+            uptime_s=now - self._started_at,
+            drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
+        )
         assert self.delivery is not None
         self.delivery.pump()
         interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
@@ -226,17 +266,30 @@ class AgentDaemon:
             self.notifier.watchdog()
         return lines
 
-    def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
+    def _commit(
+        self,
+        *,
+        force: bool,
+        messages: Sequence[OutboundMessage] = (),
+        events: Sequence[AlertEvent] = (),
+    ) -> None:
         now = self.clock.monotonic()
         dirty = any(s.unsaved for s in self._streams)
-        if not messages and not (dirty and (force or now - self._last_commit >= self._interval)):
+        if (
+            not messages
+            and not events
+            and not (dirty and (force or now - self._last_commit >= self._interval))
+        ):
             return
         assert self.store is not None
         assert self.outbox is not None
+        assert self.fieldops is not None
         try:
             with self.store.transaction() as conn:
                 for s in self._streams:
                     StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
+                # Journaled with their outbox rows; a shelve withholds some from the broker.
+                messages = [*self.fieldops.admit(conn, events), *messages]
                 if messages:
                     self.outbox.enqueue(conn, messages)
                     if self.delivery is not None and any(m.kind == "alert" for m in messages):
@@ -249,12 +302,59 @@ class AgentDaemon:
         for s in self._streams:
             s.saved()
 
+    def _reload(self) -> None:
+        """Apply the live parts of the config file as it is now; keep everything if it does not load."""
+        if self._reload_config is None:
+            log.warning("config_reload_refused", reason="this agent was started without a config file")
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+            return
+        reload_keys = getattr(getattr(self.models.source, "slot", None), "reload_trusted_keys", None)
+        keys_live = callable(reload_keys)
+        changed = reload.changed_keys(self.config, new)
+        live = [k for k in changed if reload.is_live(k, trusted_keys_live=keys_live)]
+        later = [k for k in changed if k not in live]
+        if "model.trusted_keys" in live and callable(reload_keys):
+            try:
+                reload_keys(new.model)
+            except ConfigError as exc:
+                log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+                return
+        self.config = reload.merged(self.config, new, trusted_keys_live=keys_live)
+        configure_agent_logging(self.config)
+        assert self.fieldops is not None
+        self.fieldops.use_config(self.config)
+        log.info("config_reloaded", changed=live)
+        if later:
+            log.warning(
+                "config_restart_needed", keys=later, detail="kept at their running values until a restart"
+            )
+
+    def _broker_status(self) -> BrokerStatus:
+        mqtt = self.config.mqtt
+        transport = self.transport
+        return BrokerStatus(
+            connected=bool(transport is not None and transport.connected),
+            host=mqtt.host,
+            port=mqtt.port,
+            last_error=str(getattr(transport, "last_error", "") or ""),
+        )
+
+    def _model_status(self) -> ModelStatusView:
+        manifest = self.models.current.manifest
+        ref = ModelRef(id=manifest.model_id, version=manifest.version)
+        return model_view(ref, manifest.label, self.probation, self.config.model.probation_windows)
+
     @property
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
 
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
+        assert self.fieldops is not None
         counters = [s.pipeline.counters for s in self._streams]
         suppressed: dict[str, int] = {}
         for s in self._streams:
@@ -283,6 +383,15 @@ class AgentDaemon:
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
             model_events=self.models.events,
+            drift_streams=self.fieldops.drift_summaries(self._streams),
+        )
+        self._pending.extend(
+            self.fieldops.on_heartbeat(
+                record,
+                streams=self._streams,
+                broker_connected=bool(self.transport is not None and self.transport.connected),
+                model=ModelRef(id=manifest.model_id, version=manifest.version),
+            )
         )
         return telemetry.heartbeat_message(self.topics, record)
 

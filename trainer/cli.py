@@ -7,6 +7,7 @@ Usage::
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
@@ -301,6 +302,21 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 @subcommand(
+    "inspect",
+    "Print what the trainer will see: rows per robot, sample rate and jitter, events per mode, "
+    "label balance per split, quarantine by reason.",
+    arg("train", type=Path, help="training logs (a file, robot or fleet directory)"),
+    arg("test", type=Path, nargs="?", default=None, help="held-out logs (optional)"),
+)
+def _inspect(args: argparse.Namespace) -> int:
+    from trainer.inspection import describe
+
+    splits = {"train": args.train} if args.test is None else {"train": args.train, "test": args.test}
+    print(describe(load_config(args), splits), end="")
+    return 0
+
+
+@subcommand(
     "import-sql",
     "Load CSV/JSON-lines logs (and truth.csv) into a SQL table that --db reads.",
     arg("logs", type=Path, help="a log file, robot directory or fleet directory"),
@@ -391,6 +407,17 @@ def _publish(args: argparse.Namespace) -> int:
 
 # -- the registry ----------------------------------------------------------------------------
 
+HEADLINE_METRICS = (
+    "pr_auc",
+    "f1_macro",
+    "event_detection_rate",
+    "lead_time_s_median",
+    "rmse_s",
+    "f1",
+    "rmse",
+)
+"""The metrics `list` shows first, as stored by the run (the same definitions as the gate)."""
+
 REGISTRY_ARGUMENTS = (
     arg("--out", type=Path, default=None, help="registry root (default: trainer.registry)"),
     arg("--name", default=None, help="model name (default: trainer.model_name)"),
@@ -411,7 +438,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no versions in {registry.directory}")
     for info in infos:
         flag = "*" if info.champion else " "
-        headline = ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:4])
+        shown = [k for k in HEADLINE_METRICS if k in info.metrics] or list(info.metrics)[:4]
+        headline = ", ".join(f"{k}={info.metrics[k]:.4g}" for k in shown)
         print(f"{flag} v{info.version:<4d} {info.created[:19]:19s} {headline}")
     return 0
 

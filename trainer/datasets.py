@@ -343,7 +343,7 @@ def run_cmapss(
         candidates = [
             (window, stats)
             for window in (30, 50, 70)
-            for stats in (("mean", "slope"), ("mean", "std", "slope", "last"))
+            for stats in (("mean", "slope"), ("mean", "slope", "last"), ("mean", "std", "slope", "last"))
         ]
     with threadpool_limits(1):  # OpenMP spinning on a busy 2-core machine costs more than it gives
         ranking = []

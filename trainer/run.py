@@ -15,7 +15,9 @@ the rest in the same order for every task:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import subprocess
 import time
@@ -30,11 +32,12 @@ from typing_extensions import Unpack
 
 from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest, Task
+from agent.contract.sampling import measure_rate
 from trainer.config import TrainerConfig
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation, WindowSet
+from trainer.stages.preparation import DataPreparation, WindowSet, label_classes
 from trainer.stages.trained_model import ExportedModel, TrainedMLModel
 from trainer.stages.training import FittedModel
 
@@ -148,16 +151,16 @@ def prepare_windows(
     require_truth: bool = True,
 ) -> PreparedData:
     """Extract both sources (unless already extracted) and cut them into labelled feature windows."""
-    extraction = DataExtractionAnalysis(config.record_schema())
+    extraction = DataExtractionAnalysis.for_config(config)
     train_data = (
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
     )
     test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
-    spec = config.features.spec(config.canonical_channels)
+    spec = config.features.spec(config.canonical_channels, training_rate(config, train_data))
     preparation = DataPreparation(
         spec,
         config.labels,
-        CLASSES,
+        label_classes(train_data, test_data),
         resample_hz=config.features.resample_hz,
         max_gap_s=config.features.max_gap_s,
     )
@@ -168,6 +171,17 @@ def prepare_windows(
         "prepare", lambda: preparation.windows(test_data, require_truth=require_truth)
     )
     return PreparedData(spec, train_data, test_data, train_windows, test_windows)
+
+
+def training_rate(config: TrainerConfig, data: Dataset) -> float | None:
+    """The rate the windows are cut at: ``features.resample_hz``, else the training data's measured rate."""
+    if config.features.resample_hz is not None:
+        return config.features.resample_hz
+    intervals = [np.diff(series.timestamps) for series in data.series if len(series) > 1]
+    if not intervals:
+        return None
+    rate = measure_rate(np.cumsum(np.concatenate(intervals))).rate_hz  # every robot's intervals, pooled
+    return rate if np.isfinite(rate) else None
 
 
 def projection_matrix(config: TrainerConfig, spec: FeatureSpec) -> FloatArray | None:
@@ -196,6 +210,8 @@ class TaskFit:
     """The windows the manifest's reference statistics describe (what the model was fitted on)."""
     golden_features: FloatArray
     estimator: str
+    score_names: tuple[str, ...]
+    """A name for each column of `test_scores` (the columns of ``scores.csv``)."""
     metrics_doc: dict[str, Any] = field(default_factory=dict)
     """Entries of ``metrics.json`` beyond the evaluation (e.g. the thresholds)."""
     lineage: dict[str, str] = field(default_factory=dict)
@@ -292,6 +308,7 @@ def run_task(
         exported=exported,
         heads=fit.heads(exported.score_output),
         train_features=fit.reference_features,
+        healthy_features=prepared.train_windows.features[prepared.train_windows.healthy],
         golden_features=fit.golden_features,
         metrics=metrics,
         lineage=record,
@@ -306,6 +323,9 @@ def run_task(
     profile = {"train": train_data.profile(), "test": test_data.profile()}
     files = version_files(manifest, exported, metrics_doc, config, train_data, test_data)
     files["profile.json"] = json_bytes(profile)
+    files[SCORES_FILE] = scores_csv(test_windows, fit.test_scores, fit.score_names)
+    if fit.evaluation.events:
+        files[EVENTS_FILE] = events_csv(fit.evaluation.events)
     result = RunResult(
         manifest,
         exported,
@@ -322,6 +342,47 @@ def run_task(
     result.timings = timer.timings
     result.files = files
     return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
+
+
+SCORES_FILE = "scores.csv"
+"""Per test window: where and when it ended, its label, and every score the model gave it."""
+EVENTS_FILE = "events.csv"
+"""The per-event table of the evaluation (`trainer.stages.evaluation.event_table`)."""
+
+
+def scores_csv(windows: WindowSet, scores: np.ndarray[Any, Any], names: Sequence[str]) -> bytes:
+    """``scores.csv``: robot, end_ts, label (class index), class, mode, rul_s and one column per score.
+
+    Every test figure in ``metrics.json`` can be recomputed from this file and the classes.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["robot", "end_ts", "label", "class", "mode", "rul_s", *names])
+    matrix = np.asarray(scores, dtype=np.float64).reshape(len(windows), -1)
+    for i in range(len(windows)):
+        writer.writerow(
+            [
+                windows.robot[i],
+                repr(float(windows.end_ts[i])),
+                int(windows.label[i]),
+                windows.classes[int(windows.label[i])],
+                windows.mode[i],
+                repr(float(windows.rul_s[i])),
+                *(repr(float(v)) for v in matrix[i]),
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def events_csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    """The per-event table as CSV (empty cells where a value does not apply)."""
+    buffer = io.StringIO()
+    columns = ["robot", "onset", "mode", "detected", "lead_time_s", "first_head", "false_alarms"]
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue().encode()
 
 
 def version_files(

@@ -96,7 +96,7 @@ def check_once(
     drift = bool(reports) or (incoming / "RETRAIN").exists()
     if rows - int(state["rows"]) < config.incoming.min_new_rows and not drift:
         return StreamOutcome("waiting", rows, f"{rows - int(state['rows'])} new rows")
-    dataset: Dataset = DataExtractionAnalysis(config.record_schema()).extract(incoming)
+    dataset: Dataset = DataExtractionAnalysis.for_config(config).extract(incoming)
     train, test = split_by_robot(dataset)
     result = train_failure_classifier(
         config, train, test, registry_root=registry_root, name=name, report=False

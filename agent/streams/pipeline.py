@@ -1,7 +1,8 @@
 """One sensor stream's pipeline: line blocks → records → windows → scores → alert events.
 
 `StreamPipeline.process` takes the blocks a follower read and returns the alert
-events they cause. Everything it needs to resume exactly where it stopped (the
+events they cause (raised and updated ones with the channels that drove the score:
+`agent.streams.attribution`). Everything it needs to resume exactly where it stopped (the
 follower's position, the open window, the alert policy's counters) is in
 `StreamPipeline.state`, which the daemon commits in the same transaction as the
 events' outbox rows.
@@ -13,7 +14,8 @@ sample; its ``byte_start`` is then 0.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -21,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.config import IngestConfig
+from agent.config import DriftConfig, IngestConfig
 from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
@@ -29,6 +31,7 @@ from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
+from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")
@@ -147,8 +150,11 @@ class StreamPipeline:
         scorer: Scorer,
         policy: Policy,
         quarantine: QuarantineSink,
+        *,
+        drift: DriftConfig | None = None,
     ) -> None:
         self.stream = stream
+        self._drift_config = drift
         self._ingest = ingest
         self._schema: RecordSchema = stream.record_schema()
         self._scorer = scorer
@@ -161,7 +167,10 @@ class StreamPipeline:
         self._last_ts: float | None = None
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
-        self.drift = DriftMonitor(scorer.manifest)
+        self.drift = DriftMonitor(scorer.manifest, drift)
+        self.attribution = ChannelAttribution(scorer.manifest)
+        self.on_scored: Callable[[float], None] | None = None
+        """Called with the seconds each scoring call took (the daemon's inference-latency histogram)."""
         self._check_channels(scorer.manifest)
 
     @property
@@ -199,7 +208,8 @@ class StreamPipeline:
         self._check_channels(scorer.manifest)
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
-        self.drift = DriftMonitor(scorer.manifest)  # drift is judged against the new training data
+        self.drift = DriftMonitor(scorer.manifest, self._drift_config)  # judged against the new training data
+        self.attribution = ChannelAttribution(scorer.manifest)
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
             seen = self._featurizer.samples_seen
@@ -258,10 +268,15 @@ class StreamPipeline:
         self.counters.windows += len(done)
         self.drift.update(done.features)
         refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
+        started = time.perf_counter()
         scores = self._scorer.score(done.features)
+        if self.on_scored is not None:
+            self.on_scored(time.perf_counter() - started)
         if self._shadow is not None:
             self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
+        if events:
+            events = self.attribution.explain(events, done.features, done.index, self._scorer)
         self.counters.alerts += len(events)
         return events
 

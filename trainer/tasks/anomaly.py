@@ -78,6 +78,7 @@ def fit_anomaly_detector(config: TrainerConfig, prepared: PreparedData, timer: S
         heads=heads,
         reference_features=train_windows.features[healthy],
         golden_features=extreme_rows(test_windows.features, score),
+        score_names=("anomaly_score",),
         estimator=ESTIMATOR,
         metrics_doc={"thresholds": thresholds.model_dump()},
         report=report,

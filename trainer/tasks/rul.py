@@ -111,6 +111,7 @@ def fit_rul_regressor(config: TrainerConfig, prepared: PreparedData, timer: Stag
         heads=heads,
         reference_features=train_windows.features,
         golden_features=extreme_rows(test_windows.features, predicted),
+        score_names=("predicted_rul_s",),
         estimator=fitted.kind,
         metrics_doc={"thresholds": thresholds.model_dump()},
         lineage={"rul_cap_s": str(cap)},
