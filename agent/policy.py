@@ -277,6 +277,10 @@ class AlertPolicy:
         """The manifest of the model whose scores are evaluated."""
         return self._manifest
 
+    def use_config(self, config: PolicyConfig) -> None:
+        """New on/off delays, rate limits and top-feature count from the next window on (a reload)."""
+        self._config = config
+
     def open_alerts(self) -> dict[str, Severity]:
         """Open alerts: head key → severity."""
         return {k: s.open.severity for k, s in self._heads.items() if s.open is not None}

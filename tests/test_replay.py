@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
 from agent.contract.manifest import MANIFEST_FILE, ModelManifest
@@ -252,6 +254,13 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class TestReplayCommand:
+    @pytest.fixture(autouse=True)
+    def _keep_logging(self) -> Iterator[None]:
+        """agent_main points structlog at this test's captured stdout; later tests must not log there."""
+        saved = structlog.get_config()
+        yield
+        structlog.configure(**saved)
+
     def test_the_command_writes_its_files_and_exits_0(self, tmp_path: Path) -> None:
         """robotpm-agent replay FILE --out DIR: scores, alerts and summary in DIR, exit code 0."""
         shutil.copytree(BUNDLED, tmp_path / "bundled")

@@ -129,6 +129,8 @@ class FieldOperations:
         self.journal.use_config(config.journal)
         self.shelving.use_config(config.shelving)
         self.fleet.use_config(config)
+        for policy in self._policies:
+            policy.inner.use_config(config.policy)
 
     def wrap(self, policy: Any) -> ExplainingPolicy:
         """The stream's policy, wrapped so each event's context reaches the journal."""

@@ -21,6 +21,7 @@ from agent.journal import (
     read_episode,
     read_events,
     read_open_alerts,
+    resolve_id,
 )
 from agent.state import STATE_FILE
 from agent.technician.operations import control_dir
@@ -120,8 +121,9 @@ def explain_report(config: AgentConfig, asked: str) -> ExplainReport:
     with read_only(config) as conn:
         if conn is None:
             raise NotFoundError(f"no alert journal yet in {config.state_dir}: the agent has not run here")
-        entry = read_entry(conn, asked)
-        episode = read_episode(conn, entry.event.alert_id if entry is not None else asked)
+        full = resolve_id(conn, asked)
+        entry = read_entry(conn, full)
+        episode = read_episode(conn, entry.event.alert_id if entry is not None else full)
         if entry is None and episode:
             entry = episode[0]
         if entry is None:
@@ -211,6 +213,16 @@ def status_report(config: AgentConfig, now: float) -> StatusReport:
         shelves=tuple(shelves),
         disk=disk,
     )
+
+
+def agent_running(config: AgentConfig, now: float) -> bool:
+    """Whether the agent refreshes its status file now (reads nothing else: any group member may ask)."""
+    path = control_dir(config).status
+    try:
+        agent = read_status(path)
+        return agent is not None and agent.state == "running" and not is_stale(agent, age_s(path, now))
+    except (OSError, ValueError):
+        return False
 
 
 def read_source(file: str, start: int, end: int) -> SourceView:
