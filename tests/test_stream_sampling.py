@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
+from agent.config import AgentConfig, IngestConfig, PolicyConfig
 from agent.contract.features import FeatureSpec, batch_features
 from agent.contract.sampling import Sampling, resample
-from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.replay import ALERTS_FILE, SCORES_FILE, load_replay_model, replay_files
 from agent.testing import InMemoryTransport, ManualClock
-from tests.agent_config import agent_config, stream
+from tests.agent_config import agent_config, stream, tiny_agent
 from tests.models import CHANNELS, write_linear_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,22 +42,10 @@ def _log(
 
 
 def _config(tmp_path: Path, *, resample_stream: bool) -> AgentConfig:
-    logs = tmp_path / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     write_linear_model(tmp_path / "bundled", spec=SPEC_50HZ)
-    return AgentConfig(
-        robot_id="r1",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-                resample=resample_stream,
-            ),
-        ),
-        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled"),
+    return tiny_agent(
+        tmp_path,
+        stream_options={"resample": resample_stream},
         ingest=IngestConfig(watch="poll", poll_interval_s=0.01),
         policy=PolicyConfig(on_delay_windows=1, off_delay_windows=1),
         heartbeat_interval_s=3600,
