@@ -258,6 +258,7 @@ class ModelFetcher:
             return self._record(FetchResult("refused", str(exc)))
         ignored = self._why_ignored(announcement)
         if ignored is not None:
+            self._store.discard_partials(keep=self._job.announcement.sha256 if self._job else None)
             log.info("model_announcement_ignored", model=announcement.label, source=source, reason=ignored)
             return self._record(FetchResult("ignored", ignored, announcement))
         return _Job(announcement, time.monotonic())
@@ -328,8 +329,8 @@ class ModelFetcher:
         cap = self._config.download_max_bytes
         if announcement.length > cap:
             raise FetchRefusedError(f"announced {announcement.length} bytes, over download_max_bytes {cap}")
-        self._store.ensure_room(2 * announcement.length)
         self._store.discard_partials(keep=announcement.sha256)
+        self._store.ensure_room(2 * announcement.length)
         partial = self._store.partial(announcement.sha256)
         reported: list[bool] = []
 

@@ -193,12 +193,16 @@ class ModelStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Create the store if needed and remove what a crash left (staging and trash directories)."""
+        """Create the store if needed and remove what a crash left (staging, trash, temporary files)."""
         self._directory.mkdir(parents=True, exist_ok=True)
         for child in self._directory.iterdir():
             if child.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                 shutil.rmtree(child, ignore_errors=True)
-                log.info("model_store_leftover_removed", path=str(child))
+            elif child.name.startswith(".") and child.name.endswith(".tmp"):  # a state file half written
+                child.unlink(missing_ok=True)
+            else:
+                continue
+            log.info("model_store_leftover_removed", path=str(child))
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
