@@ -9,7 +9,8 @@ is checked against the end of the enclosing message, so truncated or hostile inp
 Values are not copied: a length-delimited field is returned as ``(start, end)`` offsets into
 the one buffer. Fields the caller does not ask for are skipped; long runs of one repeated
 scalar field (the unpacked ``floats`` and ``ints`` of a tree-ensemble's attributes, millions
-of them) are skipped by one regular-expression match each instead of one step per element.
+of them) are skipped by one regular-expression match each instead of one step per element, and
+runs of one unpacked string field (a tree ensemble's node modes) by a tight loop.
 """
 
 from __future__ import annotations
@@ -73,33 +74,38 @@ def fields(data: bytes, start: int, end: int, wanted: frozenset[int]) -> Iterato
     pos = start
     while pos < end:
         key_at = pos
-        key, pos = read_varint(data, pos, end)
+        key = data[pos]
+        if key < 0x80:  # one-byte keys (fields 1-15) are the rule: skip the call
+            pos += 1
+        else:
+            key, pos = read_varint(data, pos, end)
         number, wire_type = key >> 3, key & 7
         if number == 0 or number > _MAX_FIELD_NUMBER:
             raise WireError(f"field number {number} at offset {key_at} is invalid")
+        if wire_type == LENGTH_DELIMITED:
+            length, pos = read_varint(data, pos, end)
+            if length > end - pos:
+                raise WireError(f"field {number} at offset {key_at} claims {length} bytes, {end - pos} left")
+            if number in wanted:
+                yield Field(number, wire_type, pos, pos + length)
+                pos += length
+            else:
+                pos = _skip_delimited_run(data, pos + length, end, key) if key < 0x80 else pos + length
+            continue
         if wire_type == VARINT:
             value, pos = read_varint(data, pos, end)
-            field = Field(number, wire_type, value, -1)
         elif wire_type in (FIXED64, FIXED32):
             width = 8 if wire_type == FIXED64 else 4
             if pos + width > end:
                 raise WireError(f"fixed-width field {number} at offset {key_at} runs past its message")
-            field = Field(number, wire_type, int.from_bytes(data[pos : pos + width], "little"), -1)
+            value = int.from_bytes(data[pos : pos + width], "little")
             pos += width
-        elif wire_type == LENGTH_DELIMITED:
-            length, pos = read_varint(data, pos, end)
-            if length > end - pos:
-                raise WireError(
-                    f"field {number} at offset {key_at} claims {length} bytes; {end - pos} are left"
-                )
-            field = Field(number, wire_type, pos, pos + length)
-            pos += length
         else:
             raise WireError(f"wire type {wire_type} (field {number} at offset {key_at}) is not supported")
         if number in wanted:
-            yield field
-        elif wire_type != LENGTH_DELIMITED:
-            pos = _skip_run(data, pos, end, data[key_at : key_at + (_key_length(data, key_at))], wire_type)
+            yield Field(number, wire_type, value, -1)
+        else:
+            pos = _skip_run(data, pos, end, data[key_at : pos_after_key(data, key_at)], wire_type)
 
 
 def string(data: bytes, field: Field) -> str:
@@ -126,11 +132,24 @@ def varint(field: Field) -> int:
     return as_int64(field.value)
 
 
-def _key_length(data: bytes, pos: int) -> int:
-    length = 1
-    while data[pos + length - 1] >= 0x80:
-        length += 1
-    return length
+def pos_after_key(data: bytes, pos: int) -> int:
+    """The offset just past the (already validated) varint key at `pos`."""
+    while data[pos] >= 0x80:
+        pos += 1
+    return pos + 1
+
+
+def _skip_delimited_run(data: bytes, pos: int, end: int, key: int) -> int:
+    """Past further length-delimited fields with the same one-byte `key` and one-byte lengths.
+
+    The unpacked ``strings`` of an attribute (a tree ensemble's node modes) come one per node.
+    """
+    while pos + 1 < end and data[pos] == key and data[pos + 1] < 0x80:
+        following = pos + 2 + data[pos + 1]
+        if following > end:
+            raise WireError(f"field {key >> 3} at offset {pos} claims {data[pos + 1]} bytes past its message")
+        pos = following
+    return pos
 
 
 def _skip_run(data: bytes, pos: int, end: int, key: bytes, wire_type: int) -> int:

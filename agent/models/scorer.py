@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,9 @@ import onnxruntime as ort
 
 from agent.contract.manifest import ModelManifest
 from agent.errors import ModelLoadError, ModelRejectedError
-from agent.models.verify import ModelVerifier
+
+if TYPE_CHECKING:  # the probe child loads a scorer without the verifier's imports
+    from agent.models.verify import ModelVerifier
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -77,6 +80,8 @@ class OnnxScorer:
         the signature first; without one the directory is a trusted source (the bundled model):
         no signature or expiry, but size, sha256 and the static checks.
         """
+        from agent.models.verify import ModelVerifier
+
         admitted = (verifier or ModelVerifier()).admit(model_dir, trusted_source=verifier is None)
         return cls(admitted.model_bytes, admitted.manifest)
 
