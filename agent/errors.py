@@ -18,7 +18,8 @@ that talks to the library.
      ├── IngestError            a log source cannot be followed (missing directory, I/O)
      ├── WatchError             a directory cannot be watched for changes as configured
      ├── StateError             the agent's local state store is unusable
-     └── PublishError           alerts cannot be handed to the transport
+     ├── PublishError           alerts cannot be handed to the transport
+     └── NotAllowedError        a local user may not change the agent (shelving: not in its group)
 """
 
 from __future__ import annotations
@@ -68,3 +69,7 @@ class StateError(RobotPMError):
 
 class PublishError(RobotPMError):
     """Alerts cannot be handed to the transport."""
+
+
+class NotAllowedError(RobotPMError):
+    """A local user may not change the running agent (e.g. shelve): not root, not in its group."""

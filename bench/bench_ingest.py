@@ -138,7 +138,7 @@ def catch_up_daemon(logs: Path, work: Path, hop: int, n_lines: int) -> dict[str,
 
     from agent.config import AgentConfig
     from agent.daemon import AgentDaemon
-    from agent.publish.memory import InMemoryTransport
+    from agent.testing import InMemoryTransport
 
     model_for(work, hop)
     root = work / f"daemon-hop{hop}"
@@ -382,7 +382,7 @@ def agent_cpu(work: Path, port: int, variant: dict[str, Any], rate: float, secon
         write_linear_model(root / "bundled")
         bundled = root / "bundled"
     else:
-        bundled = REPO / "models" / "bundled"
+        bundled = REPO / "agent" / "models" / "bundled"
     (root / "config.toml").write_text(agent_toml(port, variant, bundled, source))
     log = root / "logs" / "arm1.csv"
     log.write_bytes(source.header)

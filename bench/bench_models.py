@@ -34,8 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from agent.config import packaged_model  # noqa: E402
 from agent.models.keys import Keyring  # noqa: E402
-from agent.models.probe import ProbeLimits, probe_model  # noqa: E402
+from agent.models.probe import ProbeLimits, ProbeVerdict, probe_model  # noqa: E402
 from agent.models.scorer import OnnxScorer  # noqa: E402
 from agent.models.static_check import StaticPolicy, check_model  # noqa: E402
 from agent.models.verify import ModelVerifier  # noqa: E402
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bundled = work / "bundled"
         bundled.mkdir()
         for name in ("model.onnx", "manifest.json"):
-            (bundled / name).write_bytes((REPO / "models" / "bundled" / name).read_bytes())
+            (bundled / name).write_bytes((packaged_model() / name).read_bytes())
         models.append(("bundled (tree ensemble)", bundled, True))
         trees = 50 if args.quick else 200
         forest(work / "forest", trees)
@@ -168,10 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             else:
                 in_process_ms = float("nan")  # the baseline would need gigabytes or never end
-            verdicts = []
+            verdicts: list[ProbeVerdict] = []
 
-            def run_probe(b: bytes = data, mb: bytes = manifest_bytes) -> None:
-                verdicts.append(probe_model(mb, b, limits))
+            def run_probe(
+                b: bytes = data, mb: bytes = manifest_bytes, out: list[ProbeVerdict] = verdicts
+            ) -> None:
+                out.append(probe_model(mb, b, limits))
 
             probe_ms = timed(run_probe, 1 if not good and label.startswith("endless") else repeat)
             last = verdicts[-1]

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from agent.config import packaged_model
 from agent.contract.manifest import ModelManifest
 from agent.errors import ModelRejectedError
 from agent.models.protowire import WireError, fields, read_varint
@@ -218,7 +219,7 @@ class TestInterface:
         data = linear_onnx(np.ones((N, 1)), np.zeros(1))
         summary = check_model(data, manifest_for(data, tmp_path), POLICY)
         assert {("", "MatMul"), ("", "Add")} == summary.operators
-        bundled = Path(__file__).resolve().parent.parent / "models" / "bundled"
+        bundled = packaged_model()
         manifest = ModelManifest.read(bundled)
         summary = check_model((bundled / "model.onnx").read_bytes(), manifest, POLICY)
         assert ("ai.onnx.ml", "TreeEnsembleClassifier") in summary.operators

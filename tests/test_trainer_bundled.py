@@ -23,7 +23,7 @@ from robotpm_sim.faults import FAULT_MODES, Fault
 from robotpm_sim.records import COLUMNS
 from trainer.config import DEFAULT_CHANNELS
 
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled"
+BUNDLED = Path(__file__).resolve().parent.parent / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 ON_DELAY = 2
 

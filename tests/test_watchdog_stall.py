@@ -26,8 +26,8 @@ from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.ingest import StreamFollower
 from agent.ingest.reader import LineBlock
-from agent.publish import InMemoryTransport
 from agent.sdnotify import Notifier
+from agent.testing import InMemoryTransport
 from tests.models import write_linear_model
 
 WATCHDOG_USEC = 400_000

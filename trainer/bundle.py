@@ -1,4 +1,4 @@
-"""The bundled default model: simulated fleet history → trained, checked model in ``models/bundled``.
+"""The bundled default model: simulated fleet history → trained, checked model in ``agent/models/bundled``.
 
 `build_bundle` is what ``robotpm-train bundle --seed 7`` runs. Training data comes
 straight from the simulator's Python API (no CSV round trip): a fleet whose faults
@@ -18,7 +18,8 @@ import numpy as np
 from trainer.config import TrainerConfig
 from trainer.errors import ExportError
 from trainer.run import RunResult
-from trainer.stages.extraction import Dataset, RobotSeries, Truth
+from trainer.stages.extraction import Dataset, RobotSeries
+from trainer.stages.truth import Truth
 from trainer.tasks.failure import train_failure_classifier
 
 # (fault duration s, mean healthy gap s) per robot of the fleet, cycled: slow and fast faults.

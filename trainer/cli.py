@@ -5,8 +5,9 @@ Usage::
     robotpm-train --train-csv DIR_OR_CSV --test-csv DIR_OR_CSV [--out models] [--name robot-arm]
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
-    robotpm-train bundle [--seed 7] [--out models/bundled]            # the bundled default model
+    robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
     robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
@@ -271,7 +272,7 @@ def print_result(result: RunResult) -> None:
     "bundle",
     "Simulate a fleet, train and write the bundled default model (≤ 1 MB).",
     arg("--seed", type=int, default=7),
-    arg("--out", type=Path, default=Path("models/bundled")),
+    arg("--out", type=Path, default=Path("agent/models/bundled")),
     arg("--report", action="store_true", help="also write the plots and PDF report"),
 )
 def _bundle(args: argparse.Namespace) -> int:
@@ -285,7 +286,12 @@ def _bundle(args: argparse.Namespace) -> int:
     "dataset",
     "Train and evaluate on public benchmark data.",
     arg("dataset", choices=("ai4i", "cmapss")),
-    arg("--data", type=Path, default=None, help="dataset directory (default ../shared/data/…)"),
+    arg(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset directory (default: data/<set>/ in the repository)",
+    ),
     arg("--out", type=Path, default=None, help="registry root (default: trainer.registry)"),
     arg("--seed", type=int, default=7),
 )
@@ -296,6 +302,21 @@ def _dataset(args: argparse.Namespace) -> int:
         args.dataset, load_config(args), data_dir=args.data, registry_root=args.out, seed=args.seed
     )
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+@subcommand(
+    "inspect",
+    "Print what the trainer will see: rows per robot, sample rate and jitter, events per mode, "
+    "label balance per split, quarantine by reason.",
+    arg("train", type=Path, help="training logs (a file, robot or fleet directory)"),
+    arg("test", type=Path, nargs="?", default=None, help="held-out logs (optional)"),
+)
+def _inspect(args: argparse.Namespace) -> int:
+    from trainer.inspection import describe
+
+    splits = {"train": args.train} if args.test is None else {"train": args.train, "test": args.test}
+    print(describe(load_config(args), splits), end="")
     return 0
 
 
@@ -545,6 +566,17 @@ def _rollout_status(args: argparse.Namespace) -> int:
 
 # -- the registry ----------------------------------------------------------------------------
 
+HEADLINE_METRICS = (
+    "pr_auc",
+    "f1_macro",
+    "event_detection_rate",
+    "lead_time_s_median",
+    "rmse_s",
+    "f1",
+    "rmse",
+)
+"""The metrics `list` shows first, as stored by the run (the same definitions as the gate)."""
+
 REGISTRY_ARGUMENTS = (
     arg("--out", type=Path, default=None, help="registry root (default: trainer.registry)"),
     arg("--name", default=None, help="model name (default: trainer.model_name)"),
@@ -565,7 +597,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no versions in {registry.directory}")
     for info in infos:
         flag = "*" if info.champion else " "
-        headline = ", ".join(f"{k}={v:.4g}" for k, v in list(info.metrics.items())[:4])
+        shown = [k for k in HEADLINE_METRICS if k in info.metrics] or list(info.metrics)[:4]
+        headline = ", ".join(f"{k}={info.metrics[k]:.4g}" for k in shown)
         print(f"{flag} v{info.version:<4d} {info.created[:19]:19s} {headline}")
     return 0
 

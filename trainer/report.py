@@ -88,6 +88,18 @@ def classifier_report(result: RunResult) -> dict[str, bytes]:
         "thresholds": {h.failure_mode: h.thresholds.model_dump() for h in manifest.heads},
         "lineage": manifest.training,
         "timings_s": result.timings,
+        "events (robot, onset, mode, detected, lead time s, first head, false alarms)": [
+            [
+                row["robot"],
+                row["onset"],
+                row["mode"],
+                row["detected"],
+                row["lead_time_s"],
+                row["first_head"],
+                row["false_alarms"],
+            ]
+            for row in result.evaluation.events
+        ],
     }
     return _bundle(f"RobotPM model report: {manifest.label}", summary, figures)
 

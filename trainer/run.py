@@ -15,7 +15,9 @@ the rest in the same order for every task:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import subprocess
 import time
@@ -26,6 +28,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Unpack
 
 from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest, Task
@@ -33,7 +36,7 @@ from trainer.config import TrainerConfig
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation, WindowSet
+from trainer.stages.preparation import DataPreparation, WindowSet, label_classes
 from trainer.stages.trained_model import ExportedModel, TrainedMLModel
 from trainer.stages.training import FittedModel
 
@@ -147,7 +150,7 @@ def prepare_windows(
     require_truth: bool = True,
 ) -> PreparedData:
     """Extract both sources (unless already extracted) and cut them into labelled feature windows."""
-    extraction = DataExtractionAnalysis(config.record_schema())
+    extraction = DataExtractionAnalysis.for_config(config)
     train_data = (
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
     )
@@ -156,7 +159,7 @@ def prepare_windows(
     preparation = DataPreparation(
         spec,
         config.labels,
-        CLASSES,
+        label_classes(train_data, test_data),
         resample_hz=config.features.resample_hz,
         max_gap_s=config.features.max_gap_s,
     )
@@ -195,6 +198,8 @@ class TaskFit:
     """The windows the manifest's reference statistics describe (what the model was fitted on)."""
     golden_features: FloatArray
     estimator: str
+    score_names: tuple[str, ...]
+    """A name for each column of `test_scores` (the columns of ``scores.csv``)."""
     metrics_doc: dict[str, Any] = field(default_factory=dict)
     """Entries of ``metrics.json`` beyond the evaluation (e.g. the thresholds)."""
     lineage: dict[str, str] = field(default_factory=dict)
@@ -210,6 +215,27 @@ class TaskSteps:
     name_suffix: str
     require_truth: bool
     fit: Callable[[TrainerConfig, PreparedData, StageTimer], TaskFit]
+
+    def train(
+        self,
+        config: TrainerConfig,
+        train: Path | Dataset,
+        test: Path | Dataset,
+        **options: Unpack[RunOptions],
+    ) -> RunResult:
+        """Run this task on `train` and `test` (log paths or extracted data sets); see `run_task`."""
+        return run_task(self, config, train, test, **options)
+
+
+def one_head(**fields: Any) -> Callable[[str], Sequence[AlertHead]]:
+    """The heads of a one-score model: column 0 of the score output, with these `AlertHead` fields."""
+    return lambda output: [AlertHead(output=output, column=0, **fields)]
+
+
+def extreme_rows(features: FloatArray, score: npt.NDArray[Any], per_end: int = 3) -> FloatArray:
+    """The feature rows of the `per_end` highest and lowest scores (golden vectors of a one-score model)."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    return features[np.unique(np.concatenate([order[:per_end], order[-per_end:]]))]
 
 
 class RunOptions(TypedDict, total=False):
@@ -284,6 +310,9 @@ def run_task(
     profile = {"train": train_data.profile(), "test": test_data.profile()}
     files = version_files(manifest, exported, metrics_doc, config, train_data, test_data)
     files["profile.json"] = json_bytes(profile)
+    files[SCORES_FILE] = scores_csv(test_windows, fit.test_scores, fit.score_names)
+    if fit.evaluation.events:
+        files[EVENTS_FILE] = events_csv(fit.evaluation.events)
     result = RunResult(
         manifest,
         exported,
@@ -300,6 +329,47 @@ def run_task(
     result.timings = timer.timings
     result.files = files
     return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
+
+
+SCORES_FILE = "scores.csv"
+"""Per test window: where and when it ended, its label, and every score the model gave it."""
+EVENTS_FILE = "events.csv"
+"""The per-event table of the evaluation (`trainer.stages.evaluation.event_table`)."""
+
+
+def scores_csv(windows: WindowSet, scores: np.ndarray[Any, Any], names: Sequence[str]) -> bytes:
+    """``scores.csv``: robot, end_ts, label (class index), class, mode, rul_s and one column per score.
+
+    Every test figure in ``metrics.json`` can be recomputed from this file and the classes.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["robot", "end_ts", "label", "class", "mode", "rul_s", *names])
+    matrix = np.asarray(scores, dtype=np.float64).reshape(len(windows), -1)
+    for i in range(len(windows)):
+        writer.writerow(
+            [
+                windows.robot[i],
+                repr(float(windows.end_ts[i])),
+                int(windows.label[i]),
+                windows.classes[int(windows.label[i])],
+                windows.mode[i],
+                repr(float(windows.rul_s[i])),
+                *(repr(float(v)) for v in matrix[i]),
+            ]
+        )
+    return buffer.getvalue().encode()
+
+
+def events_csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    """The per-event table as CSV (empty cells where a value does not apply)."""
+    buffer = io.StringIO()
+    columns = ["robot", "onset", "mode", "detected", "lead_time_s", "first_head", "false_alarms"]
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    return buffer.getvalue().encode()
 
 
 def version_files(

@@ -1,4 +1,4 @@
-"""Messages the agent publishes: alert events, presence and heartbeats (versioned JSON).
+"""Messages the agent publishes: alert events, open alerts, presence, heartbeats, drift (versioned JSON).
 
 Every payload carries ``schema_version``. An alert event's ``event_id`` is derived
 from the robot, stream, model, alert head, window and state, so replaying the same
@@ -18,8 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.contract.manifest import Severity
 
 ALERT_SCHEMA_VERSION: Final = "1.0"
-HEARTBEAT_SCHEMA_VERSION: Final = "1.1"
-"""1.1 added the optional ``model_candidate`` and ``model_events``; 1.0 heartbeats still parse."""
+HEARTBEAT_SCHEMA_VERSION: Final = "1.2"
+"""1.1 added ``model_candidate`` and ``model_events``, 1.2 ``drift_streams``; older heartbeats still parse."""
+OPEN_ALERTS_SCHEMA_VERSION: Final = "1.0"
+DRIFT_SCHEMA_VERSION: Final = "1.0"
+
+DriftState = Literal["unknown", "ok", "drifting"]
 
 AlertState = Literal["raised", "updated", "cleared"]
 
@@ -105,10 +109,20 @@ class Presence(_Message):
     reason: str = ""
 
 
+class StreamDrift(_Message):
+    """One stream's drift in a heartbeat: its state and its most drifted feature."""
+
+    state: DriftState
+    drifting_features: int = Field(ge=0)
+    max_psi: float | None = Field(description="Largest PSI of any feature; None before PSI is judged.")
+    max_shift: float | None = Field(description="Largest |mean shift| of any feature, in training stds.")
+    top_feature: str | None = Field(description="The most drifted feature, if any window was seen.")
+
+
 class Heartbeat(_Message):
     """Periodic counters on ``…/<robot>/heartbeat``."""
 
-    schema_version: Literal["1.0", "1.1"] = HEARTBEAT_SCHEMA_VERSION  # 1.0 from agents not yet upgraded
+    schema_version: Literal["1.0", "1.1", "1.2"] = HEARTBEAT_SCHEMA_VERSION  # older from agents not upgraded
     robot_id: str
     site: str
     sent_at: datetime
@@ -138,3 +152,85 @@ class Heartbeat(_Message):
         description="Model life-cycle events since the agent started, by state: 'probation', 'rolled_back',"
         " 'rejected' (each also sent, not retained, on …/model).",
     )
+    drift_streams: dict[str, StreamDrift] = Field(
+        default_factory=dict,
+        description="Drift per stream (details in the reports on …/drift); 'drift' is the worst.",
+    )
+
+
+class OpenAlert(_Message):
+    """One alert that is open (raised, not cleared) on a robot."""
+
+    alert_id: str = Field(description="The event_id of the raise; later events of the alert carry it too.")
+    stream: str
+    component: str
+    failure_mode: str
+    severity: Severity
+    score: float = Field(description="The latest score of the alert's head.")
+    raised_window: int = Field(ge=0, description="Index of the window that raised it.")
+    last_event_time: float = Field(
+        description="Data time (window end, epoch seconds) of its raise or update."
+    )
+    model: ModelRef
+    shelved: bool = Field(default=False, description="Shelved by a technician: kept, not re-raised.")
+    shelved_until: datetime | None = None
+    shelve_reason: str = ""
+
+
+class OpenAlerts(_Message):
+    """Retained on ``…/<robot>/open_alerts``: every open alert of the robot, replaced on each change.
+
+    A subscriber that (re)starts reads the robot's open alerts from here instead of
+    replaying every event; an empty ``alerts`` means none is open.
+    """
+
+    schema_version: Literal["1.0"] = OPEN_ALERTS_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    updated_at: datetime
+    count: int = Field(ge=0, description="len(alerts)")
+    worst_severity: Severity | None = Field(description="critical if any alert is, else warning, else None.")
+    alerts: tuple[OpenAlert, ...] = ()
+
+
+class FeatureDriftRecord(_Message):
+    """One feature in a drift report."""
+
+    name: str
+    psi: float | None = Field(description="PSI against the training quantile bins; None if not judged.")
+    shift: float = Field(description="(running mean - training mean) / training std")
+    drifting: bool
+
+
+class DriftThresholds(_Message):
+    """The thresholds a drift report was judged with ([agent.drift])."""
+
+    psi_raise: float
+    psi_clear: float
+    shift_raise: float
+    shift_clear: float
+    min_features: int
+
+
+class DriftReport(_Message):
+    """A stream's drift against the model's training data, QoS 1 on ``…/<robot>/drift``.
+
+    Sent when the stream's drift state changes and periodically while it drifts. A
+    feature drifts when its PSI and its mean shift both pass their raise thresholds
+    (the shift alone without PSI), with hysteresis; ``retrain`` asks the trainer's
+    stream mode for a retraining (true while drifting).
+    """
+
+    schema_version: Literal["1.0"] = DRIFT_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    stream: str
+    model: ModelRef
+    state: DriftState
+    windows: int = Field(ge=0, description="Windows judged since the model went live (or the agent started).")
+    effective_windows: float = Field(ge=0, description="Size of the decayed sample the statistics describe.")
+    drifting_features: int = Field(ge=0)
+    features: tuple[FeatureDriftRecord, ...] = Field(description="The most drifted features first.")
+    thresholds: DriftThresholds
+    retrain: bool
+    sent_at: datetime

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal
 
 import structlog
 
@@ -55,15 +55,7 @@ log = structlog.get_logger("robotpm.model")
 
 Outcome = Literal["installed", "ignored", "refused", "failed"]
 
-__all__ = ["FetchResult", "ModelFetcher", "Subscriber", "redact_url"]
-
-
-@runtime_checkable
-class Subscriber(Protocol):
-    """A transport that can deliver messages of one topic (`agent.publish.mqtt.MqttTransport`)."""
-
-    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        """Call `callback` with each payload on `topic` (on the transport's thread)."""
+__all__ = ["FetchResult", "ModelFetcher", "redact_url"]
 
 
 @dataclass(frozen=True, slots=True)

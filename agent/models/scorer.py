@@ -4,12 +4,13 @@
 `agent.models.verify.ModelVerifier.admit` has already checked (signature, sha256 and length,
 static checks), checks the session's inputs and outputs against the manifest once more, and
 scores batches (the agent scores one batch per read chunk, so intra-op threads would only
-add wake-ups). `OnnxScorer.load` does both for a directory. `FunctionScorer` is the in-memory twin.
+add wake-ups). `OnnxScorer.load` does both for a directory. Its in-memory twin is
+`agent.testing.FunctionScorer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,25 +120,3 @@ class OnnxScorer:
                         f"{self._manifest.label}: golden {i}: output {name} = {actual.tolist()}, "
                         f"expected {list(expected)}"
                     )
-
-
-class FunctionScorer:
-    """The in-memory twin of `OnnxScorer`: scores with a plain function."""
-
-    __slots__ = ("_function", "_manifest")
-
-    def __init__(self, manifest: ModelManifest, function: Callable[[FloatArray], Mapping[str, FloatArray]]):
-        self._manifest = manifest
-        self._function = function
-
-    @property
-    def manifest(self) -> ModelManifest:
-        """The manifest this scorer stands for."""
-        return self._manifest
-
-    def score(self, features: FloatArray) -> Mapping[str, FloatArray]:
-        """Outputs by name, as computed by the function."""
-        return self._function(features)
-
-    def check_golden(self) -> None:
-        """Nothing to check for a function."""

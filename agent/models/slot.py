@@ -47,6 +47,7 @@ from agent.models.probe import ProbeLimits, probe_model
 from agent.models.scorer import OnnxScorer
 from agent.models.store import Fingerprint, ModelStore, prune_plan
 from agent.models.verify import ModelVerifier
+from agent.seams import Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -82,7 +83,7 @@ class ModelSlot:
         if self._verifier.keys is not None:
             log.info("model_signatures_required", root_keys=list(self._verifier.keys.root_ids))
         self._limits = ProbeLimits.from_config(config) if config.isolate else None
-        self._current: OnnxScorer | None = None
+        self._current: Scorer | None = None
         self._current_dir: Path | None = None  # None: the bundled model
         self._offered_version = 0
         self._refused: dict[Fingerprint, Verdict] = {}  # refused content → which check refused it
@@ -107,7 +108,7 @@ class ModelSlot:
         return self._verifier
 
     @property
-    def current(self) -> OnnxScorer:
+    def current(self) -> Scorer:
         """The scorer in use; `load_initial` must have been called."""
         if self._current is None:
             raise ModelLoadError("no model loaded yet")
@@ -173,7 +174,7 @@ class ModelSlot:
                 return scorer
         return None
 
-    def reject(self, scorer: OnnxScorer, reason: str) -> None:
+    def reject(self, scorer: Scorer, reason: str) -> None:
         """Refuse a candidate `poll` offered (it failed its probation) until its files change.
 
         Not reported by `take_refusals`: the daemon publishes "rolled_back" for it.
@@ -195,7 +196,7 @@ class ModelSlot:
             refusals, self._refusals = self._refusals, []
         return refusals
 
-    def accept(self, scorer: OnnxScorer, *, trim: bool = True) -> None:
+    def accept(self, scorer: Scorer, *, trim: bool = True) -> None:
         """Make `scorer` the current model (the daemon calls this at a window boundary).
 
         With ``trim`` the freed heap of the old session is handed back at once; the

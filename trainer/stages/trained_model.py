@@ -23,6 +23,7 @@ from agent.contract.manifest import (
     GoldenVector,
     ModelManifest,
     OnnxInterface,
+    ReferenceBins,
     Task,
 )
 from trainer.config import ParityConfig
@@ -81,10 +82,24 @@ def to_onnx(fitted: FittedModel) -> bytes:
     except Exception as exc:  # skl2onnx raises many unrelated types
         raise ExportError(f"skl2onnx could not export {fitted.kind}: {exc}") from exc
     model.graph.name = f"robotpm_{fitted.kind}"  # skl2onnx names graphs with a random uuid
+    canonical_opsets(model)
     domains = {node.domain for node in model.graph.node} - ALLOWED_DOMAINS
     if domains:
         raise ExportError(f"the exported graph uses non-standard operator domains {sorted(domains)}")
     return bytes(model.SerializeToString())
+
+
+def canonical_opsets(model: Any) -> None:
+    """Put the graph's opset imports in domain order, in place.
+
+    skl2onnx fills them from a set of (domain, version) pairs, so their order, and with it
+    the model's bytes, depended on ``PYTHONHASHSEED``.
+    """
+    ordered = sorted(((o.domain, o.version) for o in model.opset_import), key=lambda pair: pair[0])
+    del model.opset_import[:]
+    for domain, version in ordered:
+        entry = model.opset_import.add()
+        entry.domain, entry.version = domain, version
 
 
 def reference_outputs(fitted: FittedModel, features: FloatArray) -> FloatArray:
@@ -191,6 +206,7 @@ class TrainedMLModel:
                 name: tuple(float(v) for v in np.quantile(train_features, q, axis=0))
                 for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
             },
+            bins=ReferenceBins.from_features(train_features),  # for the agent's PSI drift test
         )
         golden_out = run_onnx(exported.onnx_bytes, golden_features, exported.score_output)
         golden = tuple(
@@ -214,7 +230,7 @@ class TrainedMLModel:
                 input_name=INPUT_NAME,
                 input_shape=(None, spec.n_features),
                 outputs=exported.outputs,
-                opset=TARGET_OPSET[""],
+                opset=main_opset(exported.onnx_bytes),
             ),
             heads=tuple(heads),
             reference=reference,
@@ -224,6 +240,15 @@ class TrainedMLModel:
             sha256=exported.sha256,
             length=len(exported.onnx_bytes),
         )
+
+
+def main_opset(onnx_bytes: bytes) -> int | None:
+    """The version of the main operator domain the graph imports (skl2onnx lowers it to what it needs)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    versions = [int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return versions[0] if versions else None
 
 
 def _graph_outputs(onnx_bytes: bytes) -> tuple[str, ...]:

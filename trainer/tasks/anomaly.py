@@ -11,19 +11,13 @@ the run is `trainer.run.run_task`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
-from typing_extensions import Unpack
 
-from agent.contract.manifest import AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
 from trainer.report import binary_report
-from trainer.run import PreparedData, RunOptions, RunResult, StageTimer, TaskFit, TaskSteps, run_task
+from trainer.run import PreparedData, RunResult, StageTimer, TaskFit, TaskSteps, extreme_rows, one_head
 from trainer.stages.evaluation import Evaluation, calibrate
-from trainer.stages.extraction import Dataset
 from trainer.stages.selection import IntArray, out_of_fold
 from trainer.stages.training import FittedModel, ModelTraining
 
@@ -66,33 +60,25 @@ def fit_anomaly_detector(config: TrainerConfig, prepared: PreparedData, timer: S
     if faulty.any() and not faulty.all():
         metrics["pr_auc"] = float(average_precision_score(faulty, score))
 
-    def heads(output: str) -> Sequence[AlertHead]:
-        return [
-            AlertHead(
-                output=output,
-                column=0,
-                component="robot",
-                failure_mode="anomaly",
-                meaning=(
-                    "isolation-forest anomaly score 2^(-E[h]/c): unlike the healthy training fleet when high"
-                ),
-                thresholds=thresholds,
-            )
-        ]
+    heads = one_head(
+        component="robot",
+        failure_mode="anomaly",
+        meaning="isolation-forest anomaly score 2^(-E[h]/c): unlike the healthy training fleet when high",
+        thresholds=thresholds,
+    )
 
     def report(result: RunResult) -> dict[str, bytes]:
         summary = {"model": result.manifest.label, "metrics": metrics, "lineage": result.manifest.training}
         return binary_report("Anomaly detector", faulty.astype(int), score, thresholds.warning, summary)
 
-    order = np.argsort(-score, kind="stable")
-    golden_idx = np.unique(np.concatenate([order[:3], order[-3:]]))
     return TaskFit(
         fitted=fitted,
         test_scores=score.reshape(-1, 1),
         evaluation=Evaluation(metrics=metrics, classes=("healthy", "anomaly")),
         heads=heads,
         reference_features=train_windows.features[healthy],
-        golden_features=test_windows.features[golden_idx],
+        golden_features=extreme_rows(test_windows.features, score),
+        score_names=("anomaly_score",),
         estimator=ESTIMATOR,
         metrics_doc={"thresholds": thresholds.model_dump()},
         report=report,
@@ -102,8 +88,5 @@ def fit_anomaly_detector(config: TrainerConfig, prepared: PreparedData, timer: S
 ANOMALY = TaskSteps(task="anomaly", name_suffix="-anomaly", require_truth=False, fit=fit_anomaly_detector)
 
 
-def train_anomaly_detector(
-    config: TrainerConfig, train: Path | Dataset, test: Path | Dataset, **options: Unpack[RunOptions]
-) -> RunResult:
-    """Fit on healthy windows, calibrate on held-out healthy robots, evaluate, export, register."""
-    return run_task(ANOMALY, config, train, test, **options)
+train_anomaly_detector = ANOMALY.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""

@@ -10,11 +10,9 @@ on the test windows (ModelEvaluationValidation). The rest of the run is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from typing_extensions import Unpack
 
 from agent.contract.manifest import AlertHead, Thresholds
 from trainer.config import TrainerConfig
@@ -22,17 +20,13 @@ from trainer.errors import DataError
 from trainer.report import classifier_report
 from trainer.run import (
     PreparedData,
-    RunOptions,
-    RunResult,
     StageTimer,
     TaskFit,
     TaskSteps,
     projection_matrix,
-    run_task,
 )
 from trainer.stages.evaluation import Evaluation, ModelEvaluationValidation
-from trainer.stages.extraction import Dataset
-from trainer.stages.preparation import CLASSES, WindowSet
+from trainer.stages.preparation import WindowSet
 from trainer.stages.selection import ModelSelection
 from trainer.stages.training import FittedModel, ModelTraining
 
@@ -55,7 +49,13 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
         )
     training = ModelTraining(config.model, config.seed, projection_matrix(config, prepared.spec))
     candidates = config.selection.candidates or (config.model.kind,)
-    selection = ModelSelection(training, candidates, config.selection.metric, config.selection.folds)
+    selection = ModelSelection(
+        training,
+        candidates,
+        config.selection.metric,
+        config.selection.folds,
+        config.thresholds.warning_false_alarm_rate,
+    )
     ranked = timer.run("select", lambda: selection.select_classifier(train_windows, fit_mask))
     best = ranked[0]
     fit_set = train_windows.take(fit_mask)
@@ -75,21 +75,29 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
     test_proba = fitted.estimator.predict_proba(test_windows.features.astype(np.float32))
     evaluation: Evaluation = timer.run(
         "evaluate",
-        lambda: evaluation_stage.evaluate_classifier(test_proba, test_windows, columns, thresholds),
+        lambda: evaluation_stage.evaluate_classifier(
+            test_proba,
+            test_windows,
+            columns,
+            thresholds,
+            prepared.test_data.failure_events(),
+            config.labels.horizon_s,
+        ),
     )
     evaluation.metrics["cv_" + config.selection.metric] = best.score
     evaluation.selection = {r.kind: r.score for r in ranked}
     components = {**DEFAULT_COMPONENTS, **train_windows.components()}
+    classes = train_windows.classes
 
     def heads(output: str) -> Sequence[AlertHead]:
         return [
             AlertHead(
                 output=output,
                 column=col,
-                component=components.get(CLASSES[cls], CLASSES[cls]),
-                failure_mode=CLASSES[cls],
+                component=components.get(classes[cls], classes[cls]),
+                failure_mode=classes[cls],
                 meaning=(
-                    f"probability that {CLASSES[cls]} of the {components.get(CLASSES[cls], CLASSES[cls])} "
+                    f"probability that {classes[cls]} of the {components.get(classes[cls], classes[cls])} "
                     f"leads to a failure within {config.labels.horizon_s:g} s"
                 ),
                 thresholds=thresholds[cls],
@@ -104,6 +112,7 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
         heads=heads,
         reference_features=fit_set.features,
         golden_features=golden_rows(test_windows, test_proba, columns),
+        score_names=tuple(f"p_{classes[c]}" for c in fitted.classes),
         estimator=fitted.kind,
         report=classifier_report,
     )
@@ -112,11 +121,8 @@ def fit_failure_classifier(config: TrainerConfig, prepared: PreparedData, timer:
 FAILURE = TaskSteps(task="failure_classifier", name_suffix="", require_truth=True, fit=fit_failure_classifier)
 
 
-def train_failure_classifier(
-    config: TrainerConfig, train: Path | Dataset, test: Path | Dataset, **options: Unpack[RunOptions]
-) -> RunResult:
-    """Train, evaluate and export a failure classifier; write it only when every stage succeeded."""
-    return run_task(FAILURE, config, train, test, **options)
+train_failure_classifier = FAILURE.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""
 
 
 def golden_rows(

@@ -11,29 +11,25 @@ rest of the run is `trainer.run.run_task`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from typing_extensions import Unpack
 
-from agent.contract.manifest import AlertHead, Thresholds
+from agent.contract.manifest import Thresholds
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
 from trainer.report import regression_report
 from trainer.run import (
     PreparedData,
-    RunOptions,
     RunResult,
     StageTimer,
     TaskFit,
     TaskSteps,
+    extreme_rows,
+    one_head,
     projection_matrix,
-    run_task,
 )
 from trainer.stages.evaluation import Evaluation
-from trainer.stages.extraction import Dataset
 from trainer.stages.preparation import WindowSet
 from trainer.stages.selection import IntArray, out_of_fold
 from trainer.stages.training import FittedModel, ModelTraining
@@ -88,18 +84,13 @@ def fit_rul_regressor(config: TrainerConfig, prepared: PreparedData, timer: Stag
         "recall_at_far": float(over[y_test < warning].mean()) if (y_test < warning).any() else float("nan"),
     }
 
-    def heads(output: str) -> Sequence[AlertHead]:
-        return [
-            AlertHead(
-                output=output,
-                column=0,
-                component="robot",
-                failure_mode="any_fault",
-                meaning=f"seconds until a developing fault fails (capped at {cap:g} s)",
-                direction="lower_is_worse",
-                thresholds=thresholds,
-            )
-        ]
+    heads = one_head(
+        component="robot",
+        failure_mode="any_fault",
+        meaning=f"seconds until a developing fault fails (capped at {cap:g} s)",
+        direction="lower_is_worse",
+        thresholds=thresholds,
+    )
 
     def report(result: RunResult) -> dict[str, bytes]:
         summary = {"model": result.manifest.label, "metrics": metrics, "lineage": result.manifest.training}
@@ -113,15 +104,14 @@ def fit_rul_regressor(config: TrainerConfig, prepared: PreparedData, timer: Stag
             "s",
         )
 
-    order = np.argsort(predicted, kind="stable")
-    golden_idx = np.unique(np.concatenate([order[:3], order[-3:]]))
     return TaskFit(
         fitted=fitted,
         test_scores=predicted.reshape(-1, 1),
         evaluation=Evaluation(metrics=metrics, classes=("remaining_life",)),
         heads=heads,
         reference_features=train_windows.features,
-        golden_features=test_windows.features[golden_idx],
+        golden_features=extreme_rows(test_windows.features, predicted),
+        score_names=("predicted_rul_s",),
         estimator=fitted.kind,
         metrics_doc={"thresholds": thresholds.model_dump()},
         lineage={"rul_cap_s": str(cap)},
@@ -132,8 +122,5 @@ def fit_rul_regressor(config: TrainerConfig, prepared: PreparedData, timer: Stag
 RUL = TaskSteps(task="remaining_life", name_suffix="-rul", require_truth=True, fit=fit_rul_regressor)
 
 
-def train_rul_regressor(
-    config: TrainerConfig, train: Path | Dataset, test: Path | Dataset, **options: Unpack[RunOptions]
-) -> RunResult:
-    """Fit, calibrate, evaluate (RMSE, MAE), export with parity and register a RUL model."""
-    return run_task(RUL, config, train, test, **options)
+train_rul_regressor = RUL.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""
