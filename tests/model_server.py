@@ -12,7 +12,8 @@ Paths (``<name>`` is a file of the web root, or a path below it):
     /flaky/<name>       503 for the first ``fail_first`` requests, then the file
 
 Every request is counted by path, with its headers kept (``seen``). ``make_pki`` writes a CA
-and a server certificate for ``127.0.0.1``.
+and a server certificate for ``127.0.0.1``. The fixtures ``pki``, ``webroot``, ``https``,
+``plain_http`` and ``keys`` (two-tier signing keys) are imported by the model test modules.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.signing_keys import FleetKeys, fleet_keys
 from tests.test_mqtt_tls import _ca, _leaf, _write_cert, _write_key
 
 USER, SECRET = "robot", "s3cr:et"
@@ -189,3 +195,64 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+def mqtt_publish(
+    port: int,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool = True,
+    ca: Path | None = None,
+    user: str | None = None,
+    password: str | None = None,
+) -> None:
+    """Publish one message with QoS 1 from a throw-away client and wait for the broker's PUBACK."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    if ca is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=str(ca)))
+    if user is not None:
+        client.username_pw_set(user, password)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture(name="pki", scope="module")
+def pki_fixture(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a server certificate for 127.0.0.1, once per test module."""
+    return make_pki(tmp_path_factory.mktemp("https-pki"))
+
+
+@pytest.fixture(name="webroot")
+def webroot_fixture(tmp_path: Path) -> Path:
+    """An empty web root."""
+    root = tmp_path / "webroot"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture(name="https")
+def https_fixture(webroot: Path, pki: Pki) -> Iterator[ModelServer]:
+    """The web root served over HTTPS."""
+    server = ModelServer(webroot, pki)
+    yield server
+    server.close()
+
+
+@pytest.fixture(name="plain_http")
+def plain_http_fixture(webroot: Path) -> Iterator[ModelServer]:
+    """The web root served over plain HTTP."""
+    server = ModelServer(webroot, None)
+    yield server
+    server.close()
+
+
+@pytest.fixture(name="keys")
+def keys_fixture(tmp_path: Path) -> FleetKeys:
+    """A root key, a certified release key and the agents' trusted-keys directory."""
+    return fleet_keys(tmp_path / "keys")

@@ -12,13 +12,10 @@ import io
 import json
 import tarfile
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from agent.config import AgentConfig, ModelConfig, MqttConfig, load_agent_config
@@ -34,47 +31,28 @@ from agent.publish.mqtt import MqttTransport
 from agent.seams import SystemClock
 from tests.agent_config import agent_config
 from tests.fake_broker import Collector
-from tests.model_server import SECRET, USER, ModelServer, Pki, make_pki, wait_until
+from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, webroot, https, plain_http, keys)
+    SECRET,
+    USER,
+    ModelServer,
+    Pki,
+    https_fixture,
+    keys_fixture,
+    mqtt_publish,
+    pki_fixture,
+    plain_http_fixture,
+    wait_until,
+    webroot_fixture,
+)
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
-from tests.signing_keys import FleetKeys, fleet_keys, release_key
+from tests.signing_keys import FleetKeys, release_key
 from tests.test_daemon import make_config
 from trainer.cli import main as train_main
 from trainer.publish import announcement_payload, index_path, publish
 from trainer.signing import ReleaseSigner, sign_model_dir
 
 CHANNEL = "stable"
-
-
-@pytest.fixture(name="pki", scope="module")
-def _pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("https-pki"))
-
-
-@pytest.fixture(name="webroot")
-def _webroot(tmp_path: Path) -> Path:
-    root = tmp_path / "webroot"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture(name="https")
-def _https(webroot: Path, pki: Pki) -> Iterator[ModelServer]:
-    server = ModelServer(webroot, pki)
-    yield server
-    server.close()
-
-
-@pytest.fixture(name="plain_http")
-def _plain_http(webroot: Path) -> Iterator[ModelServer]:
-    server = ModelServer(webroot, None)
-    yield server
-    server.close()
-
-
-@pytest.fixture(name="keys")
-def _keys(tmp_path: Path) -> FleetKeys:
-    return fleet_keys(tmp_path / "keys")
 
 
 def signed_version(tmp_path: Path, keys: FleetKeys, version: int = 2) -> Path:
@@ -689,25 +667,14 @@ class TestSubscription:
         transport.subscribe(topic, received.append)
         transport.start()
         try:
-            publish_retained(broker.port, topic, b"first")
+            mqtt_publish(broker.port, topic, b"first")
             wait_until(lambda: b"first" in received)
             broker.stop()
             wait_until(lambda: not transport.connected)
             (broker.workdir / "mosquitto.db").unlink(missing_ok=True)  # sessions and retained messages gone
             broker.start()
-            publish_retained(broker.port, topic, b"second")
+            mqtt_publish(broker.port, topic, b"second")
             wait_until(lambda: b"second" in received, timeout_s=15)
         finally:
             transport.stop()
         assert transport.connects >= 2
-
-
-def publish_retained(port: int, topic: str, payload: bytes) -> None:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,14 @@ from agent.models.keys import Keyring
 from agent.models.slot import ModelSlot
 from agent.models.store import ModelStore
 from agent.models.verify import ModelVerifier
-from tests.model_server import ModelServer, Pki, make_pki
+from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, webroot, https, keys)
+    ModelServer,
+    Pki,
+    https_fixture,
+    keys_fixture,
+    pki_fixture,
+    webroot_fixture,
+)
 from tests.models import write_linear_model
 from tests.signing_keys import FleetKeys, fleet_keys, release_key
 from tests.test_model_fetch import (
@@ -44,30 +50,6 @@ from trainer.signing import sign_model_dir, write_revocations
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE = 2**53
-
-
-@pytest.fixture(name="pki", scope="module")
-def _pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("https-pki"))
-
-
-@pytest.fixture(name="webroot")
-def _webroot(tmp_path: Path) -> Path:
-    root = tmp_path / "webroot"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture(name="https")
-def _https(webroot: Path, pki: Pki) -> Iterator[ModelServer]:
-    server = ModelServer(webroot, pki)
-    yield server
-    server.close()
-
-
-@pytest.fixture(name="keys")
-def _keys(tmp_path: Path) -> FleetKeys:
-    return fleet_keys(tmp_path / "keys")
 
 
 def unsigned_bundle(tmp_path: Path, webroot: Path, version: int) -> Path:

@@ -8,7 +8,6 @@ import json
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +19,17 @@ from agent.contract.manifest import MODEL_FILE, ModelManifest
 from agent.contract.topics import model_announcements
 from agent.models.slot import ModelSlot
 from tests.fake_broker import BrokerPool
-from tests.model_server import ModelServer, Pki, make_pki, wait_until
+from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, keys)
+    ModelServer,
+    Pki,
+    keys_fixture,
+    mqtt_publish,
+    pki_fixture,
+    wait_until,
+)
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
-from tests.signing_keys import FleetKeys, fleet_keys
+from tests.signing_keys import FleetKeys
 from tests.test_model_fetch import CHANNEL, fetcher_for, model_config
 from trainer.broker import BrokerError, BrokerSettings
 from trainer.cli import main as train_main
@@ -43,16 +49,6 @@ topic read robotpm/v1/+/+/#
 pattern read robotpm/v1/models/#
 pattern write robotpm/v1/+/%u/#
 """
-
-
-@pytest.fixture(name="pki", scope="module")
-def _pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(name="keys")
-def _keys(tmp_path: Path) -> FleetKeys:
-    return fleet_keys(tmp_path / "keys")
 
 
 @pytest.fixture(name="secure_broker")
@@ -87,7 +83,7 @@ def credentials(tmp_path: Path, user: str, password: str) -> Path:
 def retained(
     port: int, topic: str, *, pki: Pki | None, user: str | None, password: str | None
 ) -> list[bytes]:
-    """The retained payloads a fresh subscriber gets on `topic` (waits until they stop coming)."""
+    """The retained payloads a fresh subscriber gets on `topic` (there is one per topic)."""
     got: list[bytes] = []
     subscribed = threading.Event()
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -102,26 +98,11 @@ def retained(
     client.loop_start()
     try:
         assert subscribed.wait(10)
-        deadline = time.monotonic() + 1.0  # retained messages follow the SUBACK at once
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: bool(got))  # one retained message per topic: the first is the one
     finally:
         client.disconnect()
         client.loop_stop()
     return got
-
-
-def publish_as(port: int, topic: str, payload: bytes, *, pki: Pki, user: str, password: str) -> None:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    client.tls_set_context(ssl.create_default_context(cafile=str(pki.ca)))
-    client.username_pw_set(user, password)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 class TestPublishOverTls:
@@ -152,7 +133,9 @@ class TestPublishOverTls:
         argv += ["--mqtt-credentials", str(credentials(tmp_path, TRAINER, TRAINER_PASSWORD))]
         assert 0 == train_main(argv)
         topic = model_announcements(CHANNEL)
-        publish_as(secure_broker.port, topic, b"a robot's fake", pki=pki, user=ROBOT, password=ROBOT_PASSWORD)
+        mqtt_publish(
+            secure_broker.port, topic, b"a robot's fake", ca=pki.ca, user=ROBOT, password=ROBOT_PASSWORD
+        )
         [payload] = retained(secure_broker.port, topic, pki=pki, user=ROBOT, password=ROBOT_PASSWORD)
         assert index_path(tmp_path / "web", CHANNEL).read_bytes() == payload
 
@@ -242,12 +225,7 @@ class TestRolloutStatus:
         from tests.test_daemon import make_config
 
         def send(topic: str, body: dict[str, object], retain: bool = True) -> None:
-            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-            client.connect("127.0.0.1", broker.port)
-            client.loop_start()
-            client.publish(topic, json.dumps(body), qos=1, retain=retain).wait_for_publish(5)
-            client.disconnect()
-            client.loop_stop()
+            mqtt_publish(broker.port, topic, json.dumps(body).encode(), retain=retain)
 
         version_dir = tmp_path / "registry" / "v2"
         write_linear_model(version_dir, version=2)

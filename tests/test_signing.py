@@ -137,6 +137,15 @@ def slot_config(tmp_path: Path, keys: Keys | None) -> ModelConfig:
     )
 
 
+def slot_refusing_an_unsigned_v2(tmp_path: Path, keys: Keys) -> ModelSlot:
+    """A slot on v1 whose store got an unsigned v2, which its poll refused."""
+    slot = ModelSlot(slot_config(tmp_path, keys))
+    slot.load_initial()
+    write_linear_model(tmp_path / "store" / "v2", version=2)
+    assert slot.poll() is None
+    return slot
+
+
 def verifier(keys: Keys) -> ModelVerifier:
     return ModelVerifier(Keyring.load(keys.trusted))
 
@@ -466,10 +475,7 @@ class TestModelSlotWithSignatures:
         self, tmp_path: Path, keys: Keys
     ) -> None:
         """The signature file is part of a model's fingerprint: signing a refused model retries it."""
-        slot = ModelSlot(slot_config(tmp_path, keys))
-        slot.load_initial()
-        write_linear_model(tmp_path / "store" / "v2", version=2)
-        assert slot.poll() is None
+        slot = slot_refusing_an_unsigned_v2(tmp_path, keys)
         sign_model_dir(tmp_path / "store" / "v2", keys.private)
         candidate = slot.poll()
         assert candidate is not None
@@ -479,10 +485,7 @@ class TestModelSlotWithSignatures:
         self, tmp_path: Path, keys: Keys
     ) -> None:
         """The "rejected" status of an unsigned model carries its source only: its manifest is never read."""
-        slot = ModelSlot(slot_config(tmp_path, keys))
-        slot.load_initial()
-        write_linear_model(tmp_path / "store" / "v2", version=2)
-        assert slot.poll() is None
+        slot = slot_refusing_an_unsigned_v2(tmp_path, keys)
         (refusal,) = slot.take_refusals()
         assert (tmp_path / "store" / "v2", None) == (refusal.source, refusal.manifest)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,16 +94,10 @@ def generate_key_pair(key_id: str, out_dir: Path) -> tuple[Path, Path]:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read an unencrypted PEM PKCS8 Ed25519 private key; raises `SigningError` naming the problem."""
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    try:
-        key = load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise SigningError(f"{path}: cannot read the private key: {exc.strerror}") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SigningError(f"{path}: not an unencrypted PEM private key: {exc}") from exc
+    key = _load_pem(path, "private", lambda data: load_pem_private_key(data, password=None))
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
@@ -111,19 +105,25 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read a PEM SubjectPublicKeyInfo Ed25519 public key; raises `SigningError` naming the problem."""
-    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    try:
-        key = load_pem_public_key(path.read_bytes())
-    except OSError as exc:
-        raise SigningError(f"{path}: cannot read the public key: {exc.strerror}") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise SigningError(f"{path}: not a PEM public key: {exc}") from exc
+    key = _load_pem(path, "public", load_pem_public_key)
     if not isinstance(key, Ed25519PublicKey):
         raise SigningError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
+
+
+def _load_pem(path: Path, kind: str, load: Callable[[bytes], object]) -> object:
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        return load(path.read_bytes())
+    except OSError as exc:
+        raise SigningError(f"{path}: cannot read the {kind} key: {exc.strerror}") from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        qualifier = "an unencrypted PEM private" if kind == "private" else "a PEM public"
+        raise SigningError(f"{path}: not {qualifier} key: {exc}") from exc
 
 
 def sign_document(private_key: Ed25519PrivateKey, key_id: str, purpose: str, body: bytes) -> SignedDocument:

@@ -11,7 +11,6 @@ modification time changes. The model watcher thread scans it (`Inbox.scan`) on e
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from agent.contract.announcement import MAX_SIGNED_DOCUMENT_BYTES
 from agent.contract.signatures import REVOCATIONS_FILE
 from agent.errors import FetchRefusedError, ModelError
 from agent.models.install import BundleInstaller
+from agent.models.store import stamps_of
 from agent.models.verify import ModelVerifier
 
 log = structlog.get_logger("robotpm.model")
@@ -53,19 +53,7 @@ class Inbox:
 
     def signature(self) -> tuple[tuple[str, int, int, int], ...]:
         """(name, inode, size, mtime) of each inbox file: changes when one is added or changed."""
-        entries: list[tuple[str, int, int, int]] = []
-        try:
-            children = sorted(os.scandir(self._directory), key=lambda e: e.name)
-        except OSError:
-            return ()
-        for child in children:
-            if _relevant(child.name):
-                try:
-                    st = child.stat()
-                except OSError:
-                    continue
-                entries.append((child.name, st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(entries)
+        return stamps_of(self._directory, lambda e: (e.name,) if _relevant(e.name) else ())
 
     def scan(self) -> list[InboxResult]:
         """Take in every new or changed file of the inbox; never raises for what a file holds."""

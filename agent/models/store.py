@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -126,21 +126,10 @@ class ModelStore:
 
     def signature(self) -> tuple[tuple[str, int, int, int], ...]:
         """What changes when a version is added to, replaced in or removed from the store (for watching)."""
-        entries: list[tuple[str, int, int, int]] = []
-        try:
-            children = sorted(os.scandir(self._directory), key=lambda e: e.name)
-        except OSError:
-            return ()
-        for child in children:
-            if child.name.startswith("."):
-                continue
-            for name in MODEL_FILES:
-                try:
-                    st = os.stat(os.path.join(child.path, name))
-                except OSError:
-                    continue
-                entries.append((f"{child.name}/{name}", st.st_ino, st.st_size, st.st_mtime_ns))
-        return tuple(entries)
+        return stamps_of(
+            self._directory,
+            lambda e: () if e.name.startswith(".") else [f"{e.name}/{n}" for n in MODEL_FILES],
+        )
 
     def usage(self) -> int:
         """Bytes the store holds, dot-entries included."""
@@ -218,8 +207,8 @@ class ModelStore:
         """Rename a complete, verified version directory into the store as ``v<version>``, durably."""
         target = self.version_dir(version)
         for name in os.listdir(staged):
-            _fsync_path(staged / name)
-        _fsync_path(staged)
+            fsync_directory(staged / name)
+        fsync_directory(staged)
         try:
             os.rename(staged, target)
         except OSError as exc:
@@ -308,23 +297,36 @@ def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_directory(path.parent)
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make renames and creations in `directory` durable (best effort on filesystems that refuse it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_path(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a file, or the renames and creations in a directory, durable (best effort where refused)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def stamps_of(
+    directory: Path, paths: Callable[[os.DirEntry[str]], Iterable[str]]
+) -> tuple[tuple[str, int, int, int], ...]:
+    """(path, inode, size, mtime) of the files `paths` names for each entry of `directory`, by name.
+
+    Paths are relative to `directory`; a file that cannot be stat'ed is left out.
+    """
+    entries: list[tuple[str, int, int, int]] = []
+    try:
+        children = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return ()
+    for child in children:
+        for relative in paths(child):
+            try:
+                st = os.stat(os.path.join(directory, relative))
+            except OSError:
+                continue
+            entries.append((relative, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(entries)
 
 
 def _read_json(path: Path) -> dict[str, object]:
