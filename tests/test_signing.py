@@ -367,6 +367,33 @@ class TestReload:
         assert candidate is not None
         assert 2 == candidate.manifest.version
 
+    def test_one_reload_reaches_the_fetcher_as_well_as_the_slot(self, tmp_path: Path, keys: Keys) -> None:
+        """The fetcher and the slot of one config share their keyring: a SIGHUP reload reaches both."""
+        from agent.contract.announcement import ModelAnnouncement
+        from agent.models.backoff import Backoff
+        from agent.models.fetch import ModelFetcher
+        from trainer.publish import announcement_payload
+        from trainer.signing import ReleaseSigner
+
+        config = slot_config(tmp_path, keys)
+        slot = ModelSlot(config)
+        fetcher = ModelFetcher(config, backoff=Backoff(0.01, 0.01))
+        announcement = ModelAnnouncement(
+            model_id="test-linear",
+            version=2,
+            channel="stable",
+            url="https://127.0.0.1:9/test-linear-v2.tar",  # nothing listens: the fetch itself fails
+            sha256="0" * 64,
+            length=100,
+            published_at=FUTURE,
+        )
+        payload = announcement_payload(announcement, ReleaseSigner(keys.stranger))
+        refused = fetcher.process(payload)
+        assert ("refused", True) == (refused.outcome, "not a trusted root key" in refused.detail)
+        shutil.copy(tmp_path / "stranger" / "offline" / "stranger-root.pub", keys.trusted)
+        slot.reload_keys()
+        assert "failed" == fetcher.process(payload).outcome, "verified now; only the download fails"
+
     def test_a_root_removed_from_trusted_keys_no_longer_verifies_after_reload(
         self, tmp_path: Path, keys: Keys
     ) -> None:

@@ -13,9 +13,10 @@ that carries one (`Keyring.accept_revocations`); the newest verified list (highe
 restarts and cannot be undone by replaying an older list.
 
 **Reloading.** `Keyring.reload` reads the directory again (the daemon calls it on SIGHUP, via
-`agent.models.slot.ModelSlot.reload_keys`): keys added or removed take effect for the next
+`agent.models.watch.ModelWatcher.reload_keys`): keys added or removed take effect for the next
 verification, without a restart. A directory that has become unusable leaves the keys as
-they were and raises `ConfigError`.
+they were and raises `ConfigError`. `Keyring.shared` gives every part of the agent that
+verifies (the model slot, the fetcher) one keyring per directory, so one reload reaches all.
 
 ``cryptography`` is imported only here, and only when keys are loaded.
 """
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("robotpm.model")
 
 _CONFIG_KEY = "agent.model.trusted_keys"
+_shared: dict[tuple[Path, Path | None], Keyring] = {}
+_shared_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,24 +128,38 @@ class Keyring:
                 log.warning("revocations_state_ignored", source=str(state_file), reason=str(exc))
         return ring
 
+    @classmethod
+    def shared(cls, directory: Path, state_file: Path | None = None) -> Keyring:
+        """The process's keyring for `directory`, read afresh now (`load`); the same object each call."""
+        fresh = cls.load(directory, state_file)
+        key = (directory.resolve(), None if state_file is None else state_file.resolve())
+        with _shared_lock:
+            ring = _shared.setdefault(key, fresh)
+        if ring is not fresh:
+            ring._take(fresh)
+        return ring
+
     def reload(self) -> None:
         """Read the directory again and take its roots and revocations; the old state stays on error."""
         if self._directory is None:
             return
-        fresh = Keyring.load(self._directory, self._state_file)
-        with self._lock:
-            previous = self.root_ids
-            self._roots = fresh._roots
-            if fresh._revocations is not None and (
-                self._revocations is None or fresh._revocations.version >= self._revocations.version
-            ):
-                self._revocations = fresh._revocations
+        previous = self.root_ids
+        self._take(Keyring.load(self._directory, self._state_file))
         log.info(
             "trusted_keys_reloaded",
             roots=list(self.root_ids),
             previous=list(previous),
             revocations=self._revocations.version if self._revocations else 0,
         )
+
+    def _take(self, fresh: Keyring) -> None:
+        """Adopt the roots of a fresh load, and its revocations if they are not older than ours."""
+        with self._lock:
+            self._roots = fresh._roots
+            if fresh._revocations is not None and (
+                self._revocations is None or fresh._revocations.version >= self._revocations.version
+            ):
+                self._revocations = fresh._revocations
 
     def verify(
         self,

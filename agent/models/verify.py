@@ -99,10 +99,13 @@ class ModelVerifier:
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> ModelVerifier:
-        """The verifier `config` asks for; loads the trusted keys (`ConfigError` if unusable)."""
+        """The verifier `config` asks for; (re)loads the trusted keys (`ConfigError` if unusable).
+
+        Verifiers of one config share their keyring (`Keyring.shared`): a reload reaches all.
+        """
         keys = None
         if config.trusted_keys is not None:
-            keys = Keyring.load(config.trusted_keys, ModelStore(config.directory).revocations_file)
+            keys = Keyring.shared(config.trusted_keys, ModelStore(config.directory).revocations_file)
         policy = StaticPolicy(
             allowed_domains=frozenset(config.allowed_op_domains),
             allowed_ops=None if config.allowed_ops is None else frozenset(config.allowed_ops),
