@@ -6,6 +6,7 @@ files git tracks or would track), so building never writes into the working tree
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -112,16 +113,18 @@ def wait_ready(notify: socket.socket, process: subprocess.Popen[bytes], timeout_
 
 
 def samples_seen(agent: Path, config: Path, stream: str = "arm1") -> int:
-    """Records of `stream` the agent has committed, as ``robotpm-agent status`` shows them."""
+    """Records of `stream` the running agent has scored, as ``robotpm-agent status --json`` shows them."""
     done = subprocess.run(
-        [str(agent), "status", "--config", str(config)],
+        [str(agent), "status", "--json", "--config", str(config)],
         capture_output=True,
         text=True,
         env=clean_env(),
         timeout=60,
         check=False,
     )
-    for line in done.stdout.splitlines():
-        if line.startswith(f"stream {stream}:") and "samples " in line:
-            return int(line.split("samples ")[1].split(",")[0])
-    return 0
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        return 0
+    streams = (report.get("agent") or {}).get("streams") or []
+    return next((int(s["samples"]) for s in streams if s.get("name") == stream), 0)
