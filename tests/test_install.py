@@ -44,6 +44,9 @@ from tests.robot_install import (
 )
 from trainer.config import load_trainer_config
 
+pytestmark = pytest.mark.timeout(900)
+"""The first test also builds the wheel and the venv (about a minute; more on a cold pip cache)."""
+
 UNITS = {"agent": ["robotpm-agent.service"], "trainer": ["robotpm-trainer.service", "robotpm-trainer.timer"]}
 DROPINS = {
     "robotpm-agent.service": "[Service]\nLoadCredential=mqtt:/etc/robotpm/mqtt.credentials\n"

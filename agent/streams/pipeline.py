@@ -1,7 +1,8 @@
 """One sensor stream's pipeline: line blocks → records → windows → scores → alert events.
 
 `StreamPipeline.process` takes the blocks a follower read and returns the alert
-events they cause. Everything it needs to resume exactly where it stopped (the
+events they cause (raised and updated ones with the channels that drove the score:
+`agent.streams.attribution`). Everything it needs to resume exactly where it stopped (the
 follower's position, the open window, the alert policy's counters) is in
 `StreamPipeline.state`, which the daemon commits in the same transaction as the
 events' outbox rows.
@@ -30,6 +31,7 @@ from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
+from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")
@@ -166,6 +168,7 @@ class StreamPipeline:
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
         self.drift = DriftMonitor(scorer.manifest, drift)
+        self.attribution = ChannelAttribution(scorer.manifest)
         self.on_scored: Callable[[float], None] | None = None
         """Called with the seconds each scoring call took (the daemon's inference-latency histogram)."""
         self._check_channels(scorer.manifest)
@@ -206,6 +209,7 @@ class StreamPipeline:
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
         self.drift = DriftMonitor(scorer.manifest, self._drift_config)  # judged against the new training data
+        self.attribution = ChannelAttribution(scorer.manifest)
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
             seen = self._featurizer.samples_seen
@@ -271,6 +275,8 @@ class StreamPipeline:
         if self._shadow is not None:
             self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
+        if events:
+            events = self.attribution.explain(events, done.features, done.index, self._scorer)
         self.counters.alerts += len(events)
         return events
 
