@@ -478,11 +478,7 @@ class AgentDaemon:
 
     def _faults(self) -> dict[str, str]:
         """What the agent runs degraded under now (besides the standing faults of `health`)."""
-        faults = {
-            stream_component(s.name): s.degraded_reason
-            for s in self._streams
-            if s.degraded_reason is not None
-        }
+        faults = {stream_component(s.name): reason for s in self._streams if (reason := s.degraded_reason())}
         if self.disk.full:
             faults["disk"] = self.disk.describe()
         for component, doing in self.guard.stuck().items():
@@ -491,8 +487,9 @@ class AgentDaemon:
 
     def _report(self, state: AgentState, *, force: bool = False) -> None:
         self.health.update(state, self._faults(), self.clock.wall(), force=force)
-        for s in self._streams:  # a stream skipped for an earlier death that works again
-            if s.degraded_reason is None and stream_component(s.name) in self.guard.remembered():
+        remembered = self.guard.remembered()
+        for s in self._streams:  # a stream the agent died in earlier that has worked since
+            if s.healthy_steps and stream_component(s.name) in remembered:
                 self.guard.forget(stream_component(s.name))
 
     def _heartbeat(self) -> None:

@@ -81,16 +81,23 @@ class StreamRunner:
         self._retry_at = float("-inf")
         self._missing: str | None = None
         self._next_directory_check = float("-inf")
+        self.skipped = False
+        """Left alone for an earlier death (see `skip`) and not yet recovered."""
+        self.healthy_steps = 0
+        """Steps that worked since the start."""
 
     @property
     def name(self) -> str:
         """The stream's name."""
         return self.pipeline.name
 
-    @property
     def degraded_reason(self) -> str | None:
-        """Why the stream is degraded (failing, skipped, or its directory is missing); None when healthy."""
-        return self._failure or self._missing
+        """Why the stream is degraded (None: it is not).
+
+        Failing, skipped, its directory missing, or its pipeline's reason (a rate the model
+        was not trained for).
+        """
+        return self._failure or self._missing or self.pipeline.degraded_reason()
 
     def restore(self, saved: dict[str, Any] | None) -> None:
         """Resume follower and pipeline from the state committed last (None: a fresh stream).
@@ -130,6 +137,7 @@ class StreamRunner:
     def skip(self, now: float, reason: str, retry_after_s: float) -> None:
         """Leave the stream alone for `retry_after_s`, reported degraded for `reason`."""
         self._failure = f"skipped: {reason}"
+        self.skipped = True
         self._retry_at = now + retry_after_s
         log.error("stream_skipped", stream=self.name, reason=reason, retry_in_s=round(retry_after_s, 1))
 
@@ -156,7 +164,8 @@ class StreamRunner:
             return []
         if self._failure is not None:
             log.info("stream_recovered", stream=self.name, after=self._failure, attempts=self._failures)
-            self._failure, self._failures = None, 0
+            self._failure, self._failures, self.skipped = None, 0, False
+        self.healthy_steps += 1
         self._check_directory(now)
         return events
 
