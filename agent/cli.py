@@ -25,6 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import structlog
+
 from agent import __version__
 from agent.config import AgentConfig, load_agent_config
 from agent.contract.errors import ConfigError, RobotPMError
@@ -90,7 +92,25 @@ def _run(config: AgentConfig, path: Path, profile: str | None) -> int:
             daemon.run(stop)
     finally:
         signal.signal(signal.SIGHUP, previous)
+    _exit_past_stuck_threads()
     return EXIT_OK
+
+
+def _exit_past_stuck_threads() -> None:
+    """Exit 0 now if a thread the stop could not end is still running (see `agent.stopping`).
+
+    Such a thread sits in native code (a model load in onnxruntime): tearing the interpreter
+    down around it aborts the process, which would turn a clean stop, its final commit made,
+    into a crash. Everything the agent writes is closed by now; only the output is flushed.
+    """
+    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if not stuck:
+        return
+    structlog.get_logger("robotpm.agent").warning("exit_with_threads_left", threads=stuck)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_OK)
 
 
 def _check(config: AgentConfig) -> int:

@@ -200,7 +200,9 @@ def _stalled_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
     (site / "sitecustomize.py").write_text(STALLED_READ)
 
     def stall(name: str) -> None:
-        monkeypatch.setenv("PYTHONPATH", str(site))
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+        )
         monkeypatch.setenv("STALL_STREAM", name)
 
     return stall
