@@ -33,7 +33,7 @@ from tests.test_daemon import HEADER, PROFILE, Harness, lines
 REPO = Path(__file__).resolve().parent.parent
 
 
-def two_streams(tmp_path: Path) -> AgentConfig:
+def two_streams(tmp_path: Path, **ingest: float) -> AgentConfig:
     for name in ("arm1", "arm2"):
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
     write_linear_model(tmp_path / "bundled", version=1)
@@ -51,7 +51,7 @@ def two_streams(tmp_path: Path) -> AgentConfig:
             for name in ("arm1", "arm2")
         ),
         model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled", probation_windows=0),
-        ingest=IngestConfig(watch="poll", poll_interval_s=0.01, max_hold_s=0.0, retry_max_s=4.0),
+        ingest=IngestConfig(watch="poll", poll_interval_s=0.01, max_hold_s=0.0, **ingest),
         policy=PolicyConfig(on_delay_windows=2, off_delay_windows=2),
         heartbeat_interval_s=0.5,
     )
@@ -114,9 +114,18 @@ class TestOneStreamFails:
         assert "raised" in [a["state"] for a in harness.alerts() if a["stream"] == "arm1"]
 
     def test_too_many_open_files_degrades_the_stream_with_growing_back_off_then_it_catches_up(
-        self, harness: Harness, config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """EMFILE from arm1's follower: retried after 1, 2, 4 s (capped), arm2 goes on; no line is lost."""
+        config = two_streams(tmp_path, retry_max_s=4.0)
+        harness = Harness(config)
+        try:
+            self._emfile(harness, config, monkeypatch)
+        finally:
+            harness.close()
+
+    @staticmethod
+    def _emfile(harness: Harness, config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
         failing = FailingRead("arm1", errno.EMFILE)
         monkeypatch.setattr(StreamFollower, "read", failing)
         append(config, "arm1", lines(0, PROFILE))
@@ -226,7 +235,7 @@ def test_an_unreadable_stream_directory_is_reported_while_the_other_stream_alert
             robot_id="r1",
             heartbeat_interval_s=0.5,
             streams=[stream("arm1", "arm1"), stream("arm2", "arm2")],
-            ingest={"watch": "poll", "poll_interval_s": 0.05, "retry_max_s": 2.0},
+            ingest={"watch": "poll", "poll_interval_s": 0.05},
             policy={"on_delay_windows": 2, "off_delay_windows": 2},
         )
     )
@@ -290,3 +299,27 @@ def run_status(root: Path) -> str:
         check=False,
     )
     return result.stdout + result.stderr
+
+
+def test_a_damaged_pipeline_state_is_discarded_and_the_stream_is_read_again(tmp_path: Path) -> None:
+    """A saved open window that cannot be decoded no longer fails every start: the stream starts over."""
+    config = two_streams(tmp_path)
+    append(config, "arm1", lines(0, PROFILE))
+    first = Harness(config)
+    first.settle(20)
+    expected = alert_ids(first, "arm1")
+    first.close()
+    db = sqlite3.connect(config.state_dir / "agent.db")
+    with db:
+        (raw,) = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
+        state = json.loads(raw)
+        state["pipeline"]["tail"] = "not base64 at all!"
+        db.execute("UPDATE stream_state SET state = ? WHERE stream = 'arm1'", (json.dumps(state),))
+    db.close()
+    second = Harness(config)
+    try:
+        second.settle(20)
+        assert len(PROFILE) == second.daemon.streams[0].counters.lines, "read again from the start"
+        assert expected == alert_ids(second, "arm1"), "with the same ids"
+    finally:
+        second.close()
