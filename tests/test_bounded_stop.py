@@ -8,18 +8,15 @@ checkpoint interval is a minute, so only the stop's own commit can have saved th
 
 from __future__ import annotations
 
-import json
 import signal
-import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.contract.topics import model_announcements
 from tests.agent_config import agent_config
-from tests.agent_process import spawn_agent
+from tests.agent_runs import AgentRun, saved_samples
 from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, webroot, https, keys)
     ModelServer,
     Pki,
@@ -41,16 +38,17 @@ TIMEOUT_STOP_S = 30.0
 """The unit's TimeoutStopSec (agent/install/robotpm-agent.service)."""
 
 
-class Agent:
+class Agent(AgentRun):
     """The real agent in `root` with a one-minute checkpoint interval (only the stop commits in between)."""
 
     def __init__(
         self, root: Path, *, port: int = 1, model: dict[str, Any] | None = None, **ingest: Any
     ) -> None:
+        super().__init__(root / "config.toml", root / "agent.out")
         self.root = root
         (root / "logs").mkdir(parents=True, exist_ok=True)
         write_linear_model(root / "bundled", version=1)
-        (root / "config.toml").write_text(
+        self.config.write_text(
             agent_config(
                 port=port,
                 robot_id="r1",
@@ -58,54 +56,24 @@ class Agent:
                 ingest={"watch": "poll", "poll_interval_s": 0.05, "checkpoint_interval_s": 60.0, **ingest},
             )
         )
-        self.output = root / "agent.out"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = spawn_agent(self.root / "config.toml", self.output)
 
     def write_lines(self) -> None:
         (self.root / "logs" / "arm1.csv").write_text(
             HEADER + "".join(f"{i}.0,0.1,40.0\n" for i in range(LINES))
         )
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        text = self.output.read_text() if self.output.exists() else ""
-        return [json.loads(line) for line in text.splitlines() if f'"event": "{name}"' in line]
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.process is not None
-            assert self.process.poll() is None, f"the agent exited before {what}"
-            assert time.monotonic() < deadline, f"not in time: {what}: {self.output.read_text()[-3000:]}"
-            time.sleep(0.05)
-
     def sigterm(self) -> tuple[int, float]:
         """SIGTERM; (exit code, seconds to exit). Killed after TimeoutStopSec, as systemd would."""
-        assert self.process is not None
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
         try:
-            code = self.process.wait(timeout=TIMEOUT_STOP_S)
+            code = self.stop(timeout=TIMEOUT_STOP_S)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.kill()
             return -signal.SIGKILL, time.monotonic() - started
         return code, time.monotonic() - started
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
     def committed_samples(self) -> int:
-        db = sqlite3.connect(f"file:{self.root / 'state' / 'agent.db'}?mode=ro", uri=True)
-        try:
-            row = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
-        finally:
-            db.close()
-        return int(json.loads(row[0])["pipeline"]["samples_seen"]) if row else 0
+        return saved_samples(self.root / "state")
 
 
 def test_sigterm_ends_a_long_poll_at_once_with_the_final_commit(tmp_path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_config import agent_config
+from tests.agent_runs import saved_samples
 from tests.models import write_linear_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +114,7 @@ def test_run_goes_on_when_its_stdout_is_closed(tmp_path: Path) -> None:
             "ts,J1,T1\n" + "".join(f"{i}.0,0.1,40.0\n" for i in range(40))
         )
         deadline = time.monotonic() + 30.0
-        while saved_samples(tmp_path) < 40:
+        while saved_samples(tmp_path / "state") < 40:
             assert agent.poll() is None, "the agent died"
             assert time.monotonic() < deadline, "the lines were not scored"
             time.sleep(0.1)
@@ -127,17 +126,3 @@ def test_run_goes_on_when_its_stdout_is_closed(tmp_path: Path) -> None:
             agent.wait()
     assert 0 == agent.returncode
     assert b"Traceback" not in stderr
-
-
-def saved_samples(root: Path) -> int:
-    path = root / "state" / "agent.db"
-    if not path.exists():
-        return 0
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        row = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        db.close()
-    return int(json.loads(row[0])["pipeline"]["samples_seen"]) if row else 0

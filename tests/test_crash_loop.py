@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.contract.manifest import file_sha256
 from tests.agent_config import agent_config, stream
-from tests.agent_process import spawn_agent
+from tests.agent_runs import AgentRun, outbox_alerts
 from tests.models import SPEC, write_linear_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,15 +98,16 @@ def write_spinning_model(directory: Path, version: int) -> None:
     )
 
 
-class Agent:
+class Agent(AgentRun):
     """The real agent in `root`, streams ``arm1`` (and ``arm2``), no broker: alerts wait in the outbox."""
 
     def __init__(self, root: Path, streams: tuple[str, ...] = ("arm1",), *, isolate: bool = True) -> None:
+        super().__init__(root / "config.toml", root / "agent.out")
         self.root = root
         for name in streams:
             (root / name).mkdir(parents=True, exist_ok=True)
         write_linear_model(root / "bundled", version=1)
-        (root / "config.toml").write_text(
+        self.config.write_text(
             agent_config(
                 port=1,
                 robot_id="r1",
@@ -121,29 +118,12 @@ class Agent:
                 policy={"on_delay_windows": 2, "off_delay_windows": 2},
             )
         )
-        self.output = root / "agent.out"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = spawn_agent(self.root / "config.toml", self.output)
 
     def append(self, name: str, text: str) -> None:
         path = self.root / name / f"{name}.csv"
         new = not path.exists()
         with path.open("a") as handle:
             handle.write((HEADER if new else "") + text)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        text = self.output.read_text() if self.output.exists() else ""
-        return [json.loads(line) for line in text.splitlines() if f'"event": "{name}"' in line]
-
-    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.process is not None
-            assert self.process.poll() is None, f"the agent exited before {what}"
-            assert time.monotonic() < deadline, f"not in time: {what}: {self.output.read_text()[-3000:]}"
-            time.sleep(0.05)
 
     def hang_then_kill(self, timeout: float = 30.0) -> None:
         """Wait until the agent reports a step stuck (hang_report_s, 10 s) or `timeout`, then SIGKILL it.
@@ -152,44 +132,12 @@ class Agent:
         """
         deadline = time.monotonic() + timeout
         while not self.events("step_stuck") and time.monotonic() < deadline:
-            assert self.process is not None
-            assert self.process.poll() is None, "the agent exited instead of hanging"
+            assert self.running(), "the agent exited instead of hanging"
             time.sleep(0.1)
         self.kill()
 
-    def kill(self) -> None:
-        """SIGKILL, as systemd kills a start that timed out or a loop the watchdog gave up on."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def status(self) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(self.root / "config.toml")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return result.stdout
-
     def alerts(self) -> list[dict[str, Any]]:
-        path = self.root / "state" / "agent.db"
-        if not path.exists():
-            return []
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT payload FROM outbox WHERE kind = 'alert' ORDER BY id").fetchall()
-        except sqlite3.DatabaseError:
-            return []
-        finally:
-            db.close()
-        return [json.loads(r[0]) for r in rows]
+        return outbox_alerts(self.root / "state")
 
 
 @pytest.fixture(name="stalled_read")

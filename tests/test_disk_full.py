@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,13 +24,12 @@ from agent.seams import OutboundMessage
 from agent.state import StateStore
 from agent.testing import InMemoryTransport, ManualClock
 from tests.agent_config import agent_config
-from tests.agent_process import spawn_agent
+from tests.agent_runs import AgentRun, outbox_alerts, saved_samples
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker, require_mosquitto
 from tests.tmpfs import SmallDisk, small_disk
 
-REPO = Path(__file__).resolve().parent.parent
 HEADER = "ts,J1,T1\n"
 FAULT = [0.1] * 12 + [1.0] * 12 + [0.1] * 16  # raises one alert and clears it
 
@@ -48,15 +44,16 @@ def _disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield disk
 
 
-class Agent:
+class Agent(AgentRun):
     """The real agent with its state directory on `state_dir`, its log in ``root/logs``."""
 
     def __init__(self, root: Path, state_dir: Path, port: int = 1) -> None:
+        super().__init__(root / "config.toml", root / "agent.out")
         self.root = root
         self.state_dir = state_dir
         (root / "logs").mkdir(parents=True, exist_ok=True)
         write_linear_model(root / "bundled")
-        (root / "config.toml").write_text(
+        self.config.write_text(
             agent_config(
                 port=port,
                 robot_id="r1",
@@ -67,11 +64,6 @@ class Agent:
                 policy={"on_delay_windows": 2, "off_delay_windows": 2},
             )
         )
-        self.output = root / "agent.out"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = spawn_agent(self.root / "config.toml", self.output)
 
     def append(self, text: str) -> None:
         path = self.root / "logs" / "arm1.csv"
@@ -79,69 +71,11 @@ class Agent:
         with path.open("a") as handle:
             handle.write((HEADER if new else "") + text)
 
-    def log(self) -> str:
-        return self.output.read_text() if self.output.exists() else ""
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log().splitlines():
-            with_json = line.strip()
-            if with_json.startswith("{") and f'"event": "{name}"' in with_json:
-                found.append(json.loads(with_json))
-        return found
-
-    def wait(self, condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.process is not None
-            assert self.process.poll() is None, f"the agent exited ({what}): {self.log()[-3000:]}"
-            assert time.monotonic() < deadline, f"{what} not met in time: {self.log()[-3000:]}"
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def status(self) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(self.root / "config.toml")],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return result.stdout + result.stderr
-
     def saved_samples(self) -> int:
-        row = query(self.state_dir, "SELECT state FROM stream_state WHERE stream = 'arm1'")
-        return int(json.loads(row[0][0])["pipeline"]["samples_seen"]) if row else 0
+        return saved_samples(self.state_dir)
 
     def outbox_alert_ids(self) -> list[str]:
-        rows = query(self.state_dir, "SELECT payload FROM outbox WHERE kind = 'alert' ORDER BY id")
-        return [json.loads(r[0])["event_id"] for r in rows]
-
-
-def query(state_dir: Path, sql: str) -> list[Any]:
-    """Rows of a read-only query on the agent's state, [] while there is none yet."""
-    path = state_dir / "agent.db"
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchall()
-    except sqlite3.DatabaseError:  # not created yet, or the damaged one not moved aside yet
-        return []
-    finally:
-        db.close()
+        return [a["event_id"] for a in outbox_alerts(self.state_dir)]
 
 
 def reference_ids(root: Path, text: str) -> list[str]:
@@ -150,7 +84,7 @@ def reference_ids(root: Path, text: str) -> list[str]:
     agent.append(text)
     agent.start()
     try:
-        agent.wait(lambda: agent.saved_samples() == text.count("\n"), what="the reference run")
+        agent.wait(lambda: agent.saved_samples() == text.count("\n"), "the reference run")
         assert 0 == agent.stop()
     finally:
         agent.kill()
@@ -173,10 +107,10 @@ class TestAFullDiskAtRunTime:
         agent.append(first)
         agent.start()
         try:
-            agent.wait(lambda: len(agent.outbox_alert_ids()) == 2, what="the first alerts stored")
+            agent.wait(lambda: len(agent.outbox_alert_ids()) == 2, "the first alerts stored")
             disk.fill()
             agent.append(second)
-            agent.wait(lambda: bool(agent.events("disk_full")), what="disk_full logged")
+            agent.wait(lambda: bool(agent.events("disk_full")), "disk_full logged")
             assert "disk full" in agent.status()
             samples = agent.saved_samples()
             broker.start()
@@ -187,7 +121,7 @@ class TestAFullDiskAtRunTime:
                 assert samples == agent.saved_samples(), "nothing read past the last commit"
                 assert agent.running()
                 disk.free()
-                agent.wait(lambda: bool(agent.events("disk_space_back")), what="disk_space_back logged")
+                agent.wait(lambda: bool(agent.events("disk_space_back")), "disk_space_back logged")
                 assert collector.wait_for(lambda c: set(alert_ids(c)) >= set(expected), 30)
                 assert collector.wait_for(lambda c: "disk" not in last_heartbeat(c).get("faults", {}), 30)
             assert sorted(set(alert_ids(collector))) == sorted(expected)
@@ -232,17 +166,17 @@ class TestAStartOnAFullDisk:
         agent.append(lines(0, FAULT))
         agent.start()
         try:
-            agent.wait(lambda: agent.saved_samples() == len(FAULT), what="the first run")
+            agent.wait(lambda: agent.saved_samples() == len(FAULT), "the first run")
             assert 0 == agent.stop()
             disk.fill()
             agent.start()
-            agent.wait(lambda: bool(agent.events("disk_full")), what="disk_full logged")
-            agent.wait(lambda: "disk full" in agent.status(), what="status says disk full")
+            agent.wait(lambda: bool(agent.events("disk_full")), "disk_full logged")
+            agent.wait(lambda: "disk full" in agent.status(), "status says disk full")
             time.sleep(1.0)  # it keeps waiting: no exit (wait() checks)
             assert agent.running()
             assert not agent.events("agent_started")[1:], "not started on the full disk"
             disk.free()
-            agent.wait(lambda: len(agent.events("agent_started")) == 2, what="started once there is room")
+            agent.wait(lambda: len(agent.events("agent_started")) == 2, "started once there is room")
             assert 0 == agent.stop()
         finally:
             agent.kill()
@@ -253,11 +187,11 @@ class TestAStartOnAFullDisk:
         agent = Agent(tmp_path / "agent", disk.path / "state")
         agent.start()
         try:
-            agent.wait(lambda: bool(agent.events("agent_started")), what="the first run")
+            agent.wait(lambda: bool(agent.events("agent_started")), "the first run")
             assert 0 == agent.stop()
             disk.fill()
             agent.start()
-            agent.wait(lambda: bool(agent.events("disk_full")), what="disk_full logged")
+            agent.wait(lambda: bool(agent.events("disk_full")), "disk_full logged")
             started = time.monotonic()
             assert 0 == agent.stop()
             assert time.monotonic() - started < 10.0
@@ -293,13 +227,13 @@ def test_a_damaged_state_file_is_moved_aside_and_the_agent_replays_with_the_same
     agent.append(lines(0, FAULT) + lines(len(FAULT), FAULT))
     agent.start()
     try:
-        agent.wait(lambda: len(agent.outbox_alert_ids()) == 4, what="the first run's alerts")
+        agent.wait(lambda: len(agent.outbox_alert_ids()) == 4, "the first run's alerts")
         assert 0 == agent.stop()
         before = agent.outbox_alert_ids()
         checkpoint(agent.state_dir / "agent.db")  # every page in the main file: the damage is the whole story
         damage(agent.state_dir / "agent.db")
         agent.start()
-        agent.wait(lambda: agent.outbox_alert_ids() == before, what="the same alerts after the replay")
+        agent.wait(lambda: agent.outbox_alert_ids() == before, "the same alerts after the replay")
         [moved] = agent.events("state_damaged_moved_aside")
         assert "error" == moved["level"]
         aside = list(agent.state_dir.glob("agent.db.damaged-*"))

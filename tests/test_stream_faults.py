@@ -12,10 +12,8 @@ import errno
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from agent.contract.streams import StreamConfig
 from agent.ingest import StreamFollower
 from agent.streams.pipeline import StreamPipeline
 from tests.agent_config import agent_config, stream
+from tests.agent_runs import AgentRun, outbox_alerts
 from tests.models import write_linear_model
 from tests.test_daemon import HEADER, PROFILE, Harness, lines
 
@@ -209,19 +208,6 @@ WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_searc
 """Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH: file modes bind it as they bind the unit's user."""
 
 
-def outbox_alerts(state_dir: Path) -> list[dict[str, Any]]:
-    if not (state_dir / "agent.db").exists():
-        return []
-    db = sqlite3.connect(f"file:{state_dir / 'agent.db'}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT payload FROM outbox WHERE kind = 'alert' ORDER BY id").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
-    return [json.loads(r[0]) for r in rows]
-
-
 def test_an_unreadable_stream_directory_is_reported_while_the_other_stream_alerts(tmp_path: Path) -> None:
     """The real agent, file modes binding it: arm1's directory is mode 000. No traceback, arm2's alerts
     are stored, status names arm1 degraded with the permission error; made readable, arm1 is read.
@@ -253,15 +239,17 @@ def test_an_unreadable_stream_directory_is_reported_while_the_other_stream_alert
             stderr=subprocess.STDOUT,
             env={**env, "PYTHONUNBUFFERED": "1"},
         )
+    run = AgentRun(tmp_path / "config.toml", output)
+    run.process = agent  # started without root's DAC override: watched like any agent run
     try:
         state = tmp_path / "state"
-        wait(lambda: any(a["stream"] == "arm2" for a in outbox_alerts(state)), agent, output)
-        wait(lambda: degraded_line(run_status(tmp_path), "arm1", "PermissionError"), agent, output)
-        assert not degraded_line(run_status(tmp_path), "arm2", "")
+        run.wait(lambda: any(a["stream"] == "arm2" for a in outbox_alerts(state)), "arm2's alerts")
+        run.wait(lambda: degraded_line(run.status(), "arm1", "PermissionError"), "arm1 reported")
+        assert not degraded_line(run.status(), "arm2", "")
         assert not any(a["stream"] == "arm1" for a in outbox_alerts(state))
         (tmp_path / "arm1").chmod(0o755)
-        wait(lambda: any(a["stream"] == "arm1" for a in outbox_alerts(state)), agent, output)
-        wait(lambda: not degraded_line(run_status(tmp_path), "arm1", ""), agent, output)
+        run.wait(lambda: any(a["stream"] == "arm1" for a in outbox_alerts(state)), "arm1's alerts")
+        run.wait(lambda: not degraded_line(run.status(), "arm1", ""), "arm1 no longer degraded")
         agent.send_signal(signal.SIGTERM)
         assert 0 == agent.wait(timeout=30)
     finally:
@@ -275,51 +263,6 @@ def test_an_unreadable_stream_directory_is_reported_while_the_other_stream_alert
     assert '"stream_recovered"' in log
 
 
-def wait(
-    condition: Callable[[], bool], agent: subprocess.Popen[bytes], output: Path, timeout: float = 60
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert agent.poll() is None, f"the agent exited: {output.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"not in time: {output.read_text()[-3000:]}"
-        time.sleep(0.1)
-
-
 def degraded_line(status: str, stream_name: str, reason: str) -> bool:
     """Whether `robotpm-agent status` names the stream degraded (for `reason`)."""
     return any(stream_name in line and "degraded" in line and reason in line for line in status.splitlines())
-
-
-def run_status(root: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "status", "--config", str(root / "config.toml")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout + result.stderr
-
-
-def test_a_damaged_pipeline_state_is_discarded_and_the_stream_is_read_again(tmp_path: Path) -> None:
-    """A saved open window that cannot be decoded no longer fails every start: the stream starts over."""
-    config = two_streams(tmp_path)
-    append(config, "arm1", lines(0, PROFILE))
-    first = Harness(config)
-    first.settle(20)
-    expected = alert_ids(first, "arm1")
-    first.close()
-    db = sqlite3.connect(config.state_dir / "agent.db")
-    with db:
-        (raw,) = db.execute("SELECT state FROM stream_state WHERE stream = 'arm1'").fetchone()
-        state = json.loads(raw)
-        state["pipeline"]["tail"] = "not base64 at all!"
-        db.execute("UPDATE stream_state SET state = ? WHERE stream = 'arm1'", (json.dumps(state),))
-    db.close()
-    second = Harness(config)
-    try:
-        second.settle(20)
-        assert len(PROFILE) == second.daemon.streams[0].counters.lines, "read again from the start"
-        assert expected == alert_ids(second, "arm1"), "with the same ids"
-    finally:
-        second.close()
