@@ -47,7 +47,7 @@ from agent.models.probe import ProbeLimits, probe_model
 from agent.models.scorer import OnnxScorer
 from agent.models.store import Fingerprint, ModelStore, prune_plan
 from agent.models.verify import ModelVerifier
-from agent.seams import Scorer
+from agent.seams import LoadGuard, Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -76,8 +76,11 @@ class ModelSlot:
     keys, so a bad ``trusted_keys`` directory raises `ConfigError` here, at start.
     """
 
-    def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, verifier: ModelVerifier | None = None, *, guard: LoadGuard | None = None
+    ) -> None:
         self._config = config
+        self._guard = guard  # told of every store model load; may refuse one (agent.crashguard)
         self._store = ModelStore(config.directory, config.store_max_bytes)
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
@@ -266,6 +269,10 @@ class ModelSlot:
             self._refuse(directory, fingerprint, str(exc), kind="signature")
             return None
         manifest, remember = verified.manifest, True
+        refusal = self._guard.before_load(directory) if self._guard is not None else None
+        if refusal is not None:  # the agent died loading it before (agent.crashguard)
+            self._refuse(directory, fingerprint, refusal, manifest)
+            return None
         try:
             model = self._verifier.check_content(verified)
             if self._limits is not None:
@@ -287,6 +294,9 @@ class ModelSlot:
             if remember:
                 self._store.remember_refusal(fingerprint, str(exc))
             return None
+        finally:
+            if self._guard is not None and refusal is None:
+                self._guard.after_load(directory)
         log.info("model_verified", model=manifest.label, source=str(directory))
         return scorer
 
