@@ -92,6 +92,10 @@ def _check(config: AgentConfig) -> int:
     scorer = ModelSlot(config.model).load_initial()
     print(f"config ok: robot {config.robot_id} at site {config.site}, {len(config.streams)} stream(s)")
     print(f"model ok: {scorer.manifest.label} ({len(scorer.manifest.heads)} alert heads)")
+    from agent.streams.sampling import rate_warnings
+
+    for warning in rate_warnings(config.streams, scorer.manifest):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

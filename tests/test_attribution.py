@@ -29,6 +29,7 @@ from agent.testing import FunctionScorer
 from robotpm_sim.arm import ArmSimulator
 from robotpm_sim.faults import Fault
 from robotpm_sim.records import header_line
+from tests.agent_config import tiny_agent
 from tests.fleets import small_fleet
 from tests.models import SPEC, write_linear_model
 from trainer.config import DEFAULT_CHANNELS, FeatureConfig, ModelParams, TrainerConfig
@@ -49,22 +50,7 @@ HEALTHY_MEAN_ONLY = FeatureReference(mean=HEALTHY.mean, std=HEALTHY.std)
 
 
 def _linear_config(tmp_path: Path) -> AgentConfig:
-    logs = tmp_path / "logs"
-    logs.mkdir(exist_ok=True)
-    return AgentConfig(
-        robot_id="r1",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
-        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled"),
-        policy=PolicyConfig(on_delay_windows=1, off_delay_windows=1),
-    )
+    return tiny_agent(tmp_path, policy=PolicyConfig(on_delay_windows=1, off_delay_windows=1))
 
 
 def _replay_linear(tmp_path: Path, rows: list[tuple[float, float]]) -> list[dict[str, object]]:

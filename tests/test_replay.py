@@ -26,7 +26,7 @@ from agent.testing import InMemoryTransport, ManualClock
 from robotpm_sim.arm import ArmSimulator
 from robotpm_sim.faults import Fault
 from robotpm_sim.records import header_line
-from tests.agent_config import agent_config, stream
+from tests.agent_config import agent_config, stream, tiny_agent
 from tests.models import write_linear_model
 from trainer.config import DEFAULT_CHANNELS
 
@@ -219,21 +219,7 @@ class TestReplayModels:
 
 def _linear_config(tmp_path: Path) -> AgentConfig:
     write_linear_model(tmp_path / "bundled")
-    logs = tmp_path / "logs"
-    logs.mkdir(exist_ok=True)
-    return AgentConfig(
-        robot_id="r1",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
-        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled"),
-    )
+    return tiny_agent(tmp_path)
 
 
 def _broken_candidate(tmp_path: Path) -> Path:

@@ -32,7 +32,7 @@ from typing_extensions import Unpack
 
 from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest, Task
-from agent.contract.sampling import measure_rate
+from agent.contract.sampling import measure_intervals
 from trainer.config import TrainerConfig
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
@@ -180,8 +180,8 @@ def training_rate(config: TrainerConfig, data: Dataset) -> float | None:
     intervals = [np.diff(series.timestamps) for series in data.series if len(series) > 1]
     if not intervals:
         return None
-    rate = measure_rate(np.cumsum(np.concatenate(intervals))).rate_hz  # every robot's intervals, pooled
-    return rate if np.isfinite(rate) else None
+    rate = measure_intervals(np.concatenate(intervals)).rate_hz  # every robot's intervals, pooled
+    return float(f"{rate:.6g}") if np.isfinite(rate) else None  # 6 digits: not the timestamps' rounding
 
 
 def projection_matrix(config: TrainerConfig, spec: FeatureSpec) -> FloatArray | None:

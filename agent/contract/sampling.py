@@ -78,8 +78,13 @@ class RateMeasure:
 
 def measure_rate(timestamps: npt.ArrayLike) -> RateMeasure:
     """The rate (one over the median positive interval) and jitter (their std over the median)."""
-    intervals = np.diff(np.asarray(timestamps, dtype=np.float64))
-    return _measure(intervals[intervals > 0])
+    return measure_intervals(np.diff(np.asarray(timestamps, dtype=np.float64)))
+
+
+def measure_intervals(intervals: npt.ArrayLike) -> RateMeasure:
+    """`measure_rate` of intervals between samples (e.g. several robots' intervals, pooled)."""
+    values = np.asarray(intervals, dtype=np.float64)
+    return _measure(values[values > 0])
 
 
 def _measure(intervals: FloatArray) -> RateMeasure:
