@@ -18,7 +18,9 @@ beside, then renamed):
   except that ``emitted_at`` is the window's end (data time, not the wall clock) and
   ``replayed`` is true: the two files are byte-for-byte the same on every run;
 * ``summary.json``: the model (and whether it was verified), files, line, window and
-  event counts, refused lines by reason, events the policy's rate limits held back;
+  event counts, refused lines by reason, events the policy's rate limits held back,
+  the stream's measured sample rate against the model's, and why the live agent would
+  report the stream degraded (e.g. logs at another rate than the model's);
 * ``quarantine.jsonl``: the refused lines, as the agent's quarantine writes them.
 
 The model (`load_replay_model`) is the one the agent would load (the newest usable
@@ -89,6 +91,10 @@ class ReplaySummary:
     events: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
     suppressed: dict[str, int] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """The stream's measured rate against the model's (`agent.streams.sampling`)."""
+    degraded: str | None = None
+    """Why the live agent would report the stream degraded (e.g. another sample rate), None if not."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as written to ``summary.json``."""
@@ -109,6 +115,8 @@ class ReplaySummary:
             "events": dict(sorted(self.events.items())),
             "quarantined": dict(sorted(self.quarantined.items())),
             "suppressed": dict(sorted(self.suppressed.items())),
+            "sampling": self.sampling,
+            "degraded": self.degraded,
         }
 
 
@@ -298,6 +306,8 @@ def replay_files(
     summary.events = dict(events)
     summary.quarantined = dict(counters.by_reason)
     summary.suppressed = dict(policy.counters().get("suppressed", {}))
+    summary.sampling = pipeline.sampling.status()
+    summary.degraded = pipeline.degraded_reason()
     with _Staged(out_dir / SUMMARY_FILE) as handle:
         handle.write(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
@@ -357,6 +367,8 @@ def replay_command(config: AgentConfig, args: argparse.Namespace) -> int:
     if not model.verified:
         print(f"robotpm-agent: warning: scoring an UNVERIFIED model: {model.refusal}", file=sys.stderr)
     summary = replay_files(config, stream, args.files, model, args.out)
+    if summary.degraded is not None:
+        print(f"robotpm-agent: warning: stream {stream.name} degraded: {summary.degraded}", file=sys.stderr)
     events = ", ".join(f"{n} {state}" for state, n in sorted(summary.events.items())) or "no events"
     print(
         f"replayed {summary.lines} lines of {len(summary.files)} file(s) with {model.scorer.manifest.label}"

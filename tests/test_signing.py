@@ -288,7 +288,10 @@ class TestDaemon:
         harness = Harness(config)
         try:
             for i, (tamper, _) in enumerate(TAMPERED):
-                tamper(config.model.directory / f"t{i}", keys, 3 + i)
+                # built beside the store and renamed in, as a model must appear: the watcher must
+                # never see the signed model before it is tampered with
+                tamper(tmp_path / "staging" / f"t{i}", keys, 3 + i)
+                (tmp_path / "staging" / f"t{i}").rename(config.model.directory / f"t{i}")
             time.sleep(0.5)  # the watcher checks the store every 10 ms: it has looked, and refused
             harness.settle(5)
             write(config, lines(0, PROFILE))
