@@ -26,10 +26,14 @@ from pydantic import (
     model_validator,
 )
 
+from agent.contract.announcement import BUNDLE_OVERHEAD_BYTES
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
 from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfig, ShelvingConfig
+
+DEFAULT_OP_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+"""The operator domains a model may use unless ``agent.model.allowed_op_domains`` says otherwise."""
 
 
 class _Section(BaseModel):
@@ -107,8 +111,48 @@ class ModelConfig(_Section):
     trusted_keys: Path | None = Field(
         default=None,
         validate_default=True,
-        description="Directory of <key_id>.pub Ed25519 public keys (PEM); when set, every model in the "
-        "store must be signed by one of them. The bundled model is exempt.",
+        description="Directory of the fleet's root public keys (<root_id>.pub, Ed25519 PEM) and optionally a "
+        "root-signed revocations.signed; when set, every model and announcement must be signed by a release "
+        "key a root certified. Reloaded without a restart on SIGHUP. The bundled model is exempt.",
+    )
+    max_model_bytes: int = Field(
+        default=16 << 20, ge=1024, le=1 << 30, description="A model.onnx larger than this is refused unread."
+    )
+    min_golden_vectors: int = Field(
+        default=3, ge=1, le=10_000, description="A manifest with fewer golden vectors is refused."
+    )
+    allowed_op_domains: tuple[str, ...] = Field(
+        default=DEFAULT_OP_DOMAINS,
+        description="Operator domains a model may use ('' and 'ai.onnx' are the standard domain).",
+    )
+    allowed_ops: tuple[str, ...] | None = Field(
+        default=None, description="If set, the only operator types a model may use (in the allowed domains)."
+    )
+    isolate: bool = Field(
+        default=True,
+        description="Load and golden-test each store model in a child process with the probe_* limits "
+        "before the agent itself loads it.",
+    )
+    probe_memory_bytes: int = Field(
+        default=256 << 20,
+        ge=16 << 20,
+        le=64 << 30,
+        description="Address space the model-loading child may add beyond the runtime it starts with.",
+    )
+    probe_cpu_s: float = Field(default=10.0, gt=0, le=3600, description="CPU seconds of the child.")
+    probe_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="Wall-clock seconds of the child."
+    )
+    store_max_bytes: int = Field(
+        default=128 << 20,
+        ge=1 << 20,
+        description="The store (versions, partial downloads) may not grow past this; old versions are "
+        "pruned.",
+    )
+    inbox: Path | None = Field(
+        default=None,
+        description="A directory (e.g. a technician's USB stick) whose signed bundles (*.tar) and "
+        "revocations.signed are installed with the same checks as downloads.",
     )
 
     channel: str | None = Field(
@@ -116,12 +160,34 @@ class ModelConfig(_Section):
         description="Follow the retained announcements on robotpm/v1/models/<channel> and download the "
         "bundles they name into the store; None: only models dropped into the store are used.",
     )
-    download_max_bytes: int = Field(
-        default=64 << 20,
-        ge=1024,
-        description="A bundle larger than this is refused (cut off while streaming).",
+    index_url: str | None = Field(
+        default=None,
+        description="HTTPS URL of the channel's signed announcement (robotpm-train publish writes it), "
+        "polled "
+        "with If-None-Match every index_interval_s so a robot that missed MQTT still converges.",
     )
-    download_timeout_s: float = Field(default=30.0, gt=0, le=600, description="Per connect and per read.")
+    index_interval_s: float = Field(default=900.0, ge=1, le=86400, description="Polling period of index_url.")
+    download_max_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="A bundle larger than this is refused (cut off while streaming); 0 (default): "
+        "max_model_bytes plus room for manifest and signatures. It may not be larger than that.",
+    )
+    download_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="Per connect and per read (a stalled server)."
+    )
+    download_deadline_s: float = Field(
+        default=600.0, gt=0, le=86400, description="A whole download (a trickling server) ends after this."
+    )
+    retry_first_s: float = Field(
+        default=2.0, gt=0, le=3600, description="The first wait after a failed fetch."
+    )
+    retry_max_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="Waits double (with jitter) up to this; fetching never gives up.",
+    )
     allow_http: bool = Field(
         default=False, description="Accept http:// bundle URLs (and redirects to them); https only otherwise."
     )
@@ -134,6 +200,23 @@ class ModelConfig(_Section):
     @classmethod
     def _channel_segment(cls, value: str | None) -> str | None:
         return None if value is None else check_segment(value, "model channel")
+
+    @model_validator(mode="after")
+    def _caps(self) -> ModelConfig:
+        bundle_cap = self.max_model_bytes + BUNDLE_OVERHEAD_BYTES
+        if self.download_max_bytes == 0:
+            object.__setattr__(self, "download_max_bytes", bundle_cap)  # frozen: set once, while validating
+        elif self.download_max_bytes > bundle_cap:
+            raise ValueError(
+                f"download_max_bytes {self.download_max_bytes} exceeds what a bundle of a model within "
+                f"max_model_bytes can need ({bundle_cap})"
+            )
+        if self.store_max_bytes < 2 * self.download_max_bytes:
+            raise ValueError(
+                f"store_max_bytes {self.store_max_bytes} must hold two bundles of download_max_bytes "
+                f"{self.download_max_bytes} (a partial download and its unpacked copy)"
+            )
+        return self
 
     @field_validator("download_ca_file")
     @classmethod
@@ -333,6 +416,7 @@ AGENT_PATH_KEYS = frozenset(
         "cert_file",
         "key_file",
         "credentials_file",
+        "inbox",
         "file",
         "textfile",
     }

@@ -10,7 +10,11 @@ that talks to the library.
      ├── ContractError          (agent.contract.errors)
      ├── ModelError             a model that cannot be used
      │    ├── ModelLoadError    onnxruntime refused the model, or a file is missing
-     │    └── ModelRejectedError  verification refused it (signature, checks, golden test)
+     │    ├── ModelRejectedError  verification refused it (signature, checks, golden test)
+     │    ├── ModelStoreError   the model store cannot take a model (quota, I/O)
+     │    └── FetchError        a model could not be fetched into the store
+     │         ├── FetchRefusedError  the bundle or its announcement breaks a rule: not retried
+     │         └── FetchFailedError   it did not work this time (network, server): retried
      ├── IngestError            a log source cannot be followed (missing directory, I/O)
      ├── WatchError             a directory cannot be watched for changes as configured
      ├── StateError             the agent's local state store is unusable
@@ -33,6 +37,22 @@ class ModelLoadError(ModelError):
 
 class ModelRejectedError(ModelError):
     """A model was refused by verification: signature, static checks or golden test."""
+
+
+class ModelStoreError(ModelError):
+    """The model store cannot take a model: over its quota, or the disk refused a write."""
+
+
+class FetchError(ModelError):
+    """A model could not be fetched into the store."""
+
+
+class FetchRefusedError(FetchError):
+    """The bundle or its announcement breaks a rule: not retried."""
+
+
+class FetchFailedError(FetchError):
+    """The download did not work this time (network, server, stale copy): retried with back-off."""
 
 
 class IngestError(RobotPMError):

@@ -24,9 +24,10 @@ beside, then renamed):
 * ``quarantine.jsonl``: the refused lines, as the agent's quarantine writes them.
 
 The model (`load_replay_model`) is the one the agent would load (the newest usable
-store version, else the bundled one), or a candidate directory verified exactly as
-the agent verifies store models (signature when ``trusted_keys`` is set, expiry,
-size and sha256, graph interface, golden test). A candidate that fails verification
+store version, else the bundled one), or a candidate directory verified as the
+agent verifies store models (signature and expiry, size and sha256, the static
+checks, the limited probe when ``isolate`` is on, graph interface, golden test),
+without writing to the store. A candidate that fails verification
 is refused, unless the caller asks for it anyway: it is then scored and marked
 unverified, with the reason, in ``summary.json``.
 """
@@ -51,10 +52,10 @@ import numpy as np
 from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, WindowRef
-from agent.contract.errors import ConfigError
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import ModelManifest
 from agent.contract.streams import StreamConfig
-from agent.errors import IngestError, ModelError
+from agent.errors import IngestError, ModelError, ModelRejectedError
 from agent.ingest import LineBlock, Quarantine
 from agent.ingest.reader import LineReader
 from agent.ingest.tracked import TrackedFile, open_file
@@ -145,7 +146,6 @@ def load_replay_model(
     """
     from agent.models.scorer import OnnxScorer  # onnxruntime only once a model is wanted
     from agent.models.slot import ModelSlot
-    from agent.models.verify import ModelVerifier
 
     def unfit(manifest: ModelManifest) -> str | None:
         have = stream.record_schema().canonical_channels
@@ -156,14 +156,35 @@ def load_replay_model(
         scorer = ModelSlot(config.model).load_initial(unfit=unfit)
         return ReplayModel(scorer, "agent.model", verified=True)
     try:
-        candidate = OnnxScorer.load(model_dir, verifier=ModelVerifier.from_config(config.model))
-        candidate.check_golden()
-    except ModelError as exc:
+        candidate = _admit_as_the_store_does(config, model_dir)
+    except (ContractError, ModelError) as exc:
         if not unverified:
             raise
-        fallback = OnnxScorer.load(model_dir)
+        fallback = OnnxScorer.load(model_dir)  # as a trusted source: size, sha256 and static checks only
         return ReplayModel(fallback, str(model_dir), verified=False, refusal=str(exc))
     return ReplayModel(candidate, str(model_dir), verified=True)
+
+
+def _admit_as_the_store_does(config: AgentConfig, model_dir: Path) -> Scorer:
+    """The checks `agent.models.slot.ModelSlot` runs on a store model, without touching the store.
+
+    Signature and expiry, size, sha256 and the static checks, the limited probe when
+    ``agent.model.isolate`` is on, then the golden test.
+    """
+    from agent.models.probe import ProbeLimits, probe_model
+    from agent.models.scorer import OnnxScorer
+    from agent.models.verify import ModelVerifier
+
+    verifier = ModelVerifier.from_config(config.model)
+    verified = verifier.verify_manifest(model_dir)
+    model = verifier.check_content(verified)
+    if config.model.isolate:
+        verdict = probe_model(model.manifest_bytes, model.model_bytes, ProbeLimits.from_config(config.model))
+        if not verdict.ok:
+            raise ModelRejectedError(f"{verified.manifest.label}: {verdict.reason}")
+    scorer = OnnxScorer(model.model_bytes, verified.manifest)
+    scorer.check_golden()
+    return scorer
 
 
 class _ScoreTable:

@@ -73,11 +73,14 @@ def write_linear_model(
     (directory / "model.onnx").write_bytes(data)
     sha, length = file_sha256(directory / "model.onnx")
     warning, critical, clear = thresholds
-    golden_x = tuple(float(i) / 10 for i in range(spec.n_features))
-    golden_y = tuple(
-        float(np.float32(np.dot(np.float32(golden_x), weights[:, i].astype(np.float32))))
-        for i in range(len(heads))
-    )
+    golden = []
+    for k in range(3):  # the agent asks for at least three (agent.model.min_golden_vectors)
+        golden_x = tuple(float(i) / 10 + k * 0.05 for i in range(spec.n_features))
+        golden_y = tuple(
+            float(np.float32(np.dot(np.float32(golden_x), weights[:, i].astype(np.float32))))
+            for i in range(len(heads))
+        )
+        golden.append(GoldenVector(features=golden_x, expected={"score": golden_y}))
     manifest = ModelManifest(
         model_id=model_id,
         version=version,
@@ -102,7 +105,7 @@ def write_linear_model(
         ),
         reference=FeatureReference(mean=(0.0,) * spec.n_features, std=(1.0,) * spec.n_features),
         healthy_reference=healthy_reference,
-        golden=(GoldenVector(features=golden_x, expected={"score": golden_y}),),
+        golden=tuple(golden),
         sha256=sha,
         length=length,
     )

@@ -20,8 +20,9 @@ from agent.contract.features import FeatureSpec
 from agent.models.probation import Probation
 from agent.models.scorer import OnnxScorer
 from tests.models import write_linear_model
+from tests.signing_keys import fleet_keys
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
-from trainer.signing import generate_key_pair, sign_model_dir
+from trainer.signing import sign_model_dir
 
 SCHEMAS = Path(__file__).parent.parent / "agent" / "schemas"
 SCHEMA = json.loads((SCHEMAS / "model-status.schema.json").read_text())
@@ -265,13 +266,10 @@ class TestRejectedModels:
         self, tmp_path: Path
     ) -> None:
         """With trusted keys an unsigned v2 is "rejected" (the signature); a signed v3 goes on probation."""
-        private, public = generate_key_pair("fleet", tmp_path / "keys")
-        trusted = tmp_path / "trusted"
-        trusted.mkdir()
-        shutil.copy(public, trusted / public.name)
+        keys = fleet_keys(tmp_path / "keys")
         config = probation_config(tmp_path)
         config = config.model_copy(
-            update={"model": config.model.model_copy(update={"trusted_keys": trusted})}
+            update={"model": config.model.model_copy(update={"trusted_keys": keys.trusted})}
         )
         harness = Harness(config)
         try:
@@ -280,11 +278,12 @@ class TestRejectedModels:
             into_store(
                 config,
                 "v3",
-                lambda d: (write_linear_model(d, version=3), sign_model_dir(d, private, "fleet")),
+                lambda d: (write_linear_model(d, version=3), sign_model_dir(d, keys.private)),
             )
             harness.settle_until(lambda: on_probation(harness, 3))
             (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
-            assert (2, False) == (rejected["model"]["version"], rejected["retain"])
+            # An unverified manifest is never parsed: the status names the directory, not the model.
+            assert (str(config.model.directory / "v2"), False) == (rejected["source"], rejected["retain"])
             assert "signature" in rejected["detail"]
             assert [1] == [s["model"]["version"] for s in retained(harness)]
         finally:

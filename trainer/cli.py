@@ -6,15 +6,20 @@ Usage::
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
-    robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train dataset ai4i|cmapss|robot-failures [--out models]   # the public benchmark data
     robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
+    robotpm-train results                                             # README's Results rows, re-measured
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
+    robotpm-train certify-key --root ROOT.key --key ID.pub --valid-days 90   # a release key's cert
+    robotpm-train revoke --root ROOT.key --key-id ID --out revocations.signed
     robotpm-train sign MODEL_DIR --key DIR/ID.key [--key-id ID]       # sign a model directory
     robotpm-train ... --sign-key DIR/ID.key [--key-id ID]             # sign the version a run writes
-    robotpm-train publish VERSION_DIR --channel NAME --base-url URL --out WEBROOT \
-        [--mqtt-host H --mqtt-port P]                                  # bundle + retained announcement
+    robotpm-train publish VERSION_DIR --base-url URL --out WEBROOT --key ID.key \
+        [--mqtt-host H --mqtt-ca-file CA --mqtt-credentials FILE]      # bundle + signed announcement
+    robotpm-train publish --rollback-to V ...                         # republish V as a new version
+    robotpm-train rollout-status --channel C [--json] --mqtt-host H … # who runs what
 
 Without a subcommand it trains (`train`). A subcommand is one function taking the parsed
 arguments and returning the exit code, registered with `subcommand`::
@@ -206,7 +211,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.sign_key is not None and result.version_dir is not None:
         from trainer.signing import sign_model_dir
 
-        result.manifest = sign_model_dir(result.version_dir, args.sign_key, args.key_id or args.sign_key.stem)
+        result.manifest = sign_model_dir(result.version_dir, args.sign_key, args.key_id)
         print(f"signed {result.version_dir} with key {result.manifest.signing_key_id}")
     if args.promote and result.version_dir is not None:
         from trainer.gate import promote_through_gate
@@ -258,6 +263,12 @@ def print_result(result: RunResult) -> None:
             f"  head {head.failure_mode:13s} warning {t.warning:.3f} "
             f"critical {t.critical:.3f} clear {t.clear:.3f}"
         )
+    for split, profile in result.profile.items():
+        reasons = profile.get("quarantine_reasons", {})
+        detail = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none"
+        print(f"quarantined ({split}): {profile.get('quarantined', 0)} rows: {detail}")
+    if result.profile and any(p.get("quarantined") for p in result.profile.values()):
+        print("  (each with file, line and reason in quarantine.csv beside the model)")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
 
@@ -281,7 +292,7 @@ def _bundle(args: argparse.Namespace) -> int:
 @subcommand(
     "dataset",
     "Train and evaluate on public benchmark data.",
-    arg("dataset", choices=("ai4i", "cmapss")),
+    arg("dataset", choices=("ai4i", "cmapss", "robot-failures")),
     arg(
         "--data",
         type=Path,
@@ -317,6 +328,31 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 @subcommand(
+    "results",
+    "Run every public benchmark and rewrite README.md's Results rows and docs/results.json from them.",
+    arg("--readme", type=Path, default=Path("README.md")),
+    arg("--results", type=Path, default=None, help="the results document (default: docs/results.json)"),
+    arg(
+        "--out",
+        type=Path,
+        default=None,
+        help="registry root for the benchmark models (default: a temporary one)",
+    ),
+    arg("--seed", type=int, default=7),
+)
+def _results(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from trainer.results import RESULTS_FILE, measure, write_results
+
+    with tempfile.TemporaryDirectory(prefix="robotpm-results-") as scratch:
+        results = measure(load_config(args), args.out or Path(scratch), args.seed)
+    write_results(results, args.readme, args.results or args.readme.parent / RESULTS_FILE)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+@subcommand(
     "import-sql",
     "Load CSV/JSON-lines logs (and truth.csv) into a SQL table that --db reads.",
     arg("logs", type=Path, help="a log file, robot directory or fleet directory"),
@@ -333,15 +369,16 @@ def _import_sql(args: argparse.Namespace) -> int:
 
 @subcommand(
     "keygen",
-    "Make an Ed25519 key pair: ID.key (private, mode 0600) and ID.pub (for agents).",
-    arg("--key-id", required=True, help="the key id models will name, e.g. fleet-2026"),
+    "Make an Ed25519 key pair: ID.key (private, mode 0600) and ID.pub. A root key's .pub goes to the "
+    "agents' trusted_keys; a release key needs a certificate from the root (certify-key).",
+    arg("--key-id", required=True, help="the key id, e.g. root-2026 or fleet-2026-07"),
     arg("--out", type=Path, required=True, help="directory for ID.key and ID.pub"),
 )
 def _keygen(args: argparse.Namespace) -> int:
     from trainer.signing import generate_key_pair
 
     private_path, public_path = generate_key_pair(args.key_id, args.out)
-    print(f"wrote {private_path} (private, keep it secret) and {public_path} (copy to agents)")
+    print(f"wrote {private_path} (private, keep it secret) and {public_path}")
     return 0
 
 
@@ -354,54 +391,208 @@ def _datetime(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-@subcommand(
-    "sign",
-    "Sign a model directory: set signing_key_id and write manifest.sig.",
-    arg("model_dir", type=Path, help="a directory holding model.onnx and manifest.json"),
-    arg("--key", type=Path, required=True, help="the Ed25519 private key (ID.key)"),
-    arg("--key-id", default=None, help="the key id (default: the key file's stem)"),
+EXPIRY_ARGUMENTS = (
     arg("--expires", type=_datetime, default=None, help="ISO 8601 date or time after which agents refuse it"),
     arg("--valid-days", type=float, default=None, help="expires this many days from now"),
+)
+
+
+def _expiry(args: argparse.Namespace) -> datetime | None:
+    if args.expires is not None and args.valid_days is not None:
+        args.parser.error("argument --valid-days: not allowed with argument --expires")
+    if args.valid_days is not None:
+        return datetime.now(timezone.utc) + timedelta(days=args.valid_days)
+    expires: datetime | None = args.expires
+    return expires
+
+
+@subcommand(
+    "certify-key",
+    "Sign a release key's certificate with the (offline) root key: which channels it may sign for, "
+    "until when. Writes ID.cert beside the release key's ID.pub.",
+    arg("--root", type=Path, required=True, help="the root's private key (ROOT.key)"),
+    arg("--key", type=Path, required=True, help="the release key's public key (ID.pub)"),
+    arg("--channels", default="*", help="comma-separated channels, or * for all (default)"),
+    arg(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the certificate (default: ID.cert beside ID.pub)",
+    ),
+    *EXPIRY_ARGUMENTS,
+)
+def _certify_key(args: argparse.Namespace) -> int:
+    from trainer.signing import certify_release_key
+
+    expires = _expiry(args)
+    if expires is None:
+        args.parser.error("give --valid-days or --expires: a release key is certified for a limited time")
+        return 2
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    path = certify_release_key(args.root, args.key, channels=channels, expires=expires, out=args.out)
+    print(f"wrote {path}: {args.key.stem} may sign for {', '.join(channels)} until {expires.isoformat()}")
+    return 0
+
+
+@subcommand(
+    "revoke",
+    "Write a root-signed revocation list of release key ids. Publish it with the next model "
+    "(publish --revocations), put it in an agent's inbox or its trusted_keys directory.",
+    arg("--root", type=Path, required=True, help="the root's private key (ROOT.key)"),
+    arg("--key-id", action="append", default=[], help="a release key id to revoke (repeatable)"),
+    arg("--previous", type=Path, default=None, help="the last list: its ids are kept, its version + 1 used"),
+    arg("--version", type=int, default=None, help="the list's version (default: previous + 1, else 1)"),
+    arg("--out", type=Path, required=True, help="the file to write (revocations.signed)"),
+)
+def _revoke(args: argparse.Namespace) -> int:
+    from trainer.signing import read_revocations, write_revocations
+
+    previous = read_revocations(args.previous) if args.previous is not None else None
+    revoked = sorted({*args.key_id, *(previous.revoked_keys if previous else ())})
+    version = args.version or ((previous.version + 1) if previous else 1)
+    written = write_revocations(args.root, revoked, version=version, out=args.out)
+    print(f"wrote {args.out}: revocation list v{written.version} of {', '.join(revoked) or 'no keys'}")
+    return 0
+
+
+@subcommand(
+    "sign",
+    "Sign a model directory with a release key: set signing_key_id and write manifest.sig "
+    "(carrying the key's certificate).",
+    arg("model_dir", type=Path, help="a directory holding model.onnx and manifest.json"),
+    arg("--key", type=Path, required=True, help="the release key (ID.key)"),
+    arg("--key-id", default=None, help="the key id (default: the key file's stem)"),
+    arg("--cert", type=Path, default=None, help="its certificate (default: ID.cert beside the key)"),
+    arg("--channel", default=None, help="set the manifest's channel (default: keep it)"),
+    *EXPIRY_ARGUMENTS,
 )
 def _sign(args: argparse.Namespace) -> int:
     from trainer.signing import sign_model_dir
 
-    if args.expires is not None and args.valid_days is not None:
-        args.parser.error("argument --valid-days: not allowed with argument --expires")
-    expires = args.expires
-    if args.valid_days is not None:
-        expires = datetime.now(timezone.utc) + timedelta(days=args.valid_days)
-    manifest = sign_model_dir(args.model_dir, args.key, args.key_id or args.key.stem, expires=expires)
+    manifest = sign_model_dir(
+        args.model_dir,
+        args.key,
+        args.key_id,
+        certificate=args.cert,
+        expires=_expiry(args),
+        channel=args.channel,
+    )
     until = f", expires {manifest.expires.isoformat()}" if manifest.expires else ""
     print(f"signed {manifest.label} in {args.model_dir} with key {manifest.signing_key_id}{until}")
     return 0
 
 
+BROKER_ARGUMENTS = (
+    arg("--mqtt-host", default=None, help="the broker"),
+    arg("--mqtt-port", type=int, default=8883),
+    arg("--mqtt-ca-file", type=Path, default=None, help="CA certificates (PEM) the broker's must chain to"),
+    arg("--mqtt-cert-file", type=Path, default=None, help="a client certificate (PEM), if the broker asks"),
+    arg("--mqtt-key-file", type=Path, default=None, help="its private key"),
+    arg(
+        "--mqtt-credentials",
+        type=Path,
+        default=None,
+        help="a file 'username:password' (else ROBOTPM_MQTT_USERNAME / ROBOTPM_MQTT_PASSWORD)",
+    ),
+    arg("--mqtt-allow-plain", action="store_true", help="allow plain TCP without credentials (development)"),
+)
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from trainer.broker import BrokerSettings
+
+    if args.mqtt_host is None:
+        return None
+    return BrokerSettings.build(
+        args.mqtt_host,
+        args.mqtt_port,
+        ca_file=args.mqtt_ca_file,
+        cert_file=args.mqtt_cert_file,
+        key_file=args.mqtt_key_file,
+        credentials_file=args.mqtt_credentials,
+        allow_plain=args.mqtt_allow_plain,
+    )
+
+
 @subcommand(
     "publish",
-    "Write the bundle of a (signed) model version into a web root and announce it, retained, "
-    "on robotpm/v1/models/<channel> for the agents following that channel.",
-    arg("version_dir", type=Path, help="a directory holding model.onnx and manifest.json"),
+    "Write the bundle of a signed model version and its signed announcement into a web root "
+    "(channels/<channel>.announcement is the channel's index) and announce it, retained, on "
+    "robotpm/v1/models/<channel>. --rollback-to V republishes version V as a new, higher version.",
+    arg(
+        "version_dir",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="a directory holding model.onnx and manifest.json",
+    ),
+    arg("--rollback-to", type=int, default=None, help="republish this registry version as the next version"),
+    arg(
+        "--registry",
+        type=Path,
+        default=None,
+        help="registry root for --rollback-to (default: trainer.registry)",
+    ),
+    arg("--name", default=None, help="model name for --rollback-to (default: trainer.model_name)"),
     arg("--channel", default=None, help="the channel (default: the manifest's)"),
     arg("--base-url", required=True, help="the URL the web root is served at (https://…)"),
     arg("--out", type=Path, required=True, help="the web root to write the bundle into"),
-    arg("--mqtt-host", default=None, help="broker to announce on (none: only write it)"),
-    arg("--mqtt-port", type=int, default=1883),
+    arg("--key", type=Path, default=None, help="the release key that signs the announcement (ID.key)"),
+    arg("--cert", type=Path, default=None, help="its certificate (default: ID.cert beside the key)"),
+    arg("--revocations", type=Path, default=None, help="a revocation list to ship in the bundle"),
+    *BROKER_ARGUMENTS,
 )
 def _publish(args: argparse.Namespace) -> int:
-    from trainer.publish import publish
+    from trainer.publish import publish, rollback_to
+    from trainer.signing import ReleaseSigner
 
+    if (args.version_dir is None) == (args.rollback_to is None):
+        args.parser.error("give a VERSION_DIR or --rollback-to VERSION (one of them)")
+    signer = ReleaseSigner(args.key, args.cert) if args.key is not None else None
+    version_dir = args.version_dir
+    if args.rollback_to is not None:
+        if args.key is None:
+            args.parser.error("--rollback-to signs the new version: give --key")
+        config = load_config(args)
+        registry = Registry(args.registry or config.registry, args.name or config.model_name)
+        version_dir = rollback_to(registry, args.rollback_to, signer_key=args.key, certificate=args.cert)
+        print(f"republished v{args.rollback_to} as {version_dir}")
+    broker = _broker(args)
     announcement = publish(
-        args.version_dir,
+        version_dir,
         channel=args.channel,
         base_url=args.base_url,
         webroot=args.out,
-        mqtt_host=args.mqtt_host,
-        mqtt_port=args.mqtt_port,
+        signer=signer,
+        broker=broker,
+        revocations=args.revocations,
     )
-    where = f" on {args.mqtt_host}:{args.mqtt_port}" if args.mqtt_host else " (not announced: no --mqtt-host)"
-    print(f"published {announcement.label} as {announcement.url} ({announcement.length} bytes){where}")
+    where = f" on {args.mqtt_host}:{args.mqtt_port}" if broker else " (not announced: no --mqtt-host)"
+    signed = f"signed by {signer.key_id}" if signer else "UNSIGNED: agents with trusted_keys refuse it"
+    print(
+        f"published {announcement.label} as {announcement.url} ({announcement.length} bytes){where}, {signed}"
+    )
     print(announcement.to_json().decode())
+    return 0
+
+
+@subcommand(
+    "rollout-status",
+    "Read every robot's retained model status on the broker: who runs what on a channel, who is on "
+    "probation, who refused and why.",
+    arg("--channel", required=True, help="the channel"),
+    arg("--json", action="store_true", help="print JSON instead of a table"),
+    arg("--listen", type=float, default=0.0, help="also listen this many seconds for refusal events"),
+    *BROKER_ARGUMENTS,
+)
+def _rollout_status(args: argparse.Namespace) -> int:
+    from trainer.rollout import collect
+
+    broker = _broker(args)
+    if broker is None:
+        args.parser.error("rollout-status reads the broker: give --mqtt-host")
+    status = collect(broker, args.channel, listen_s=args.listen)
+    print(status.to_json() if args.json else status.table())
     return 0
 
 

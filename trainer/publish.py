@@ -1,12 +1,19 @@
-"""Publishing a model version to a fleet: a bundle in a web root and a retained MQTT announcement.
+"""Publishing a model version to a fleet: a bundle in a web root, a signed announcement, a rollback.
 
-``robotpm-train publish VERSION_DIR --channel NAME --base-url URL --out WEBROOT`` writes
-``WEBROOT/<model_id>-v<version>.tar`` (see `agent.contract.announcement` for the
-format) and publishes a `ModelAnnouncement` for it, retained and QoS 1, on
-``robotpm/v1/models/<channel>``. Any web server, object store or CDN that serves
-WEBROOT at ``--base-url`` serves the fleet; agents following the channel download,
-verify and install it. Sign the version first (``robotpm-train sign``): agents with
-``trusted_keys`` refuse unsigned models.
+``robotpm-train publish VERSION_DIR --base-url URL --out WEBROOT --key RELEASE.key`` writes
+``WEBROOT/<model_id>-v<version>.tar`` (see `agent.contract.announcement` for the format) and a
+`ModelAnnouncement` for it, signed by the release key (`trainer.signing.ReleaseSigner`), to
+``WEBROOT/channels/<channel>.announcement`` (the channel's index, which agents poll with
+``agent.model.index_url``) and, with a broker, retained with QoS 1 on
+``robotpm/v1/models/<channel>``; the broker connection (`trainer.broker`) uses TLS and
+credentials. The bundle is in place before the announcement goes out, so an agent never fetches
+a URL that does not exist yet. Sign the version first (``robotpm-train sign``): agents with
+``trusted_keys`` refuse unsigned models and unsigned announcements.
+
+**Rollback reaches the fleet as a new version.** Agents never go down in version (their
+version floor), so `rollback_to` republishes a known-good version's model as a *new, higher*
+version: same ``model.onnx``, a manifest with the next version number, a fresh ``created`` and
+``training["republished_from"]``, signed again. Agents take it like any newer model.
 """
 
 from __future__ import annotations
@@ -16,52 +23,59 @@ import io
 import os
 import tarfile
 import tempfile
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.contract.announcement import ModelAnnouncement, bundle_name
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
+from agent.contract.signatures import REVOCATIONS_FILE
 from agent.contract.topics import model_announcements
+from trainer.broker import BrokerSettings, connect, disconnect
 from trainer.errors import TrainerError
-from trainer.registry import verified_manifest
+from trainer.registry import METRICS_FILE, Registry, verified_manifest
+from trainer.signing import ReleaseSigner, sign_model_dir
+
+INDEX_DIR = "channels"
+INDEX_SUFFIX = ".announcement"
+REPUBLISHED_FROM = "republished_from"
 
 
 class PublishError(TrainerError):
-    """The version cannot be bundled or announced."""
+    """The version cannot be bundled, announced or republished."""
 
 
-def write_bundle(version_dir: Path, webroot: Path) -> tuple[Path, ModelManifest]:
+def index_path(webroot: Path, channel: str) -> Path:
+    """Where the channel's index (its latest signed announcement) lives in the web root."""
+    return webroot / INDEX_DIR / f"{channel}{INDEX_SUFFIX}"
+
+
+def write_bundle(
+    version_dir: Path, webroot: Path, *, revocations: Path | None = None
+) -> tuple[Path, ModelManifest]:
     """Write the bundle of `version_dir` into `webroot` (atomically); returns its path and the manifest.
 
     The manifest must describe ``model.onnx`` (sha256 and length), so a bundle never
     ships a model its manifest does not vouch for. Members are written in a fixed
     order with fixed owners, modes and times, so the same version gives the same bytes.
+    `revocations` (a root-signed revocation list) travels in the bundle to every agent.
     """
     manifest = verified_manifest(version_dir, PublishError)
-    names = [MODEL_FILE, MANIFEST_FILE] + (
-        [SIGNATURE_FILE] if (version_dir / SIGNATURE_FILE).exists() else []
-    )
-    webroot.mkdir(parents=True, exist_ok=True)
+    members = [(name, version_dir / name) for name in (MODEL_FILE, MANIFEST_FILE)]
+    if (version_dir / SIGNATURE_FILE).exists():
+        members.append((SIGNATURE_FILE, version_dir / SIGNATURE_FILE))
+    if revocations is not None:
+        members.append((REVOCATIONS_FILE, revocations))
     target = webroot / bundle_name(manifest.model_id, manifest.version)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=webroot)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name in names:
-                    data = (version_dir / name).read_bytes()
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    info.mode = 0o644
-                    info.mtime = int(manifest.created.timestamp())
-                    tar.addfile(info, io.BytesIO(data))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, path in members:
+            data = path.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = int(manifest.created.timestamp())
+            tar.addfile(info, io.BytesIO(data))
+    _write_public(target, buffer.getvalue())
     return target, manifest
 
 
@@ -82,33 +96,22 @@ def announcement_for(bundle: Path, manifest: ModelManifest, channel: str, base_u
     )
 
 
-def announce(announcement: ModelAnnouncement, host: str, port: int, *, timeout_s: float = 10.0) -> None:
-    """Publish `announcement` retained, QoS 1, and wait for the broker's PUBACK."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+def announcement_payload(announcement: ModelAnnouncement, signer: ReleaseSigner | None) -> bytes:
+    """The bytes to publish: the announcement signed by `signer`, or its bare JSON without one."""
+    body = announcement.to_json()
+    return body if signer is None else signer.sign("announcement", body).to_bytes()
 
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="")
-    connected = threading.Event()
-    client.on_connect = lambda _c, _u, _f, reason, _p: None if reason.is_failure else connected.set()
+
+def announce(payload: bytes, channel: str, broker: BrokerSettings, *, timeout_s: float = 10.0) -> None:
+    """Publish `payload` retained, QoS 1, on the channel's topic and wait for the broker's PUBACK."""
+    client = connect(broker, timeout_s=timeout_s)
     try:
-        client.connect(host, port, keepalive=30)
-    except OSError as exc:
-        raise PublishError(f"cannot connect to the broker {host}:{port}: {exc}") from exc
-    client.loop_start()
-    try:
-        if not connected.wait(timeout_s):
-            raise PublishError(f"the broker {host}:{port} did not accept the connection in {timeout_s}s")
-        info = client.publish(
-            model_announcements(announcement.channel), announcement.to_json(), qos=1, retain=True
-        )
+        info = client.publish(model_announcements(channel), payload, qos=1, retain=True)
         info.wait_for_publish(timeout_s)
         if not info.is_published():
-            raise PublishError(
-                f"the broker {host}:{port} did not acknowledge the announcement in {timeout_s}s"
-            )
+            raise PublishError(f"the broker {broker.host}:{broker.port} did not acknowledge in {timeout_s}s")
     finally:
-        client.disconnect()
-        client.loop_stop()
+        disconnect(client)
 
 
 def publish(
@@ -117,19 +120,87 @@ def publish(
     channel: str | None,
     base_url: str,
     webroot: Path,
-    mqtt_host: str | None = None,
-    mqtt_port: int = 1883,
+    signer: ReleaseSigner | None = None,
+    broker: BrokerSettings | None = None,
+    revocations: Path | None = None,
 ) -> ModelAnnouncement:
-    """Bundle `version_dir` into `webroot` and, with `mqtt_host`, announce it; returns the announcement.
+    """Bundle `version_dir` into `webroot`, write the channel index and, with `broker`, announce it.
 
-    `channel` defaults to the manifest's. The bundle is in place before the announcement
-    goes out, so an agent never fetches a URL that does not exist yet.
+    `channel` defaults to the manifest's and must equal it (agents check that the model they
+    install is the channel's); sign the version for another channel with ``sign --channel``.
+    Returns the announcement.
     """
-    bundle, manifest = write_bundle(version_dir, webroot)
+    if broker is not None:
+        broker.check()
+    bundle, manifest = write_bundle(version_dir, webroot, revocations=revocations)
+    channel = channel or manifest.channel
+    if channel != manifest.channel:
+        raise PublishError(
+            f"{manifest.label} is signed for channel {manifest.channel!r}, not {channel!r}: "
+            f"sign it with --channel {channel}"
+        )
+    if signer is not None and not signer.certificate.allows(channel):
+        raise PublishError(f"release key {signer.key_id!r} is not certified for channel {channel!r}")
     try:
-        announcement = announcement_for(bundle, manifest, channel or manifest.channel, base_url)
+        announcement = announcement_for(bundle, manifest, channel, base_url)
     except ValueError as exc:
         raise PublishError(f"cannot announce {manifest.label}: {exc}") from exc
-    if mqtt_host is not None:
-        announce(announcement, mqtt_host, mqtt_port)
+    payload = announcement_payload(announcement, signer)
+    _write_public(index_path(webroot, channel), payload)
+    if broker is not None:
+        announce(payload, channel, broker)
     return announcement
+
+
+def rollback_to(
+    registry: Registry,
+    version: int,
+    *,
+    signer_key: Path,
+    certificate: Path | None = None,
+    new_version: int | None = None,
+) -> Path:
+    """Republish registry `version` as a new, higher version (module docstring); returns its directory.
+
+    `new_version` defaults to the registry's next version; it must be higher than every
+    registered one (agents may already run any of them).
+    """
+    source = registry.path(version)
+    if not source.is_dir():
+        raise PublishError(f"{source}: no such version to roll back to")
+    manifest = verified_manifest(source, PublishError)
+    target = registry.next_version() if new_version is None else new_version
+    if target < registry.next_version():
+        raise PublishError(f"version {target} is not higher than every registered version")
+    republished = ModelManifest.model_validate(
+        {
+            **manifest.model_dump(),
+            "version": target,
+            "created": datetime.now(timezone.utc),
+            "training": {**manifest.training, REPUBLISHED_FROM: str(version)},
+            "signing_key_id": None,
+            "expires": None,
+        }
+    )
+    files = {MODEL_FILE: (source / MODEL_FILE).read_bytes(), MANIFEST_FILE: republished.to_json().encode()}
+    if (source / METRICS_FILE).exists():
+        files[METRICS_FILE] = (source / METRICS_FILE).read_bytes()
+    directory = registry.write(target, files)
+    sign_model_dir(directory, signer_key, certificate=certificate)
+    return directory
+
+
+def _write_public(target: Path, data: bytes) -> None:
+    """Write a world-readable file atomically (a web server serves it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

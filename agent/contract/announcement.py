@@ -16,12 +16,22 @@ from typing import Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
+from agent.contract.signatures import REVOCATIONS_FILE
 from agent.contract.topics import check_segment
 
 ANNOUNCEMENT_SCHEMA_VERSION: Final = 1
-BUNDLE_MEMBERS: Final = frozenset({MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE})
-"""The only names a bundle may hold; ``model.onnx`` and ``manifest.json`` are required."""
+BUNDLE_MEMBERS: Final = frozenset({MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, REVOCATIONS_FILE})
+"""The only names a bundle may hold; ``model.onnx`` and ``manifest.json`` are required, and
+``revocations.signed`` (a root-signed revocation list) spreads revocations with the models."""
 REQUIRED_MEMBERS: Final = frozenset({MODEL_FILE, MANIFEST_FILE})
+
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
+"""A manifest larger than this is refused before it is read in full (the bundled one is ~40 KB)."""
+MAX_SIGNED_DOCUMENT_BYTES: Final = 64 * 1024
+"""A signature file, certificate, revocation list or announcement larger than this is refused unread."""
+BUNDLE_OVERHEAD_BYTES: Final = MAX_MANIFEST_BYTES + 2 * MAX_SIGNED_DOCUMENT_BYTES + 16 * 1024
+"""What a bundle may hold beside ``model.onnx``: manifest, signature, revocations, tar headers.
+A bundle is never larger than the model cap plus this."""
 
 
 class ModelAnnouncement(BaseModel):
@@ -71,6 +81,9 @@ def bundle_name(model_id: str, version: int) -> str:
 __all__ = [
     "ANNOUNCEMENT_SCHEMA_VERSION",
     "BUNDLE_MEMBERS",
+    "BUNDLE_OVERHEAD_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_SIGNED_DOCUMENT_BYTES",
     "REQUIRED_MEMBERS",
     "ModelAnnouncement",
     "bundle_name",

@@ -8,7 +8,8 @@ RobotPM raises on purpose with `RobotPMError`.
      ├── ConfigError            bad configuration: the CLIs exit with code 2
      └── ContractError          data that breaks the edge contract
           ├── RecordError       a sensor line that cannot be parsed or validated
-          └── ManifestError     a model manifest that is malformed or inconsistent
+          ├── ManifestError     a model manifest that is malformed or inconsistent
+          └── SignatureFormatError  a signed document (signature, certificate) that is malformed
 """
 
 from __future__ import annotations
@@ -46,3 +47,7 @@ class RecordError(ContractError):
 
 class ManifestError(ContractError):
     """A model manifest that is malformed or inconsistent with its model."""
+
+
+class SignatureFormatError(ContractError):
+    """A signed document (a signature file, certificate, revocation list, announcement) that is malformed."""

@@ -1,201 +1,94 @@
 """Fetching announced models into the store, off the MQTT thread and off the scoring loop.
 
-The trainer publishes a `ModelAnnouncement` (retained) on ``robotpm/v1/models/<channel>``.
-The transport hands each payload to `ModelFetcher.offer` on paho's network thread;
-``offer`` only keeps it (the latest wins) and wakes the fetcher's own thread, which:
+The trainer publishes a signed announcement (retained) on ``robotpm/v1/models/<channel>`` and
+writes the same bytes to its web root as the channel's index. The transport hands each MQTT
+payload to `ModelFetcher.offer` on paho's network thread; ``offer`` only keeps it (the latest
+wins) and wakes the fetcher's own thread, which:
 
-1. ignores an announcement whose version is not newer than the store's newest version
-   (and the model in use), or that it already installed or refused;
-2. accepts an ``https://`` URL only (``http://`` with ``allow_http``; redirects are held
-   to the same rule), verifying the certificate and host name against the system trust
-   store or ``download_ca_file``;
-3. streams the bundle into a dot-directory inside the store (`agent.models.slot` ignores
-   those), hashing as it reads and cutting it off past ``download_max_bytes`` or the
-   announced length, then compares sha256 and length with the announcement;
-4. unpacks the tar with `safe_extract` (regular files with the three expected names only,
-   no paths, a size cap), checks the manifest names the announced model and version, and
-   renames the directory to ``v<version>`` in the store.
+1. verifies the announcement (`agent.models.verify.ModelVerifier.verify_announcement`: with
+   trusted keys it must be signed by a release key certified for its channel; nothing in it
+   is acted on before that) and ignores it unless it is for the followed channel and newer than
+   the store's version floor and the model in use;
+2. downloads the bundle (`agent.models.download`): https only (``allow_http`` aside), same-origin
+   redirects, a total deadline, resumed with HTTP Range after a break, cut off past the announced
+   length; its sha256 and length must match the announcement;
+3. installs it (`agent.models.install`): unpacked, verified and checked in a staging directory,
+   renamed into the store only then. A refused bundle leaves nothing.
 
-From there the model is a store model like any other: `agent.models.watch` notices it,
-`agent.models.verify` checks its signature and expiry, the golden test and probation follow.
-Failures are logged with their reason and never reach the daemon; network failures and
-digest mismatches (a stale cache) are retried with back-off, policy refusals are not.
-URLs are logged without user info, query or fragment (they may hold tokens).
+**Convergence.** A failure of the network, the server or the store is retried after a capped,
+jittered exponential back-off (`agent.models.backoff`: ``retry_first_s`` doubling up to
+``retry_max_s``, an hour) for as long as no newer announcement supersedes it: the fetcher never
+gives up. With ``index_url`` set, the channel's index is polled every ``index_interval_s``
+(with ``If-None-Match``), so a robot that missed every MQTT announcement still converges. A
+broken rule (signature, scheme, origin, size, bundle members, version) is not retried.
+
+Failures are logged with their reason and never reach the daemon. URLs are logged without
+user info, query or fragment (they may hold tokens).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import http.client
-import os
-import shutil
+import random
 import ssl
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Literal
 
 import structlog
-from pydantic import ValidationError
 
 from agent.config import ModelConfig
-from agent.contract.announcement import BUNDLE_MEMBERS, REQUIRED_MEMBERS, ModelAnnouncement
-from agent.contract.errors import ConfigError, ContractError
-from agent.contract.manifest import MANIFEST_FILE, ModelManifest
+from agent.contract.announcement import MAX_SIGNED_DOCUMENT_BYTES, ModelAnnouncement
+from agent.contract.errors import ConfigError
+from agent.errors import FetchFailedError, FetchRefusedError, ModelError, ModelRejectedError, ModelStoreError
+from agent.models.backoff import Backoff
+from agent.models.download import Downloader, redact_url
+from agent.models.install import BundleInstaller
+from agent.models.store import ModelStore
+from agent.models.verify import ModelVerifier
 
 log = structlog.get_logger("robotpm.model")
 
-_CHUNK = 64 * 1024
-_BUNDLE_FILE = "bundle.tar"
-_UNPACKED = "model"
-
 Outcome = Literal["installed", "ignored", "refused", "failed"]
 
-
-class FetchRefusedError(Exception):
-    """The bundle or its announcement breaks a rule: not retried."""
-
-
-class FetchFailedError(Exception):
-    """The download did not work this time (network, server, stale copy): retried with back-off."""
+__all__ = ["FetchResult", "ModelFetcher", "redact_url"]
 
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
-    """What became of one announcement."""
+    """What became of one announcement (or one attempt at it)."""
 
     outcome: Outcome
     detail: str
     announcement: ModelAnnouncement | None = None
     target: Path | None = None
     seconds: float = 0.0
+    attempt: int = 1
 
 
-def redact_url(url: str) -> str:
-    """`url` without user info, query and fragment, for logs."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparsable url>"
-    return urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
+@dataclass(slots=True)
+class _Job:
+    announcement: ModelAnnouncement
+    started: float
+    failures: int = 0
+    next_try: float = 0.0
 
-
-def safe_extract(bundle: Path, destination: Path, max_bytes: int) -> list[str]:
-    """Unpack a model bundle into the empty directory `destination`; returns the names written.
-
-    Every member is checked before anything is written: a regular file (no links,
-    directories or devices), named exactly one of `BUNDLE_MEMBERS` (so no absolute path
-    and no ``..``), each at most once, all together at most `max_bytes`;
-    ``model.onnx`` and ``manifest.json`` must be there. Raises `FetchRefusedError`.
-    """
-    import tarfile  # only an agent that fetches pays for it (~0.4 MiB)
-
-    try:
-        with tarfile.open(bundle, mode="r:") as tar:
-            members = tar.getmembers()
-            seen: set[str] = set()
-            total = 0
-            for member in members:
-                name = member.name
-                if "/" in name or "\\" in name or name in ("", ".", ".."):
-                    raise FetchRefusedError(f"bundle member {name!r} is a path, not a plain file name")
-                if name not in BUNDLE_MEMBERS:
-                    raise FetchRefusedError(f"bundle member {name!r} is not one of {sorted(BUNDLE_MEMBERS)}")
-                if not member.isreg():
-                    raise FetchRefusedError(f"bundle member {name!r} is not a regular file")
-                if name in seen:
-                    raise FetchRefusedError(f"bundle member {name!r} appears twice")
-                seen.add(name)
-                total += member.size
-                if total > max_bytes:
-                    raise FetchRefusedError(f"bundle unpacks to more than {max_bytes} bytes")
-            missing = REQUIRED_MEMBERS - seen
-            if missing:
-                raise FetchRefusedError(f"bundle lacks {sorted(missing)}")
-            for member in members:
-                source = tar.extractfile(member)
-                if source is None:  # pragma: no cover - regular files always have data
-                    raise FetchRefusedError(f"bundle member {member.name!r} has no data")
-                _copy_new(source, destination / member.name, member.size)
-    except (tarfile.TarError, EOFError) as exc:
-        raise FetchRefusedError(f"bundle is not a valid tar file: {exc}") from None
-    return sorted(seen)
-
-
-def _copy_new(source: IO[bytes], path: Path, size: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "wb") as out:
-        remaining = size
-        while remaining > 0:
-            chunk = source.read(min(_CHUNK, remaining))
-            if not chunk:
-                raise FetchRefusedError(f"bundle member {path.name!r} is truncated")
-            out.write(chunk)
-            remaining -= len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def newest_store_version(store: Path) -> int:
-    """The highest version among the store's version directories (0 if none).
-
-    Manifests are read without verifying them: this only decides whether a download
-    could be newer; the model slot verifies what it loads.
-    """
-    newest = 0
-    try:
-        children = list(store.iterdir())
-    except OSError:
-        return 0
-    for child in children:
-        if child.name.startswith(".") or not (child / MANIFEST_FILE).is_file():
-            continue
-        try:
-            newest = max(newest, ModelManifest.read(child).version)
-        except (ContractError, OSError):
-            continue
-    return newest
-
-
-class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to a scheme the config allows (no https → http downgrade)."""
-
-    def __init__(self, schemes: frozenset[str]) -> None:
-        self._schemes = schemes
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        scheme = urlsplit(newurl).scheme.lower()
-        if scheme not in self._schemes:
-            raise FetchRefusedError(f"redirect to a {scheme}:// URL refused ({redact_url(newurl)})")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.announcement.model_id, self.announcement.version, self.announcement.sha256
 
 
 class ModelFetcher:
     """A thread that downloads announced bundles into the model store; see the module docstring.
 
     Raises `ConfigError` when ``download_ca_file`` cannot be loaded (at start, not later).
-
-    ``floor`` gives the version in use (the store's own versions are read from disk), so
-    an announcement the agent could not use is not downloaded. ``retry_delays`` are the
-    waits before the 2nd, 3rd … attempt after a transient failure.
+    ``floor`` gives the version in use; ``verifier`` should be the slot's
+    (`agent.models.slot.ModelSlot.verifier`), so reloading the keys reaches both; ``on_step``
+    is told each install step (``downloading``, ``downloaded`` and those of `BundleInstaller`).
     """
 
     def __init__(
@@ -203,12 +96,25 @@ class ModelFetcher:
         config: ModelConfig,
         *,
         floor: Callable[[], int] | None = None,
-        retry_delays: Sequence[float] = (2.0, 10.0, 30.0),
+        verifier: ModelVerifier | None = None,
+        backoff: Backoff | None = None,
+        on_step: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._floor = floor
-        self._retry_delays = tuple(retry_delays)
-        self._schemes = frozenset({"https", "http"} if config.allow_http else {"https"})
+        self._verifier = verifier or ModelVerifier.from_config(config)
+        self._store = ModelStore(config.directory, config.store_max_bytes)
+        self._on_step = on_step or (lambda step: None)
+        self._installer = BundleInstaller(
+            self._store,
+            self._verifier,
+            max_bytes=config.download_max_bytes,
+            channel=config.channel,
+            on_step=self._on_step,
+        )
+        self._backoff = backoff or Backoff(
+            config.retry_first_s, max(config.retry_first_s, config.retry_max_s)
+        )
         try:
             context = ssl.create_default_context(
                 cafile=None if config.download_ca_file is None else str(config.download_ca_file)
@@ -218,8 +124,10 @@ class ModelFetcher:
                 str(config.download_ca_file), "agent.model.download_ca_file", f"cannot load: {exc}"
             ) from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=context), _SchemeCheckingRedirects(self._schemes)
+        self._downloader = Downloader(
+            context=context,
+            schemes=frozenset({"https", "http"} if config.allow_http else {"https"}),
+            stall_timeout_s=config.download_timeout_s,
         )
         self._lock = threading.Lock()
         self._pending: bytes | None = None
@@ -228,6 +136,9 @@ class ModelFetcher:
         self._thread: threading.Thread | None = None
         self._settled: set[tuple[str, int, str]] = set()  # installed or refused: not tried again
         self._results: deque[FetchResult] = deque(maxlen=64)
+        self._job: _Job | None = None
+        self._index_etag: str | None = None
+        self._jitter = random.Random()
 
     # -- the transport's side (paho's thread) -----------------------------------
 
@@ -247,8 +158,9 @@ class ModelFetcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread; a download in progress ends at its next read (or its timeout)."""
+        """Stop the thread; a download in progress is cut off at once."""
         self._stop.set()
+        self._downloader.abort()
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
@@ -259,171 +171,194 @@ class ModelFetcher:
         with self._lock:
             return list(self._results)
 
-    # -- the work -------------------------------------------------------------------
+    # -- synchronous entry points (also what the thread does) -----------------------------------
+
+    def process(self, payload: bytes, *, attempts: int = 1) -> FetchResult:
+        """Handle one announcement payload now, with up to `attempts` tries; returns what happened."""
+        job = self._consider(payload, "announcement")
+        if isinstance(job, FetchResult):
+            return job
+        result = self._attempt(job)
+        while result.outcome == "failed" and job.failures < attempts and not self._stop.is_set():
+            if self._stop.wait(max(0.0, job.next_try - time.monotonic())):
+                break
+            result = self._attempt(job)
+        return result
+
+    def check_index(self) -> FetchResult | None:
+        """Look at the channel index once (``index_url``) and fetch what it announces; None if unchanged."""
+        url = self._config.index_url
+        if url is None:
+            return None
+        job = self._index_job(url)
+        return job if isinstance(job, FetchResult) or job is None else self._attempt(job)
+
+    # -- the thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        next_index = time.monotonic() if self._config.index_url else None
         while not self._stop.is_set():
-            self._wake.wait()
+            now = time.monotonic()
+            waits = [
+                t - now for t in (self._job.next_try if self._job else None, next_index) if t is not None
+            ]
+            self._wake.wait(max(0.0, min(waits)) if waits else None)
             self._wake.clear()
-            with self._lock:
-                payload, self._pending = self._pending, None
-            if payload is not None and not self._stop.is_set():
-                try:
-                    self.process(payload)
-                except Exception:  # never let a bug end the thread (or the agent)
-                    log.exception("model_fetch_crashed")
+            if self._stop.is_set():
+                return
+            try:
+                self._step(next_index)
+            except Exception:  # never let a bug end the thread (or the agent)
+                log.exception("model_fetch_crashed")
+            if next_index is not None and time.monotonic() >= next_index:
+                next_index = time.monotonic() + self._config.index_interval_s * (
+                    0.9 + 0.2 * self._jitter.random()
+                )
 
-    def process(self, payload: bytes) -> FetchResult:
-        """Handle one announcement payload, retrying transient failures; returns what happened."""
-        started = time.monotonic()
+    def _step(self, next_index: float | None) -> None:
+        with self._lock:
+            payload, self._pending = self._pending, None
+        if payload is not None:
+            self._take(self._consider(payload, "announcement"))
+        if next_index is not None and time.monotonic() >= next_index and self._config.index_url:
+            self._take(self._index_job(self._config.index_url))
+        job = self._job
+        if job is None or time.monotonic() < job.next_try:
+            return
+        if self._attempt(job).outcome != "failed":
+            self._job = None
+
+    def _take(self, job: _Job | FetchResult | None) -> None:
+        if not isinstance(job, _Job):
+            return
+        current = self._job
+        if current is not None and current.announcement.version >= job.announcement.version:
+            return
+        if current is not None:
+            log.info("model_fetch_superseded", model=current.announcement.label, by=job.announcement.label)
+        self._job = job
+
+    # -- one announcement -------------------------------------------------------------------------
+
+    def _consider(self, payload: bytes, source: str) -> _Job | FetchResult:
         if not payload:
             return self._record(FetchResult("ignored", "empty payload (announcement cleared)"))
         try:
-            announcement = ModelAnnouncement.from_json(payload)
-        except ValidationError as exc:
-            reason = (
-                f"not a model announcement: {exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
-            )
-            log.warning("model_announcement_invalid", reason=reason)
-            return self._record(FetchResult("refused", reason))
-        url = redact_url(announcement.url)
+            announcement = self._verifier.verify_announcement(payload)
+        except ModelRejectedError as exc:
+            log.warning("model_announcement_refused", source=source, reason=str(exc))
+            return self._record(FetchResult("refused", str(exc)))
         ignored = self._why_ignored(announcement)
         if ignored is not None:
-            log.info("model_announcement_ignored", model=announcement.label, reason=ignored)
+            self._store.discard_partials(keep=self._job.announcement.sha256 if self._job else None)
+            log.info("model_announcement_ignored", model=announcement.label, source=source, reason=ignored)
             return self._record(FetchResult("ignored", ignored, announcement))
-        key = (announcement.model_id, announcement.version, announcement.sha256)
-        delays = (0.0, *self._retry_delays)
-        detail = ""
-        for attempt, delay in enumerate(delays, start=1):
-            if delay and self._stop.wait(delay):
-                return self._record(FetchResult("failed", f"stopped: {detail}", announcement))
-            with self._lock:
-                superseded = self._pending is not None
-            if superseded and attempt > 1:
-                return self._record(FetchResult("failed", f"superseded: {detail}", announcement))
-            try:
-                target = self._fetch(announcement)
-            except FetchRefusedError as exc:
-                detail = str(exc)
-                self._settled.add(key)
-                log.warning("model_fetch_refused", model=announcement.label, url=url, reason=detail)
-                return self._record(FetchResult("refused", detail, announcement))
-            except FetchFailedError as exc:
-                detail = str(exc)
-                log.warning(
-                    "model_fetch_failed",
-                    model=announcement.label,
-                    url=url,
-                    reason=detail,
-                    attempt=attempt,
-                    attempts=len(delays),
-                )
-                continue
-            self._settled.add(key)
-            seconds = time.monotonic() - started
-            log.info("model_fetched", model=announcement.label, url=url, target=str(target), seconds=seconds)
-            return self._record(FetchResult("installed", "", announcement, target, seconds))
-        log.error("model_fetch_gave_up", model=announcement.label, url=url, reason=detail)
-        return self._record(FetchResult("failed", detail, announcement))
+        return _Job(announcement, time.monotonic())
 
-    def _record(self, result: FetchResult) -> FetchResult:
-        with self._lock:
-            self._results.append(result)
-        return result
+    def _index_job(self, url: str) -> _Job | FetchResult | None:
+        try:
+            fetched = self._downloader.get(
+                url,
+                limit=MAX_SIGNED_DOCUMENT_BYTES,
+                deadline_s=min(60.0, self._config.download_deadline_s),
+                etag=self._index_etag,
+            )
+        except (FetchFailedError, FetchRefusedError) as exc:
+            log.warning("model_index_failed", url=redact_url(url), reason=str(exc))
+            return self._record(FetchResult("failed", f"channel index: {exc}"))
+        if fetched.status == 304:
+            return None
+        self._index_etag = fetched.etag
+        return self._consider(fetched.body, "index")
 
     def _why_ignored(self, announcement: ModelAnnouncement) -> str | None:
         if self._config.channel is not None and announcement.channel != self._config.channel:
             return (
                 f"announced on channel {announcement.channel!r}, this agent follows {self._config.channel!r}"
             )
-        if (announcement.model_id, announcement.version, announcement.sha256) in self._settled:
+        key = (announcement.model_id, announcement.version, announcement.sha256)
+        if key in self._settled:
             return "already installed or refused"
-        floor = max(newest_store_version(self._config.directory), self._floor() if self._floor else 0)
+        if self._job is not None and self._job.key == key:
+            return "already being fetched"
+        floor = max(self._store.floor, self._floor() if self._floor else 0)
         if announcement.version <= floor:
             return f"version {announcement.version} is not newer than {floor}"
-        if (self._config.directory / f"v{announcement.version}").exists():
+        if self._store.version_dir(announcement.version).exists():
             return f"v{announcement.version} is already in the store"
         return None
 
-    def _fetch(self, announcement: ModelAnnouncement) -> Path:
-        config = self._config
-        parts = urlsplit(announcement.url)
-        if parts.scheme.lower() not in self._schemes:
-            allowed = " or ".join(sorted(f"{s}://" for s in self._schemes))
-            raise FetchRefusedError(f"URL scheme {parts.scheme or '(none)'!r} refused: only {allowed}")
-        if not parts.hostname:
-            raise FetchRefusedError("URL has no host")
-        if announcement.length > config.download_max_bytes:
-            raise FetchRefusedError(
-                f"announced {announcement.length} bytes, over download_max_bytes {config.download_max_bytes}"
+    def _attempt(self, job: _Job) -> FetchResult:
+        announcement = job.announcement
+        url = redact_url(announcement.url)
+        started = time.monotonic()
+        try:
+            target = self._fetch(announcement)
+        except FetchRefusedError as exc:
+            self._settled.add(job.key)
+            self._store.discard_partials()
+            log.warning("model_fetch_refused", model=announcement.label, url=url, reason=str(exc))
+            return self._record(FetchResult("refused", str(exc), announcement, attempt=job.failures + 1))
+        except (FetchFailedError, ModelStoreError, ModelError, OSError) as exc:
+            job.failures += 1
+            retry_in = self._backoff.delay(job.failures)
+            job.next_try = time.monotonic() + retry_in
+            log.warning(
+                "model_fetch_failed",
+                model=announcement.label,
+                url=url,
+                reason=str(exc),
+                attempt=job.failures,
+                retry_in_s=round(retry_in, 1),
             )
-        store = config.directory
-        store.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=store))
-        try:
-            bundle = work / _BUNDLE_FILE
-            self._download(announcement, bundle)
-            unpacked = work / _UNPACKED
-            unpacked.mkdir()
-            safe_extract(bundle, unpacked, config.download_max_bytes)
-            try:
-                manifest = ModelManifest.read(unpacked)
-            except ContractError as exc:
-                raise FetchRefusedError(f"bundle manifest: {exc}") from None
-            if (manifest.model_id, manifest.version) != (announcement.model_id, announcement.version):
-                raise FetchRefusedError(
-                    f"bundle holds {manifest.label}, the announcement names {announcement.label}"
-                )
-            target = store / f"v{announcement.version}"
-            try:
-                os.rename(unpacked, target)
-            except OSError as exc:
-                raise FetchRefusedError(f"cannot move it into the store as {target.name}: {exc}") from None
-            _fsync_directory(store)
-            return target
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            return self._record(FetchResult("failed", str(exc), announcement, attempt=job.failures))
+        self._settled.add(job.key)
+        seconds = time.monotonic() - started
+        log.info("model_fetched", model=announcement.label, url=url, target=str(target), seconds=seconds)
+        return self._record(FetchResult("installed", "", announcement, target, seconds, job.failures + 1))
 
-    def _download(self, announcement: ModelAnnouncement, path: Path) -> None:
-        limit = min(announcement.length, self._config.download_max_bytes)
-        request = urllib.request.Request(announcement.url, headers={"User-Agent": "robotpm-agent"})
-        digest = hashlib.sha256()
-        total = 0
-        try:
-            with self._opener.open(request, timeout=self._config.download_timeout_s) as response:
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and int(declared) > limit:
-                    raise FetchRefusedError(f"server sends {declared} bytes, more than {limit} allowed")
-                with path.open("wb") as out:
-                    while True:
-                        if self._stop.is_set():
-                            raise FetchFailedError("agent stopping")
-                        chunk = response.read(_CHUNK)
-                        if not chunk:
-                            break
-                        total += len(chunk)
-                        if total > limit:
-                            raise FetchRefusedError(f"download cut off: more than {limit} bytes")
-                        digest.update(chunk)
-                        out.write(chunk)
-        except urllib.error.HTTPError as exc:
-            raise FetchFailedError(f"HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ssl.SSLCertVerificationError):
-                raise FetchRefusedError(f"server certificate refused: {exc.reason.verify_message}") from None
-            raise FetchFailedError(f"cannot download: {exc.reason}") from None
-        except (OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:
-            raise FetchFailedError(f"download broken off: {exc}") from None
-        if total != announcement.length:
-            raise FetchFailedError(f"got {total} bytes, the announcement says {announcement.length}")
-        if digest.hexdigest() != announcement.sha256:
+    def _fetch(self, announcement: ModelAnnouncement) -> Path:
+        cap = self._config.download_max_bytes
+        if announcement.length > cap:
+            raise FetchRefusedError(f"announced {announcement.length} bytes, over download_max_bytes {cap}")
+        self._store.discard_partials(keep=announcement.sha256)
+        self._store.ensure_room(2 * announcement.length)
+        partial = self._store.partial(announcement.sha256)
+        reported: list[bool] = []
+
+        def progress(size: int) -> None:
+            if not reported:
+                reported.append(True)
+                self._on_step("downloading")
+
+        size = self._downloader.download(
+            announcement.url,
+            partial,
+            limit=announcement.length,
+            deadline_s=self._config.download_deadline_s,
+            on_chunk=progress,
+        )
+        self._on_step("downloaded")
+        if size != announcement.length:
+            raise FetchFailedError(f"got {size} bytes, the announcement says {announcement.length}")
+        if _sha256(partial) != announcement.sha256:
+            partial.unlink(missing_ok=True)
             raise FetchFailedError("sha256 of the download differs from the announcement")
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            target, _ = self._installer.install(partial, expect=announcement)
         finally:
-            os.close(fd)
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _record(self, result: FetchResult) -> FetchResult:
+        with self._lock:
+            self._results.append(result)
+        return result
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

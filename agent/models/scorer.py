@@ -1,17 +1,15 @@
 """Scoring feature vectors with an ONNX model through onnxruntime.
 
-`OnnxScorer.load` reads a model directory (``model.onnx`` + ``manifest.json``),
-checks the bytes against the manifest's sha256 and length *before* onnxruntime
-parses them (after an `agent.models.verify.ModelVerifier` checked the manifest's signature,
-for models from the store), checks the graph's inputs and outputs against the manifest, and
-builds a single-threaded session (the agent scores one batch per read chunk, so
-intra-op threads would only add wake-ups). Its in-memory twin is
+`OnnxScorer` builds a single-threaded session from model bytes that
+`agent.models.verify.ModelVerifier.admit` has already checked (signature, sha256 and length,
+static checks), checks the session's inputs and outputs against the manifest once more, and
+scores batches (the agent scores one batch per read chunk, so intra-op threads would only
+add wake-ups). `OnnxScorer.load` does both for a directory. Its in-memory twin is
 `agent.testing.FunctionScorer`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,16 +18,13 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from agent.contract.manifest import MODEL_FILE, ModelManifest
+from agent.contract.manifest import ModelManifest
 from agent.errors import ModelLoadError, ModelRejectedError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the probe child loads a scorer without the verifier's imports
     from agent.models.verify import ModelVerifier
 
 FloatArray = npt.NDArray[np.float64]
-
-MAX_MODEL_BYTES = 16 * 1024 * 1024
-"""Models larger than this are refused before they are read in full."""
 
 
 class OnnxScorer:
@@ -80,16 +75,16 @@ class OnnxScorer:
 
     @classmethod
     def load(cls, model_dir: Path, *, verifier: ModelVerifier | None = None) -> OnnxScorer:
-        """Load and check a model directory; raises `ModelError` subclasses on any problem.
+        """Admit and load a model directory; raises `ModelError` subclasses on any problem.
 
-        With a `verifier` (models from the store), the manifest's signature and expiry
-        are checked on the very bytes that are parsed, before ``model.onnx`` is read;
-        the model bytes must then match that manifest's sha256 and length.
+        With a `verifier` (models from the store) every check of `ModelVerifier.admit` applies,
+        the signature first; without one the directory is a trusted source (the bundled model):
+        no signature or expiry, but size, sha256 and the static checks.
         """
-        manifest = (
-            verifier.read_manifest(model_dir) if verifier is not None else ModelManifest.read(model_dir)
-        )
-        return cls(read_verified_model(model_dir / MODEL_FILE, manifest), manifest)
+        from agent.models.verify import ModelVerifier
+
+        admitted = (verifier or ModelVerifier()).admit(model_dir, trusted_source=verifier is None)
+        return cls(admitted.model_bytes, admitted.manifest)
 
     def score(self, features: FloatArray) -> Mapping[str, FloatArray]:
         """Outputs by name for a batch of shape ``(n, n_features)``; each of shape ``(n, k)``."""
@@ -106,7 +101,12 @@ class OnnxScorer:
     def check_golden(self) -> None:
         """Run the golden vectors; raise `ModelRejectedError` on a mismatch or a non-finite output."""
         for i, golden in enumerate(self._manifest.golden):
-            got = self.score(np.asarray([golden.features], dtype=np.float64))
+            try:
+                got = self.score(np.asarray([golden.features], dtype=np.float64))
+            except Exception as exc:  # onnxruntime raises its own types (e.g. out of memory)
+                raise ModelRejectedError(
+                    f"{self._manifest.label}: golden {i}: scoring failed: {exc}"
+                ) from exc
             for name, expected in golden.expected.items():
                 if name not in got:
                     raise ModelRejectedError(f"{self._manifest.label}: golden {i}: no output {name!r}")
@@ -120,20 +120,3 @@ class OnnxScorer:
                         f"{self._manifest.label}: golden {i}: output {name} = {actual.tolist()}, "
                         f"expected {list(expected)}"
                     )
-
-
-def read_verified_model(path: Path, manifest: ModelManifest) -> bytes:
-    """The model bytes, after their length and sha256 match the manifest."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read the model: {exc.strerror}") from exc
-    if size != manifest.length or size > MAX_MODEL_BYTES:
-        raise ModelRejectedError(
-            f"{path}: size {size} bytes, manifest says {manifest.length} (cap {MAX_MODEL_BYTES})"
-        )
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != manifest.sha256:
-        raise ModelRejectedError(f"{path}: sha256 {digest[:12]}… does not match the manifest")
-    return data

@@ -1,22 +1,31 @@
-"""The model slot: which model the agent scores with, and picking up newer versions.
+"""The model slot: which model the agent scores with, and picking up newer versions from the store.
 
-The store is a directory with one sub-directory per model version, each holding
-``model.onnx`` and ``manifest.json`` (write it elsewhere and rename it in, so the
-agent never sees half a model). At start the newest usable version is loaded,
-else the bundled model. While running, `ModelSlot.poll` looks for a version
-newer than the current one; a candidate is loaded and passes its golden test
-*before* it is offered, so the daemon swaps at a window boundary and the old
-model keeps serving if anything is wrong. A refused candidate is remembered and
-not retried until its files change. Versions never go down.
+The store (`agent.models.store`) holds one directory per version. At start the newest
+usable version is loaded, else the bundled model. While running, `ModelSlot.poll` looks
+for a version newer than the current one; a candidate is fully checked *before* it is
+offered, so the daemon swaps at a window boundary and the old model keeps serving if
+anything is wrong. Versions never go down.
 
-Each refusal of a store model is also kept as a `Refusal` until the daemon takes it
-(`take_refusals`) to publish a "rejected" model status. A candidate that fails its
-probation (`agent.models.probation`) is refused through `reject`, with the same memory.
+A store model is checked in this order (`agent.models.verify` for the first two):
 
-Every model read from the store goes through an `agent.models.verify.ModelVerifier`: with
-``trusted_keys`` configured it must carry a valid signature from a trusted key, and in
-any case it must not have expired, all checked before its ONNX bytes are read. The
-bundled model is exempt (see `agent.models.verify` for why).
+1. its manifest's signature, then the manifest (the version floor is raised here);
+2. its bytes against the manifest, and the static checks;
+3. when ``agent.model.isolate`` is on, a load and golden test in a limited child process
+   (`agent.models.probe`), so a model that needs gigabytes or loops forever is refused
+   without the agent paying for it;
+4. the session in the agent, and the golden test again.
+
+A model refused at step 2 or later is remembered on disk by content (the store's memory of
+refusals), so no restart tries it again; one refused at step 1 is remembered in memory only,
+since reloading the keys (`reload_keys`) can change that verdict. Either is offered again
+once its files change. Each refusal is also kept as a `Refusal` until the daemon takes it
+(`take_refusals`) to publish a "rejected" model status; a refusal at step 1 carries no
+manifest, since an unverified manifest is never parsed. A candidate that fails its probation
+(`agent.models.probation`) is refused through `reject`.
+
+`prune` deletes what the store no longer needs once a model is live (see
+`agent.models.store.prune_plan`): models refused for their content, and versions older than
+the two before the running one; the model watcher thread calls it.
 """
 
 from __future__ import annotations
@@ -26,32 +35,33 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
 from agent.config import ModelConfig
 from agent.contract.errors import ContractError
-from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
-from agent.errors import ModelError, ModelLoadError
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
+from agent.errors import ModelError, ModelLoadError, ModelRejectedError
+from agent.models.probe import ProbeLimits, probe_model
 from agent.models.scorer import OnnxScorer
+from agent.models.store import Fingerprint, ModelStore, prune_plan
 from agent.models.verify import ModelVerifier
 from agent.seams import Scorer
 
 log = structlog.get_logger("robotpm.model")
 
-
-@dataclass(frozen=True, slots=True)
-class _Fingerprint:
-    path: Path
-    stamps: tuple[tuple[int, int], ...]
+Verdict = Literal["signature", "content", "unfit", "probation"]
+"""Which check refused a store model: its signature (looked at again after `reload_keys`), its
+content (remembered on disk, pruned), the streams (unfit here) or its probation (both kept)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A store model the slot refused, and why.
 
-    ``manifest`` is what its manifest claims, read without trusting it (None when it cannot
-    be read at all): it names the model in the status message, nothing more.
+    ``manifest`` is its manifest when the signature held (None otherwise: an unverified
+    manifest is never parsed); it names the model in the status message, nothing more.
     """
 
     source: Path
@@ -68,16 +78,34 @@ class ModelSlot:
 
     def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
         self._config = config
+        self._store = ModelStore(config.directory, config.store_max_bytes)
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
-            log.info("model_signatures_required", trusted_keys=list(self._verifier.keys.key_ids))
+            log.info("model_signatures_required", root_keys=list(self._verifier.keys.root_ids))
+        self._limits = ProbeLimits.from_config(config) if config.isolate else None
         self._current: Scorer | None = None
+        self._current_dir: Path | None = None  # None: the bundled model
         self._offered_version = 0
-        self._refused: set[_Fingerprint] = set()
-        self._versions: dict[_Fingerprint, int] = {}  # manifests already read, by file stamps
-        self._offered: dict[int, tuple[OnnxScorer, Path, _Fingerprint]] = {}  # by id(scorer)
+        self._refused: dict[Fingerprint, Verdict] = {}  # refused content → which check refused it
+        self._versions: dict[Fingerprint, int] = {}  # verified manifests, by file stamps
+        self._offered: dict[int, tuple[OnnxScorer, Path, Fingerprint]] = {}  # by id(scorer)
         self._lock = threading.Lock()  # short sections only: the loop must never wait for a load
         self._refusals: list[Refusal] = []
+
+    @property
+    def config(self) -> ModelConfig:
+        """The ``[agent.model]`` configuration."""
+        return self._config
+
+    @property
+    def store(self) -> ModelStore:
+        """The model store."""
+        return self._store
+
+    @property
+    def verifier(self) -> ModelVerifier:
+        """The verifier (share it with the fetcher, so one key reload reaches both)."""
+        return self._verifier
 
     @property
     def current(self) -> Scorer:
@@ -100,6 +128,7 @@ class ModelSlot:
         not map); such a store model is refused and the next one tried, so a bad newest
         model cannot make the agent crash-loop. The bundled model being unfit is an error.
         """
+        self._store.recover()
         found = [c for c in self._candidates() if max_version is None or c[1] <= max_version]
         for directory, _ in sorted(found, key=lambda c: c[1], reverse=True):
             scorer = self._try_load(directory)
@@ -107,9 +136,11 @@ class ModelSlot:
                 continue
             reason = unfit(scorer.manifest) if unfit is not None else None
             if reason is not None:
-                self._refuse(directory, _fingerprint(directory), reason)
+                self._refuse(
+                    directory, self._store.fingerprint(directory), reason, scorer.manifest, kind="unfit"
+                )
                 continue
-            self._current = scorer
+            self._current, self._current_dir = scorer, directory
             return scorer
         bundled = self._config.bundled
         if bundled is not None:
@@ -118,12 +149,13 @@ class ModelSlot:
                     f"no usable model: the store {self._config.directory} has none and the bundled "
                     f"model directory {bundled} lacks {MODEL_FILE} or {MANIFEST_FILE}"
                 )
-            scorer = OnnxScorer.load(bundled)  # exempt from signature and expiry: see agent.models.verify
+            admitted = self._verifier.admit(bundled, trusted_source=True)  # see agent.models.verify
+            scorer = OnnxScorer(admitted.model_bytes, admitted.manifest)
             scorer.check_golden()
             reason = unfit(scorer.manifest) if unfit is not None else None
             if reason is not None:
                 raise ModelLoadError(f"the bundled model {scorer.manifest.label} cannot serve here: {reason}")
-            self._current = scorer
+            self._current, self._current_dir = scorer, None
             log.info("model_loaded", model=scorer.manifest.label, source=str(bundled))
             return scorer
         raise ModelLoadError(f"no usable model in {self._config.directory} and no bundled model configured")
@@ -133,7 +165,7 @@ class ModelSlot:
         floor = max(self._current.manifest.version if self._current else 0, self._offered_version)
         newer = [(d, v) for d, v in self._candidates() if v > floor]
         for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
-            fingerprint = _fingerprint(directory)
+            fingerprint = self._store.fingerprint(directory)
             scorer = self._try_load(directory)
             if scorer is not None:
                 with self._lock:
@@ -153,7 +185,7 @@ class ModelSlot:
                 log.warning("model_rejected_unknown", model=scorer.manifest.label, reason=reason)
                 return
             _, directory, fingerprint = offered
-            self._refused.add(fingerprint)  # before lowering the floor: a concurrent poll skips it
+            self._refused[fingerprint] = "probation"  # before lowering the floor: a concurrent poll skips it
             # Lower the floor again, so the same version with changed files is offered once more.
             self._offered_version = self._current.manifest.version if self._current else 0
         log.warning("model_refused", source=str(directory), reason=reason)
@@ -172,54 +204,110 @@ class ModelSlot:
         """
         previous = self._current.manifest.label if self._current else None
         with self._lock:
+            offered = self._offered.pop(id(scorer), None)
             self._current = scorer
-            self._offered.pop(id(scorer), None)
+            self._current_dir = offered[1] if offered is not None else self._current_dir
         if trim:
             release_freed_memory()
         log.info("model_swapped", model=scorer.manifest.label, previous=previous)
 
+    def reload_keys(self) -> None:
+        """Read ``trusted_keys`` again and look again at models refused for their signature.
+
+        Raises `ConfigError` (keys unchanged) when the directory has become unusable.
+        """
+        self._verifier.reload_keys()
+        with self._lock:
+            self._refused = {fp: kind for fp, kind in self._refused.items() if kind != "signature"}
+
+    def prune(self) -> list[Path]:
+        """Delete the store entries `agent.models.store.prune_plan` names; returns them."""
+        with self._lock:
+            current, directory = self._current, self._current_dir
+            refused = {fp.path for fp, kind in self._refused.items() if kind == "content"}
+            verified = {fp.path: version for fp, version in self._versions.items()}
+            pending = {d for _, d, _ in self._offered.values()}
+        running = (directory, current.manifest.version) if current is not None and directory else None
+        doomed = [p for p in prune_plan(running, verified, refused) if p not in pending and p.exists()]
+        for path in doomed:
+            self._store.remove(path)
+        return doomed
+
     def _candidates(self) -> list[tuple[Path, int]]:
-        store = self._config.directory
-        if not store.is_dir():
-            return []
         found: list[tuple[Path, int]] = []
-        for child in store.iterdir():
-            manifest_path = child / MANIFEST_FILE
-            if not manifest_path.is_file() or child.name.startswith("."):
-                continue
-            fingerprint = _fingerprint(child)
+        seen: dict[Fingerprint, int] = {}
+        for child in self._store.entries():
+            fingerprint = self._store.fingerprint(child)
             if fingerprint in self._refused:
                 continue
             version = self._versions.get(fingerprint)
             if version is None:
                 try:
-                    version = self._verifier.read_manifest(child).version
+                    version = self._verifier.verify_manifest(child).manifest.version
                 except (ContractError, ModelError) as exc:
-                    self._refuse(child, fingerprint, str(exc))
+                    self._refuse(child, fingerprint, str(exc), kind="signature")
                     continue
-                self._versions[fingerprint] = version
+                self._raise_floor(version)
+            seen[fingerprint] = version
             found.append((child, version))
+        with self._lock:
+            self._versions = seen
         return found
 
     def _try_load(self, directory: Path) -> OnnxScorer | None:
-        fingerprint = _fingerprint(directory)
-        try:
-            scorer = OnnxScorer.load(directory, verifier=self._verifier)
-            scorer.check_golden()
-        except ModelError as exc:
-            self._refuse(directory, fingerprint, str(exc))
+        fingerprint = self._store.fingerprint(directory)
+        remembered = self._store.remembered_refusal(fingerprint)
+        if remembered is not None:
+            self._refuse(directory, fingerprint, f"{remembered} (remembered from an earlier check)")
             return None
-        log.info("model_verified", model=scorer.manifest.label, source=str(directory))
+        try:
+            verified = self._verifier.verify_manifest(directory)
+        except (ContractError, ModelError) as exc:
+            self._refuse(directory, fingerprint, str(exc), kind="signature")
+            return None
+        manifest, remember = verified.manifest, True
+        try:
+            model = self._verifier.check_content(verified)
+            if self._limits is not None:
+                verdict = probe_model(model.manifest_bytes, model.model_bytes, self._limits)
+                log.info(
+                    "model_probed",
+                    model=manifest.label,
+                    ok=verdict.ok,
+                    seconds=round(verdict.seconds, 3),
+                    peak_rss_bytes=verdict.peak_rss_bytes,
+                )
+                if not verdict.ok:
+                    remember = verdict.model_fault
+                    raise ModelRejectedError(f"{manifest.label}: {verdict.reason}")
+            scorer = OnnxScorer(model.model_bytes, manifest)
+            scorer.check_golden()
+        except (ContractError, ModelError) as exc:
+            self._refuse(directory, fingerprint, str(exc), manifest)
+            if remember:
+                self._store.remember_refusal(fingerprint, str(exc))
+            return None
+        log.info("model_verified", model=manifest.label, source=str(directory))
         return scorer
 
-    def _refuse(self, directory: Path, fingerprint: _Fingerprint, reason: str) -> None:
-        self._refused.add(fingerprint)
+    def _raise_floor(self, version: int) -> None:
         try:
-            claimed: ModelManifest | None = ModelManifest.read(directory)
-        except Exception:  # unreadable is a reason to refuse, not to fail
-            claimed = None
+            self._store.raise_floor(version)
+        except OSError as exc:  # a full disk must not stop a verified model; the floor is caught up later
+            log.warning("model_floor_not_saved", version=version, error=str(exc))
+
+    def _refuse(
+        self,
+        directory: Path,
+        fingerprint: Fingerprint,
+        reason: str,
+        manifest: ModelManifest | None = None,
+        *,
+        kind: Verdict = "content",
+    ) -> None:
         with self._lock:
-            self._refusals.append(Refusal(directory, reason, claimed))
+            self._refused[fingerprint] = kind
+            self._refusals.append(Refusal(directory, reason, manifest))
         log.warning("model_refused", source=str(directory), reason=reason)
 
 
@@ -227,7 +315,7 @@ def release_freed_memory() -> None:
     """Give freed heap back to the OS after an old onnxruntime session is dropped.
 
     Without it, RSS after repeated session swaps plateaus ~20 MiB above the first
-    session (DESIGN.md, known pitfalls). A no-op where glibc is not the allocator.
+    session. A no-op where glibc is not the allocator.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -236,14 +324,3 @@ def release_freed_memory() -> None:
     trim = getattr(libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
-
-
-def _fingerprint(directory: Path) -> _Fingerprint:
-    stamps: list[tuple[int, int]] = []
-    for name in (MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE):
-        try:
-            st = (directory / name).stat()
-            stamps.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            stamps.append((0, -1))
-    return _Fingerprint(directory, tuple(stamps))

@@ -1,195 +1,216 @@
-"""Signed models: the agent's trusted keys, and checking a model directory before it is loaded.
+"""What a model must pass before onnxruntime sees a byte of it: signature, expiry, size, static checks.
 
-A signed model directory holds, beside ``model.onnx`` and ``manifest.json``, the file
-``manifest.sig``: the raw 64-byte Ed25519 signature over the exact bytes of
-``manifest.json``. The manifest names its key (``signing_key_id``) and carries the
-sha256 and length of ``model.onnx``, so the signature covers the model transitively.
-`ModelVerifier.read_manifest` checks the signature on the bytes it then parses, and
-`agent.models.scorer.OnnxScorer.load` checks the model bytes against that parsed manifest
-before onnxruntime sees them: nothing unsigned is ever parsed by onnxruntime.
+`ModelVerifier.admit` takes a model directory through, in this order, each step refusing
+with `ModelRejectedError` naming the reason:
 
-**Trusted keys.** ``agent.model.trusted_keys`` names a directory of ``<key_id>.pub``
-files (PEM, SubjectPublicKeyInfo, Ed25519; ``robotpm-train keygen`` writes them). They
-are read once, when the agent starts; adding or revoking a key takes a restart. A
-directory that is missing, holds no key, or holds a file that is not an Ed25519 public
-key is a configuration error (exit code 2), never a silent "no keys".
+1. **Signature** (when ``agent.model.trusted_keys`` is set): ``manifest.sig`` is a detached
+   signed document (`agent.contract.signatures`) over the exact bytes of ``manifest.json``,
+   by a release key whose certificate a trusted root signed, unexpired and not revoked
+   (`agent.models.keys`). Only the signature file's header is read before this holds: the
+   manifest is not parsed (neither JSON nor pydantic) until its signature has been checked.
+2. **The manifest** is parsed; it must name the key that signed it (``signing_key_id``),
+   on a channel the key's certificate covers, and not have expired (``expires``; checked for
+   unsigned models too: honouring it can only refuse).
+3. **The model bytes** are read once, at most ``agent.model.max_model_bytes`` of them, and
+   must match the manifest's length and sha256; those very bytes (held in memory, never read
+   again from disk) are what the static checks, the isolated probe and the session see.
+4. **Static checks** (`agent.models.static_check`): well-formed protobuf, no external data,
+   operators on the allow-list, the interface the manifest and feature spec describe, enough
+   golden vectors.
 
-**When signatures are in force** (``trusted_keys`` is set; ``require_signature = true``
-without it is a configuration error), every model in the store must carry a valid
-signature from a trusted key, else it is refused with `ModelRejectedError` naming the
-reason: no signature, no or unknown key id, bad signature (the manifest changed after
-signing, or another key signed it). A ``model.onnx`` replaced after signing no longer
-matches the signed sha256 and is refused by the scorer before it is parsed. A refused
-model never replaces the current one, which keeps serving.
+Announcements go through `verify_announcement`: with keys in force they must be signed
+documents by a release key certified for their channel, and nothing in them is parsed first.
 
-**Expiry** is checked for every model in the store, signed or not: a manifest whose
-``expires`` is not in the future is refused. For a signed model it bounds how long a
-leaked or superseded signed model can be replayed; for an unsigned one it is only the
-trainer's stated intent, but honouring it can only refuse a model, never admit one, and
-ignoring a field the manifest carries would be another silent no-op. The trainer writes
-no ``expires`` unless asked (``robotpm-train sign --valid-days``), so models without it
-load as before. Expiry is judged by the robot's wall clock when a model is loaded; a
-model already serving when it expires keeps serving until a newer one arrives, and is
-refused at the next start.
+**The bundled model is exempt** from steps 1 and 2 (``trusted_source``): it ships inside the
+installed package, beside the agent's code and by the same channel, so a signature on it would
+prove nothing the code's own integrity does not; and it is the fallback that must always load,
+so an expiry on it could only brick a robot. Steps 3 and 4 still apply to it.
 
-**The bundled model is exempt** from both checks. It ships inside the installed
-package, beside the agent's code and by the same channel (a distribution package
-verified by the system's package manager): anyone able to replace it could replace the
-code that would check it, so a signature on it would prove nothing. It is also the
-fallback that must always load, so an expiry on it could only ever brick a robot.
-
-``cryptography`` is imported only when keys are loaded, so an agent without signing
-configured does not pay for it.
+``cryptography`` is imported only when keys are loaded, so an agent without signing configured
+does not pay for it.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Mapping
+import hashlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
+
+from pydantic import ValidationError
 
 from agent.config import ModelConfig
-from agent.contract.errors import ConfigError, ManifestError
-from agent.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ModelManifest
-from agent.contract.signatures import KEY_ID_PATTERN, PUBLIC_KEY_SUFFIX, SIGNATURE_BYTES
-from agent.errors import ModelRejectedError
+from agent.contract.announcement import MAX_MANIFEST_BYTES, MAX_SIGNED_DOCUMENT_BYTES, ModelAnnouncement
+from agent.contract.errors import ManifestError, SignatureFormatError
+from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
+from agent.contract.signatures import SignedDocument, is_signed_document
+from agent.errors import ModelLoadError, ModelRejectedError
+from agent.models.keys import Keyring, Signer
+from agent.models.static_check import StaticPolicy, check_model
+from agent.models.store import ModelStore
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-MAX_MANIFEST_BYTES: Final = 8 * 1024 * 1024
-"""A manifest larger than this is refused before it is read in full."""
-
-_KEY_ID = re.compile(KEY_ID_PATTERN)
-_CONFIG_KEY = "agent.model.trusted_keys"
+DEFAULT_MAX_MODEL_BYTES: Final = 16 * 1024 * 1024
+"""``agent.model.max_model_bytes`` unless configured."""
 
 
-class TrustedKeys:
-    """Ed25519 public keys by key id: the signers whose models the agent accepts."""
+@dataclass(frozen=True, slots=True)
+class VerifiedManifest:
+    """A manifest that passed steps 1 and 2, with the exact bytes its signature covers."""
 
-    __slots__ = ("_keys",)
+    directory: Path
+    manifest: ModelManifest
+    manifest_bytes: bytes
+    signer: Signer | None
 
-    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
-        self._keys = dict(keys)
 
-    def __repr__(self) -> str:
-        return f"TrustedKeys({sorted(self._keys)})"
+@dataclass(frozen=True, slots=True)
+class VerifiedModel:
+    """A model directory that passed `ModelVerifier.admit`, with the exact bytes that were checked."""
 
-    @property
-    def key_ids(self) -> tuple[str, ...]:
-        """The trusted key ids, sorted."""
-        return tuple(sorted(self._keys))
-
-    @classmethod
-    def load(cls, directory: Path) -> TrustedKeys:
-        """Read every ``<key_id>.pub`` in `directory`; `ConfigError` if one is unusable or none is there."""
-        from cryptography.exceptions import UnsupportedAlgorithm
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-        try:
-            paths = sorted(p for p in directory.iterdir() if p.name.endswith(PUBLIC_KEY_SUFFIX))
-        except FileNotFoundError:
-            raise ConfigError(str(directory), _CONFIG_KEY, "no such directory") from None
-        except OSError as exc:
-            raise ConfigError(str(directory), _CONFIG_KEY, f"cannot list: {exc.strerror}") from None
-        keys: dict[str, Ed25519PublicKey] = {}
-        for path in paths:
-            key_id = path.name[: -len(PUBLIC_KEY_SUFFIX)]
-            if not _KEY_ID.match(key_id):
-                raise ConfigError(
-                    str(path), _CONFIG_KEY, f"key id {key_id!r} does not match {KEY_ID_PATTERN}"
-                )
-            try:
-                key = load_pem_public_key(path.read_bytes())
-            except OSError as exc:
-                raise ConfigError(str(path), _CONFIG_KEY, f"cannot read: {exc.strerror}") from None
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                raise ConfigError(str(path), _CONFIG_KEY, f"not a PEM public key: {exc}") from None
-            if not isinstance(key, Ed25519PublicKey):
-                raise ConfigError(str(path), _CONFIG_KEY, f"not an Ed25519 key ({type(key).__name__})")
-            keys[key_id] = key
-        if not keys:
-            raise ConfigError(str(directory), _CONFIG_KEY, f"no <key_id>{PUBLIC_KEY_SUFFIX} file in it")
-        return cls(keys)
-
-    def verify(self, model_dir: Path, manifest_bytes: bytes) -> str:
-        """Check ``manifest.sig`` against `manifest_bytes`; returns the signing key id.
-
-        Raises `ModelRejectedError` naming the reason: no signature, no or unknown
-        key id, or a bad signature.
-        """
-        from cryptography.exceptions import InvalidSignature
-
-        sig_path = model_dir / SIGNATURE_FILE
-        try:
-            signature = sig_path.read_bytes()
-        except FileNotFoundError:
-            raise ModelRejectedError(f"{model_dir}: no signature ({SIGNATURE_FILE} is missing)") from None
-        except OSError as exc:
-            raise ModelRejectedError(f"{sig_path}: cannot read the signature: {exc.strerror}") from None
-        key_id = _signing_key_id(model_dir, manifest_bytes)
-        key = self._keys.get(key_id)
-        if key is None:
-            raise ModelRejectedError(
-                f"{model_dir}: signed by unknown key id {key_id!r} (trusted: {', '.join(self.key_ids)})"
-            )
-        try:
-            if len(signature) != SIGNATURE_BYTES:
-                raise InvalidSignature
-            key.verify(signature, manifest_bytes)
-        except InvalidSignature:
-            raise ModelRejectedError(
-                f"{model_dir}: bad signature: {MANIFEST_FILE} was changed after signing, "
-                f"or key {key_id!r} did not sign it"
-            ) from None
-        return key_id
+    directory: Path
+    manifest: ModelManifest
+    manifest_bytes: bytes
+    model_bytes: bytes
+    signer: Signer | None
 
 
 class ModelVerifier:
-    """What a model from the store must pass before its ONNX bytes are read: signature and expiry.
+    """Checks models and announcements against the trusted keys and the static policy (module docstring).
 
-    Without trusted keys only expiry is checked (see the module docstring).
+    Without keys, signatures are not checked (everything else is).
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_max_model_bytes", "_policy")
 
-    def __init__(self, keys: TrustedKeys | None = None) -> None:
+    def __init__(
+        self,
+        keys: Keyring | None = None,
+        policy: StaticPolicy | None = None,
+        *,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+    ) -> None:
         self._keys = keys
+        self._policy = policy or StaticPolicy()
+        self._max_model_bytes = max_model_bytes
 
     def __repr__(self) -> str:
         return f"ModelVerifier(keys={self._keys!r})"
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> ModelVerifier:
-        """The verifier `config` asks for; loads the trusted keys (`ConfigError` if unusable)."""
-        if config.trusted_keys is None:
-            return cls(None)
-        return cls(TrustedKeys.load(config.trusted_keys))
+        """The verifier `config` asks for; (re)loads the trusted keys (`ConfigError` if unusable).
+
+        Verifiers of one config share their keyring (`Keyring.shared`): a reload reaches all.
+        """
+        keys = None
+        if config.trusted_keys is not None:
+            keys = Keyring.shared(config.trusted_keys, ModelStore(config.directory).revocations_file)
+        policy = StaticPolicy(
+            allowed_domains=frozenset(config.allowed_op_domains),
+            allowed_ops=None if config.allowed_ops is None else frozenset(config.allowed_ops),
+            min_golden=config.min_golden_vectors,
+        )
+        return cls(keys, policy, max_model_bytes=config.max_model_bytes)
 
     @property
-    def keys(self) -> TrustedKeys | None:
+    def keys(self) -> Keyring | None:
         """The trusted keys, or None when signatures are not in force."""
         return self._keys
 
-    def read_manifest(self, model_dir: Path) -> ModelManifest:
-        """Read ``manifest.json``, verify its signature on the exact bytes, parse them, check expiry."""
-        path = model_dir / MANIFEST_FILE
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_MANIFEST_BYTES + 1)
-        except OSError as exc:
-            raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise ModelRejectedError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
+    @property
+    def max_model_bytes(self) -> int:
+        """The largest ``model.onnx`` accepted."""
+        return self._max_model_bytes
+
+    def reload_keys(self) -> None:
+        """Read ``trusted_keys`` again (see `Keyring.reload`); `ConfigError` leaves the keys as they were."""
         if self._keys is not None:
-            self._keys.verify(model_dir, data)
+            self._keys.reload()
+
+    def read_manifest(self, model_dir: Path, *, now: datetime | None = None) -> ModelManifest:
+        """The manifest of `model_dir` after steps 1 and 2 (signature, then parse, key, channel, expiry)."""
+        return self.verify_manifest(model_dir, now=now).manifest
+
+    def verify_manifest(self, model_dir: Path, *, now: datetime | None = None) -> VerifiedManifest:
+        """Steps 1 and 2 of the module docstring: the signature, then the parsed manifest."""
+        path = model_dir / MANIFEST_FILE
+        data = _read_capped(path, MAX_MANIFEST_BYTES)
+        signer = None
+        if self._keys is not None:
+            signer = self._check_signature(model_dir, data, now)
         manifest = ModelManifest.from_json(data, source=str(path))
-        check_expiry(manifest, source=str(model_dir))
-        return manifest
+        if signer is not None:
+            if manifest.signing_key_id != signer.key_id:
+                raise ModelRejectedError(
+                    f"{model_dir}: the manifest names key {manifest.signing_key_id!r}, "
+                    f"{signer.key_id!r} signed it"
+                )
+            signer.check_channel(manifest.channel, str(model_dir))
+        check_expiry(manifest, source=str(model_dir), now=now)
+        return VerifiedManifest(model_dir, manifest, data, signer)
+
+    def check_content(self, verified: VerifiedManifest) -> VerifiedModel:
+        """Steps 3 and 4: the model bytes against the manifest, then the static checks."""
+        manifest = verified.manifest
+        model_bytes = read_verified_model(verified.directory / MODEL_FILE, manifest, self._max_model_bytes)
+        check_model(model_bytes, manifest, self._policy)
+        return VerifiedModel(
+            verified.directory, manifest, verified.manifest_bytes, model_bytes, verified.signer
+        )
+
+    def admit(self, model_dir: Path, *, trusted_source: bool = False) -> VerifiedModel:
+        """Take `model_dir` through every step of the module docstring; `trusted_source` skips 1 and 2."""
+        if trusted_source:
+            data = _read_capped(model_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+            manifest = ModelManifest.from_json(data, source=str(model_dir / MANIFEST_FILE))
+            return self.check_content(VerifiedManifest(model_dir, manifest, data, None))
+        return self.check_content(self.verify_manifest(model_dir))
+
+    def verify_announcement(self, payload: bytes) -> ModelAnnouncement:
+        """An announcement payload checked and parsed; `ModelRejectedError` names why it is refused."""
+        if len(payload) > MAX_SIGNED_DOCUMENT_BYTES:
+            raise ModelRejectedError(
+                f"announcement of {len(payload)} bytes is over {MAX_SIGNED_DOCUMENT_BYTES}"
+            )
+        signer: Signer | None = None
+        body = payload
+        if is_signed_document(payload):
+            try:
+                document = SignedDocument.parse(payload, max_bytes=MAX_SIGNED_DOCUMENT_BYTES)
+            except SignatureFormatError as exc:
+                raise ModelRejectedError(f"announcement: {exc}") from None
+            if self._keys is not None:
+                signer = self._keys.verify(document, "announcement", source="announcement")
+            body = document.body
+        elif self._keys is not None:
+            raise ModelRejectedError("announcement is not signed, and signatures are required")
+        try:
+            announcement = ModelAnnouncement.from_json(body)
+        except ValidationError as exc:
+            raise ModelRejectedError(
+                f"not a model announcement: {exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
+            ) from None
+        if signer is not None:
+            signer.check_channel(announcement.channel, f"announcement of {announcement.label}")
+        return announcement
+
+    def _check_signature(self, model_dir: Path, manifest_bytes: bytes, now: datetime | None) -> Signer:
+        assert self._keys is not None
+        sig_path = model_dir / SIGNATURE_FILE
+        try:
+            raw = _read_capped(sig_path, MAX_SIGNED_DOCUMENT_BYTES)
+        except ManifestError:
+            raise ModelRejectedError(f"{model_dir}: no signature ({SIGNATURE_FILE} is missing)") from None
+        try:
+            document = SignedDocument.parse(raw, max_bytes=MAX_SIGNED_DOCUMENT_BYTES)
+        except SignatureFormatError as exc:
+            raise ModelRejectedError(f"{model_dir}: bad signature: {SIGNATURE_FILE}: {exc}") from None
+        if document.body:
+            raise ModelRejectedError(
+                f"{model_dir}: bad signature: {SIGNATURE_FILE} is not a detached signature"
+            )
+        return self._keys.verify(document, "manifest", source=str(model_dir), body=manifest_bytes, now=now)
 
 
 def check_expiry(manifest: ModelManifest, *, source: str, now: datetime | None = None) -> None:
@@ -207,13 +228,32 @@ def check_expiry(manifest: ModelManifest, *, source: str, now: datetime | None =
         raise ModelRejectedError(f"{source}: {manifest.label} expired at {expires.isoformat()}")
 
 
-def _signing_key_id(model_dir: Path, manifest_bytes: bytes) -> str:
-    """The ``signing_key_id`` of raw manifest bytes, read with the plain JSON parser only."""
+def read_verified_model(
+    path: Path, manifest: ModelManifest, max_bytes: int = DEFAULT_MAX_MODEL_BYTES
+) -> bytes:
+    """The model bytes, read once (at most `max_bytes`), after their length and sha256 match the manifest."""
     try:
-        document = json.loads(manifest_bytes)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError both derive from it
-        raise ModelRejectedError(f"{model_dir}: {MANIFEST_FILE} is not JSON") from None
-    value = document.get("signing_key_id") if isinstance(document, dict) else None
-    if not isinstance(value, str) or not value:
-        raise ModelRejectedError(f"{model_dir}: the manifest names no signing_key_id")
-    return value
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read the model: {exc.strerror}") from exc
+    if len(data) != manifest.length or len(data) > max_bytes:
+        size = f"over {max_bytes}" if len(data) > max_bytes else str(len(data))
+        raise ModelRejectedError(
+            f"{path}: size {size} bytes, manifest says {manifest.length} (cap {max_bytes})"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise ModelRejectedError(f"{path}: sha256 {digest[:12]}… does not match the manifest")
+    return data
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(cap + 1)
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(data) > cap:
+        raise ModelRejectedError(f"{path}: larger than {cap} bytes")
+    return data

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.config import AgentConfig
+from agent.contract.alerts import AlertEvent, ChannelContribution
 from agent.contract.errors import RobotPMError
 from agent.journal import (
     JournalEntry,
@@ -315,12 +316,9 @@ def _score_points(entries: Sequence[JournalEntry]) -> list[ScorePoint]:
     return [by_window[i] for i in sorted(by_window)]
 
 
-def _contributors(event: Any) -> tuple[dict[str, Any], ...] | None:
-    """Model-faithful contributions, if the event carries them (a later alert-event field)."""
-    value = getattr(event, "contributors", None)
-    if not value:
-        return None
-    return tuple(c.model_dump(mode="json") if hasattr(c, "model_dump") else dict(c) for c in value)
+def _contributors(event: AlertEvent) -> tuple[ChannelContribution, ...] | None:
+    """The model's attribution the event carries (None: it carries none, e.g. a clear)."""
+    return event.contributors or None
 
 
 def _degraded(agent: AgentStatus, disk: Any) -> list[str]:
