@@ -12,8 +12,8 @@ that carries one (`Keyring.accept_revocations`); the newest verified list (highe
 ``version``) wins and is persisted in the model store, so a revocation once seen survives
 restarts and cannot be undone by replaying an older list.
 
-**Reloading.** `Keyring.reload` reads the directory again (the daemon calls it on SIGHUP, via
-`agent.models.watch.ModelWatcher.reload_keys`): keys added or removed take effect for the next
+**Reloading.** `Keyring.reload` reads the directory again (meant for the daemon's SIGHUP handler,
+via `agent.models.watch.ModelWatcher.reload_keys`): keys added or removed take effect for the next
 verification, without a restart. A directory that has become unusable leaves the keys as
 they were and raises `ConfigError`. `Keyring.shared` gives every part of the agent that
 verifies (the model slot, the fetcher) one keyring per directory, so one reload reaches all.
