@@ -23,6 +23,7 @@ from types import FrameType
 from agent import __version__
 from agent.config import AgentConfig, load_agent_config
 from agent.contract.errors import ConfigError, RobotPMError
+from agent.logfile import configure_agent_logging
 from agent.logs import configure_logging
 from agent.technician.commands import COMMANDS, add_commands
 
@@ -70,12 +71,18 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _run(config: AgentConfig) -> int:
+def _run(config: AgentConfig, path: Path, profile: str | None) -> int:
     from agent.daemon import AgentDaemon  # heavy imports (onnxruntime, paho) only when running
 
     stop = threading.Event()
-    with stop_on_signals(stop):
-        AgentDaemon(config).run(stop)
+    daemon = AgentDaemon(config, reload_config=lambda: load_agent_config(path, profile))
+    # SIGHUP (systemctl reload, logrotate) reloads the config between ticks: see agent.reload.
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: daemon.request_reload())
+    try:
+        with stop_on_signals(stop):
+            daemon.run(stop)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     return EXIT_OK
 
 
@@ -85,6 +92,10 @@ def _check(config: AgentConfig) -> int:
     scorer = ModelSlot(config.model).load_initial()
     print(f"config ok: robot {config.robot_id} at site {config.site}, {len(config.streams)} stream(s)")
     print(f"model ok: {scorer.manifest.label} ({len(scorer.manifest.heads)} alert heads)")
+    from agent.streams.sampling import rate_warnings
+
+    for warning in rate_warnings(config.streams, scorer.manifest):
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -96,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command not in COMMANDS:  # the technician commands' stdout is their report alone
+    if args.command == "run":
+        configure_agent_logging(config)  # stdout, and the rotating file of [agent.logging]
+    elif args.command not in COMMANDS:  # the technician commands' stdout is their report alone
         configure_logging(config.log_level, config.log_format)
     if args.command in ("run", "check"):
         for i, stream in enumerate(config.streams):
@@ -107,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_CONFIG
-    commands = {"run": _run, "check": _check}
+    commands = {"run": lambda c: _run(c, args.config, args.profile), "check": _check}
     try:
         if args.command in COMMANDS:
             return COMMANDS[args.command](config, args)

@@ -11,6 +11,7 @@ the CLIs turn it into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -246,6 +247,17 @@ class TlsConfig(_Section):
     server_hostname: str | None = None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a broker host is this machine (localhost, 127.0.0.0/8, ::1): nothing crosses a network."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 PLAINTEXT_CREDENTIALS_REFUSED = (
     "credentials are configured but TLS is not: the password would cross the network in clear "
     '(set [agent.mqtt.tls], or plaintext_credentials = "warn" outside production)'
@@ -270,7 +282,8 @@ class MqttConfig(_Section):
     plaintext_credentials: Literal["warn", "refuse"] = Field(
         default="warn",
         description="Credentials configured without [agent.mqtt.tls] would cross the network in clear: "
-        "warn (log mqtt_credentials_without_tls) or refuse to start (exit 2 naming agent.mqtt.tls).",
+        "warn (log mqtt_credentials_without_tls) or refuse to start (exit 2 naming agent.mqtt.tls). "
+        "A broker on the loopback interface (e.g. a local bridge) is exempt: nothing leaves the machine.",
     )
     tls: TlsConfig | None = Field(default=None, validate_default=True)
     will_delay_s: int = Field(
@@ -291,6 +304,7 @@ class MqttConfig(_Section):
             value is None
             and info.data.get("credentials_file") is not None
             and info.data.get("plaintext_credentials") == "refuse"
+            and not is_loopback(str(info.data.get("host", "")))
         ):
             raise ValueError(PLAINTEXT_CREDENTIALS_REFUSED)
         return value

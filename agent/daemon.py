@@ -28,16 +28,17 @@ only repeat one, with the same ``event_id``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
-from agent import __version__
+from agent import __version__, reload
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.ingest import Quarantine, StreamFollower
+from agent.logfile import configure_agent_logging
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
@@ -69,8 +70,11 @@ class AgentDaemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         models: ModelSource | None = None,
+        reload_config: Callable[[], AgentConfig] | None = None,
     ) -> None:
         self.config = config
+        self._reload_config = reload_config
+        self._reload_requested = False
         self.clock: Clock = clock or SystemClock()
         self.topics = RobotTopics(config.site, config.robot_id)
         self.notifier = notifier or Notifier.from_env()
@@ -206,8 +210,16 @@ class AgentDaemon:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def request_reload(self) -> None:
+        """Reload the config between ticks (safe to call from a signal handler; see `agent.reload`)."""
+        self._reload_requested = True
+        self._wakeup.set()
+
     def tick(self, timeout_s: float) -> int:
         """One turn of the loop; returns how many lines were read."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
         deadlines = [d for d in (s.hold_deadline() for s in self._streams) if d is not None]
         if deadlines:  # come back in time to parse lines held for max_hold_s
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - self.clock.monotonic()))
@@ -289,6 +301,37 @@ class AgentDaemon:
         self._last_commit = now
         for s in self._streams:
             s.saved()
+
+    def _reload(self) -> None:
+        """Apply the live parts of the config file as it is now; keep everything if it does not load."""
+        if self._reload_config is None:
+            log.warning("config_reload_refused", reason="this agent was started without a config file")
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+            return
+        reload_keys = getattr(getattr(self.models.source, "slot", None), "reload_trusted_keys", None)
+        keys_live = callable(reload_keys)
+        changed = reload.changed_keys(self.config, new)
+        live = [k for k in changed if reload.is_live(k, trusted_keys_live=keys_live)]
+        later = [k for k in changed if k not in live]
+        if "model.trusted_keys" in live and callable(reload_keys):
+            try:
+                reload_keys(new.model)
+            except ConfigError as exc:
+                log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+                return
+        self.config = reload.merged(self.config, new, trusted_keys_live=keys_live)
+        configure_agent_logging(self.config)
+        assert self.fieldops is not None
+        self.fieldops.use_config(self.config)
+        log.info("config_reloaded", changed=live)
+        if later:
+            log.warning(
+                "config_restart_needed", keys=later, detail="kept at their running values until a restart"
+            )
 
     def _broker_status(self) -> BrokerStatus:
         mqtt = self.config.mqtt

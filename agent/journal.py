@@ -253,6 +253,26 @@ def has_journal(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
+MIN_PREFIX: Final = 8
+
+
+def resolve_id(conn: sqlite3.Connection, text: str) -> str:
+    """The full event or alert id that `text` names: itself, or the one id it is a unique prefix of.
+
+    ``robotpm-agent alerts`` shows ids cut to 12 characters; a prefix shorter than
+    `MIN_PREFIX`, or one that several ids share, is returned unchanged (and matches nothing).
+    """
+    if len(text) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in text):
+        return text
+    pattern = text + "%"
+    rows = conn.execute(
+        "SELECT event_id FROM journal WHERE event_id LIKE ? "
+        "UNION SELECT alert_id FROM journal WHERE alert_id LIKE ? LIMIT 2",
+        (pattern, pattern),
+    ).fetchall()
+    return str(rows[0][0]) if len(rows) == 1 else text
+
+
 def read_entry(conn: sqlite3.Connection, event_id: str) -> JournalEntry | None:
     """The journaled event with this id, or None."""
     row = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM journal WHERE event_id = ?", (event_id,)).fetchone()

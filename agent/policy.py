@@ -30,7 +30,9 @@ alert, and moves it through ``raised → updated* → cleared``:
 Event ids come from `derive_event_id` (robot, stream, model, head, window index,
 state), so replays give identical ids; ``emitted_at`` comes from the clock and is
 not part of the id. Each event carries the features with the largest ``|z|``
-against the manifest's training reference: the on-device explanation.
+against the manifest's healthy reference (what is unusual); the stream pipeline
+adds to raised and updated events the channels that drove the score
+(`agent.streams.attribution`).
 
 Hot swap (`use_model`): open alerts and counters of heads that exist in the new
 manifest (same component and failure mode) are kept, and are compared with the new
@@ -198,15 +200,19 @@ def is_clear(head: AlertHead, score: float) -> bool:
 def explain(
     manifest: ModelManifest, row: npt.NDArray[np.float64], top: int
 ) -> tuple[FeatureContribution, ...]:
-    """The `top` features of one feature vector with the largest ``|z|`` against the training data.
+    """The `top` features of one feature vector with the largest ``|z|`` against the healthy training data.
+
+    The baseline is `ModelManifest.explanation_reference`: the healthy training windows,
+    or all of them for a manifest without a healthy reference.
 
     Non-finite feature values are skipped; a zero training std gives z = 0 for an
     equal value and ±1e6 otherwise (JSON has no infinities).
     """
     if top <= 0:
         return ()
-    mean = np.asarray(manifest.reference.mean, dtype=np.float64)
-    std = np.asarray(manifest.reference.std, dtype=np.float64)
+    reference = manifest.explanation_reference
+    mean = np.asarray(reference.mean, dtype=np.float64)
+    std = np.asarray(reference.std, dtype=np.float64)
     values = np.asarray(row, dtype=np.float64)
     if values.shape != mean.shape:
         raise ContractError(f"feature vector has {values.shape[0]} values, manifest expects {mean.shape[0]}")
@@ -270,6 +276,10 @@ class AlertPolicy:
     def manifest(self) -> ModelManifest:
         """The manifest of the model whose scores are evaluated."""
         return self._manifest
+
+    def use_config(self, config: PolicyConfig) -> None:
+        """New on/off delays, rate limits and top-feature count from the next window on (a reload)."""
+        self._config = config
 
     def open_alerts(self) -> dict[str, Severity]:
         """Open alerts: head key → severity."""

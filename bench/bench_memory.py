@@ -43,8 +43,8 @@ from tests.robot_install import (  # noqa: E402
     clean_env,
     configure_template,
     install_venv,
+    lines_read,
     package_dir,
-    samples_seen,
     start_agent,
     wait_ready,
     write_atomically,
@@ -161,7 +161,7 @@ class Robot:
                 raise RuntimeError(f"the agent never became ready; see {work / 'agent.out'}")
             ready = status_mib(process.pid)
             deadline = time.monotonic() + 120
-            while samples_seen(self.agent, self.config) < LOG_LINES:
+            while lines_read(self.agent, self.config) < LOG_LINES:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"the agent did not read the log; see {work / 'agent.out'}")
                 time.sleep(0.2)

@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--out", type=Path, required=True, help="output directory")
     history.add_argument("--robots", type=int, default=4, help="number of robots (default 4)")
     history.add_argument("--hours", type=float, default=2.0, help="simulated hours per robot (default 2)")
-    history.add_argument("--rate-hz", type=float, default=10.0, help="samples per second (default 10)")
+    history.add_argument(
+        "--rate-hz", type=float, default=10.0, help="samples per second (default 10; the bundled model: 50)"
+    )
     history.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     history.add_argument(
         "--rotate-bytes", type=int, default=None, help="rotate the log into segments of at most N bytes"
@@ -86,6 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_off_the_bundled_rate(rate_hz: float) -> None:
+    """Say so when the logs are at another rate than the bundled model was trained at."""
+    from agent.config import packaged_model
+    from agent.contract.errors import ContractError
+    from agent.contract.manifest import ModelManifest
+
+    try:
+        sampling = ModelManifest.read(packaged_model()).feature_spec.sampling
+    except ContractError:
+        return
+    if sampling is not None and sampling.judge(rate_hz, 0.0) == "rate_mismatch":
+        print(
+            f"robotpm-sim: warning: these logs are at {rate_hz:g} Hz, the bundled model was trained at "
+            f"{sampling.rate_hz:g} Hz: train a model on them (robotpm-train), or set resample = true on "
+            f"the agent's stream, or write them with --rate-hz {sampling.rate_hz:g}",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -111,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"wrote {len(written)} robot(s) × {rows} records under {args.out} "
                 f"in {time.monotonic() - started:.1f} s"
             )
+            _warn_off_the_bundled_rate(args.rate_hz)
             return 0
         stop = threading.Event()
         with stop_on_signals(stop):

@@ -3,7 +3,8 @@
 Each caller passes only what its scenario needs (a port, a watch mode, a policy);
 everything else takes the values a test agent usually wants: JSON logs, state,
 store and bundled model in directories beside the config, one CSV stream "arm1"
-with the tiny test model's two channels (see `tests.models`).
+with the tiny test model's two channels (see `tests.models`). `tiny_agent` is the
+same agent as an `AgentConfig`, for tests that run the daemon or a replay in-process.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, ModelConfig
+from agent.contract.streams import StreamConfig
 
 TOML_VALUE = str | int | float | bool | Path | Sequence[str]
 
@@ -91,3 +96,24 @@ def _value(value: object) -> str:
     if isinstance(value, Sequence):
         return "[" + ", ".join(_value(item) for item in value) + "]"
     raise TypeError(f"no TOML form for {value!r}")
+
+
+def tiny_agent(root: Path, *, stream_options: Mapping[str, Any] | None = None, **fields: Any) -> AgentConfig:
+    """The tiny test model's agent under `root`: stream "arm1" (``ts,J1,T1``) in ``root/logs``.
+
+    State, store and bundled model directories are beside it (the caller writes the model);
+    `stream_options` are extra stream fields, `fields` replace `AgentConfig` fields.
+    """
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    arm = StreamConfig(
+        name="arm1", directory=logs, timestamp_field="ts", channels=TEST_CHANNELS, **(stream_options or {})
+    )
+    settings: dict[str, Any] = {
+        "robot_id": "r1",
+        "state_dir": root / "state",
+        "streams": (arm,),
+        "model": ModelConfig(directory=root / "store", bundled=root / "bundled"),
+        **fields,
+    }
+    return AgentConfig(**settings)

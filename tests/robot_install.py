@@ -6,6 +6,7 @@ files git tracks or would track), so building never writes into the working tree
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -111,17 +112,19 @@ def wait_ready(notify: socket.socket, process: subprocess.Popen[bytes], timeout_
     return False
 
 
-def samples_seen(agent: Path, config: Path, stream: str = "arm1") -> int:
-    """Records of `stream` the agent has committed, as ``robotpm-agent status`` shows them."""
+def lines_read(agent: Path, config: Path, stream: str = "arm1") -> int:
+    """Lines of `stream` the running agent has read, from its own account (``status --json``)."""
     done = subprocess.run(
-        [str(agent), "status", "--config", str(config)],
+        [str(agent), "status", "--config", str(config), "--json"],
         capture_output=True,
         text=True,
         env=clean_env(),
         timeout=60,
         check=False,
     )
-    for line in done.stdout.splitlines():
-        if line.startswith(f"stream {stream}:") and "samples " in line:
-            return int(line.split("samples ")[1].split(",")[0])
-    return 0
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return 0
+    streams = (report.get("agent") or {}).get("streams", [])
+    return sum(int(s.get("lines", 0)) for s in streams if s.get("name") == stream)

@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,25 @@ def ingest_config(mode: str = "poll", **extra: Any) -> IngestConfig:
 
 
 class LogDir:
-    """A log directory with one logger writing numbered lines, and rotation operations on it."""
+    """A log directory with one logger writing numbered lines, and rotation operations on it.
 
-    def __init__(self, root: Path, name: str = "arm1.csv", header: bytes | None = HEADER) -> None:
+    With ``o_append=False`` the logger writes the current file through a descriptor
+    opened without ``O_APPEND``, as many industrial loggers do: after a copytruncate
+    or an outside truncation it goes on writing at its old offset, so the file
+    starts with a hole of NUL bytes. It reopens the file (and writes at its end)
+    only when it starts a new file itself (`create`).
+    """
+
+    def __init__(
+        self, root: Path, name: str = "arm1.csv", header: bytes | None = HEADER, *, o_append: bool = True
+    ) -> None:
         self.dir = root
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.header = header
         self.seq = 0
+        self.o_append = o_append
+        self._fd: int | None = None
 
     @property
     def current(self) -> Path:
@@ -76,6 +88,8 @@ class LogDir:
     def create(self, path: Path | None = None) -> None:
         """Start a new file (with the header) at `path` (default: the current name)."""
         target = path or self.current
+        if path is None:
+            self.close_writer()  # the logger starts the new file: it reopens it
         with open(target, "wb") as handle:
             if self.header is not None:
                 handle.write(self.header + b"\n")
@@ -87,8 +101,44 @@ class LogDir:
         return lines
 
     def append_raw(self, data: bytes, path: Path | None = None) -> None:
+        if path is None and not self.o_append:
+            self._write_stale(data)
+            return
         with open(path or self.current, "ab") as handle:
             handle.write(data)
+
+    def _write_stale(self, data: bytes) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.current, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def close_writer(self) -> None:
+        """Close the logger's descriptor (a logger without O_APPEND reopens at the file's end)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def copy_in_steps(self, target: Path, observe: Callable[[str], None]) -> None:
+        """Copy the current file to `target` as logrotate does: create it empty, then fill it.
+
+        Calls ``observe("empty")``, ``observe("partial")`` (less than half copied) and
+        ``observe("full")`` on the way, e.g. to let the follower look at that moment.
+        """
+        data = self.current.read_bytes()
+        step = max(1, min(700, len(data) // 3))
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+        try:
+            observe("empty")
+            for start in range(0, len(data), step):
+                os.write(fd, data[start : start + step])
+                if start == 0 and len(data) > step:
+                    observe("partial")
+        finally:
+            os.close(fd)
+        observe("full")
 
     def rotate_rename(self, keep: int = 50) -> None:
         """Logrotate's default: shift .N → .N+1, current → .1, and create a new current file."""
@@ -98,13 +148,22 @@ class LogDir:
         os.replace(self.current, self.rotated(1))
         self.create()
 
-    def copytruncate(self, keep: int = 50) -> None:
-        """Logrotate's copytruncate: shift, copy current → .1, truncate current in place."""
+    def copytruncate(self, keep: int = 50, observe: Callable[[str], None] | None = None) -> None:
+        """Logrotate's copytruncate: shift, copy current → .1, truncate current in place.
+
+        With `observe`, the copy is made in steps (see `copy_in_steps`) and
+        ``observe("truncated")`` is called after the truncation.
+        """
         for n in range(keep, 0, -1):
             if self.rotated(n).exists():
                 os.replace(self.rotated(n), self.rotated(n + 1))
-        shutil.copyfile(self.current, self.rotated(1))
+        if observe is None:
+            shutil.copyfile(self.current, self.rotated(1))
+            os.truncate(self.current, 0)
+            return
+        self.copy_in_steps(self.rotated(1), observe)
         os.truncate(self.current, 0)
+        observe("truncated")
 
     def truncate(self, size: int = 0) -> None:
         os.truncate(self.current, size)

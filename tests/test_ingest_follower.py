@@ -609,14 +609,13 @@ def test_a_vanished_file_ending_in_an_over_long_line_is_released(tmp_path: Path)
 def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(
     logs: LogDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No inotify (e.g. watch limits reached) and no watchdog backend: auto polls and lines still flow."""
+    """No inotify (e.g. watch limits reached): auto polls and lines still flow."""
     import agent.filewatch.watcher as watcher_module
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(28, "inotify watch limit reached")
 
     monkeypatch.setattr(watcher_module, "Inotify", refuse)
-    monkeypatch.setattr(watcher_module.FileWatcher, "_start_watchdog", refuse)
     h = Harness(
         stream_config(logs.dir), ingest_config("inotify", watch="auto", poll_interval_s=0.05), watch=True
     )
@@ -632,7 +631,7 @@ def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(
 
 
 def test_inotify_mode_refuses_to_start_without_inotify(logs: LogDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Watch = "inotify" is a promise: without any event backend the follower says so instead of polling."""
+    """Watch = "inotify" is a promise: without inotify the follower says so instead of polling."""
     import agent.filewatch.watcher as watcher_module
     from agent.errors import IngestError
 
@@ -640,7 +639,6 @@ def test_inotify_mode_refuses_to_start_without_inotify(logs: LogDir, monkeypatch
         raise OSError(24, "too many open files")
 
     monkeypatch.setattr(watcher_module, "Inotify", refuse)
-    monkeypatch.setattr(watcher_module.FileWatcher, "_start_watchdog", refuse)
     follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify"), threading.Event())
     follower.restore(None)
     with pytest.raises(IngestError, match="too many open files"):

@@ -1,10 +1,14 @@
 """Model-based randomized test of the follower (Hypothesis state machine, like Vector's quickcheck model).
 
-Random sequences of write, partial write, rename rotation, copytruncate,
-truncation, delete, recreate, read (with and without saving), graceful restart,
-stop/start (files change while no follower runs) and kill (the follower's memory
-is lost; a new one restores the last saved state and the lines returned after
-it are dropped, as the daemon's uncommitted transaction would be).
+Random sequences of write, partial write, rename rotation, copytruncate (also with
+the copy looked at while logrotate still writes it: empty, partly or fully copied,
+or just after the truncation, then a read, a restart or a kill), truncation,
+delete, recreate, read (with and without saving), graceful restart, stop/start
+(files change while no follower runs) and kill (the follower's memory is lost; a
+new one restores the last saved state and the lines returned after it are
+dropped, as the daemon's uncommitted transaction would be). One variant's logger
+writes without O_APPEND, so every copytruncate leaves a hole of NULs at the start
+of the live file and of every later copy.
 
 Exact line accounting at the end: nothing is returned twice, nothing is returned
 that was not written, and every complete line written is returned, except lines
@@ -18,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,12 +45,13 @@ class FollowerMachine(RuleBasedStateMachine):
     """The real follower against real files, checked against a model of the files' lines."""
 
     release_after_s = 3600.0
+    o_append = True
 
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="robotpm-model-"))
         root = self.root / "logs"
-        self.log = LogDir(root)
+        self.log = LogDir(root, o_append=self.o_append)
         self.log.create()
         self.harness = Harness(
             stream_config(root), ingest_config("poll", release_after_s=self.release_after_s)
@@ -137,7 +143,34 @@ class FollowerMachine(RuleBasedStateMachine):
         self._copytruncate(header)
         self._write(after)
 
-    def _copytruncate(self, header: bool) -> None:
+    @rule(
+        seen=st.sampled_from(["empty", "partial", "full", "truncated"]),
+        then=st.sampled_from(["read", "read_unsaved", "restart", "kill"]),
+        header=st.booleans(),
+        after=line_counts,
+    )
+    def copytruncate_observed(self, seen: str, then: str, header: bool, after: int) -> None:
+        """A copytruncate with the follower looking while the copy is written, then reading on,
+        restarting or being killed right after it.
+        """
+        if not self.log.current.exists():
+            return
+
+        def observe(step: str) -> None:
+            if step != seen or self.stopped:
+                return
+            if then == "restart":
+                self.harness.restart()
+                self._lose_deleted()
+            elif then == "kill":
+                self._kill()
+            else:
+                self.harness.read(save=then == "read")
+
+        self._copytruncate(header, observe)
+        self._write(after)
+
+    def _copytruncate(self, header: bool, observe: Callable[[str], None] | None = None) -> None:
         self._drop_tail()
         oldest = self.log.rotated(KEEP)
         if oldest.exists():
@@ -146,7 +179,7 @@ class FollowerMachine(RuleBasedStateMachine):
         for n in range(KEEP - 1, 0, -1):
             if self.log.rotated(n).exists():
                 self.files[self.log.rotated(n + 1)] = self.files.pop(self.log.rotated(n), [])
-        self.log.copytruncate(keep=KEEP - 1)
+        self.log.copytruncate(keep=KEEP - 1, observe=observe)
         self.files[self.log.rotated(1)] = list(self.files.get(self.log.current, []))
         self.files[self.log.current] = []
         if header:  # a writer that starts over with a header; else it just goes on
@@ -253,6 +286,7 @@ class FollowerMachine(RuleBasedStateMachine):
             assert not missing, f"lost {len(missing)} lines, e.g. {sorted(missing)[:5]}"
         finally:
             self.harness.close()
+            self.log.close_writer()
             shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -262,7 +296,23 @@ class QuickReleaseMachine(FollowerMachine):
     release_after_s = 1e-6
 
 
-@pytest.mark.parametrize("machine", [FollowerMachine, QuickReleaseMachine], ids=["hold", "release_at_once"])
+class StaleWriterMachine(FollowerMachine):
+    """The same with a logger that writes without O_APPEND: NUL holes after every copytruncate."""
+
+    o_append = False
+
+
+class StaleWriterQuickReleaseMachine(StaleWriterMachine):
+    """A logger without O_APPEND, and pending copies judged as soon as they are quiet."""
+
+    release_after_s = 1e-6
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [FollowerMachine, QuickReleaseMachine, StaleWriterMachine, StaleWriterQuickReleaseMachine],
+    ids=["hold", "release_at_once", "no_o_append", "no_o_append_release_at_once"],
+)
 def test_follower_never_loses_or_repeats_a_line(machine: type[FollowerMachine]) -> None:
     """Random file operations, restarts and kills: exact line accounting against the model."""
     run_state_machine_as_test(

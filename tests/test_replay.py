@@ -6,13 +6,16 @@ import csv
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
-from agent.cli import main as agent_main
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
 from agent.contract.manifest import MANIFEST_FILE, ModelManifest
 from agent.contract.streams import StreamConfig
@@ -23,11 +26,12 @@ from agent.testing import InMemoryTransport, ManualClock
 from robotpm_sim.arm import ArmSimulator
 from robotpm_sim.faults import Fault
 from robotpm_sim.records import header_line
-from tests.agent_config import agent_config, stream
+from tests.agent_config import agent_config, stream, tiny_agent
 from tests.models import write_linear_model
 from trainer.config import DEFAULT_CHANNELS
 
-BUNDLED = Path(__file__).resolve().parent.parent / "agent" / "models" / "bundled"
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 
 
@@ -215,21 +219,7 @@ class TestReplayModels:
 
 def _linear_config(tmp_path: Path) -> AgentConfig:
     write_linear_model(tmp_path / "bundled")
-    logs = tmp_path / "logs"
-    logs.mkdir(exist_ok=True)
-    return AgentConfig(
-        robot_id="r1",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
-        model=ModelConfig(directory=tmp_path / "store", bundled=tmp_path / "bundled"),
-    )
+    return tiny_agent(tmp_path)
 
 
 def _broken_candidate(tmp_path: Path) -> Path:
@@ -243,72 +233,76 @@ def _broken_candidate(tmp_path: Path) -> Path:
     return candidate
 
 
+def _agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
+
+
 class TestReplayCommand:
+    @pytest.fixture(autouse=True)
+    def _keep_logging(self) -> Iterator[None]:
+        """agent_main points structlog at this test's captured stdout; later tests must not log there."""
+        saved = structlog.get_config()
+        yield
+        structlog.configure(**saved)
+
     def test_the_command_writes_its_files_and_exits_0(self, tmp_path: Path) -> None:
         """robotpm-agent replay FILE --out DIR: scores, alerts and summary in DIR, exit code 0."""
         shutil.copytree(BUNDLED, tmp_path / "bundled")
         (tmp_path / "logs").mkdir()
         channels = dict(DEFAULT_CHANNELS)
-        (tmp_path / "config.toml").write_text(
-            agent_config(port=1883, streams=[stream(channels=channels)], model={"directory": "store"})
-        )
+        config = tmp_path / "config.toml"
+        config.write_text(agent_config(port=1883, streams=[stream(channels=channels)]))
         recorded = tmp_path / "recorded.csv"
         recorded.write_bytes(_fault_log(seconds=60.0))
-        code = agent_main(
-            [
-                "replay",
-                "--config",
-                str(tmp_path / "config.toml"),
-                "--out",
-                str(tmp_path / "out"),
-                str(recorded),
-            ]
-        )
-        assert code == 0
+        result = _agent("replay", "--config", str(config), "--out", str(tmp_path / "out"), str(recorded))
+        assert result.returncode == 0, result.stderr
+        assert "windows" in result.stdout
         summary = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
         assert summary["model"]["verified"] is True
         assert summary["events"].get("raised", 0) >= 1
         assert summary["windows"] == (60 * 50 - 400) // 100 + 1
 
-    def test_a_missing_file_exits_1_naming_it(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_a_missing_file_exits_1_naming_it(self, tmp_path: Path) -> None:
         """A recorded file that does not exist is a clear error (exit 1), and nothing is written."""
         write_linear_model(tmp_path / "bundled")
         (tmp_path / "logs").mkdir()
-        (tmp_path / "config.toml").write_text(agent_config(port=1883))
-        code = agent_main(
-            [
-                "replay",
-                "--config",
-                str(tmp_path / "config.toml"),
-                "--out",
-                str(tmp_path / "out"),
-                str(tmp_path / "nope.csv"),
-            ]
-        )
-        assert code == 1
-        assert "nope.csv" in capsys.readouterr().err
+        config = tmp_path / "config.toml"
+        config.write_text(agent_config(port=1883))
+        missing = tmp_path / "nope.csv"
+        result = _agent("replay", "--config", str(config), "--out", str(tmp_path / "out"), str(missing))
+        assert result.returncode == 1
+        assert "nope.csv" in result.stderr
+        assert "Traceback" not in result.stderr
         assert not (tmp_path / "out" / SCORES_FILE).exists()
 
-    def test_an_unknown_stream_exits_2_naming_the_option(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_an_unknown_stream_exits_2_naming_the_option(self, tmp_path: Path) -> None:
         """--stream naming no configured stream is a configuration error (exit 2)."""
         write_linear_model(tmp_path / "bundled")
         (tmp_path / "logs").mkdir()
-        (tmp_path / "config.toml").write_text(agent_config(port=1883))
-        code = agent_main(
-            [
-                "replay",
-                "--config",
-                str(tmp_path / "config.toml"),
-                "--stream",
-                "arm9",
-                "--out",
-                str(tmp_path / "o"),
-                "x.csv",
-            ]
+        config = tmp_path / "config.toml"
+        config.write_text(agent_config(port=1883))
+        result = _agent(
+            "replay", "--config", str(config), "--stream", "arm9", "--out", str(tmp_path), "x.csv"
         )
-        assert code == 2
-        assert "--stream" in capsys.readouterr().err
+        assert result.returncode == 2
+        assert "--stream" in result.stderr
+
+    def test_an_unverified_candidate_is_refused_without_the_flag_and_marked_with_it(
+        self, tmp_path: Path
+    ) -> None:
+        """Exit 1 naming the golden test; with --unverified exit 0 and a warning on stderr."""
+        config = tmp_path / "config.toml"
+        _linear_config(tmp_path)
+        config.write_text(agent_config(port=1883))
+        candidate = _broken_candidate(tmp_path)
+        recorded = tmp_path / "log.csv"
+        recorded.write_text("ts,J1,T1\n" + "".join(f"{i}.0,0.1,40.0\n" for i in range(10)))
+        args = ("replay", "--config", str(config), "--model", str(candidate), "--out", str(tmp_path / "o"))
+        refused = _agent(*args, str(recorded))
+        assert refused.returncode == 1
+        assert "golden" in refused.stderr
+        marked = _agent(*args, "--unverified", str(recorded))
+        assert marked.returncode == 0, marked.stderr
+        assert "UNVERIFIED" in marked.stderr

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
+import structlog
 
-from agent.config import load_agent_config
+from agent.config import MqttConfig, load_agent_config
 from agent.contract.announcement import ModelAnnouncement
 from agent.contract.errors import ConfigError
 from agent.contract.topics import model_announcements
 from agent.logs import MASK, redact_secrets, redact_text, register_secret
+from agent.publish.mqtt import MqttTransport
+from agent.seams import SystemClock
 from tests.agent_config import agent_config
 from tests.agent_process import spawn_agent
 from tests.models import write_linear_model
@@ -138,7 +141,7 @@ class TestAgentOutput:
     ) -> None:
         """Run, status, check and robotpm-alerts with secrets configured: no secret in any output or file.
 
-        The agent logs in with a credentials file (no TLS: it warns), follows a model channel
+        The agent logs in with a credentials file (no TLS: the broker is on loopback), follows a model channel
         whose retained announcement names a URL with a password and a token, and its fetch
         fails on the full store (it once crashed there, and the logged traceback showed the
         announcement in the frame's locals).
@@ -191,7 +194,6 @@ class TestAgentOutput:
                 process.kill()
                 process.wait()
         run_output = agent_out.read_text()
-        assert "mqtt_credentials_without_tls" in run_output
         assert "No space left on device" in run_output, "the crash and its cause are still reported"
 
         outputs = {"run": run_output}
@@ -224,24 +226,20 @@ class TestAgentOutput:
 
 
 class TestPlaintextCredentials:
-    def _config(self, tmp_path: Path, profile_mqtt: str) -> Path:
+    def _config(self, tmp_path: Path, profile_mqtt: str, host: str = "broker.example") -> Path:
         credentials = tmp_path / "mqtt-credentials"
         credentials.write_text(f"robot:{MQTT_PASSWORD}\n")
         write_linear_model(tmp_path / "bundled")
         (tmp_path / "logs").mkdir(exist_ok=True)
         config = tmp_path / "config.toml"
         config.write_text(
-            agent_config(port=1883, mqtt={"credentials_file": credentials})
+            agent_config(port=1883, mqtt={"credentials_file": credentials, "host": host})
             + f"[profiles.prod.agent.mqtt]\n{profile_mqtt}\n"
         )
         return config
 
-    def test_the_prod_profile_refuses_credentials_without_tls_with_exit_2_naming_the_key(
-        self, tmp_path: Path
-    ) -> None:
-        """robotpm-agent check --profile prod: exit 2, agent.mqtt.tls named, no traceback, no secret."""
-        config = self._config(tmp_path, 'plaintext_credentials = "refuse"')
-        result = subprocess.run(
+    def _check(self, config: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [sys.executable, "-m", "agent.cli", "check", "--config", str(config), "--profile", "prod"],
             capture_output=True,
             text=True,
@@ -250,28 +248,48 @@ class TestPlaintextCredentials:
             timeout=60,
             check=False,
         )
+
+    def test_the_prod_profile_refuses_credentials_without_tls_with_exit_2_naming_the_key(
+        self, tmp_path: Path
+    ) -> None:
+        """robotpm-agent check --profile prod: exit 2, agent.mqtt.tls named, no traceback, no secret."""
+        result = self._check(self._config(tmp_path, 'plaintext_credentials = "refuse"'))
         assert 2 == result.returncode, result.stdout + result.stderr
         assert "agent.mqtt.tls" in result.stderr
         assert "Traceback" not in result.stderr
         assert [] == leaks(result.stdout + result.stderr)
 
+    def test_a_broker_on_loopback_is_exempt_nothing_leaves_the_machine(self, tmp_path: Path) -> None:
+        """A local bridge on 127.0.0.1 with the refusal on: accepted (the password never leaves the host)."""
+        config = self._config(tmp_path, 'plaintext_credentials = "refuse"', host="127.0.0.1")
+        result = self._check(config)
+        assert 0 == result.returncode, result.stdout + result.stderr
+
+    def _transport(self, mqtt: MqttConfig) -> MqttTransport:
+        return MqttTransport(
+            mqtt,
+            robot_id="r",
+            site="s",
+            agent_version="0",
+            clock=SystemClock(),
+            environ={"ROBOTPM_MQTT_USERNAME": "robot", "ROBOTPM_MQTT_PASSWORD": MQTT_PASSWORD},
+        )
+
     def test_credentials_from_the_environment_without_tls_are_refused_when_the_transport_starts(self) -> None:
         """Environment credentials are known only at run time: the transport refuses them the same way."""
-        from agent.config import MqttConfig
-        from agent.publish.mqtt import MqttTransport
-        from agent.seams import SystemClock
-
-        mqtt = MqttConfig(plaintext_credentials="refuse")
         with pytest.raises(ConfigError) as info:
-            MqttTransport(
-                mqtt,
-                robot_id="r",
-                site="s",
-                agent_version="0",
-                clock=SystemClock(),
-                environ={"ROBOTPM_MQTT_USERNAME": "robot", "ROBOTPM_MQTT_PASSWORD": MQTT_PASSWORD},
-            )
+            self._transport(MqttConfig(host="broker.example", plaintext_credentials="refuse"))
         assert "agent.mqtt.tls" == info.value.key
+
+    def test_credentials_without_tls_warn_by_default_and_not_for_loopback(self) -> None:
+        """The dev default warns (mqtt_credentials_without_tls) for a remote broker; loopback is quiet."""
+        with structlog.testing.capture_logs() as logs:
+            self._transport(MqttConfig(host="broker.example"))
+        assert ["mqtt_credentials_without_tls"] == [e["event"] for e in logs]
+        with structlog.testing.capture_logs() as logs:
+            self._transport(MqttConfig(host="::1"))
+            self._transport(MqttConfig(host="localhost"))
+        assert [] == [e["event"] for e in logs]
 
     def test_the_shipped_prod_profile_turns_on_tls_signatures_and_the_refusal(self) -> None:
         """The shipped prod profile: TLS to the broker, signed models only, plaintext credentials refused."""

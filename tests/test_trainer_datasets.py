@@ -23,6 +23,7 @@ from trainer.datasets import (
     run_cmapss,
 )
 from trainer.errors import DataError, SourceError
+from trainer.robot_failures import PROBLEMS, load_problem, run_robot_failures
 
 AI4I = DEFAULT_DATA / "ai4i2020"
 CMAPSS = DEFAULT_DATA / "cmapss_fd001"
@@ -132,3 +133,29 @@ class TestDataInTheRepository:
         (tmp_path / "c.txt.xz").write_bytes(b"not xz at all")
         with pytest.raises(DataError, match=r"c\.txt\.xz: not a valid xz file"):
             read_data_file(tmp_path / "c.txt")
+
+
+class TestRobotExecutionFailures:
+    def test_reads_every_instance_of_the_five_problems(self) -> None:
+        """The five files hold 88, 47, 47, 117 and 164 instances of 15 × 6 force/torque samples."""
+        counts = []
+        for problem in PROBLEMS:
+            traces, names = load_problem(DEFAULT_DATA / "robot_execution_failures" / f"{problem}.data")
+            assert traces.shape[1:] == (15, 6)
+            assert len(names) == len(traces)
+            counts.append(len(traces))
+        assert counts == [88, 47, 47, 117, 164]
+
+    def test_the_worked_example_registers_an_agent_model_per_problem(self, tmp_path: Path) -> None:
+        """lp1 gives a cross-validated classifier with one head per failure class and working goldens."""
+        summary = run_robot_failures(
+            TrainerConfig(), DEFAULT_DATA / "robot_execution_failures", tmp_path, seed=7, problems=("lp1",)
+        )
+        result = summary["problems"]["lp1"]
+        assert result["metrics"]["accuracy"] >= 0.9
+        manifest = ModelManifest.read(Path(result["version_dir"]))
+        assert [h.failure_mode for h in manifest.heads] == ["collision", "fr_collision", "obstruction"]
+        session = ort.InferenceSession(str(Path(result["version_dir"]) / "model.onnx"))
+        for golden in manifest.golden:
+            got = session.run(["probabilities"], {"features": np.array([golden.features], dtype=np.float32)})
+            np.testing.assert_allclose(got[0][0], golden.expected["probabilities"], atol=golden.tolerance)

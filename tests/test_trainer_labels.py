@@ -79,7 +79,7 @@ def _train(config: Path, train: Path, test: Path, out: Path) -> int:
 def test_a_stop_flag_column_labels_the_windows_before_each_stop(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
 ) -> None:
-    """Source = "flag": the stops become events of a free-form mode, one alert head, a per-event table."""
+    """With source = "flag", the stops become events of a free-form mode with one head and an event table."""
     config = tmp_path / "config.toml"
     config.write_text(FLAG)
     assert _train(config, export[0], export[1], tmp_path / "models") == 0
@@ -96,7 +96,7 @@ def test_a_stop_flag_column_labels_the_windows_before_each_stop(
 def test_an_event_log_in_the_controllers_naming_labels_and_counts_every_unused_row(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
 ) -> None:
-    """Source = "events": renamed codes become heads; bad, unknown-robot and outside rows are quarantined."""
+    """With source = "events", renamed codes become heads; bad, foreign and outside rows are quarantined."""
     codes = {"overheating": "E17", "bearing_wear": "E22"}
     lines = [
         json.dumps({"stamp": ts, "cell": robot, "axis": component, "code": codes.get(mode, mode)})
@@ -116,7 +116,7 @@ def test_an_event_log_in_the_controllers_naming_labels_and_counts_every_unused_r
     assert {"overheating_stop", "bearing_alarm"} & modes
     assert not {"E17", "E22"} & modes
     reasons = [row["reason"] for row in csv.DictReader((version / "quarantine.csv").read_text().splitlines())]
-    for reason in ("event_bad_time", "event_unknown_robot", "event_outside_log", "event_bad_row"):
+    for reason in ("event_bad_time", "event_robot_not_in_data", "event_outside_log", "event_bad_row"):
         assert reason in reasons
 
 

@@ -6,8 +6,9 @@ Usage::
     robotpm-train --db sqlite:///fleet.db [--table samples] ...      # training data from SQL
     robotpm-train --mode stream --config config.toml                  # retrain as data arrives
     robotpm-train bundle [--seed 7] [--out agent/models/bundled]     # the bundled default model
-    robotpm-train dataset ai4i|cmapss [--out models]                  # the public benchmark data
+    robotpm-train dataset ai4i|cmapss|robot-failures [--out models]   # the public benchmark data
     robotpm-train inspect TRAIN [TEST]                                # what the trainer will see
+    robotpm-train results                                             # README's Results rows, re-measured
     robotpm-train import-sql LOGS --db URL [--table samples]          # load CSV logs into SQL
     robotpm-train list|show|promote|rollback ...                      # the registry
     robotpm-train keygen --key-id ID --out DIR                        # an Ed25519 key pair
@@ -262,6 +263,12 @@ def print_result(result: RunResult) -> None:
             f"  head {head.failure_mode:13s} warning {t.warning:.3f} "
             f"critical {t.critical:.3f} clear {t.clear:.3f}"
         )
+    for split, profile in result.profile.items():
+        reasons = profile.get("quarantine_reasons", {})
+        detail = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none"
+        print(f"quarantined ({split}): {profile.get('quarantined', 0)} rows: {detail}")
+    if result.profile and any(p.get("quarantined") for p in result.profile.values()):
+        print("  (each with file, line and reason in quarantine.csv beside the model)")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
 
@@ -285,7 +292,7 @@ def _bundle(args: argparse.Namespace) -> int:
 @subcommand(
     "dataset",
     "Train and evaluate on public benchmark data.",
-    arg("dataset", choices=("ai4i", "cmapss")),
+    arg("dataset", choices=("ai4i", "cmapss", "robot-failures")),
     arg(
         "--data",
         type=Path,
@@ -317,6 +324,31 @@ def _inspect(args: argparse.Namespace) -> int:
 
     splits = {"train": args.train} if args.test is None else {"train": args.train, "test": args.test}
     print(describe(load_config(args), splits), end="")
+    return 0
+
+
+@subcommand(
+    "results",
+    "Run every public benchmark and rewrite README.md's Results rows and docs/results.json from them.",
+    arg("--readme", type=Path, default=Path("README.md")),
+    arg("--results", type=Path, default=None, help="the results document (default: docs/results.json)"),
+    arg(
+        "--out",
+        type=Path,
+        default=None,
+        help="registry root for the benchmark models (default: a temporary one)",
+    ),
+    arg("--seed", type=int, default=7),
+)
+def _results(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from trainer.results import RESULTS_FILE, measure, write_results
+
+    with tempfile.TemporaryDirectory(prefix="robotpm-results-") as scratch:
+        results = measure(load_config(args), args.out or Path(scratch), args.seed)
+    write_results(results, args.readme, args.results or args.readme.parent / RESULTS_FILE)
+    print(json.dumps(results, indent=2))
     return 0
 
 

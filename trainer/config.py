@@ -18,6 +18,7 @@ from agent.contract.configfile import load_document, validate_section
 from agent.contract.errors import ConfigError
 from agent.contract.features import FeatureSpec, Statistic
 from agent.contract.records import RecordSchema
+from agent.contract.sampling import Sampling
 from agent.contract.streams import STREAM_PATH_KEYS, StreamConfig
 
 DEFAULT_CHANNELS: dict[str, str] = {
@@ -58,10 +59,33 @@ class FeatureConfig(_Section):
     max_gap_s: float = Field(
         default=1.0, gt=0, description="Resampling never bridges a gap longer than this."
     )
+    window_s: float | None = Field(
+        default=None, gt=0, description="Seconds per window, instead of `window` (whole samples at the rate)."
+    )
+    hop_s: float | None = Field(
+        default=None, gt=0, description="Seconds between window starts, with window_s."
+    )
 
-    def spec(self, channels: tuple[str, ...]) -> FeatureSpec:
-        """The `FeatureSpec` for these canonical channels."""
-        return FeatureSpec(channels=channels, window=self.window, hop=self.hop, statistics=self.statistics)
+    def spec(self, channels: tuple[str, ...], rate_hz: float | None = None) -> FeatureSpec:
+        """The `FeatureSpec` for these canonical channels, at the training data's rate when known.
+
+        The rate (``resample_hz``, else the rate measured on the training data) goes into the
+        spec's sampling, so the agent can tell data at another rate; windows in seconds need it.
+        """
+        sampling = None if rate_hz is None else Sampling(rate_hz=rate_hz, max_gap_s=self.max_gap_s)
+        if self.window_s is not None or self.hop_s is not None:
+            return FeatureSpec.model_validate(  # window and hop: whole samples at the rate
+                {
+                    "channels": channels,
+                    "window_s": self.window_s,
+                    "hop_s": self.hop_s,
+                    "statistics": self.statistics,
+                    "sampling": sampling,
+                }
+            )
+        return FeatureSpec(
+            channels=channels, window=self.window, hop=self.hop, statistics=self.statistics, sampling=sampling
+        )
 
 
 class FlagLabels(_Section):

@@ -94,7 +94,12 @@ def run_dataset(
         return run_ai4i(config, (data_dir or DEFAULT_DATA / "ai4i2020"), root, seed=seed, report=report)
     if name == "cmapss":
         return run_cmapss(config, (data_dir or DEFAULT_DATA / "cmapss_fd001"), root, seed=seed, report=report)
-    raise DataError(f"unknown dataset {name!r}; choose ai4i or cmapss")
+    if name == "robot-failures":
+        from trainer.robot_failures import run_robot_failures
+
+        directory = data_dir or DEFAULT_DATA / "robot_execution_failures"
+        return run_robot_failures(config, directory, root, seed=seed, report=report)
+    raise DataError(f"unknown dataset {name!r}; choose ai4i, cmapss or robot-failures")
 
 
 def read_data_file(path: Path) -> bytes:
@@ -120,7 +125,7 @@ def read_data_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from None
 
 
-def _file_hash(*paths: Path) -> str:
+def data_files_hash(*paths: Path) -> str:
     """sha256 over the names and decompressed bytes of data files (the data version)."""
     digest = hashlib.sha256()
     for path in paths:
@@ -240,7 +245,7 @@ def run_ai4i(
         "estimator": "GradientBoostingClassifier(n_estimators=300, max_depth=3)",
         "input": {"name": "features", "dtype": "float32", "columns": list(AI4I_FEATURES)},
         "output": {"name": "probabilities", "column": 1, "threshold": threshold},
-        "data_hash": _file_hash(path),
+        "data_hash": data_files_hash(path),
         "command": f"robotpm-train dataset ai4i --seed {seed}",
     }
     files: dict[str, bytes] = {
@@ -368,7 +373,7 @@ def run_cmapss(
     registry = Registry(registry_root, "cmapss-fd001")
     version = registry.next_version()
     record = lineage(
-        _file_hash(train_path, test_path, truth_path),
+        data_files_hash(train_path, test_path, truth_path),
         "HistGradientBoostingRegressor",
         rul_cap=str(RUL_CAP),
         selection=json.dumps([[round(r, 3), w, list(s)] for r, w, s in ranking]),
@@ -422,7 +427,13 @@ def run_cmapss(
             )
         )
     where = registry.write(version, files)
-    return {"dataset": "cmapss", "version_dir": str(where), "metrics": metrics, "command": command}
+    return {
+        "dataset": "cmapss",
+        "version_dir": str(where),
+        "metrics": metrics,
+        "command": command,
+        "selected": {"window": window, "statistics": list(stats)},
+    }
 
 
 def _capped_rul(table: FloatArray, unit: FloatArray, cycle: FloatArray) -> FloatArray:

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from agent.contract.features import FeatureSpec
+from agent.contract.sampling import measure_rate
 from trainer.config import TrainerConfig
+from trainer.run import training_rate
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
 from trainer.stages.preparation import DataPreparation, label_classes
 
@@ -21,13 +24,12 @@ EXAMPLES_PER_REASON = 3
 
 
 def sample_rate(timestamps: np.ndarray[Any, Any]) -> tuple[float, float]:
-    """(observed rate in Hz from the median interval, jitter: the intervals' std over their median)."""
-    intervals = np.diff(timestamps)
-    intervals = intervals[intervals > 0]
-    if not len(intervals):
-        return float("nan"), float("nan")
-    median = float(np.median(intervals))
-    return 1.0 / median, float(np.std(intervals)) / median
+    """(observed rate in Hz from the median interval, jitter: the intervals' std over their median).
+
+    The agent's measure too (`agent.contract.sampling.measure_rate`).
+    """
+    measure = measure_rate(timestamps)
+    return measure.rate_hz, measure.jitter
 
 
 def describe(config: TrainerConfig, splits: dict[str, Path]) -> str:
@@ -35,18 +37,27 @@ def describe(config: TrainerConfig, splits: dict[str, Path]) -> str:
     extraction = DataExtractionAnalysis.for_config(config)
     datasets = {name: extraction.extract(path) for name, path in splits.items()}
     classes = label_classes(*datasets.values())
-    spec = config.features.spec(config.canonical_channels)
+    first = next(iter(datasets.values()), None)
+    spec = config.features.spec(
+        config.canonical_channels, None if first is None else training_rate(config, first)
+    )
     lines = [
         f"label source: {config.labels.source}; horizon {config.labels.horizon_s:g} s, "
-        f"tolerance {config.labels.tolerance_s:g} s; window {spec.window} samples, hop {spec.hop}",
+        f"tolerance {config.labels.tolerance_s:g} s; window {spec.window} samples, hop {spec.hop}"
+        + ("" if spec.rate_hz is None else f" at {spec.rate_hz:.4g} Hz (the rate written into the model)"),
     ]
     for name, dataset in datasets.items():
-        lines.extend(_split(name, splits[name], dataset, config, classes))
+        lines.extend(_split(name, splits[name], dataset, config, classes, spec))
     return "\n".join(lines) + "\n"
 
 
 def _split(
-    name: str, path: Path, dataset: Dataset, config: TrainerConfig, classes: tuple[str, ...]
+    name: str,
+    path: Path,
+    dataset: Dataset,
+    config: TrainerConfig,
+    classes: tuple[str, ...],
+    spec: FeatureSpec,
 ) -> list[str]:
     lines = [f"== {name}: {path}", f"rows: {dataset.n_rows} good, {len(dataset.quarantine)} quarantined"]
     for series in dataset.series:
@@ -62,7 +73,7 @@ def _split(
     )
     if dataset.has_truth:
         preparation = DataPreparation(
-            config.features.spec(config.canonical_channels),
+            spec,
             config.labels,
             classes,
             resample_hz=config.features.resample_hz,

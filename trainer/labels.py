@@ -55,6 +55,8 @@ class FailureEvent:
     component: str
     source: str
     """Where it was read: ``file:line`` or ``file (flag column)``."""
+    line: int = 0
+    """Its line in the event log (0 for flag events)."""
 
 
 def flag_column_values(
@@ -204,7 +206,8 @@ def _event_of_row(
             return None, ("event_bad_end", f"end {end!r} is before the onset {onset!r}")
     component = field(config.component) or config.default_component
     mode = config.modes.get(mode_code, mode_code)
-    return FailureEvent(robot, onset, end, mode, component, where), ("", "")
+    line = int(where.rsplit(":", 1)[1])
+    return FailureEvent(robot, onset, end, mode, component, where, line), ("", "")
 
 
 def merge_close_events(

@@ -32,6 +32,7 @@ from typing_extensions import Unpack
 
 from agent.contract.features import FeatureSpec
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, ModelManifest, Task
+from agent.contract.sampling import measure_intervals
 from trainer.config import TrainerConfig
 from trainer.registry import METRICS_FILE, Registry, write_directory_atomically
 from trainer.stages.evaluation import Evaluation
@@ -155,7 +156,7 @@ def prepare_windows(
         train if isinstance(train, Dataset) else timer.run("extract", lambda: extraction.extract(train))
     )
     test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
-    spec = config.features.spec(config.canonical_channels)
+    spec = config.features.spec(config.canonical_channels, training_rate(config, train_data))
     preparation = DataPreparation(
         spec,
         config.labels,
@@ -170,6 +171,17 @@ def prepare_windows(
         "prepare", lambda: preparation.windows(test_data, require_truth=require_truth)
     )
     return PreparedData(spec, train_data, test_data, train_windows, test_windows)
+
+
+def training_rate(config: TrainerConfig, data: Dataset) -> float | None:
+    """The rate the windows are cut at: ``features.resample_hz``, else the training data's measured rate."""
+    if config.features.resample_hz is not None:
+        return config.features.resample_hz
+    intervals = [np.diff(series.timestamps) for series in data.series if len(series) > 1]
+    if not intervals:
+        return None
+    rate = measure_intervals(np.concatenate(intervals)).rate_hz  # every robot's intervals, pooled
+    return float(f"{rate:.6g}") if np.isfinite(rate) else None  # 6 digits: not the timestamps' rounding
 
 
 def projection_matrix(config: TrainerConfig, spec: FeatureSpec) -> FloatArray | None:
@@ -296,6 +308,7 @@ def run_task(
         exported=exported,
         heads=fit.heads(exported.score_output),
         train_features=fit.reference_features,
+        healthy_features=prepared.train_windows.features[prepared.train_windows.healthy],
         golden_features=fit.golden_features,
         metrics=metrics,
         lineage=record,

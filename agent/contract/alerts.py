@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.contract.manifest import Severity
 
-ALERT_SCHEMA_VERSION: Final = "1.0"
+ALERT_SCHEMA_VERSION: Final = "1.1"
+"""1.1 added the optional ``contributors`` (the model's own attribution); 1.0 events still parse."""
+PRESENCE_SCHEMA_VERSION: Final = "1.0"
 HEARTBEAT_SCHEMA_VERSION: Final = "1.2"
 """1.1 added ``model_candidate`` and ``model_events``, 1.2 ``drift_streams``; older heartbeats still parse."""
 OPEN_ALERTS_SCHEMA_VERSION: Final = "1.0"
@@ -47,13 +49,29 @@ class _Message(BaseModel):
 
 
 class FeatureContribution(_Message):
-    """One feature that pushed the score: its value and z-score against the training data."""
+    """One unusual feature of the window: its value and z-score against the (healthy) training data."""
 
     name: str
     channel: str
     statistic: str
     value: float
     z: float = Field(description="(value - training mean) / training std")
+
+
+class ChannelContribution(_Message):
+    """One channel that drove the model's score: how far the score falls without that channel's signal.
+
+    ``score_without`` is the model's score for the same window with every feature of
+    the channel replaced by the healthy reference (moved into the range the healthy
+    training windows span); ``score_drop`` is how much better that is than the
+    event's score (positive: the channel pushed the score towards the alert).
+    """
+
+    channel: str
+    score_drop: float = Field(description="Improvement of the score when the channel looks healthy.")
+    score_without: float = Field(
+        description="The score with this channel's features at the healthy reference."
+    )
 
 
 class WindowRef(_Message):
@@ -77,7 +95,7 @@ class ModelRef(_Message):
 class AlertEvent(_Message):
     """One event of an alert's life cycle, published QoS 1 to ``…/<robot>/alerts``."""
 
-    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = ALERT_SCHEMA_VERSION  # 1.0 from agents not yet upgraded
     event_id: str
     alert_id: str = Field(description="The event_id of the raise that opened this alert.")
     robot_id: str
@@ -91,7 +109,16 @@ class AlertEvent(_Message):
     threshold: float = Field(description="The threshold the score was compared with.")
     window: WindowRef
     model: ModelRef
-    top_features: tuple[FeatureContribution, ...] = ()
+    top_features: tuple[FeatureContribution, ...] = Field(
+        default=(),
+        description="The window's most unusual features: largest |z| against the healthy training windows "
+        "(all training windows for models without a healthy reference).",
+    )
+    contributors: tuple[ChannelContribution, ...] = Field(
+        default=(),
+        description="Raised and updated events: the channels whose features, set to the healthy reference, "
+        "lower the score most, largest drop first (only channels that lower it).",
+    )
     agent_version: str
     replayed: bool = Field(description="Raised while catching up on a backlog, not live.")
     emitted_at: datetime
@@ -100,7 +127,7 @@ class AlertEvent(_Message):
 class Presence(_Message):
     """Retained presence on ``…/<robot>/status``; also the last will ("offline")."""
 
-    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = PRESENCE_SCHEMA_VERSION
     robot_id: str
     site: str
     state: Literal["online", "offline"]

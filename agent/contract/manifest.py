@@ -4,8 +4,9 @@ The trainer writes a ``manifest.json`` beside every ``model.onnx``. The agent re
 it to know which features to compute (the feature spec and its hash), how to feed
 the ONNX graph (input and output names), what each output column means (one
 `AlertHead` per component and failure mode, with calibrated thresholds), the
-training reference statistics (for explanations and drift), and golden vectors
-with expected outputs (a smoke test before a model goes live).
+reference statistics of the training features (all windows, for drift; the healthy
+windows, for alert explanations), and golden vectors with expected outputs (a smoke
+test before a model goes live).
 
 A signed model also holds ``manifest.sig`` (`SIGNATURE_FILE`), and its manifest names
 the key in ``signing_key_id``; ``expires`` bounds how long the agent accepts it. See
@@ -144,7 +145,7 @@ def bin_indices(edges: npt.ArrayLike, values: npt.ArrayLike) -> npt.NDArray[np.i
 
 
 class FeatureReference(BaseModel):
-    """Statistics of the training features, in feature order: for z-scores and drift."""
+    """Statistics of training features, in feature order: for z-scores, drift and attribution."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -196,6 +197,12 @@ class ModelManifest(BaseModel):
     onnx: OnnxInterface
     heads: tuple[AlertHead, ...] = Field(min_length=1)
     reference: FeatureReference
+    healthy_reference: FeatureReference | None = Field(
+        default=None,
+        description="Statistics of the training windows whose truth was healthy: the baseline of the "
+        "alert explanations (z-scores, and the attribution's replacement values). None in manifests "
+        "written before it existed; the explanations then use `reference`.",
+    )
     golden: tuple[GoldenVector, ...] = ()
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, str] = Field(
@@ -215,10 +222,13 @@ class ModelManifest(BaseModel):
         if self.feature_names != spec.feature_names():
             raise ValueError("feature_names do not match feature_spec")
         n = spec.n_features
-        if len(self.reference.mean) != n or len(self.reference.std) != n:
-            raise ValueError(f"reference statistics must have {n} entries")
-        if self.reference.bins is not None and len(self.reference.bins.edges) != n:
-            raise ValueError(f"reference bins must have {n} features")
+        for name, ref in (("reference", self.reference), ("healthy_reference", self.healthy_reference)):
+            if ref is not None and any(
+                len(values) != n for values in (ref.mean, ref.std, *ref.quantiles.values())
+            ):
+                raise ValueError(f"{name} statistics must have {n} entries")
+            if ref is not None and ref.bins is not None and len(ref.bins.edges) != n:
+                raise ValueError(f"{name} bins must have {n} features")
         for head in self.heads:
             if head.output not in self.onnx.outputs:
                 raise ValueError(
@@ -231,6 +241,11 @@ class ModelManifest(BaseModel):
             if len(golden.features) != n:
                 raise ValueError(f"golden vector has {len(golden.features)} features, expected {n}")
         return self
+
+    @property
+    def explanation_reference(self) -> FeatureReference:
+        """The baseline alert explanations compare with: the healthy reference, else all training windows."""
+        return self.healthy_reference if self.healthy_reference is not None else self.reference
 
     @property
     def label(self) -> str:

@@ -32,6 +32,12 @@ class StreamConfig(BaseModel):
     )
     limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
     robot_id: str | None = Field(default=None, description="Defaults to agent.robot_id.")
+    resample: bool = Field(
+        default=False,
+        description="Put the samples onto the model's rate (its feature spec's sampling) before windows "
+        "are cut, with agent.contract.sampling; false: windows count samples as logged, and a rate the "
+        "model was not trained for marks the stream degraded.",
+    )
 
     @field_validator("name")
     @classmethod

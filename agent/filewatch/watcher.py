@@ -17,14 +17,14 @@ coming and the gate stays closed, the watcher switches write events off and look
 the file's size once per coalesce period instead: one wakeup per period rather than
 two (the event, then the pause that lets more gather).
 
-Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
-binding (`agent.filewatch.inotify`: one read returns every queued event, and the
-kernel merges repeated writes while the watcher waits out the coalesce period),
-then watchdog's observer (for platforms without it). A stat poll runs every
-``poll_interval`` without events in every mode: with inotify it is the safety net
-(queue overflow, missed events); in ``poll`` mode it is the only source. When no
-inotify backend can be set up in ``auto`` mode the watcher degrades to polling and
-says so in `FileWatcher.mode`.
+File events come from the in-tree inotify binding (`agent.filewatch.inotify`: one
+read returns every queued event, and the kernel merges repeated writes while the
+watcher waits out the coalesce period). A stat poll runs every ``poll_interval``
+without events in every mode: with inotify it is the safety net (queue overflow,
+missed events); in ``poll`` mode it is the only source. When inotify cannot be set
+up (no inotify, or the kernel's instance or watch limits reached), ``auto`` mode
+degrades to polling and says so in `FileWatcher.mode`; ``inotify`` mode refuses
+to start (`WatchError`).
 """
 
 from __future__ import annotations
@@ -72,14 +72,12 @@ class FileWatcher:
         self._stop = threading.Event()
         self._rescan = True
         self._thread: threading.Thread | None = None
-        self._observer: object | None = None
         self._inotify: Inotify | None = None
         self._extra: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop_pipe: tuple[int, int] | None = None
         self._gate: tuple[str, int] | None = None
         self.mode: Literal["inotify", "poll"] = "poll"
-        self.backend: Literal["inotify", "watchdog", "poll"] = "poll"
         self.events = 0
         """File events received (for stats)."""
         self.wakeups = 0
@@ -113,19 +111,13 @@ class FileWatcher:
                     inotify.close()
                     raise
                 self._inotify = inotify
-                self.mode = self.backend = "inotify"
+                self.mode = "inotify"
                 return
             except OSError as exc:
                 problem = exc
-            try:
-                self._observer = self._start_watchdog()
-                self.mode, self.backend = "inotify", "watchdog"
-                return
-            except (OSError, RuntimeError, ImportError) as exc:
-                problem = exc
         if self._requested == "inotify":
             raise WatchError(f"{self._directory}: cannot watch for file events: {problem}") from problem
-        self.mode = self.backend = "poll"
+        self.mode = "poll"
 
     def take_rescan(self) -> bool:
         """Whether a directory changed since the last call (then list it again)."""
@@ -224,17 +216,12 @@ class FileWatcher:
                     self._extra[new] = inotify.add_watch(new)
 
     def stop(self) -> None:
-        """Stop the thread and the observer, wait for both, close descriptors."""
+        """Stop the thread, wait for it, close descriptors."""
         self._stop.set()
         self._activity.set()
         if self._stop_pipe is not None:
             with contextlib.suppress(OSError):
                 os.write(self._stop_pipe[1], b"x")
-        observer = self._observer
-        if observer is not None:
-            observer.stop()  # type: ignore[attr-defined]
-            observer.join(timeout=5)  # type: ignore[attr-defined]
-            self._observer = None
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -245,49 +232,6 @@ class FileWatcher:
             for fd in self._stop_pipe:
                 os.close(fd)
             self._stop_pipe = None
-
-    def _start_watchdog(self) -> object:
-        from watchdog.events import (
-            DirCreatedEvent,
-            DirDeletedEvent,
-            DirMovedEvent,
-            FileCreatedEvent,
-            FileDeletedEvent,
-            FileModifiedEvent,
-            FileMovedEvent,
-            FileSystemEvent,
-            FileSystemEventHandler,
-        )
-        from watchdog.observers import Observer
-
-        watcher = self
-
-        class _Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                watcher.events += 1
-                if event.event_type != "modified":
-                    watcher._rescan = True
-                watcher._activity.set()
-
-        observer = Observer(timeout=0.2)
-        observer.schedule(
-            _Handler(),
-            str(self._directory),
-            recursive=False,
-            event_filter=[
-                FileModifiedEvent,
-                FileCreatedEvent,
-                FileMovedEvent,
-                FileDeletedEvent,
-                DirCreatedEvent,
-                DirDeletedEvent,
-                DirMovedEvent,
-            ],
-        )
-        observer.daemon = True
-        observer.name = f"robotpm-watchdog-{self._name}"
-        observer.start()
-        return observer
 
     def _wait_for_events(self) -> bool:
         """Block up to one poll interval; True when file events arrived."""

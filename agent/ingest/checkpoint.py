@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.ingest.discovery import Candidate
-from agent.ingest.identity import ContentMark, pread_exact
+from agent.ingest.identity import ContentMark, meaningful_head
 from agent.ingest.rotation import Ghost
 from agent.ingest.tracked import TrackedFile, open_file
 
@@ -47,6 +47,7 @@ def read_checkpoint(state: object, now: float) -> Checkpoint | None:
                 header_from(entry.get("header")),
                 now,
                 int(entry.get("data_start", 0)),
+                header_from(entry.get("head_bytes")),
             )
             for entry in state.get("ghosts", [])
         ]
@@ -85,7 +86,13 @@ def write_checkpoint(
         "v": STATE_VERSION,
         "files": entries,
         "ghosts": [
-            {**g.mark.to_json(), "header": header_to(g.header), "data_start": g.data_start} for g in ghosts
+            {
+                **g.mark.to_json(),
+                "header": header_to(g.header),
+                "data_start": g.data_start,
+                "head_bytes": header_to(g.head),
+            }
+            for g in ghosts
         ],
         "last_header": header_to(last_header),
     }
@@ -106,8 +113,9 @@ class SavedPositions:
         """Give saved positions to the listed files that hold their content; returns the others.
 
         The longest verified match wins (a saved file renamed, or copied by copytruncate,
-        is found by content); the same inode breaks ties. A match covering nothing past a
-        CSV header only counts for the same inode.
+        is found by content); the same inode breaks ties. A position covering nothing past a
+        CSV header, or only NULs, identifies nothing: the file is read as new (from 0, which
+        returns no line twice), so that a copy of it, or a reused inode, is recognised as such.
         """
         opened: dict[str, tuple[int, os.stat_result]] = {}
         scored: list[tuple[tuple[int, bool], int, Candidate, Identity]] = []
@@ -119,10 +127,9 @@ class SavedPositions:
             fd, st = handle
             for ident, saved in self.entries.items():
                 mark = ContentMark.from_json(saved)
-                same = (st.st_dev, st.st_ino) == ident
-                strong = mark.offset > int(saved.get("data_start", 0))
-                if (strong or same) and mark.matches(fd, st.st_size):
-                    scored.append(((mark.offset if strong else -1, same), len(scored), c, ident))
+                if _identifies(mark, saved) and mark.matches(fd, st.st_size):
+                    same = (st.st_dev, st.st_ino) == ident
+                    scored.append(((mark.offset, same), len(scored), c, ident))
         scored.sort(key=lambda item: (item[0], -item[1]), reverse=True)
         taken: set[str] = set()
         for _, _, c, ident in scored:
@@ -135,18 +142,19 @@ class SavedPositions:
             os.close(fd)
         return [c for c in candidates if c.path not in taken]
 
-    def place_rest(self, now: float, add_ghost: Callable[[Ghost], None]) -> None:
-        """Place the saved files that are not in the directory.
+    def place_rest(self, now: float, add_ghost: Callable[[Ghost], None], listed: set[Identity]) -> None:
+        """Place the saved files `match` found no file for.
 
-        Each is adopted where it was (e.g. an old symlink target), or else its identity
-        is kept as a ghost for a copy to claim.
+        One that is not in the directory (`listed`) is adopted where it was (e.g. an old
+        symlink target, still to be drained). Otherwise the identity of its content is kept
+        as a ghost for a copy to claim.
         """
         for ident, saved in list(self.entries.items()):
             del self.entries[ident]
-            if self._adopt_by_path(saved, ident, now):
+            if ident not in listed and self._adopt_by_path(saved, ident, now):
                 continue
             mark = ContentMark.from_json(saved)
-            if mark.offset > 0:
+            if _identifies(mark, saved):
                 add_ghost(Ghost(mark, header_from(saved.get("header")), now, int(saved.get("data_start", 0))))
 
     def _adopt_by_path(self, saved: dict[str, Any], ident: Identity, now: float) -> bool:
@@ -184,9 +192,9 @@ class SavedPositions:
             f.key = str(saved.get("key") or f.key)
         else:
             self._counters["copies_claimed"] += 1
-        f.offset = mark.offset
-        f.head = pread_exact(fd, mark.head_len, 0)
-        f.marker = pread_exact(fd, mark.marker_len, mark.offset - mark.marker_len)
+        f.resume_at(mark)
+        found = meaningful_head(fd, st.st_size)
+        f.seen_at = found[0] if found is not None else None
         f.header = header_from(saved.get("header"))
         f.header_pending = bool(saved.get("header_pending", False)) and self._csv
         f.skipping = bool(saved.get("skipping", False))
@@ -196,8 +204,13 @@ class SavedPositions:
         self._counters["files_opened"] += 1
 
 
+def _identifies(mark: ContentMark, saved: dict[str, Any]) -> bool:
+    """Whether a saved position covers meaningful content past the CSV header."""
+    return mark.identifies_content and mark.offset > int(saved.get("data_start", 0))
+
+
 def header_to(header: bytes | None) -> str | None:
-    """A CSV header as JSON text (latin-1 keeps every byte)."""
+    """A CSV header (or other short bytes) as JSON text: latin-1 keeps every byte."""
     return None if header is None else header.decode("latin-1")
 
 

@@ -21,7 +21,7 @@ import fnmatch
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.filewatch.watcher import Signature
@@ -31,6 +31,9 @@ COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".z", ".lzm
 
 MAX_LISTINGS = 5
 """A scan lists the directory until two listings agree, at most this many times."""
+
+Opener = Callable[[str], "tuple[int, os.stat_result] | None"]
+"""Opens a path for reading: a descriptor and its stat, or None."""
 
 _NUMBERED = re.compile(r"^(?P<base>.+)[.-](?P<n>\d{1,6})$")
 _DATED = re.compile(r"^(?P<base>.+)[._-](?P<date>\d{8}(?:[-_T]?\d{2,6})?)$")
@@ -109,6 +112,32 @@ def stable_listing(directory: str, patterns: tuple[str, ...]) -> tuple[list[Cand
         repeated += 1
         listing = again
     return listing, repeated
+
+
+def open_listed(
+    directory: str, patterns: tuple[str, ...], c: Candidate, opener: Opener
+) -> tuple[int, os.stat_result, Candidate] | None:
+    """Open the file a listing found, by its identity: under its listed name, or where it moved.
+
+    A rotation going on renames files between the listing and the open; the name may then
+    hold another file. The directory is listed again to find the listed inode's new name
+    (at most `MAX_LISTINGS` times). None when it vanished or cannot be opened.
+    """
+    for _ in range(MAX_LISTINGS):
+        opened = opener(c.path)
+        if opened is None:
+            return None
+        fd, st = opened
+        if (st.st_dev, st.st_ino) == (c.dev, c.ino):
+            return fd, st, c
+        os.close(fd)
+        moved = next(
+            (m for m in list_candidates(directory, patterns) if (m.dev, m.ino) == (c.dev, c.ino)), None
+        )
+        if moved is None:
+            return None
+        c = moved
+    return None
 
 
 def signature(directory: str, patterns: tuple[str, ...]) -> Signature:

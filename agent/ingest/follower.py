@@ -193,6 +193,7 @@ class StreamFollower:
         out: list[LineBlock] = []
         scan = self._need_scan(now)
         self._check_open_files(now, verify_all=scan)
+        self._rotation.resolve_pending(now)  # a file that just got its first bytes can be a copy's source
         if scan or self._scan_due:  # a truncation just seen: copytruncate's copy is already there
             self._scan(now)
             # The scan stat'ed the files it found just now. Look at the files open before it
@@ -213,6 +214,9 @@ class StreamFollower:
                 self._wakeup.set()  # more to read: come back at once
                 break
             budget -= self._reader.read_file(f, budget, out)
+        if self._reader.changed_under_us:
+            self._reader.changed_under_us = False
+            self._wakeup.set()
         return out
 
     def state(self) -> dict[str, Any]:
@@ -290,18 +294,22 @@ class StreamFollower:
                 f.last_change = now
         if self._saved.entries:
             new = self._saved.match(new, now)
-        self._saved.place_rest(now, self._rotation.add_ghost)
-        new.sort(key=lambda c: order_key(c.mtime_ns, c.rank, c.path))
+        self._saved.place_rest(now, self._rotation.add_ghost, seen)
+        # live names first: a copy is recognised by the file it was copied from (reading order is
+        # decided later, by order_key)
+        new.sort(key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path)))
         for c in new:
             self._add_new(c, now)
         if self._watcher is not None:
             self._watcher.watch_extra(discovery.symlink_dirs(self._directory, candidates))
 
     def _add_new(self, c: Candidate, now: float) -> None:
-        opened = open_file(c.path)
+        # by identity: a file renamed since the listing would otherwise be found only after its
+        # successor's lines are read
+        opened = discovery.open_listed(self._directory, self._patterns, c, open_file)
         if opened is None:
             return
-        fd, st = opened
+        fd, st, c = opened
         ident = (st.st_dev, st.st_ino)
         if ident in self._files:
             os.close(fd)
@@ -319,21 +327,29 @@ class StreamFollower:
             if ghost.header is not None:
                 self._reader.last_header = ghost.header
             self._scan_due = True  # the copy of copytruncate may already be there
+        if self._rotation.unread_replaced:
+            self._rotation.unread_replaced = False
+            self._scan_due = True
 
     def _expire(self, now: float, out: list[LineBlock]) -> None:
         """Drop old ghosts; settle quiet rotated files; close drained files that left the directory."""
         self._rotation.expire(now)
         for ident, f in list(self._files.items()):
-            if f.pending is not None or now - f.last_change < self._release_after:
+            if now - f.last_change < self._release_after or not (f.gone or f.rank > 0):
                 continue
-            if not (f.gone or f.rank > 0):
+            if f.pending is not None:
+                if f.gone and f.pending.kind == "empty":
+                    self._release(ident, f)  # left the directory holding nothing (or only NULs)
                 continue
             if not self._reader.settle(f, out):
                 continue
             if f.gone and f.offset >= f.last_size:
-                os.close(f.fd)
-                del self._files[ident]
-                self.counters["files_released"] += 1
+                self._release(ident, f)
+
+    def _release(self, ident: tuple[int, int], f: TrackedFile) -> None:
+        os.close(f.fd)
+        del self._files[ident]
+        self.counters["files_released"] += 1
 
     def _close_files(self) -> None:
         for f in self._files.values():

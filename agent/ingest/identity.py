@@ -2,15 +2,28 @@
 
 **Identity.** A file is (device, inode) **plus** what we consumed from it: a
 SHA-256 of its head (the first ≤ 1 KiB we read) and a marker, the SHA-256 of the
-≤ 64 bytes just before the saved offset. A file only resumes at a saved offset if
+bytes just before the saved offset: at least 64, and back to the start of the last
+line (≤ 1 KiB), so that it holds that line's timestamp. (Lines of one logger often
+end alike, e.g. in idle channels' zeros: 64 bytes of line ends tell one line from
+another poorly.) A file only resumes at a saved offset if
 both still match, which catches inode reuse, truncation and copytruncate to a
 smaller, the same or a larger size; and a renamed or copied file is re-found by
 its content when its inode differs (rotation while the agent was stopped,
 copytruncate's copy).
+
+**Meaningful bytes.** A logger that writes without ``O_APPEND`` goes on at its old
+offset after a copytruncate, so the truncated file, and every later copy of it,
+starts with a hole of NUL bytes. The head fingerprint therefore starts at the first
+byte that is not NUL (``head_at``): a copy has the same hole and the same head
+there, an unrelated file with a hole does not. Content consumed so far that is only
+NULs has no head (``head_len == 0``) and identifies nothing: it is never matched
+with another file, only re-verified in its own (where the marker, NULs included,
+still proves the bytes before the offset are unchanged).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
@@ -20,7 +33,21 @@ HEAD_BYTES = 1024
 """How much of a file's head its fingerprint covers."""
 
 MARKER_BYTES = 64
-"""How many bytes before the saved offset the offset marker covers."""
+"""How many bytes before the saved offset the offset marker covers at least."""
+
+MARKER_MAX_BYTES = 1024
+"""How far back the marker reaches to include the start of the last line (its timestamp)."""
+
+
+def marker_after(marker: bytes, buf: bytes) -> bytes:
+    """The marker once `buf` is consumed after the bytes `marker` ended with.
+
+    The last `MARKER_BYTES` bytes, extended back to the start of the last line they are
+    part of, at most `MARKER_MAX_BYTES` in all.
+    """
+    tail = buf[-MARKER_MAX_BYTES:] if len(buf) >= MARKER_MAX_BYTES else (marker + buf)[-MARKER_MAX_BYTES:]
+    newline = tail.rfind(b"\n", 0, max(0, len(tail) - MARKER_BYTES))
+    return tail[newline + 1 :]  # all of the tail when that line started before it
 
 
 def digest(data: bytes) -> str:
@@ -41,11 +68,11 @@ def pread_exact(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def same_prefix(fd_a: int, fd_b: int, length: int) -> bool:
-    """Whether two files hold the same first `length` bytes."""
-    offset = 0
-    while offset < length:
-        n = min(1 << 20, length - offset)
+def same_bytes(fd_a: int, fd_b: int, start: int, end: int) -> bool:
+    """Whether two files hold the same bytes in ``[start, end)``."""
+    offset = start
+    while offset < end:
+        n = min(1 << 20, end - offset)
         a = pread_exact(fd_a, n, offset)
         if a != pread_exact(fd_b, n, offset) or len(a) < n:
             return False
@@ -53,21 +80,62 @@ def same_prefix(fd_a: int, fd_b: int, length: int) -> bool:
     return True
 
 
+def data_after(fd: int, offset: int, size: int) -> int:
+    """Where data may start at or after `offset`: past a sparse hole at once, else `offset`.
+
+    A logger without O_APPEND leaves a hole the filesystem need not store; ``SEEK_DATA``
+    skips it without reading it. (A copied hole is stored as NUL bytes and read as such.)
+    """
+    if offset >= size:
+        return offset
+    try:
+        return min(os.lseek(fd, offset, os.SEEK_DATA), size)
+    except OSError as exc:
+        # ENXIO: only hole from here to the end; other errors: no SEEK_DATA (read it all)
+        return size if exc.errno == errno.ENXIO else offset
+
+
+def meaningful_head(fd: int, size: int) -> tuple[int, bytes] | None:
+    """Where the first byte that is not NUL is, and up to `HEAD_BYTES` bytes from there.
+
+    None when the first `size` bytes are all NUL (a hole, or nothing yet).
+    """
+    offset = data_after(fd, 0, size)
+    while offset < size:
+        chunk = os.pread(fd, min(1 << 16, size - offset), offset)
+        if not chunk:
+            return None
+        stripped = chunk.lstrip(b"\x00")
+        if stripped:
+            at = offset + len(chunk) - len(stripped)
+            return at, pread_exact(fd, min(HEAD_BYTES, size - at), at)
+        offset += len(chunk)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ContentMark:
     """What we consumed from a file, as hashes: enough to re-find and verify it."""
 
     offset: int
+    head_at: int
+    """Offset of the first consumed byte that is not NUL (0 without a hole)."""
     head_len: int
+    """Bytes of the head from `head_at`; 0 when everything consumed was NUL (identifies nothing)."""
     head_sha: str
     marker_len: int
     marker_sha: str
 
+    @property
+    def identifies_content(self) -> bool:
+        """Whether the mark holds meaningful bytes, so another file can be recognised by it."""
+        return self.head_len > 0
+
     def head_matches(self, fd: int) -> bool:
-        """Whether the file behind `fd` starts with the head we consumed."""
+        """Whether the file behind `fd` holds the head we consumed, at the same place."""
         if self.head_len == 0:
             return True
-        head = pread_exact(fd, self.head_len, 0)
+        head = pread_exact(fd, self.head_len, self.head_at)
         return len(head) == self.head_len and digest(head) == self.head_sha
 
     def marker_matches(self, fd: int) -> bool:
@@ -85,6 +153,7 @@ class ContentMark:
         """The mark as the JSON fields of a saved state."""
         return {
             "offset": self.offset,
+            "head_at": self.head_at,
             "head_len": self.head_len,
             "head": self.head_sha,
             "marker_len": self.marker_len,
@@ -93,11 +162,18 @@ class ContentMark:
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ContentMark:
-        """The mark saved by `to_json` (raises KeyError, TypeError or ValueError when damaged)."""
+        """The mark saved by `to_json` (raises KeyError, TypeError or ValueError when damaged).
+
+        A head of NULs only (saved before heads skipped holes) identifies nothing.
+        """
+        head_len, head_sha = int(entry["head_len"]), str(entry["head"])
+        if head_len and head_sha == digest(bytes(head_len)):
+            head_len, head_sha = 0, digest(b"")
         return cls(
             int(entry["offset"]),
-            int(entry["head_len"]),
-            str(entry["head"]),
+            int(entry.get("head_at", 0)),
+            head_len,
+            head_sha,
             int(entry["marker_len"]),
             str(entry["marker"]),
         )

@@ -19,7 +19,7 @@ from agent.config import IngestConfig
 from agent.contract.records import RejectedLine
 from agent.contract.streams import StreamConfig
 from agent.errors import IngestError
-from agent.ingest.identity import pread_exact
+from agent.ingest.identity import data_after, pread_exact
 from agent.ingest.tracked import TrackedFile
 
 RAW_KEEP = 256
@@ -59,6 +59,8 @@ class LineReader:
         self._path_objects: dict[str, Path] = {}
         self.last_header: bytes | None = None
         """The newest CSV header seen, for files whose writer went on without one."""
+        self.changed_under_us = False
+        """Set when a read found a file changed since its check: look again soon."""
 
     def path_of(self, f: TrackedFile) -> Path:
         """The file's current path as a `Path` (built once per name: this runs on every read)."""
@@ -99,10 +101,19 @@ class LineReader:
                     f.skipping = False
                 continue
             if data[0] == 0:
+                if f.marker[-1:] not in (b"", b"\x00") and not f.content_intact():
+                    # NULs right after lines already read, which are gone: the file was truncated
+                    # under us and a writer without O_APPEND went on past our offset. Leave it to
+                    # the change check (it keeps the old content's identity for the copy).
+                    f.last_mtime = -1
+                    self.changed_under_us = True
+                    break
                 stripped = data.lstrip(b"\x00")
                 skipped = len(data) - len(stripped)
+                if not stripped:  # the hole may go on: jump over what the filesystem does not store
+                    skipped = data_after(f.fd, f.offset + skipped, size) - f.offset
                 self._counters["nul_bytes_skipped"] += skipped
-                f.consume(data[:skipped])
+                f.skip_nuls(skipped)
                 continue
             if f.header_pending:
                 if not self._take_header(f, data, out):
@@ -137,7 +148,9 @@ class LineReader:
             rest = pread_exact(f.fd, size - f.offset, f.offset)
             if b"\n" in rest:
                 return False  # complete lines not read yet (budget): read_file takes them first
-            if rest.strip(b"\x00"):
+            if not rest.strip(b"\x00"):
+                f.skip_nuls(len(rest))
+            else:
                 reject = RejectedLine(
                     f.offset,
                     len(rest),
@@ -147,7 +160,7 @@ class LineReader:
                 )
                 self._counters["unterminated"] += 1
                 out.append(LineBlock(f.key, self.path_of(f), b"", f.offset, self.header_for(f), (reject,)))
-            f.consume(rest)
+                f.consume(rest)
         f.skipping = f.header_pending = False
         return True
 

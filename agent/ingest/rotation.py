@@ -1,13 +1,26 @@
 """Rotation: truncation and copytruncate seen in open files, and copies recognised as known content.
 
-When an open file's content changes under it (it shrank, or the offset marker no
-longer matches: truncation, copytruncate to any size, rewrite in place), the old
+When an open file's content changes under it (it shrank, or its head or offset marker
+no longer match: truncation, copytruncate to any size, rewrite in place), the old
 content's identity is kept as a *ghost* and the file is read again from 0. A new
-file whose head and marker match a ghost is copytruncate's copy: it resumes at the
-ghost's offset (`RotationTracker.classify`). A new file whose head matches a ghost
-but is still shorter than the ghost's offset, or whose head matches a file still
-being read (a plain ``cp``), is *pending*: not read until it either reaches the
-offset or stays unchanged for ``release_after_s`` (`RotationTracker.resolve_pending`).
+file is classified by its meaningful head (the bytes after any leading NUL hole,
+see `agent.ingest.identity`) before a byte of it is read (`RotationTracker.classify`):
+
+* whose head and marker match a ghost: copytruncate's copy, it resumes at the
+  ghost's offset (claimed);
+* empty, or only NULs so far: nothing to tell yet, *pending* until bytes arrive
+  (logrotate creates the copy empty, then fills it);
+* whose head matches a ghost but which is shorter, or whose head matches the head
+  of another file of the stream (a plain ``cp``, or the copy of a file that is not
+  truncated yet), that other file not being more rotated: *pending*, looked at
+  again whenever it grows. A copy of a file
+  being read is compared with it as its bytes arrive, so a file that differs is
+  read at once. A pending file that stays unchanged for ``release_after_s`` holds
+  nothing new (a shorter copy of content consumed in full) and is skipped;
+* anything else: new content, read from its start.
+
+Each copy is thus either claimed, skipped, or read from 0: its lines are returned
+once, whenever the follower happens to look at it (`RotationTracker.resolve_pending`).
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agent.ingest.identity import ContentMark, pread_exact, same_prefix
+from agent.ingest.identity import ContentMark, digest, meaningful_head, same_bytes
 from agent.ingest.tracked import TrackedFile
 
 GHOST_TTL_S = 60.0
@@ -36,17 +49,21 @@ class Ghost:
     born: float
     data_start: int = 0
     """Where the data lines began (after the file's own header line, if it had one)."""
+    head: bytes | None = None
+    """The consumed head itself, when known: a copy still shorter than it is recognised by it."""
 
 
 @dataclass(slots=True)
 class Pending:
     """A new file that may be a copy of known content: not read until that is decided."""
 
-    kind: str  # "ghost" | "copy"
+    kind: str  # "empty" | "ghost" | "copy"
     ghost: Ghost | None
     source_key: str | None
     size: int
     since: float
+    verified: int = 0
+    """For a copy: its first bytes known equal to the source's."""
 
 
 class RotationTracker:
@@ -58,9 +75,16 @@ class RotationTracker:
         self._release_after = release_after_s
         self._counters = counters
         self.ghosts: list[Ghost] = []
+        self.unread_replaced = False
+        """Set by `check_open_files` when an unread file's content was replaced: list again."""
 
     def add_ghost(self, ghost: Ghost) -> None:
-        """Remember vanished content (the oldest ghosts beyond `MAX_GHOSTS` are forgotten)."""
+        """Remember vanished content (the oldest ghosts beyond `MAX_GHOSTS` are forgotten).
+
+        Content that was only NULs identifies nothing: it is not kept.
+        """
+        if not ghost.mark.identifies_content:
+            return
         self.ghosts.append(ghost)
         del self.ghosts[:-MAX_GHOSTS]
 
@@ -71,7 +95,7 @@ class RotationTracker:
     def check_open_files(self, now: float, verify_all: bool) -> list[Ghost]:
         """Notice growth, truncation and replaced content (copytruncate) of the open files.
 
-        The offset marker is checked when a file changed, and for every file when
+        The head and the offset marker are checked when a file changed, and for every file when
         `verify_all` (each rescan), which catches a same-size rewrite within one mtime tick.
         Returns the ghosts of the content found gone (those files now read from 0).
         """
@@ -88,25 +112,56 @@ class RotationTracker:
                 continue
             if size != f.last_size or mtime != f.last_mtime:
                 f.last_size, f.last_mtime, f.last_change = size, mtime, now
-            if size < f.offset or (
-                f.marker and pread_exact(f.fd, len(f.marker), f.offset - len(f.marker)) != f.marker
-            ):
-                found.append(self._restart(f, now))
+            if size < f.offset or not f.content_intact():
+                found.append(self._restart(f, size, now))
+            elif not f.head:
+                self._check_unread_start(f, size)
         return found
 
-    def _restart(self, f: TrackedFile, now: float) -> Ghost:
-        ghost = Ghost(f.mark(), f.header, now, f.data_start)
+    def _check_unread_start(self, f: TrackedFile, size: int) -> None:
+        """Notice that a file nothing meaningful was read from yet starts elsewhere than it did.
+
+        Its content was replaced (truncated, then written by a logger without O_APPEND at its
+        old offset): nothing of it is lost, but the copy of what it held may already be in the
+        directory, and must be listed (and read, being older) before the new content.
+        """
+        found = meaningful_head(f.fd, size)
+        start = found[0] if found is not None else None
+        if start == f.seen_at:
+            return
+        if f.seen_at is not None or (start is not None and start > 0):
+            self.unread_replaced = True
+        f.seen_at = start
+
+    def _restart(self, f: TrackedFile, size: int, now: float) -> Ghost:
+        ghost = Ghost(f.mark(), f.header, now, f.data_start, f.head)
         self.add_ghost(ghost)
         f.restart(self._csv)
+        found = meaningful_head(f.fd, size)  # where its content starts now: a copy of it is recognised
+        f.seen_at = found[0] if found is not None else None
         self._counters["truncations"] += 1
         return ghost
 
     def classify(self, f: TrackedFile, size: int, now: float) -> None:
         """Decide whether a new file is fresh content, or a copy of content already consumed."""
+        f.pending = None
+        found = meaningful_head(f.fd, size)
+        if found is None:
+            f.pending = Pending("empty", None, None, size, now)
+            return
+        head_at, head = found
+        f.seen_at = head_at
         # the most specific identity first; one that covers no more than a CSV header says nothing
         for ghost in sorted(self.ghosts, key=lambda g: g.mark.offset, reverse=True):
             mark = ghost.mark
-            if mark.offset <= ghost.data_start or size < mark.head_len or not mark.head_matches(f.fd):
+            if mark.offset <= ghost.data_start or mark.head_at != head_at:
+                continue
+            if len(head) < mark.head_len:  # shorter than the ghost's head: a copy being written?
+                if ghost.head is not None and ghost.head.startswith(head):
+                    f.pending = Pending("ghost", ghost, None, size, now)
+                    return
+                continue
+            if digest(head[: mark.head_len]) != mark.head_sha:
                 continue
             if size >= mark.offset:
                 if mark.marker_matches(f.fd):
@@ -115,18 +170,30 @@ class RotationTracker:
                 continue
             f.pending = Pending("ghost", ghost, None, size, now)
             return
+        source = self._copy_source(f, head_at, head)
+        if source is not None:
+            f.pending = Pending("copy", None, source.key, size, now)
+
+    def _copy_source(self, f: TrackedFile, head_at: int, head: bytes) -> TrackedFile | None:
+        """The file `f` looks like a copy of: the one sharing the longest head with it."""
+        best, best_n = None, 0
         for other in self._files.values():
-            if other is f or other.pending is not None or not other.has_data_head():
+            # a copy is made under a rotated name: a file is never taken for a copy of a more rotated one
+            if other is f or other.pending is not None or other.rank > f.rank:
                 continue
-            if size >= len(other.head) and pread_exact(f.fd, len(other.head), 0) == other.head:
-                f.pending = Pending("copy", None, other.key, size, now)
-                return
+            theirs = other.source_head(len(head))
+            if theirs is None or theirs[0] != head_at:
+                continue
+            n = min(len(head), len(theirs[1]))
+            # sharing no more than the header line says nothing (every file of the stream has it),
+            # unless all of `f` so far is a prefix of the other (a copy being written, or cut short)
+            telling = n == len(head) or head_at + n > other.data_start
+            if n > best_n and telling and head[:n] == theirs[1][:n]:
+                best, best_n = other, n
+        return best
 
     def _claim(self, f: TrackedFile, ghost: Ghost) -> None:
-        mark = ghost.mark
-        f.offset = mark.offset
-        f.head = pread_exact(f.fd, mark.head_len, 0)
-        f.marker = pread_exact(f.fd, mark.marker_len, mark.offset - mark.marker_len)
+        f.resume_at(ghost.mark)
         f.header = ghost.header
         f.header_pending = False
         f.data_start = ghost.data_start
@@ -136,16 +203,26 @@ class RotationTracker:
         self._counters["copies_claimed"] += 1
 
     def resolve_pending(self, now: float) -> None:
-        """Settle pending files that reached their ghost's offset or stayed unchanged long enough."""
+        """Look again at pending files and decide those that can be decided now.
+
+        A pending file is decided when it grew (what is it now?), reached its ghost's offset,
+        differs from its source, or stayed unchanged for ``release_after_s``.
+        """
         for f in list(self._files.values()):
             pending = f.pending
             if pending is None:
                 continue
             try:
-                size = os.fstat(f.fd).st_size
+                st = os.fstat(f.fd)
             except OSError:
                 continue
-            if pending.kind == "ghost":
+            size = st.st_size
+            if size != f.last_size or st.st_mtime_ns != f.last_mtime:  # the change check skips it
+                f.last_size, f.last_mtime, f.last_change = size, st.st_mtime_ns, now
+            if pending.kind == "empty":
+                if size != pending.size:
+                    self.classify(f, size, now)  # bytes arrived: what are they?
+            elif pending.kind == "ghost":
                 self._resolve_ghost(f, pending, size, now)
             else:
                 self._resolve_copy(f, pending, size, now)
@@ -153,15 +230,8 @@ class RotationTracker:
     def _resolve_ghost(self, f: TrackedFile, pending: Pending, size: int, now: float) -> None:
         ghost = pending.ghost
         assert ghost is not None
-        if ghost not in self.ghosts:
-            f.pending = None
-            self.classify(f, size, now)
-        elif size >= ghost.mark.offset:
-            f.pending = None
-            if ghost.mark.marker_matches(f.fd):
-                self._claim(f, ghost)
-        elif size != pending.size:
-            pending.size, pending.since = size, now
+        if ghost not in self.ghosts or size != pending.size:
+            self.classify(f, size, now)  # grown: it may now reach the offset, or differ
         elif now - pending.since >= self._release_after:
             # a shorter copy of content we consumed in full: nothing new in it
             f.pending = None
@@ -170,13 +240,23 @@ class RotationTracker:
     def _resolve_copy(self, f: TrackedFile, pending: Pending, size: int, now: float) -> None:
         source = next((o for o in self._files.values() if o.key == pending.source_key), None)
         if source is None:
-            f.pending = None
             self.classify(f, size, now)
-        elif size != pending.size:
+            return
+        try:
+            source_size = os.fstat(source.fd).st_size
+        except OSError:
+            return
+        upto = min(size, source_size)
+        if size > source_size or not same_bytes(f.fd, source.fd, pending.verified, upto):
+            if source_size < source.offset or not source.content_intact():
+                return  # the source changed under us (truncated): its change check comes first
+            f.pending = None  # bytes its source does not have: not a copy, new content
+            return
+        pending.verified = upto
+        if size != pending.size:
             pending.size, pending.since = size, now
         elif now - pending.since >= self._release_after:
             f.pending = None
-            if same_prefix(f.fd, source.fd, size):
-                # a plain copy: its lines come from the source
-                f.skip_to(size, source.header, source.data_start)
-                self._counters["copies_skipped"] += 1
+            # a plain copy: its lines come from the source
+            f.skip_to(size, source.header, source.data_start)
+            self._counters["copies_skipped"] += 1

@@ -11,9 +11,10 @@ What it does, and why:
   client certificates; username/password from ``credentials_file`` or the
   environment, never from config.toml and never logged (the password is registered
   with `agent.logs.register_secret`, so even a stray mention of it is masked).
-  Credentials without TLS are logged as ``mqtt_credentials_without_tls``, or refused
-  (`ConfigError` on ``agent.mqtt.tls``) with ``plaintext_credentials = "refuse"``,
-  which the prod profile sets.
+  Credentials without TLS to a broker off this machine are logged as
+  ``mqtt_credentials_without_tls``, or refused (`ConfigError` on ``agent.mqtt.tls``)
+  with ``plaintext_credentials = "refuse"``, which the prod profile sets; a broker on
+  the loopback interface (a local bridge) is exempt.
 * A retained last will "offline" on ``…/status``, a retained "online" published on
   every connect, and an explicit retained "offline" in `stop` (a clean disconnect
   suppresses the will). With ``will_delay_s`` (MQTT 5) a link that comes back within
@@ -48,7 +49,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import PLAINTEXT_CREDENTIALS_REFUSED, MqttConfig, TlsConfig
+from agent.config import PLAINTEXT_CREDENTIALS_REFUSED, MqttConfig, TlsConfig, is_loopback
 from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.errors import PublishError
@@ -94,7 +95,7 @@ def read_credentials(
 
 def check_plaintext_credentials(config: MqttConfig, credentials: tuple[str, str | None] | None) -> None:
     """Warn about credentials that would travel without TLS, or refuse them (see the module docstring)."""
-    if credentials is None or config.tls is not None:
+    if credentials is None or config.tls is not None or is_loopback(config.host):
         return
     if config.plaintext_credentials == "refuse":
         raise ConfigError("config", "agent.mqtt.tls", PLAINTEXT_CREDENTIALS_REFUSED)

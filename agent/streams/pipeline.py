@@ -1,13 +1,16 @@
 """One sensor stream's pipeline: line blocks → records → windows → scores → alert events.
 
 `StreamPipeline.process` takes the blocks a follower read and returns the alert
-events they cause. Everything it needs to resume exactly where it stopped (the
+events they cause (raised and updated ones with the channels that drove the score:
+`agent.streams.attribution`). Everything it needs to resume exactly where it stopped (the
 follower's position, the open window, the alert policy's counters) is in
 `StreamPipeline.state`, which the daemon commits in the same transaction as the
 events' outbox rows.
 
 A window that spans two files (a rotation) is attributed to the file of its last
-sample; its ``byte_start`` is then 0.
+sample; its ``byte_start`` is then 0. A stream resampled onto the model's rate
+(`agent.streams.sampling`) cuts windows from grid points; a grid point's line is
+the one that completed it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
+from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
+from agent.streams.sampling import StreamSampling
 
 log = structlog.get_logger("robotpm.pipeline")
 
@@ -166,6 +171,8 @@ class StreamPipeline:
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
         self.drift = DriftMonitor(scorer.manifest, drift)
+        self.attribution = ChannelAttribution(scorer.manifest)
+        self.sampling = StreamSampling(stream, scorer.manifest)
         self.on_scored: Callable[[float], None] | None = None
         """Called with the seconds each scoring call took (the daemon's inference-latency histogram)."""
         self._check_channels(scorer.manifest)
@@ -178,7 +185,11 @@ class StreamPipeline:
     @property
     def lines_to_next_window(self) -> int:
         """How many more valid lines complete the next window: fewer cannot cause an event."""
-        return self._featurizer.samples_to_next_window
+        return self.sampling.lines_for(self._featurizer.samples_to_next_window)
+
+    def degraded_reason(self) -> str | None:
+        """Why the stream is degraded (a sample rate the model was not trained for), None if it is not."""
+        return self.sampling.degraded_reason()
 
     @property
     def shortest_line(self) -> int | None:
@@ -206,6 +217,8 @@ class StreamPipeline:
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
         self.drift = DriftMonitor(scorer.manifest, self._drift_config)  # judged against the new training data
+        self.attribution = ChannelAttribution(scorer.manifest)
+        self.sampling.use_model(scorer.manifest, keep_grid=scorer.manifest.feature_spec_hash == old_hash)
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
             seen = self._featurizer.samples_seen
@@ -253,17 +266,19 @@ class StreamPipeline:
             self._shortest_line = shortest
         newest = float(batch.timestamps.max())
         self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
-        values = batch.values[:, self._column_order]
+        timestamps, values, starts, ends = self.sampling.take(
+            batch.timestamps, batch.values[:, self._column_order], batch.starts, batch.ends
+        )  # on the model's grid when the stream resamples
         featurizer = self._featurizer
         done = featurizer.push(values)
         before, source = self._meta, str(block.path)
         keep = min(featurizer.samples_seen, featurizer.spec.window - 1)
-        self._meta = before.then(batch.timestamps, batch.starts, batch.ends, source, keep)
+        self._meta = before.then(timestamps, starts, ends, source, keep)
         if not len(done):
             return []
         self.counters.windows += len(done)
         self.drift.update(done.features)
-        refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
+        refs = _WindowRefs(before, timestamps, starts, ends, source, done)
         started = time.perf_counter()
         scores = self._scorer.score(done.features)
         if self.on_scored is not None:
@@ -271,6 +286,8 @@ class StreamPipeline:
         if self._shadow is not None:
             self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
+        if events:
+            events = self.attribution.explain(events, done.features, done.index, self._scorer)
         self.counters.alerts += len(events)
         return events
 
@@ -306,6 +323,7 @@ class StreamPipeline:
             "meta_source": self._meta.source,
             "last_ts": self._last_ts,
             "policy": self._policy.state(),
+            "sampling": self.sampling.state(),
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -315,7 +333,9 @@ class StreamPipeline:
             return
         self._policy.restore(state.get("policy"))
         self._last_ts = state.get("last_ts")
-        if state.get("spec_hash") != self._scorer.manifest.feature_spec_hash:
+        same_spec = state.get("spec_hash") == self._scorer.manifest.feature_spec_hash
+        self.sampling.restore(state.get("sampling"), same_spec=same_spec)
+        if not same_spec:
             log.info("open_window_dropped", stream=self.name, reason="feature spec changed since last run")
             return
         spec = self._featurizer.spec

@@ -62,6 +62,10 @@ class StreamRunner:
         """The stream's name."""
         return self.pipeline.name
 
+    def degraded_reason(self) -> str | None:
+        """Why the stream is degraded (its pipeline's reason: e.g. a rate the model was not trained for)."""
+        return self.pipeline.degraded_reason()
+
     def restore(self, saved: dict[str, Any] | None) -> None:
         """Resume follower and pipeline from the state committed last (None: a fresh stream)."""
         self.follower.restore(saved.get("follower") if saved else None)

@@ -33,7 +33,13 @@ from agent.config import AgentConfig
 from agent.errors import NotAllowedError
 from agent.technician import render
 from agent.technician.operations import control_dir
-from agent.technician.reports import NotFoundError, alerts_report, explain_report, status_report
+from agent.technician.reports import (
+    NotFoundError,
+    agent_running,
+    alerts_report,
+    explain_report,
+    status_report,
+)
 from agent.technician.shelving import ShelveRequest, ShelveResult
 from agent.technician.views import ShelveReport
 
@@ -191,7 +197,7 @@ def run_shelve(config: AgentConfig, args: argparse.Namespace) -> int:
     except NotAllowedError as exc:
         print(f"robotpm-agent: {exc}", file=sys.stderr)
         return EXIT_NOT_ALLOWED
-    running = status_report(config, time.time()).verdict != "not_running"
+    running = agent_running(config, time.time())
     result = _wait_result(control.result_path(request.id), args.wait if running else 0.0)
     report = ShelveReport(request=request, result=result, queued=result is None)
     _print(report, args.json, render.shelve_text)

@@ -105,9 +105,9 @@ class ControlDir:
         return self.results / f"{request_id}.json"
 
     def group_name(self) -> str:
-        """The group that owns the request directory (for messages)."""
+        """The group that owns the control directory (for messages)."""
         try:
-            gid = os.stat(self.requests).st_gid
+            gid = os.stat(self.root).st_gid
         except OSError:
             return "?"
         try:
@@ -117,13 +117,14 @@ class ControlDir:
 
     def submit(self, request_id: str, body: bytes) -> Path:
         """Drop a request file atomically; raises `NotAllowedError` when the user may not."""
-        if not self.requests.is_dir():
-            raise NotAllowedError(
-                f"{self.requests} does not exist or cannot be reached: the agent creates it at start "
-                "(and only root and members of its group can reach it)"
-            )
         try:
+            if not stat.S_ISDIR(os.stat(self.requests).st_mode):
+                raise NotAllowedError(f"{self.requests} is not a directory")
             return write_atomic(self.requests / f"{request_id}.json", body)
+        except FileNotFoundError as exc:
+            raise NotAllowedError(
+                f"{self.requests} does not exist: the agent creates it when it starts"
+            ) from exc
         except PermissionError as exc:
             raise NotAllowedError(
                 f"not allowed to write {self.requests}: only root and members of group "

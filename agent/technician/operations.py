@@ -129,6 +129,8 @@ class FieldOperations:
         self.journal.use_config(config.journal)
         self.shelving.use_config(config.shelving)
         self.fleet.use_config(config)
+        for policy in self._policies:
+            policy.inner.use_config(config.policy)
 
     def wrap(self, policy: Any) -> ExplainingPolicy:
         """The stream's policy, wrapped so each event's context reaches the journal."""
@@ -398,7 +400,8 @@ def telemetry_json(payload: bytes) -> dict[str, Any]:
 def _stream_status(stream: StreamView, wall: float) -> StreamStatus:
     lag_bytes, files = stream_lag_bytes(stream.position)
     counters = stream.pipeline.counters
-    last_ts = stream.pipeline.state().get("last_ts")
+    state = stream.pipeline.state()
+    last_ts = state.get("last_ts")
     degraded: Callable[[], str | None] | str | None = getattr(stream, "degraded_reason", None)
     return StreamStatus(
         name=stream.name,
@@ -407,6 +410,7 @@ def _stream_status(stream: StreamView, wall: float) -> StreamStatus:
         last_sample=utc(None if last_ts is None else float(last_ts)),
         files=files,
         degraded=degraded() if callable(degraded) else degraded,
+        samples=int(state.get("samples_seen") or 0),
         lines=counters.lines,
         windows=counters.windows,
         alerts=counters.alerts,

@@ -162,8 +162,8 @@ class ExplainingPolicy:
             None,
         )
         features = explain(manifest, np.asarray(row, dtype=np.float64), len(manifest.feature_names))
-        mean = manifest.reference.mean
-        std = manifest.reference.std
+        mean = manifest.explanation_reference.mean  # what explain's z-scores compare with
+        std = manifest.explanation_reference.std
         position = {name: i for i, name in enumerate(manifest.feature_names)}
         history = self._histories.get(head_key(event.component, event.failure_mode))
         context: dict[str, Any] = {

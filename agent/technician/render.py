@@ -94,15 +94,18 @@ def explain_text(report: ExplainReport) -> str:
         first, last = report.scores[0], report.scores[-1]
         out.append(f"scores, windows {first.window}–{last.window}:")
         out.append(f"  {report.sparkline}")
-    out.append("features (z = (value − training mean) / training std; * = published as top feature):")
+    out.append("features (z against the healthy training windows; * = published as top feature):")
     for f in report.features[:20]:
         mean = "" if f.mean is None else f"  mean {f.mean:.4g} ± {f.std:.4g}"
         out.append(f"  {'*' if f.top else ' '} {f.name:<28} {f.value:>12.5g}  z {f.z:>+9.3f}{mean}")
     if len(report.features) > 20:
         out.append(f"  … {len(report.features) - 20} more (--json shows all)")
     if report.contributors:
-        out.append("model contributions:")
-        out.extend(f"  {c}" for c in report.contributors)
+        out.append("model attribution (score with the channel at its healthy reference):")
+        out.extend(
+            f"  {c.channel:<28} score {report.score:.4g} → {c.score_without:.4g} (drop {c.score_drop:.4g})"
+            for c in report.contributors
+        )
     src = report.source
     out.append(f"source: {src.file} bytes {src.byte_start}–{src.byte_end}")
     if src.present:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent.config import AgentConfig
+from agent.contract.alerts import AlertEvent, ChannelContribution
 from agent.contract.errors import RobotPMError
 from agent.journal import (
     JournalEntry,
@@ -21,6 +22,7 @@ from agent.journal import (
     read_episode,
     read_events,
     read_open_alerts,
+    resolve_id,
 )
 from agent.state import STATE_FILE
 from agent.technician.operations import control_dir
@@ -120,8 +122,9 @@ def explain_report(config: AgentConfig, asked: str) -> ExplainReport:
     with read_only(config) as conn:
         if conn is None:
             raise NotFoundError(f"no alert journal yet in {config.state_dir}: the agent has not run here")
-        entry = read_entry(conn, asked)
-        episode = read_episode(conn, entry.event.alert_id if entry is not None else asked)
+        full = resolve_id(conn, asked)
+        entry = read_entry(conn, full)
+        episode = read_episode(conn, entry.event.alert_id if entry is not None else full)
         if entry is None and episode:
             entry = episode[0]
         if entry is None:
@@ -211,6 +214,16 @@ def status_report(config: AgentConfig, now: float) -> StatusReport:
         shelves=tuple(shelves),
         disk=disk,
     )
+
+
+def agent_running(config: AgentConfig, now: float) -> bool:
+    """Whether the agent refreshes its status file now (reads nothing else: any group member may ask)."""
+    path = control_dir(config).status
+    try:
+        agent = read_status(path)
+        return agent is not None and agent.state == "running" and not is_stale(agent, age_s(path, now))
+    except (OSError, ValueError):
+        return False
 
 
 def read_source(file: str, start: int, end: int) -> SourceView:
@@ -303,12 +316,9 @@ def _score_points(entries: Sequence[JournalEntry]) -> list[ScorePoint]:
     return [by_window[i] for i in sorted(by_window)]
 
 
-def _contributors(event: Any) -> tuple[dict[str, Any], ...] | None:
-    """Model-faithful contributions, if the event carries them (a later alert-event field)."""
-    value = getattr(event, "contributors", None)
-    if not value:
-        return None
-    return tuple(c.model_dump(mode="json") if hasattr(c, "model_dump") else dict(c) for c in value)
+def _contributors(event: AlertEvent) -> tuple[ChannelContribution, ...] | None:
+    """The model's attribution the event carries (None: it carries none, e.g. a clear)."""
+    return event.contributors or None
 
 
 def _degraded(agent: AgentStatus, disk: Any) -> list[str]:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.contract.alerts import AlertEvent
 from agent.errors import StateError
-from agent.journal import read_episode
+from agent.journal import read_episode, resolve_id
 from agent.state import StateStore
 from agent.technician.settings import ShelvingConfig
 
@@ -282,7 +282,7 @@ class Shelving:
         if request.stream is not None:
             return ("stream", request.stream, None, None)
         assert request.alert_id is not None
-        episode = read_episode(conn, request.alert_id)
+        episode = read_episode(conn, resolve_id(conn, request.alert_id))
         if not episode:
             return f"no alert {request.alert_id} in the journal"
         event = episode[0].event

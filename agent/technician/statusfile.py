@@ -50,7 +50,10 @@ class StreamStatus(_Model):
     last_sample: datetime | None
     files: int = Field(description="Files followed now.")
     degraded: str | None = Field(default=None, description="Why the stream is degraded, None when it is not.")
-    lines: int = 0
+    samples: int = Field(
+        default=0, description="Records scored since the stream began (restored over restarts)."
+    )
+    lines: int = Field(default=0, description="Lines read since the agent started.")
     windows: int = 0
     alerts: int = 0
     quarantined: int = 0

@@ -8,11 +8,11 @@ Times are UTC.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.contract.alerts import AlertEvent, ModelRef
+from agent.contract.alerts import AlertEvent, ChannelContribution, ModelRef
 from agent.technician.shelving import Shelf, ShelveRequest, ShelveResult
 from agent.technician.statusfile import AgentStatus, DiskStatus
 
@@ -90,8 +90,11 @@ class FeatureView(_View):
 
     name: str
     value: float
-    z: float = Field(description="(value - training mean) / training std")
-    mean: float | None = Field(description="Training mean (None: the journal kept only the top features).")
+    z: float = Field(description="(value - reference mean) / reference std")
+    mean: float | None = Field(
+        description="Mean of the healthy training windows (all of them for older models); None: the journal "
+        "kept only the top features."
+    )
     std: float | None
     top: bool = Field(description="Among the event's top_features (the ones published).")
 
@@ -138,8 +141,10 @@ class ExplainReport(_View):
     thresholds: Thresholds | None
     life_cycle: tuple[JournalEventView, ...]
     features: tuple[FeatureView, ...]
-    contributors: tuple[dict[str, Any], ...] | None = Field(
-        default=None, description="Model-faithful contributions, when the model provides them."
+    contributors: tuple[ChannelContribution, ...] | None = Field(
+        default=None,
+        description="The model's own attribution of the explained event (channels that lower the score most "
+        "when set to the healthy reference), when the event carries it.",
     )
     source: SourceView
     scores: tuple[ScorePoint, ...] = Field(description="Scores of the windows around the alert, in order.")

@@ -211,7 +211,11 @@ class DataExtractionAnalysis:
             for robot in sorted(set(by_robot) - robots):
                 dataset.quarantine.extend(
                     QuarantinedRow(
-                        str(events.event_log), 0, 0, "event_unknown_robot", f"{e.source}: robot {robot!r}"
+                        str(events.event_log),
+                        e.line,
+                        0,
+                        "event_robot_not_in_data",
+                        f"robot {robot!r}, {e.mode}",
                     )
                     for e in by_robot.pop(robot)
                 )

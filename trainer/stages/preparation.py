@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.contract.features import FeatureSpec, batch_features
+from agent.contract.sampling import Sampling
+from agent.contract.sampling import resample as resample_samples
 from trainer.config import LabelConfig
 from trainer.errors import DataError
 from trainer.stages.extraction import Dataset, RobotSeries
@@ -212,19 +214,15 @@ def clean(series: RobotSeries) -> RobotSeries:
 def resample(series: RobotSeries, rate_hz: float, max_gap_s: float) -> RobotSeries:
     """The series on a regular grid at `rate_hz`: channels interpolated linearly, truth carried forward.
 
-    Grid points between two samples more than `max_gap_s` apart (inside a logging gap)
-    are dropped rather than invented; a failure sample moves to its nearest grid point.
+    The grid and the values come from the contract's one implementation (`agent.contract.sampling`,
+    the agent's too): grid points inside a gap longer than `max_gap_s` are dropped rather than
+    invented; a failure sample moves to its nearest grid point.
     """
     ts = series.timestamps
     if len(ts) < 2:
         return series
-    grid = ts[0] + np.arange(int(np.floor((ts[-1] - ts[0]) * rate_hz + 1e-9)) + 1) / rate_hz
-    after = np.clip(np.searchsorted(ts, grid - 1e-9, side="left"), 0, len(ts) - 1)
-    before = np.clip(np.searchsorted(ts, grid + 1e-9, side="right") - 1, 0, len(ts) - 1)
-    grid = grid[ts[after] - ts[before] <= max_gap_s]  # inside an interval between samples, not a gap
-    values = np.column_stack(
-        [np.interp(grid, ts, series.values[:, c]) for c in range(series.values.shape[1])]
-    )
+    on_grid = resample_samples(ts, series.values, Sampling(rate_hz=rate_hz, max_gap_s=max_gap_s))
+    grid, values = on_grid.timestamps, on_grid.values
     previous = np.clip(np.searchsorted(ts, grid, side="right") - 1, 0, len(ts) - 1)
     truth = series.truth
     if truth is not None:

@@ -197,16 +197,18 @@ class TrainedMLModel:
         metrics: dict[str, float],
         lineage: dict[str, str],
         created: datetime | None = None,
+        healthy_features: FloatArray | None = None,
     ) -> ModelManifest:
-        """The manifest of an exported model: interface, heads, reference statistics, golden vectors."""
-        reference = FeatureReference(
-            mean=tuple(float(v) for v in train_features.mean(axis=0)),
-            std=tuple(float(v) for v in train_features.std(axis=0)),
-            quantiles={
-                name: tuple(float(v) for v in np.quantile(train_features, q, axis=0))
-                for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
-            },
-            bins=ReferenceBins.from_features(train_features),  # for the agent's PSI drift test
+        """The manifest of an exported model: interface, heads, reference statistics, golden vectors.
+
+        `healthy_features` (the training windows whose truth is healthy) give the healthy
+        reference the agent explains alerts against; without them (or with none) it is left out.
+        """
+        reference = reference_statistics(train_features, bins=True)  # bins: the agent's PSI drift test
+        healthy = (
+            reference_statistics(healthy_features)
+            if healthy_features is not None and len(healthy_features)
+            else None
         )
         golden_out = run_onnx(exported.onnx_bytes, golden_features, exported.score_output)
         golden = tuple(
@@ -234,12 +236,29 @@ class TrainedMLModel:
             ),
             heads=tuple(heads),
             reference=reference,
+            healthy_reference=healthy,
             golden=golden,
             metrics=clean_metrics,
             training=lineage,
             sha256=exported.sha256,
             length=len(exported.onnx_bytes),
         )
+
+
+def reference_statistics(features: FloatArray, *, bins: bool = False) -> FeatureReference:
+    """Mean, std and 1st, 50th and 99th percentiles of each feature of `features` (windows × features).
+
+    With `bins`, also the quantile bins of the agent's PSI drift test.
+    """
+    return FeatureReference(
+        mean=tuple(float(v) for v in features.mean(axis=0)),
+        std=tuple(float(v) for v in features.std(axis=0)),
+        quantiles={
+            name: tuple(float(v) for v in np.quantile(features, q, axis=0))
+            for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
+        },
+        bins=ReferenceBins.from_features(features) if bins else None,
+    )
 
 
 def main_opset(onnx_bytes: bytes) -> int | None:

@@ -1,0 +1,151 @@
+"""Rotation identity that cannot be fooled: copies seen while they are written, NUL holes, prefixes.
+
+copytruncate is what most industrial loggers get rotated with, and many of them
+write without O_APPEND, so the truncated file (and every later copy) starts with
+a hole of NUL bytes. Each line must still come out exactly once, whenever the
+follower looks and whether or not it restarts or is killed in between.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.strategies import Harness, LogDir, ingest_config, stream_config
+
+
+def logs_at(tmp_path: Path, *, o_append: bool = True) -> LogDir:
+    log = LogDir(tmp_path / "logs", o_append=o_append)
+    log.create()
+    return log
+
+
+def finish(h: Harness) -> None:
+    """Read until dry, then past release_after_s (when pending copies are judged), and once more."""
+    h.drain()
+    h.settle(0.5)
+    h.drain()
+
+
+@pytest.mark.parametrize("then", ["read", "restart", "kill"])
+@pytest.mark.parametrize("seen", ["empty", "partial", "full"])
+@pytest.mark.parametrize("o_append", [True, False], ids=["o_append", "no_o_append"])
+@pytest.mark.parametrize("lines", [30, 2000], ids=["under_1k", "over_1k"])
+def test_a_copytruncate_copy_seen_while_it_is_written_is_read_once(
+    tmp_path: Path, seen: str, then: str, o_append: bool, lines: int
+) -> None:
+    """``: > f.1``, the follower lists it, ``cat f > f.1``, ``truncate -s 0 f``: no line twice, none lost.
+
+    The copy is seen empty, partly written (shorter than the 1 KiB head fingerprint) or
+    whole; after the truncation the follower reads on, restarts, or is killed.
+    """
+    logs = logs_at(tmp_path, o_append=o_append)
+    h = Harness(stream_config(logs.dir), ingest_config("poll"))
+    try:
+        expected = logs.append(lines)
+        h.drain()
+        expected += logs.append(lines // 4 + 1)  # written before the copy, unread
+
+        def observe(step: str) -> None:
+            if step == seen:
+                h.read()
+
+        logs.copy_in_steps(logs.rotated(1), observe)
+        logs.truncate(0)
+        if then == "restart":
+            h.restart()
+        elif then == "kill":
+            h.read(save=False)
+            h.kill()
+        expected += logs.append(40)  # the logger goes on (at its old offset without O_APPEND)
+        finish(h)
+        assert h.duplicates() == []
+        assert h.lines == expected
+    finally:
+        h.close()
+        logs.close_writer()
+
+
+@pytest.mark.parametrize("then", ["live", "restart", "kill"])
+def test_a_position_just_after_a_nul_hole_never_resumes_inside_a_later_longer_hole(
+    tmp_path: Path, then: str
+) -> None:
+    """Saved just after the hole a stale writer left; a second copytruncate makes a longer hole:
+    the lines between (now in the copy) are read once, and so is the live file's new content.
+    """
+    logs = logs_at(tmp_path, o_append=False)
+    h = Harness(stream_config(logs.dir), ingest_config("poll"))
+    try:
+        expected = logs.append(100)
+        h.drain()
+        logs.copytruncate()
+        (line,) = logs.lines(1)
+        logs.append_raw(line[:3])  # the next line half written at the stale offset, after a hole
+        h.drain()  # skips the hole, stops before the partial line: the position is just after the hole
+        if then != "live":
+            h.follower.close()
+        logs.append_raw(line[3:] + b"\n")
+        expected += [line, *logs.append(2000)]
+        logs.copytruncate()
+        expected += logs.append(50)  # after a longer hole
+        if then == "restart":
+            h.follower = h._new()
+        elif then == "kill":
+            h.kill()
+        finish(h)
+        assert h.duplicates() == []
+        assert h.lines == expected
+    finally:
+        h.close()
+        logs.close_writer()
+
+
+def test_after_a_restart_a_nul_headed_live_file_is_read_while_it_grows(tmp_path: Path) -> None:
+    """A stale writer, one copytruncate while running and one while stopped: the copy and the live
+    file both start with a hole longer than the head fingerprint. After the restart the live file
+    is not taken for a copy of the other one (it would not be read while it grows).
+    """
+    logs = logs_at(tmp_path, o_append=False)
+    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=3600.0))
+    try:
+        expected = logs.append(200)
+        h.drain()
+        logs.copytruncate()
+        expected += logs.append(200)  # after a hole longer than the head fingerprint
+        h.drain()
+        h.follower.close()
+        expected += logs.append(50)
+        logs.copytruncate()  # while the agent is stopped
+        expected += logs.append(100)
+        h.kill()
+        for _ in range(20):
+            expected += logs.append(200)
+            h.read()
+            assert len(h.lines) == len(expected), "lines held back while the live file grows"
+        assert h.lines == expected
+    finally:
+        h.close()
+        logs.close_writer()
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, 201])
+def test_a_copy_that_is_a_prefix_of_the_live_head_is_not_read(tmp_path: Path, cut: int) -> None:
+    """A copy of the first bytes of the live file (shorter than its head fingerprint, possibly
+    ending inside a line) holds nothing new: it is neither read nor quarantined.
+    """
+    logs = logs_at(tmp_path)
+    h = Harness(stream_config(logs.dir), ingest_config("poll"))
+    try:
+        expected = logs.append(60)
+        h.drain()
+        head = logs.current.read_bytes()
+        assert cut < len(head) < 1024
+        logs.rotated(1).write_bytes(head[:cut])
+        h.read()
+        expected += logs.append(5)
+        finish(h)
+        assert h.lines == expected
+        assert h.rejected == []
+    finally:
+        h.close()
