@@ -40,7 +40,7 @@ from typing import Literal
 import structlog
 
 from agent.config import ModelConfig
-from agent.contract.errors import ContractError
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
 from agent.errors import ModelError, ModelLoadError, ModelRejectedError
 from agent.models.probe import ProbeLimits, probe_model
@@ -94,6 +94,7 @@ class ModelSlot:
         self._offered: dict[int, tuple[OnnxScorer, Path, Fingerprint]] = {}  # by id(scorer)
         self._lock = threading.Lock()  # short sections only: the loop must never wait for a load
         self._refusals: list[Refusal] = []
+        self._rescan: threading.Event | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -219,9 +220,30 @@ class ModelSlot:
 
         Raises `ConfigError` (keys unchanged) when the directory has become unusable.
         """
-        self._verifier.reload_keys()
+        self.reload_trusted_keys(self._config)
+
+    def reload_trusted_keys(self, config: ModelConfig) -> None:
+        """Take the trusted keys of `config` (a reloaded config file: SIGHUP), read afresh.
+
+        Call it on every reload, not only when the path changed: keys are added to and revoked
+        in the same directory. Models refused for their signature are looked at again (the
+        watcher is woken). `ConfigError`, keys unchanged, when the directory is unusable or
+        signatures would be turned on or off (that needs a restart).
+        """
+        if (config.trusted_keys is None) != (self._verifier.keys is None):
+            raise ConfigError(
+                "config", "agent.model.trusted_keys", "turning signatures on or off takes a restart"
+            )
+        self._verifier.reload_keys(config.trusted_keys)
+        self._config = self._config.model_copy(update={"trusted_keys": config.trusted_keys})
         with self._lock:
             self._refused = {fp: kind for fp, kind in self._refused.items() if kind != "signature"}
+        if self._rescan is not None:
+            self._rescan.set()
+
+    def rescan_with(self, wakeup: threading.Event) -> None:
+        """Set `wakeup` whenever the store should be looked at again (the model watcher's event)."""
+        self._rescan = wakeup
 
     def prune(self) -> list[Path]:
         """Delete the store entries `agent.models.store.prune_plan` names; returns them."""
