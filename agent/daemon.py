@@ -164,6 +164,9 @@ class AgentDaemon:
         try:
             while not stop.is_set():
                 self.tick(self.config.ingest.poll_interval_s)
+        except Exception:
+            self.models.note_crash()  # a model on trial when the loop failed is suspect
+            raise
         finally:
             self.shutdown()
 

@@ -452,3 +452,51 @@ class TestProbationJudgement:
         probation(features, current.score(features))
         assert probation.failure is not None
         assert "alert storm" in probation.failure
+
+
+HOP_1 = FeatureSpec(channels=("j1_current", "j1_temp"), window=4, hop=1, statistics=("mean", "max"))
+"""Another feature spec than the current model's (hop 1 instead of 2): its windows differ."""
+
+
+class TestAnotherFeatureSpec:
+    def test_an_alert_storm_model_with_another_hop_goes_on_probation_and_is_rolled_back_not_live(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Another hop no longer skips probation: v2 cuts its own windows from the same lines and storms."""
+        into_store(
+            config, "v2", lambda d: write_linear_model(d, version=2, spec=HOP_1, watch="j1_temp__mean")
+        )
+        harness.settle_until(lambda: on_probation(harness, 2))
+        probation = harness.daemon.probation
+        assert probation is not None
+        assert probation.own_spec
+        assert 1 == harness.daemon.slot.current.manifest.version
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert harness.daemon.probation is None
+        assert 1 == harness.daemon.slot.current.manifest.version
+        rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
+        assert 1 == len(rolled)
+        assert rolled[0]["detail"].startswith("alert storm: warning threshold reached on 100%")
+        assert {1} == set(alert_versions(harness))
+        assert "probation" in [s["state"] for s in statuses(harness)]
+
+    def test_a_good_model_with_another_hop_is_promoted_after_scoring_its_own_windows(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """v2 (hop 1) shadow-scores 37 windows of its own on 40 lines (v1 cuts 19), then goes live."""
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2, spec=HOP_1))
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, PROFILE[:12]))  # v2: 9 windows of its own, one short of 10
+        harness.settle_until(lambda: harness.daemon.streams[0].counters.lines == 12)
+        probation = harness.daemon.probation
+        assert probation is not None
+        assert 9 == probation.windows
+        write(config, lines(12, PROFILE[12:]))
+        harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
+        assert harness.daemon.probation is None
+        harness.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
+        assert [("active", 1), ("probation", 2), ("active", 2)] == [
+            (s["state"], s["model"]["version"]) for s in statuses(harness)
+        ]
+        assert "its own featurizer" in statuses(harness)[1]["detail"]
