@@ -136,9 +136,7 @@ class ModelSlot:
         """
         self._store.recover()
         policy = self._config.on_expiry
-        found = [
-            c for c in self._candidates(include_expired=True) if max_version is None or c[1] <= max_version
-        ]
+        found = [c for c in self._candidates() if max_version is None or c[1] <= max_version]
         for index, (directory, version, expired) in enumerate(
             sorted(found, key=lambda c: c[1], reverse=True)
         ):
@@ -149,7 +147,11 @@ class ModelSlot:
                 if not keep:
                     fingerprint = self._store.fingerprint(directory)
                     self._refuse(
-                        directory, fingerprint, f"{expired} (on_expiry = {policy})", kind="signature"
+                        directory,
+                        fingerprint,
+                        f"{expired} (on_expiry = {policy})",
+                        self._manifests.get(fingerprint),
+                        kind="signature",
                     )
                     continue
                 log.warning("model_expired_kept", source=str(directory), reason=expired)
@@ -185,9 +187,14 @@ class ModelSlot:
     def poll(self) -> OnnxScorer | None:
         """A verified scorer for a version newer than the current one, or None."""
         floor = max(self._current.manifest.version if self._current else 0, self._offered_version)
-        newer = [(d, v) for d, v, _ in self._candidates() if v > floor]
-        for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
+        newer = [(d, v, expired) for d, v, expired in self._candidates() if v > floor]
+        for directory, _, expired in sorted(newer, key=lambda c: c[1], reverse=True):
             fingerprint = self._store.fingerprint(directory)
+            if expired is not None:  # never offered; the running model is judged by on_expiry
+                with self._lock:
+                    manifest = self._manifests.get(fingerprint)
+                self._refuse(directory, fingerprint, expired, manifest, kind="signature")
+                continue
             scorer = self._try_load(directory)
             if scorer is not None:
                 with self._lock:
@@ -214,7 +221,7 @@ class ModelSlot:
 
     def mark_bad(self, version: int, sha256: str, reason: str) -> None:
         """Refuse the store model of `version` with `sha256` on disk (it took the agent down)."""
-        for directory, found, _ in self._candidates(include_expired=True):
+        for directory, found, _ in self._candidates():
             if found != version:
                 continue
             try:
@@ -273,11 +280,8 @@ class ModelSlot:
             self._store.remove(path)
         return doomed
 
-    def _candidates(self, *, include_expired: bool = False) -> list[tuple[Path, int, str | None]]:
-        """Verified store entries: directory, version, and why it has expired (None: it has not).
-
-        Without `include_expired`, an expired entry is refused (and reported) instead.
-        """
+    def _candidates(self) -> list[tuple[Path, int, str | None]]:
+        """Verified store entries: directory, version, and why it has expired (None: it has not)."""
         found: list[tuple[Path, int, str | None]] = []
         seen: dict[Fingerprint, int] = {}
         manifests = dict(self._manifests)
@@ -296,9 +300,6 @@ class ModelSlot:
                 known = manifest.version
                 manifests[fingerprint] = manifest
             expired = _expired(child, manifests.get(fingerprint))
-            if expired is not None and not include_expired:
-                self._refuse(child, fingerprint, expired, manifests.get(fingerprint), kind="signature")
-                continue
             seen[fingerprint] = known
             found.append((child, known, expired))
         with self._lock:
