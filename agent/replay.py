@@ -18,13 +18,16 @@ beside, then renamed):
   except that ``emitted_at`` is the window's end (data time, not the wall clock) and
   ``replayed`` is true: the two files are byte-for-byte the same on every run;
 * ``summary.json``: the model (and whether it was verified), files, line, window and
-  event counts, refused lines by reason, events the policy's rate limits held back;
+  event counts, refused lines by reason, events the policy's rate limits held back,
+  the stream's measured sample rate against the model's, and why the live agent would
+  report the stream degraded (e.g. logs at another rate than the model's);
 * ``quarantine.jsonl``: the refused lines, as the agent's quarantine writes them.
 
 The model (`load_replay_model`) is the one the agent would load (the newest usable
-store version, else the bundled one), or a candidate directory verified exactly as
-the agent verifies store models (signature when ``trusted_keys`` is set, expiry,
-size and sha256, graph interface, golden test). A candidate that fails verification
+store version, else the bundled one), or a candidate directory verified as the
+agent verifies store models (signature and expiry, size and sha256, the static
+checks, the limited probe when ``isolate`` is on, graph interface, golden test),
+without writing to the store. A candidate that fails verification
 is refused, unless the caller asks for it anyway: it is then scored and marked
 unverified, with the reason, in ``summary.json``.
 """
@@ -42,23 +45,28 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, WindowRef
-from agent.contract.errors import ConfigError
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import ModelManifest
 from agent.contract.streams import StreamConfig
-from agent.errors import IngestError, ModelError
+from agent.errors import IngestError, ModelError, ModelRejectedError
 from agent.ingest import LineBlock, Quarantine
 from agent.ingest.reader import LineReader
 from agent.ingest.tracked import TrackedFile, open_file
 from agent.policy import AlertPolicy, head_key
 from agent.seams import FloatArray, Policy, Scorer, SystemClock
 from agent.streams.pipeline import StreamPipeline
+
+if TYPE_CHECKING:
+    _Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time, where the API docs (pdoc) evaluate annotations
+    _Subcommands = argparse._SubParsersAction
 
 SCORES_FILE = "scores.csv"
 ALERTS_FILE = "alerts.jsonl"
@@ -89,6 +97,10 @@ class ReplaySummary:
     events: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, int] = field(default_factory=dict)
     suppressed: dict[str, int] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """The stream's measured rate against the model's (`agent.streams.sampling`)."""
+    degraded: str | None = None
+    """Why the live agent would report the stream degraded (e.g. another sample rate), None if not."""
 
     def to_json(self) -> dict[str, Any]:
         """The summary as written to ``summary.json``."""
@@ -109,6 +121,8 @@ class ReplaySummary:
             "events": dict(sorted(self.events.items())),
             "quarantined": dict(sorted(self.quarantined.items())),
             "suppressed": dict(sorted(self.suppressed.items())),
+            "sampling": self.sampling,
+            "degraded": self.degraded,
         }
 
 
@@ -137,7 +151,6 @@ def load_replay_model(
     """
     from agent.models.scorer import OnnxScorer  # onnxruntime only once a model is wanted
     from agent.models.slot import ModelSlot
-    from agent.models.verify import ModelVerifier
 
     def unfit(manifest: ModelManifest) -> str | None:
         have = stream.record_schema().canonical_channels
@@ -148,14 +161,35 @@ def load_replay_model(
         scorer = ModelSlot(config.model).load_initial(unfit=unfit)
         return ReplayModel(scorer, "agent.model", verified=True)
     try:
-        candidate = OnnxScorer.load(model_dir, verifier=ModelVerifier.from_config(config.model))
-        candidate.check_golden()
-    except ModelError as exc:
+        candidate = _admit_as_the_store_does(config, model_dir)
+    except (ContractError, ModelError) as exc:
         if not unverified:
             raise
-        fallback = OnnxScorer.load(model_dir)
+        fallback = OnnxScorer.load(model_dir)  # as a trusted source: size, sha256 and static checks only
         return ReplayModel(fallback, str(model_dir), verified=False, refusal=str(exc))
     return ReplayModel(candidate, str(model_dir), verified=True)
+
+
+def _admit_as_the_store_does(config: AgentConfig, model_dir: Path) -> Scorer:
+    """The checks `agent.models.slot.ModelSlot` runs on a store model, without touching the store.
+
+    Signature and expiry, size, sha256 and the static checks, the limited probe when
+    ``agent.model.isolate`` is on, then the golden test.
+    """
+    from agent.models.probe import ProbeLimits, probe_model
+    from agent.models.scorer import OnnxScorer
+    from agent.models.verify import ModelVerifier
+
+    verifier = ModelVerifier.from_config(config.model)
+    verified = verifier.verify_manifest(model_dir)
+    model = verifier.check_content(verified)
+    if config.model.isolate:
+        verdict = probe_model(model.manifest_bytes, model.model_bytes, ProbeLimits.from_config(config.model))
+        if not verdict.ok:
+            raise ModelRejectedError(f"{verified.manifest.label}: {verdict.reason}")
+    scorer = OnnxScorer(model.model_bytes, verified.manifest)
+    scorer.check_golden()
+    return scorer
 
 
 class _ScoreTable:
@@ -298,6 +332,8 @@ def replay_files(
     summary.events = dict(events)
     summary.quarantined = dict(counters.by_reason)
     summary.suppressed = dict(policy.counters().get("suppressed", {}))
+    summary.sampling = pipeline.sampling.status()
+    summary.degraded = pipeline.degraded_reason()
     with _Staged(out_dir / SUMMARY_FILE) as handle:
         handle.write(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
@@ -324,7 +360,7 @@ class _Staged:
             self._partial.unlink(missing_ok=True)
 
 
-def add_replay_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_replay_arguments(commands: _Subcommands) -> None:
     """Register ``robotpm-agent replay`` on the CLI's sub-command parser."""
     text = "score recorded log files offline with the agent's pipeline, policy and model"
     cmd = commands.add_parser("replay", help=text, description=f"{text}; see agent.replay.")
@@ -357,6 +393,8 @@ def replay_command(config: AgentConfig, args: argparse.Namespace) -> int:
     if not model.verified:
         print(f"robotpm-agent: warning: scoring an UNVERIFIED model: {model.refusal}", file=sys.stderr)
     summary = replay_files(config, stream, args.files, model, args.out)
+    if summary.degraded is not None:
+        print(f"robotpm-agent: warning: stream {stream.name} degraded: {summary.degraded}", file=sys.stderr)
     events = ", ".join(f"{n} {state}" for state, n in sorted(summary.events.items())) or "no events"
     print(
         f"replayed {summary.lines} lines of {len(summary.files)} file(s) with {model.scorer.manifest.label}"

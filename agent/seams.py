@@ -17,6 +17,8 @@ Life-cycle rules (callers keep them, implementations may rely on them):
 * ``ModelSource``: ``load_initial`` once, then ``start`` once; ``take``, ``accept``,
   ``reject`` and ``take_refusals`` from the daemon's thread only; ``stop`` once.
   Only a scorer ``take`` returned is accepted or rejected, each at most once.
+* ``LoadGuard``: ``after_load`` follows every ``before_load`` that returned None,
+  on the same thread, before the next ``before_load``.
 * ``Block``, ``Policy``, ``ShadowHook``, ``QuarantineSink``: the stream pipeline's
   parts, all used on the daemon's thread; a ``ShadowHook`` never raises.
 """
@@ -208,6 +210,19 @@ class ModelSource(Protocol):
 
     def stop(self) -> None:
         """Stop looking."""
+
+
+class LoadGuard(Protocol):
+    """Told before and after the model slot loads a store model (real: `agent.crashguard.GuardedLoads`).
+
+    Both run on the thread that loads (the daemon's at start, the model watcher's later).
+    """
+
+    def before_load(self, directory: Path) -> str | None:
+        """A reason to refuse the model in `directory` without loading it, or None to go ahead."""
+
+    def after_load(self, directory: Path) -> None:
+        """The load that `before_load` let go ahead has ended, whatever its outcome."""
 
 
 # -- one stream's pipeline --------------------------------------------------------------------------

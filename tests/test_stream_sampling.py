@@ -18,7 +18,7 @@ from agent.config import AgentConfig, IngestConfig, PolicyConfig
 from agent.contract.features import FeatureSpec, batch_features
 from agent.contract.sampling import Sampling, resample
 from agent.daemon import AgentDaemon
-from agent.replay import ALERTS_FILE, SCORES_FILE, load_replay_model, replay_files
+from agent.replay import ALERTS_FILE, SCORES_FILE, SUMMARY_FILE, load_replay_model, replay_files
 from agent.testing import InMemoryTransport, ManualClock
 from tests.agent_config import agent_config, stream, tiny_agent
 from tests.models import CHANNELS, write_linear_model
@@ -104,6 +104,19 @@ class TestRateVerdict:
             assert daemon._streams[0].degraded_reason() is None
         finally:
             daemon.shutdown()
+
+
+def test_a_replay_of_logs_at_another_rate_says_the_stream_would_be_degraded(tmp_path: Path) -> None:
+    """The replay summary carries the measured rate and the degraded reason the live agent would report."""
+    config = _config(tmp_path, resample_stream=False)
+    (tmp_path / "arm1.csv").write_text(_log(10.0, 30.0)[0])
+    model = load_replay_model(config, config.streams[0])
+    summary = replay_files(config, config.streams[0], [tmp_path / "arm1.csv"], model, tmp_path / "out")
+    written = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert written["sampling"]["verdict"] == "rate_mismatch"
+    assert written["degraded"] == summary.degraded
+    assert summary.degraded is not None
+    assert "10 Hz" in summary.degraded
 
 
 class TestResampling:

@@ -66,7 +66,7 @@ from agent.models.verify import check_expiry
 from agent.models.watch import ModelWatcher
 from agent.publish import telemetry
 from agent.sdnotify import Notifier
-from agent.seams import Clock, ModelSource, OutboundMessage, Scorer, Transport
+from agent.seams import Clock, LoadGuard, ModelSource, OutboundMessage, Scorer, Transport
 from agent.streams.pipeline import StreamPipeline
 
 log = structlog.get_logger("robotpm.agent")
@@ -87,8 +87,10 @@ class StoreModels:
     or a rollback is handed back to the OS on the watcher's thread, not the loop's.
     """
 
-    def __init__(self, config: ModelConfig, *, wakeup: threading.Event | None = None) -> None:
-        self.slot = ModelSlot(config)
+    def __init__(
+        self, config: ModelConfig, *, wakeup: threading.Event | None = None, guard: LoadGuard | None = None
+    ) -> None:
+        self.slot = ModelSlot(config, guard=guard)
         self.watcher = ModelWatcher(self.slot, config.directory, config.check_interval_s, ready=wakeup)
 
     @property

@@ -40,14 +40,14 @@ from typing import Literal
 import structlog
 
 from agent.config import ModelConfig
-from agent.contract.errors import ContractError
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
 from agent.errors import ModelError, ModelLoadError, ModelRejectedError
 from agent.models.probe import ProbeLimits, probe_model
 from agent.models.scorer import OnnxScorer
 from agent.models.store import Fingerprint, ModelStore, prune_plan
 from agent.models.verify import ModelVerifier, check_expiry
-from agent.seams import Scorer
+from agent.seams import LoadGuard, Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -76,8 +76,11 @@ class ModelSlot:
     keys, so a bad ``trusted_keys`` directory raises `ConfigError` here, at start.
     """
 
-    def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, verifier: ModelVerifier | None = None, *, guard: LoadGuard | None = None
+    ) -> None:
         self._config = config
+        self._guard = guard  # told of every store model load; may refuse one (agent.crashguard)
         self._store = ModelStore(config.directory, config.store_max_bytes)
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
@@ -92,6 +95,7 @@ class ModelSlot:
         self._offered: dict[int, tuple[OnnxScorer, Path, Fingerprint]] = {}  # by id(scorer)
         self._lock = threading.Lock()  # short sections only: the loop must never wait for a load
         self._refusals: list[Refusal] = []
+        self._rescan: threading.Event | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -263,9 +267,30 @@ class ModelSlot:
 
         Raises `ConfigError` (keys unchanged) when the directory has become unusable.
         """
-        self._verifier.reload_keys()
+        self.reload_trusted_keys(self._config)
+
+    def reload_trusted_keys(self, config: ModelConfig) -> None:
+        """Take the trusted keys of `config` (a reloaded config file: SIGHUP), read afresh.
+
+        Call it on every reload, not only when the path changed: keys are added to and revoked
+        in the same directory. Models refused for their signature are looked at again (the
+        watcher is woken). `ConfigError`, keys unchanged, when the directory is unusable or
+        signatures would be turned on or off (that needs a restart).
+        """
+        if (config.trusted_keys is None) != (self._verifier.keys is None):
+            raise ConfigError(
+                "config", "agent.model.trusted_keys", "turning signatures on or off takes a restart"
+            )
+        self._verifier.reload_keys(config.trusted_keys)
+        self._config = self._config.model_copy(update={"trusted_keys": config.trusted_keys})
         with self._lock:
             self._refused = {fp: kind for fp, kind in self._refused.items() if kind != "signature"}
+        if self._rescan is not None:
+            self._rescan.set()
+
+    def rescan_with(self, wakeup: threading.Event) -> None:
+        """Set `wakeup` whenever the store should be looked at again (the model watcher's event)."""
+        self._rescan = wakeup
 
     def prune(self) -> list[Path]:
         """Delete the store entries `agent.models.store.prune_plan` names; returns them."""
@@ -319,6 +344,10 @@ class ModelSlot:
             self._refuse(directory, fingerprint, str(exc), kind="signature")
             return None
         manifest, remember = verified.manifest, True
+        refusal = self._guard.before_load(directory) if self._guard is not None else None
+        if refusal is not None:  # the agent died loading it before (agent.crashguard)
+            self._refuse(directory, fingerprint, refusal, manifest)
+            return None
         try:
             model = self._verifier.check_content(verified)
             if self._limits is not None:
@@ -340,6 +369,9 @@ class ModelSlot:
             if remember:
                 self._store.remember_refusal(fingerprint, str(exc))
             return None
+        finally:
+            if self._guard is not None and refusal is None:
+                self._guard.after_load(directory)
         log.info("model_verified", model=manifest.label, source=str(directory))
         return scorer
 

@@ -123,10 +123,10 @@ class ModelVerifier:
         """The largest ``model.onnx`` accepted."""
         return self._max_model_bytes
 
-    def reload_keys(self) -> None:
-        """Read ``trusted_keys`` again (see `Keyring.reload`); `ConfigError` leaves the keys as they were."""
+    def reload_keys(self, directory: Path | None = None) -> None:
+        """Read ``trusted_keys`` (or a new `directory`) again (`Keyring.reload`); `ConfigError` keeps them."""
         if self._keys is not None:
-            self._keys.reload()
+            self._keys.reload(directory)
 
     def read_manifest(self, model_dir: Path, *, now: datetime | None = None) -> ModelManifest:
         """The manifest of `model_dir` after steps 1 and 2 (signature, then parse, key, channel, expiry)."""

@@ -112,13 +112,14 @@ def heartbeat_record(
     model_candidate: ModelRef | None = None,
     model_events: Mapping[str, int] | None = None,
     drift_streams: Mapping[str, StreamDrift] | None = None,
+    faults: Mapping[str, str] | None = None,
 ) -> Heartbeat:
     """A complete heartbeat: pipeline counters, outbox depth, age, size and drops, model, drift.
 
     ``counters`` holds ``lines``, ``windows``, ``alerts`` and ``quarantined`` (missing
     ones count as 0); ``suppressed`` the policy's held-back events by reason;
     ``model_candidate`` a model on probation; ``model_events`` model life-cycle events by state;
-    ``drift_streams`` each stream's `drift_summary`.
+    ``drift_streams`` each stream's `drift_summary`; ``faults`` what the agent runs degraded under.
     """
     return Heartbeat(
         robot_id=robot_id,
@@ -140,6 +141,7 @@ def heartbeat_record(
         model_candidate=model_candidate,
         model_events=dict(model_events or {}),
         drift_streams=dict(drift_streams or {}),
+        faults=dict(faults or {}),
     )
 
 

@@ -330,7 +330,13 @@ class StreamPipeline:
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
-        """Resume from a `state` saved earlier (None: start fresh)."""
+        """Resume from a `state` saved earlier (None: start fresh); what the pipeline held is dropped.
+
+        The stream runner also calls it to rewind a stream to its last committed state.
+        """
+        self._featurizer = StreamingFeaturizer(self._scorer.manifest.feature_spec)
+        self._meta = _Meta.empty()
+        self._last_ts = None
         if not state:
             self._policy.restore(None)
             return
