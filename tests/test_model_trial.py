@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.crashguard import boot_id
 from agent.models.lifecycle import TRIAL_FILE
 from agent.models.store import REFUSED_FILE
 from tests.agent_config import agent_config
@@ -157,3 +158,39 @@ def test_a_model_is_confirmed_once_it_scored_confirm_windows(tmp_path: Path) -> 
     finally:
         harness.close()
     assert not (config.state_dir / TRIAL_FILE).exists()
+
+
+def test_a_trial_left_by_another_boot_blames_no_model(tmp_path: Path) -> None:
+    """A power cut right after a swap is not the model's fault: v2, on trial then, starts again."""
+    config = make_config(tmp_path)
+    config = config.model_copy(update={"model": config.model.model_copy(update={"confirm_windows": 1000})})
+    into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+    config.state_dir.mkdir(parents=True)
+    manifest = json.loads((config.model.directory / "v2" / "manifest.json").read_text())
+    trial = {"model": "test-linear@2", "version": 2, "sha256": manifest["sha256"], "boot": "another-boot"}
+    (config.state_dir / TRIAL_FILE).write_text(json.dumps(trial))
+    harness = Harness(config)
+    try:
+        assert 2 == harness.daemon.slot.current.manifest.version
+        assert not (config.state_dir / TRIAL_FILE).exists()
+    finally:
+        harness.close()
+
+
+def test_a_trial_left_by_this_boot_marks_the_model_bad(tmp_path: Path) -> None:
+    """The same file from this boot: v2 is refused with the reason, bundled v1 serves."""
+    config = make_config(tmp_path)
+    into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+    config.state_dir.mkdir(parents=True)
+    manifest = json.loads((config.model.directory / "v2" / "manifest.json").read_text())
+    trial = {"model": "test-linear@2", "version": 2, "sha256": manifest["sha256"], "boot": boot_id()}
+    (config.state_dir / TRIAL_FILE).write_text(json.dumps(trial))
+    harness = Harness(config)
+    try:
+        assert 1 == harness.daemon.slot.current.manifest.version
+        harness.settle(30)
+        rejected = [m for m in harness.transport.messages("model") if b'"rejected"' in m.payload]
+        assert 1 == len(rejected)
+        assert b"took the agent down" in rejected[0].payload
+    finally:
+        harness.close()

@@ -25,7 +25,8 @@ Two files in the state directory, each written atomically, carry the life cycle 
 restart: ``probation.json`` (the open probation's counts and time, so a restart neither
 skips nor restarts it from zero) and ``model-trial.json`` (the model swapped in and not
 yet confirmed; found at start, it means the agent died with that model: it is marked bad
-in the store and the one before it loads).
+in the store and the one before it loads; unless the machine was rebooted meanwhile, which
+blames no model, as in `agent.crashguard`).
 
 At start, with probation on, the model the streams were scored with before the
 restart is loaded (not a newer store version), so a candidate that had not finished
@@ -56,6 +57,7 @@ import structlog
 from agent.config import AgentConfig, ModelConfig
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics, model_announcements
+from agent.crashguard import boot_id
 from agent.errors import ModelRejectedError
 from agent.models.fetch import ModelFetcher
 from agent.models.probation import Probation
@@ -272,6 +274,7 @@ class ModelLifecycle:
             "sha256": manifest.sha256,
             "previous": previous.label,
             "confirm_windows": self._config.model.confirm_windows,
+            "boot": boot_id(),
         }
         try:
             write_file_atomically(self._path(TRIAL_FILE), json.dumps(record).encode())
@@ -307,6 +310,11 @@ class ModelLifecycle:
         except (KeyError, TypeError, ValueError):
             log.warning("model_trial_unreadable", error="missing fields")
         else:
+            if record.get("boot") and boot_id() and record.get("boot") != boot_id():
+                # The machine restarted (power cut, reboot): that blames no model, as in agent.crashguard.
+                log.warning("model_trial_ended_by_reboot", model=label)
+                self._path(TRIAL_FILE).unlink(missing_ok=True)
+                return
             reason = (
                 f"{label} took the agent down during or right after its swap (before it scored "
                 f"{record.get('confirm_windows', '?')} windows); {record.get('previous', '?')} serves instead"
