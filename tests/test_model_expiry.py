@@ -103,3 +103,25 @@ def test_a_newer_model_that_has_expired_is_refused_and_reported_not_served(tmp_p
         assert "expired at" in rejected[0]["detail"]
     finally:
         harness.close()
+
+
+def test_a_model_that_expires_while_running_keeps_serving_and_is_reported_once(tmp_path: Path) -> None:
+    """v2 expires a few seconds after it went live: one "expired" event, v2 still scores."""
+    config = expiry_config(tmp_path, "keep_serving")
+
+    def soon_expiring_v2(directory: Path) -> None:
+        write_linear_model(directory, version=2)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["expires"] = (datetime.now(timezone.utc) + timedelta(seconds=8)).isoformat()
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    into_store(config, "v2", soon_expiring_v2)
+    harness = Harness(config)
+    try:
+        assert 2 == harness.daemon.slot.current.manifest.version
+        harness.settle_until(lambda: any(s["state"] == "expired" for s in statuses(harness)), timeout_s=60.0)
+        harness.settle(30)
+        assert 1 == len([s for s in statuses(harness) if s["state"] == "expired"])
+        assert 2 == harness.daemon.slot.current.manifest.version
+    finally:
+        harness.close()
