@@ -115,6 +115,32 @@ class ModelConfig(_Section):
         le=1.0,
         description="… and also above the current model's share on the same windows by more than this.",
     )
+    probation_min_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=30 * 86400,
+        description="A probation also lasts at least this many seconds (summed over restarts), however many "
+        "windows it scored.",
+    )
+    probation_max_latency_ms: float = Field(
+        default=250.0,
+        gt=0.0,
+        le=60_000.0,
+        description="Roll the candidate back if its mean scoring call over the probation took longer.",
+    )
+    confirm_windows: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="After a swap, the new model is on trial until it scored this many windows: if the agent "
+        "dies before (crash, kill, OOM), the model is marked bad on disk and the previous one serves on the "
+        "next start.",
+    )
+    on_expiry: Literal["keep_serving", "fall_back"] = Field(
+        default="keep_serving",
+        description="When the running model has expired: keep_serving it (reported in its status and a model "
+        "event), or fall_back at the next start to the newest unexpired version (reported too).",
+    )
     trusted_keys: Path | None = Field(
         default=None,
         validate_default=True,

@@ -243,6 +243,9 @@ class AgentDaemon:
                 self.tick(self.config.ingest.poll_interval_s)
         except StartAbandoned:
             log.info("start_abandoned", reason="stop requested")
+        except Exception:
+            self.models.note_crash()  # a model on trial when the loop failed is suspect
+            raise
         finally:
             self.shutdown()
 

@@ -179,7 +179,7 @@ class Heartbeat(_Message):
     model_events: dict[str, int] = Field(
         default_factory=dict,
         description="Model life-cycle events since the agent started, by state: 'probation', 'rolled_back',"
-        " 'rejected' (each also sent, not retained, on …/model).",
+        " 'rejected', 'expired' (each also sent, not retained, on …/model).",
     )
     drift_streams: dict[str, StreamDrift] = Field(
         default_factory=dict,

@@ -229,7 +229,8 @@ class StreamPipeline:
     def set_shadow(self, hook: ShadowHook | None) -> None:
         """Hand every scored window batch to `hook` too (None: stop); alerts still come from the scorer.
 
-        The daemon sets it for a model on probation; it needs the same feature spec as the scorer.
+        The daemon sets it for a model on probation; it also sees every block's parsed samples,
+        from which a candidate with another feature spec cuts its own windows.
         """
         self._shadow = hook
 
@@ -266,6 +267,8 @@ class StreamPipeline:
             self._shortest_line = shortest
         newest = float(batch.timestamps.max())
         self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
+        if self._shadow is not None:
+            self._shadow.samples(self.stream, self._schema.canonical_channels, batch.timestamps, batch.values)
         timestamps, values, starts, ends = self.sampling.take(
             batch.timestamps, batch.values[:, self._column_order], batch.starts, batch.ends
         )  # on the model's grid when the stream resamples
