@@ -1,16 +1,19 @@
-"""``robotpm-agent``: run the agent, check a config, or show local status to a technician.
+"""``robotpm-agent``: run the agent, check a config, serve a technician, or replay recorded logs offline.
+
+The technician's commands (alerts, explain, status, shelve, unshelve) are in
+`agent.technician.commands`.
 
 Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
-line on stderr; 2 a bad configuration, naming the file, key and problem.
+line on stderr; 2 a bad configuration, naming the file, key and problem. The
+technician commands add theirs (`agent.technician.commands`: 1 degraded or
+refused, 3 not running, 4 not allowed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -20,8 +23,9 @@ from types import FrameType
 from agent import __version__
 from agent.config import AgentConfig, load_agent_config
 from agent.contract.errors import ConfigError, RobotPMError
+from agent.logfile import configure_agent_logging
 from agent.logs import configure_logging
-from agent.state import STATE_FILE
+from agent.technician.commands import COMMANDS, add_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,12 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run the agent until SIGTERM or SIGINT"),
         ("check", "validate the configuration and load the model, then exit"),
-        ("status", "show streams, positions, outbox and model from the local state"),
     ):
-        cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("--config", type=Path, default=Path("config.toml"), help="config file (TOML)")
-        cmd.add_argument("--profile", default=None, help="profile to apply (dev, test, prod, …)")
+        _config_options(sub.add_parser(name, help=text, description=text))
+    add_commands(sub, _config_options)
+    from agent.replay import add_replay_arguments
+
+    add_replay_arguments(sub)
     return parser
+
+
+def _config_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", type=Path, default=Path("config.toml"), help="config file (TOML)")
+    cmd.add_argument("--profile", default=None, help="profile to apply (dev, test, prod, …)")
 
 
 @contextlib.contextmanager
@@ -61,12 +71,18 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _run(config: AgentConfig) -> int:
+def _run(config: AgentConfig, path: Path, profile: str | None) -> int:
     from agent.daemon import AgentDaemon  # heavy imports (onnxruntime, paho) only when running
 
     stop = threading.Event()
-    with stop_on_signals(stop):
-        AgentDaemon(config).run(stop)
+    daemon = AgentDaemon(config, reload_config=lambda: load_agent_config(path, profile))
+    # SIGHUP (systemctl reload, logrotate) reloads the config between ticks: see agent.reload.
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: daemon.request_reload())
+    try:
+        with stop_on_signals(stop):
+            daemon.run(stop)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     return EXIT_OK
 
 
@@ -79,30 +95,6 @@ def _check(config: AgentConfig) -> int:
     return EXIT_OK
 
 
-def _status(config: AgentConfig) -> int:
-    path = config.state_dir / STATE_FILE
-    if not path.exists():
-        print(f"no state yet at {path}: the agent has not run with this config")
-        return EXIT_OK
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        for stream, state, updated in conn.execute("SELECT stream, state, updated FROM stream_state"):
-            data = json.loads(state)
-            pipeline = data.get("pipeline", {})
-            print(
-                f"stream {stream}: model {pipeline.get('model')}, samples {pipeline.get('samples_seen')}, "
-                f"last timestamp {pipeline.get('last_ts')}, saved at {updated:.3f}"
-            )
-            print(f"  position: {json.dumps(data.get('follower'))[:400]}")
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "outbox" in tables:
-            (depth,) = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            print(f"outbox: {depth} message(s) waiting for the broker")
-    finally:
-        conn.close()
-    return EXIT_OK
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``robotpm-agent``."""
     args = build_parser().parse_args(argv)
@@ -111,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(config.log_level, config.log_format)
+    if args.command == "run":
+        configure_agent_logging(config)  # stdout, and the rotating file of [agent.logging]
+    elif args.command not in COMMANDS:  # the technician commands' stdout is their report alone
+        configure_logging(config.log_level, config.log_format)
     if args.command in ("run", "check"):
         for i, stream in enumerate(config.streams):
             if not stream.directory.is_dir():
@@ -121,8 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_CONFIG
-    commands = {"run": _run, "check": _check, "status": _status}
+    commands = {"run": lambda c: _run(c, args.config, args.profile), "check": _check}
     try:
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](config, args)
+        if args.command == "replay":
+            from agent.replay import replay_command
+
+            return replay_command(config, args)
         return commands[args.command](config)
     except ConfigError as exc:
         print(f"robotpm-agent: configuration error: {exc}", file=sys.stderr)

@@ -11,7 +11,9 @@ the CLIs turn it into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +29,7 @@ from pydantic import (
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
+from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfig, ShelvingConfig
 
 
 class _Section(BaseModel):
@@ -63,11 +66,19 @@ class IngestConfig(_Section):
     )
 
 
+def packaged_model() -> Path:
+    """The bundled model shipped inside the installed agent package (``agent/models/bundled``)."""
+    return Path(str(resources.files("agent.models").joinpath("bundled")))
+
+
 class ModelConfig(_Section):
     """Where the model comes from, and which signatures it needs (see `agent.models.verify`)."""
 
     directory: Path = Field(description="Model store: one sub-directory per version.")
-    bundled: Path | None = Field(default=None, description="Used when the store is empty.")
+    bundled: Path | None = Field(
+        default_factory=packaged_model,
+        description="Used when the store is empty; default: the model packaged with the agent.",
+    )
     check_interval_s: float = Field(default=1.0, gt=0, le=3600)
     require_signature: bool = Field(
         default=False,
@@ -153,6 +164,23 @@ class TlsConfig(_Section):
     server_hostname: str | None = None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a broker host is this machine (localhost, 127.0.0.0/8, ::1): nothing crosses a network."""
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+PLAINTEXT_CREDENTIALS_REFUSED = (
+    "credentials are configured but TLS is not: the password would cross the network in clear "
+    '(set [agent.mqtt.tls], or plaintext_credentials = "warn" outside production)'
+)
+
+
 class MqttConfig(_Section):
     """The broker connection. Credentials come from `credentials_file` or the environment."""
 
@@ -165,10 +193,16 @@ class MqttConfig(_Section):
     max_inflight: int = Field(default=20, ge=1, le=1000)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    tls: TlsConfig | None = None
     credentials_file: Path | None = Field(
         default=None, description="A file 'username:password' (e.g. a systemd credential)."
     )
+    plaintext_credentials: Literal["warn", "refuse"] = Field(
+        default="warn",
+        description="Credentials configured without [agent.mqtt.tls] would cross the network in clear: "
+        "warn (log mqtt_credentials_without_tls) or refuse to start (exit 2 naming agent.mqtt.tls). "
+        "A broker on the loopback interface (e.g. a local bridge) is exempt: nothing leaves the machine.",
+    )
+    tls: TlsConfig | None = Field(default=None, validate_default=True)
     will_delay_s: int = Field(
         default=0,
         ge=0,
@@ -177,6 +211,20 @@ class MqttConfig(_Section):
     )
     username_env: str = "ROBOTPM_MQTT_USERNAME"
     password_env: str = "ROBOTPM_MQTT_PASSWORD"
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_for_a_credentials_file(cls, value: TlsConfig | None, info: ValidationInfo) -> TlsConfig | None:
+        # credentials_file and plaintext_credentials are declared first, so they are in info.data.
+        # Credentials from the environment are checked when the transport reads them.
+        if (
+            value is None
+            and info.data.get("credentials_file") is not None
+            and info.data.get("plaintext_credentials") == "refuse"
+            and not is_loopback(str(info.data.get("host", "")))
+        ):
+            raise ValueError(PLAINTEXT_CREDENTIALS_REFUSED)
+        return value
 
 
 class PolicyConfig(_Section):
@@ -203,6 +251,43 @@ class OutboxConfig(_Section):
     telemetry_ttl_s: float = Field(default=24 * 3600, gt=0)
 
 
+class DriftConfig(_Section):
+    """When a stream's features count as drifted from the training data (see `agent.streams.drift`)."""
+
+    psi_raise: float = Field(
+        default=0.25, gt=0, description="A feature drifts at this PSI against its bins …"
+    )
+    psi_clear: float = Field(default=0.1, ge=0, description="… and is back once under this (hysteresis).")
+    shift_raise: float = Field(
+        default=2.0, gt=0, description="… and when its running mean moved this many training stds …"
+    )
+    shift_clear: float = Field(default=1.0, ge=0, description="… back once under this.")
+    min_features: int = Field(default=1, ge=1, description="Drifting features that make the stream drift.")
+    half_life_windows: float = Field(default=500.0, gt=1, description="Memory of the running statistics.")
+    warmup_windows: int = Field(default=50, ge=1, description="Windows before the mean shift is judged.")
+    psi_min_windows: float = Field(
+        default=400.0,
+        ge=10,
+        description="Effective windows (after decay) before PSI is judged: small samples inflate PSI.",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> DriftConfig:
+        if self.psi_clear > self.psi_raise or self.shift_clear > self.shift_raise:
+            raise ValueError("clear thresholds must not exceed raise thresholds")
+        return self
+
+
+class MetricsConfig(_Section):
+    """The Prometheus node_exporter textfile (see `agent.metrics`)."""
+
+    textfile: Path | None = Field(
+        default=None,
+        description="Write metrics here each heartbeat (atomically), e.g. "
+        "/var/lib/prometheus/node-exporter/robotpm.prom; None: off.",
+    )
+
+
 class AgentConfig(_Section):
     """The `[agent]` table."""
 
@@ -218,6 +303,12 @@ class AgentConfig(_Section):
     ingest: IngestConfig = IngestConfig()
     policy: PolicyConfig = PolicyConfig()
     outbox: OutboxConfig = OutboxConfig()
+    journal: JournalConfig = JournalConfig()
+    shelving: ShelvingConfig = ShelvingConfig()
+    control: ControlConfig = ControlConfig()
+    logging: LoggingConfig = LoggingConfig()
+    drift: DriftConfig = DriftConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("robot_id", "site")
     @classmethod
@@ -242,6 +333,8 @@ AGENT_PATH_KEYS = frozenset(
         "cert_file",
         "key_file",
         "credentials_file",
+        "file",
+        "textfile",
     }
 )
 """The agent's keys whose relative paths resolve against the config file's directory."""

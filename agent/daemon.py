@@ -1,21 +1,17 @@
 """The agent daemon: startup → tick loop → graceful shutdown.
 
 One thread does the pipeline work (uvicorn's shape): each tick waits for file
-activity (or the safety-net poll period), reads every stream's new lines,
-scores them, and commits the streams' positions together with the resulting
-outbox rows in one SQLite transaction; then it hands pending outbox rows to the
-transport, swaps in a newer verified model between windows, sends heartbeats,
-and feeds the systemd watchdog, so the watchdog stops being fed when the loop
-stalls.
+activity (or the safety-net poll period), lets every stream runner read and
+score its new lines, takes one step of the model life cycle
+(`agent.models.lifecycle.ModelLifecycle`: probation, rollback, swap, between
+windows), commits the streams' positions together with the resulting outbox rows
+in one SQLite transaction, hands pending outbox rows to the transport, and feeds
+the systemd watchdog, so the watchdog stops being fed when the loop stalls.
 
-Lines that cannot complete a window yet cannot cause an alert either, so a tick
-holds them (read, not parsed) until enough have arrived to complete the next
-window, or for ``ingest.max_hold_s`` at most; the line that completes a window is
-scored in the tick that read it. The file watcher is told the same thing in bytes
-(lines still needed × the shortest line seen), so it does not wake the loop for
-appends that cannot complete a window. At 1 kHz appends and a hop of 100 lines the
-loop then wakes about 10 times a second instead of 200, without adding latency to
-alerts. While lines are held, a commit saves the stream position from before them.
+Each stream is a `agent.streams.runner.StreamRunner`: it holds lines too few to
+complete a window (read, not parsed) and gates the file watcher's wake-ups the
+same way, so at 1 kHz appends and a hop of 100 lines the loop wakes about 10 times
+a second instead of 200, without adding latency to alerts.
 
 Commit rule: a tick that produced alert rows commits at once (alerts are not
 held back); otherwise a tick commits at most every ``ingest.checkpoint_interval_s``,
@@ -32,69 +28,35 @@ only repeat one, with the same ``event_id``.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
 
 import structlog
 
-from agent import __version__
+from agent import __version__, reload
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.errors import ConfigError
-from agent.contract.manifest import ModelManifest
-from agent.contract.topics import RobotTopics, model_announcements
-from agent.ingest import LineBlock, Quarantine, StreamFollower
-from agent.models.fetch import ModelFetcher, Subscriber
+from agent.contract.topics import RobotTopics
+from agent.ingest import Quarantine, StreamFollower
+from agent.logfile import configure_agent_logging
+from agent.models.fetch import ModelFetcher
+from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
-from agent.models.scorer import OnnxScorer
 from agent.models.slot import ModelSlot
-from agent.models.watch import ModelWatcher
 from agent.outbox import Outbox
 from agent.policy import AlertPolicy
 from agent.publish import Delivery, MqttTransport, telemetry
 from agent.sdnotify import Notifier
-from agent.seams import Clock, OutboundMessage, SystemClock, Transport
+from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transport
 from agent.state import StateStore
 from agent.streams.pipeline import StreamPipeline
+from agent.streams.runner import StreamRunner
+from agent.technician.operations import FieldOperations, model_view
+from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 log = structlog.get_logger("robotpm.agent")
 
 QUARANTINE_FILE = "quarantine.jsonl"
-
-
-@dataclass(slots=True)
-class _Stream:
-    pipeline: StreamPipeline
-    follower: StreamFollower
-    position: dict[str, Any]
-    """The follower's state as of the last line the pipeline processed."""
-    caught_up: bool = False
-    held: list[tuple[list[LineBlock], bool]] = field(default_factory=list)
-    """Reads not processed yet, each with its ``replayed`` flag."""
-    held_lines: int = 0
-    held_bytes: int = 0
-    held_since: float = 0.0
-
-    def hold(self, blocks: list[LineBlock], replayed: bool, size: int, now: float) -> None:
-        if not self.held:
-            self.held_since = now
-        self.held.append((blocks, replayed))
-        self.held_lines += sum(b.data.count(b"\n") for b in blocks)
-        self.held_bytes += size
-
-    def release(self) -> list[tuple[list[LineBlock], bool]]:
-        """The held reads, with runs of adjacent blocks of one file joined (one parse, not one per read)."""
-        held, self.held = self.held, []
-        self.held_lines = self.held_bytes = 0
-        out: list[tuple[list[LineBlock], bool]] = []
-        for blocks, replayed in held:
-            if out and out[-1][1] == replayed:
-                out[-1][0].extend(blocks)
-            else:
-                out.append((list(blocks), replayed))
-        return [(_join_adjacent(blocks), replayed) for blocks, replayed in out]
 
 
 class AgentDaemon:
@@ -107,33 +69,32 @@ class AgentDaemon:
         transport: Transport | None = None,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
+        models: ModelSource | None = None,
+        reload_config: Callable[[], AgentConfig] | None = None,
     ) -> None:
         self.config = config
+        self._reload_config = reload_config
+        self._reload_requested = False
         self.clock: Clock = clock or SystemClock()
         self.topics = RobotTopics(config.site, config.robot_id)
         self.notifier = notifier or Notifier.from_env()
         self._transport_arg = transport
         self._wakeup = threading.Event()
-        self._streams: list[_Stream] = []
+        self._streams: list[StreamRunner] = []
         self._last_commit = 0.0
         self._last_heartbeat = 0.0
         self._last_watchdog = 0.0
         self._started_at = 0.0
-        self._dirty = False
         self._pending: list[OutboundMessage] = []  # telemetry to commit with the next tick
         self.store: StateStore | None = None
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
-        self.slot = ModelSlot(config.model)
-        self._probation: Probation | None = None
-        self._model_events: dict[str, int] = {}  # model life-cycle events sent, by state
-        self.model_watcher = ModelWatcher(
-            self.slot, config.model.directory, config.model.check_interval_s, ready=self._wakeup
-        )
-        self.model_fetcher: ModelFetcher | None = None
+        self.fieldops: FieldOperations | None = None
+        source = models or StoreModels(config.model, wakeup=self._wakeup)
+        self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
 
-    # -- lifecycle ---------------------------------------------------------------------------------
+    # -- startup and shutdown ----------------------------------------------------------------------
 
     def startup(self) -> None:
         """Open state, load the model, restore and start every stream, connect the transport."""
@@ -146,62 +107,56 @@ class AgentDaemon:
         self._started_at = self.clock.monotonic()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = StateStore.in_dir(cfg.state_dir)
-        scorer = self.slot.load_initial(self._version_before_restart(), unfit=self._unfit)
-        self.notifier.status(f"model {scorer.manifest.label} loaded")
+        saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
+        scorer = self.models.load_initial(saved.values())
         self.outbox = Outbox(self.store, cfg.outbox, self.clock)
-        quarantine = Quarantine(cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes)
+        self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
+        quarantine = Quarantine(
+            cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
+        )
         for stream in cfg.streams:
-            policy = AlertPolicy(
-                scorer.manifest,
-                cfg.policy,
-                robot_id=stream.robot_id or cfg.robot_id,
-                site=cfg.site,
-                stream=stream.name,
-                agent_version=__version__,
-                clock=self.clock,
+            policy = self.fieldops.wrap(
+                AlertPolicy(
+                    scorer.manifest,
+                    cfg.policy,
+                    robot_id=stream.robot_id or cfg.robot_id,
+                    site=cfg.site,
+                    stream=stream.name,
+                    agent_version=__version__,
+                    clock=self.clock,
+                )
             )
-            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine)
-            follower = StreamFollower(stream, cfg.ingest, self._wakeup)
-            saved = self.store.load_stream_state(stream.name)
-            follower.restore(saved.get("follower") if saved else None)
-            if saved and follower.counters["state_discarded"]:
-                # The follower reads every file from its start again: an open window restored
-                # from the same row would be continued with lines it already holds.
-                log.warning("stream_state_discarded", stream=stream.name, reason="damaged follower state")
-                saved = None
-            pipeline.restore(saved.get("pipeline") if saved else None)
-            self._streams.append(_Stream(pipeline, follower, follower.state()))
+            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
+            pipeline.on_scored = self.fieldops.inference.observe
+            runner = StreamRunner(
+                pipeline,
+                StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
+                cfg.ingest,
+                self._wakeup,
+            )
+            runner.restore(saved[stream.name])
+            self._streams.append(runner)
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
-        self.delivery = Delivery(self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight)
-        self._start_model_fetcher(self.transport)
+        self.delivery = Delivery(
+            self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight, clock=self.clock
+        )
+        statuses = self.models.start([s.pipeline for s in self._streams], self.transport)
         self.transport.start()
         for s in self._streams:
-            s.follower.start()
-        self.model_watcher.start()
-        self._enqueue([self._model_status(scorer.manifest), *self._refusal_statuses()])
+            s.start()
+        with self.store.transaction() as conn:
+            self.outbox.enqueue(conn, [*statuses, self.fieldops.open_alerts_message()])
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         log.info(
             "agent_started",
             robot=cfg.robot_id,
             site=cfg.site,
-            streams=[s.pipeline.name for s in self._streams],
+            streams=[s.name for s in self._streams],
             model=scorer.manifest.label,
             version=__version__,
         )
-
-    def _start_model_fetcher(self, transport: Transport) -> None:
-        """Follow the model channel's announcements, if one is configured (see `agent.models.fetch`)."""
-        channel = self.config.model.channel
-        if channel is None:
-            return
-        if not isinstance(transport, Subscriber):
-            log.warning("model_channel_unsupported", channel=channel, reason="the transport cannot subscribe")
-            return
-        self.model_fetcher = ModelFetcher(self.config.model, floor=lambda: self.slot.current.manifest.version)
-        self.model_fetcher.start()
-        transport.subscribe(model_announcements(channel), self.model_fetcher.offer)
 
     def run(self, stop: threading.Event) -> None:
         """Run ticks until `stop` is set, then shut down gracefully."""
@@ -215,24 +170,29 @@ class AgentDaemon:
     def shutdown(self) -> None:
         """Commit, flush what the broker will take within a moment, say offline, and close."""
         self.notifier.stopping()
-        if self.model_fetcher is not None:
-            self.model_fetcher.stop()
-        self.model_watcher.stop()
+        self.models.stop()
         events: list[AlertEvent] = []
         for s in self._streams:
-            events.extend(self._process_held(s))
-        messages = [telemetry.alert_message(self.topics, e) for e in events] + self._pending
+            events.extend(s.flush())
+        messages = self._pending
         self._pending = []
-        self._commit(force=True, messages=messages)
+        self._commit(force=True, messages=messages, events=events)
+        if self.fieldops is not None and self.transport is not None:
+            self.fieldops.stopped(
+                streams=self._streams,
+                broker=self._broker_status(),
+                model=self._model_status(),
+                uptime_s=self.clock.monotonic() - self._started_at,
+            )
         for s in self._streams:
-            s.follower.close()
+            s.close()
         if self.delivery is not None and self.transport is not None:
-            deadline = time.monotonic() + 2.0
-            while self.outbox is not None and self.outbox.depth() and time.monotonic() < deadline:
+            deadline = self.clock.monotonic() + 2.0
+            while self.outbox is not None and self.outbox.depth() and self.clock.monotonic() < deadline:
                 self.delivery.pump()
                 if not self.transport.connected:
                     break
-                time.sleep(0.01)
+                self.clock.sleep(0.01)
             self.delivery.pump()
             offline = telemetry.presence(
                 self.config.robot_id,
@@ -250,50 +210,52 @@ class AgentDaemon:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def request_reload(self) -> None:
+        """Reload the config between ticks (safe to call from a signal handler; see `agent.reload`)."""
+        self._reload_requested = True
+        self._wakeup.set()
+
     def tick(self, timeout_s: float) -> int:
         """One turn of the loop; returns how many lines were read."""
-        max_bytes = self.config.ingest.read_chunk_bytes
-        max_hold = self.config.ingest.max_hold_s
-        held_since = [s.held_since for s in self._streams if s.held]
-        if held_since:  # come back in time to parse lines held for max_hold_s
-            timeout_s = max(0.0, min(timeout_s, min(held_since) + max_hold - self.clock.monotonic()))
+        if self._reload_requested:
+            self._reload_requested = False
+            self._reload()
+        deadlines = [d for d in (s.hold_deadline() for s in self._streams) if d is not None]
+        if deadlines:  # come back in time to parse lines held for max_hold_s
+            timeout_s = max(0.0, min(timeout_s, min(deadlines) - self.clock.monotonic()))
         self._wakeup.wait(timeout_s)
         self._wakeup.clear()
         lines = 0
         events: list[AlertEvent] = []
         now = self.clock.monotonic()
         for s in self._streams:
-            blocks = s.follower.read(max_bytes)
-            if blocks:
-                size = sum(len(b.data) for b in blocks)
-                s.hold(blocks, not s.caught_up, size, now)
-                if size < max_bytes:
-                    s.caught_up = True
-                else:
-                    self._wakeup.set()  # more is waiting: come straight back
-            else:
-                s.caught_up = True
-            if s.held and (
-                s.held_lines >= s.pipeline.lines_to_next_window
-                or s.held_bytes >= max_bytes
-                or now - s.held_since >= max_hold
-            ):
-                before = s.pipeline.counters.lines
-                events.extend(self._process_held(s))
-                lines += s.pipeline.counters.lines - before
-            if max_hold > 0:
-                self._gate_wakeups(s)
-        self._maybe_swap_model()
+            before = s.pipeline.counters.lines
+            events.extend(s.step(now))
+            lines += s.pipeline.counters.lines - before
+        model_messages = self.models.step()
+        self._pending.extend(model_messages)
+        assert self.fieldops is not None
+        self.fieldops.note_model_messages(model_messages)
+        self.fieldops.bind_model(self.models.current.manifest.label)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.append(self._heartbeat())
-        messages = [telemetry.alert_message(self.topics, e) for e in events]
+        messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
-        if self._pending and (messages or now - self._last_commit >= self._interval):
+        if self._pending and (events or now - self._last_commit >= self._interval):
             messages += self._pending
             self._pending = []
-        self._commit(force=bool(messages), messages=messages)
+        self._commit(force=bool(messages or events), messages=messages, events=events)
+        self.fieldops.step(now)
+        self.fieldops.refresh_status(
+            now,
+            streams=self._streams,
+            broker=self._broker_status(),
+            model=self._model_status(),
+            uptime_s=now - self._started_at,
+            drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
+        )
         assert self.delivery is not None
         self.delivery.pump()
         interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
@@ -304,41 +266,30 @@ class AgentDaemon:
             self.notifier.watchdog()
         return lines
 
-    @staticmethod
-    def _gate_wakeups(s: _Stream) -> None:
-        """Be woken for appends only once enough bytes arrived to hold the lines the next window needs.
-
-        The bound is the lines still needed times the shortest valid line seen: lines that
-        shrink below it make that one wakeup late, by at most the poll interval.
-        """
-        need = s.pipeline.lines_to_next_window - s.held_lines
-        shortest = s.pipeline.shortest_line
-        s.follower.wake_after(need * shortest if shortest is not None and need > 1 else None)
-
-    def _process_held(self, s: _Stream) -> list[AlertEvent]:
-        """Process a stream's held reads in order; its position then moves past them."""
-        if not s.held:
-            return []
-        events: list[AlertEvent] = []
-        for blocks, replayed in s.release():
-            events.extend(s.pipeline.process(blocks, replayed=replayed))
-        s.position = s.follower.state()
-        self._dirty = True
-        return events
-
-    def _commit(self, *, force: bool, messages: Sequence[OutboundMessage] = ()) -> None:
+    def _commit(
+        self,
+        *,
+        force: bool,
+        messages: Sequence[OutboundMessage] = (),
+        events: Sequence[AlertEvent] = (),
+    ) -> None:
         now = self.clock.monotonic()
-        if not messages and not (self._dirty and (force or now - self._last_commit >= self._interval)):
+        dirty = any(s.unsaved for s in self._streams)
+        if (
+            not messages
+            and not events
+            and not (dirty and (force or now - self._last_commit >= self._interval))
+        ):
             return
         assert self.store is not None
         assert self.outbox is not None
+        assert self.fieldops is not None
         try:
             with self.store.transaction() as conn:
                 for s in self._streams:
-                    if not s.held:  # everything read was processed: the live position is the one
-                        s.position = s.follower.state()
-                    state = {"pipeline": s.pipeline.state(), "follower": s.position}
-                    StateStore.save_stream_state(conn, s.pipeline.name, state, self.clock.wall())
+                    StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
+                # Journaled with their outbox rows; a shelve withholds some from the broker.
+                messages = [*self.fieldops.admit(conn, events), *messages]
                 if messages:
                     self.outbox.enqueue(conn, messages)
                     if self.delivery is not None and any(m.kind == "alert" for m in messages):
@@ -348,186 +299,70 @@ class AgentDaemon:
                 self.delivery.rewind()  # row ids handed over may be reused after the rollback
             raise
         self._last_commit = now
-        self._dirty = False
+        for s in self._streams:
+            s.saved()
+
+    def _reload(self) -> None:
+        """Apply the live parts of the config file as it is now; keep everything if it does not load."""
+        if self._reload_config is None:
+            log.warning("config_reload_refused", reason="this agent was started without a config file")
+            return
+        try:
+            new = self._reload_config()
+        except ConfigError as exc:
+            log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+            return
+        reload_keys = getattr(getattr(self.models.source, "slot", None), "reload_trusted_keys", None)
+        keys_live = callable(reload_keys)
+        changed = reload.changed_keys(self.config, new)
+        live = [k for k in changed if reload.is_live(k, trusted_keys_live=keys_live)]
+        later = [k for k in changed if k not in live]
+        if "model.trusted_keys" in live and callable(reload_keys):
+            try:
+                reload_keys(new.model)
+            except ConfigError as exc:
+                log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
+                return
+        self.config = reload.merged(self.config, new, trusted_keys_live=keys_live)
+        configure_agent_logging(self.config)
+        assert self.fieldops is not None
+        self.fieldops.use_config(self.config)
+        log.info("config_reloaded", changed=live)
+        if later:
+            log.warning(
+                "config_restart_needed", keys=later, detail="kept at their running values until a restart"
+            )
+
+    def _broker_status(self) -> BrokerStatus:
+        mqtt = self.config.mqtt
+        transport = self.transport
+        return BrokerStatus(
+            connected=bool(transport is not None and transport.connected),
+            host=mqtt.host,
+            port=mqtt.port,
+            last_error=str(getattr(transport, "last_error", "") or ""),
+        )
+
+    def _model_status(self) -> ModelStatusView:
+        manifest = self.models.current.manifest
+        ref = ModelRef(id=manifest.model_id, version=manifest.version)
+        return model_view(ref, manifest.label, self.probation, self.config.model.probation_windows)
 
     @property
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
 
-    def _enqueue(self, messages: Sequence[OutboundMessage]) -> None:
-        assert self.store is not None
-        assert self.outbox is not None
-        with self.store.transaction() as conn:
-            self.outbox.enqueue(conn, messages)
-
-    def _version_before_restart(self) -> int | None:
-        """The model version the streams were scored with before a restart (None: first start).
-
-        With probation on, store versions newer than it start as candidates again, so a model
-        that had not finished its probation goes through it again (see agent.models.probation).
-        """
-        if self.config.model.probation_windows == 0:
-            return None
-        assert self.store is not None
-        versions: list[int] = []
-        for stream in self.config.streams:  # a stream without saved state (e.g. new) tells nothing
-            saved = self.store.load_stream_state(stream.name)
-            label = ((saved or {}).get("pipeline") or {}).get("model")
-            _, _, version = str(label or "").rpartition("@")
-            if version.isdigit():
-                versions.append(int(version))
-        return max(versions) if versions else None  # None: nothing ran yet, load the newest
-
-    def _maybe_swap_model(self) -> None:
-        """Between windows: publish refusals, start or judge a probation, swap a model in."""
-        self._pending.extend(self._refusal_statuses())
-        candidate: OnnxScorer | None = self.model_watcher.take()
-        if candidate is not None:
-            self._begin(candidate)
-        probation = self._probation
-        if probation is None or not probation.finished:
-            return
-        self._set_shadow(None)
-        if probation.failure is not None:
-            self._roll_back(probation.candidate, probation.failure)
-        else:
-            candidate_rate, current_rate = probation.rates
-            log.info(
-                "probation_passed",
-                model=probation.candidate.manifest.label,
-                windows=probation.windows,
-                alert_rate=round(candidate_rate, 4),
-                current_alert_rate=round(current_rate, 4),
-            )
-            self._swap(probation.candidate)
-
-    def _begin(self, candidate: OnnxScorer) -> None:
-        """Put a new candidate on probation, or swap it in at once when probation cannot apply."""
-        cfg = self.config.model
-        if self._probation is not None:  # a newer version supersedes the one on probation
-            log.info(
-                "probation_superseded",
-                model=self._probation.candidate.manifest.label,
-                by=candidate.manifest.label,
-            )
-            self._set_shadow(None)
-        current = self.slot.current.manifest
-        unfit = self._unfit(candidate.manifest)
-        if unfit is not None:
-            # Swapping it in would make every tick raise: refuse it before any probation.
-            self._roll_back(candidate, unfit, state="rejected")
-            return
-        if cfg.probation_windows == 0:
-            self._swap(candidate)
-            return
-        if candidate.manifest.feature_spec_hash != current.feature_spec_hash:
-            # Its windows differ from the ones the streams cut: it cannot be shadow-scored on
-            # them. It passed its golden test; it is swapped in as without probation.
-            log.warning(
-                "probation_skipped",
-                model=candidate.manifest.label,
-                reason="feature spec differs from the current model's",
-            )
-            self._swap(candidate)
-            return
-        self._set_shadow(
-            Probation(
-                candidate,
-                current,
-                windows=cfg.probation_windows,
-                max_alert_rate=cfg.probation_max_alert_rate,
-                alert_margin=cfg.probation_alert_margin,
-            )
-        )
-        detail = f"shadow-scored for {cfg.probation_windows} windows against {current.label}"
-        self._pending.append(self._model_event(candidate.manifest, "probation", detail))
-        self.notifier.status(f"model {candidate.manifest.label} on probation")
-        log.info("probation_started", model=candidate.manifest.label, windows=cfg.probation_windows)
-
-    def _unfit(self, manifest: ModelManifest) -> str | None:
-        """Why the configured streams cannot feed this model (channels their mapping lacks), or None."""
-        for stream in self.config.streams:
-            have = stream.record_schema().canonical_channels
-            missing = [c for c in manifest.feature_spec.channels if c not in have]
-            if missing:
-                return f"stream {stream.name} provides no channels {missing}"
-        return None
-
-    def _set_shadow(self, probation: Probation | None) -> None:
-        self._probation = probation
-        for s in self._streams:
-            s.pipeline.set_shadow(probation)
-
-    def _roll_back(
-        self,
-        candidate: OnnxScorer,
-        reason: str,
-        *,
-        state: Literal["rolled_back", "rejected"] = "rolled_back",
-    ) -> None:
-        """Refuse a candidate (until its files change) and say so: it is never used."""
-        self.slot.reject(candidate, reason)
-        self.model_watcher.request_trim()  # its session is dropped with the probation
-        self._pending.append(self._model_event(candidate.manifest, state, reason))
-        log.warning(
-            "model_rolled_back" if state == "rolled_back" else "model_refused",
-            model=candidate.manifest.label,
-            reason=reason,
-        )
-
-    def _swap(self, candidate: OnnxScorer) -> None:
-        started = time.perf_counter()
-        for s in self._streams:
-            s.pipeline.use_scorer(candidate)
-        self.slot.accept(candidate, trim=False)
-        self.model_watcher.request_trim()
-        self._pending.append(self._model_status(candidate.manifest))
-        self.notifier.status(f"model {candidate.manifest.label} live")
-        log.info(
-            "model_live",
-            model=candidate.manifest.label,
-            swap_ms=round((time.perf_counter() - started) * 1e3, 3),
-        )
-
-    def _model_status(self, manifest: ModelManifest) -> OutboundMessage:
-        return telemetry.model_status_message(
-            self.topics, self.config.robot_id, self.config.site, manifest, since=self.clock.wall()
-        )
-
-    def _model_event(
-        self,
-        manifest: ModelManifest | None,
-        state: Literal["probation", "rolled_back", "rejected"],
-        detail: str,
-        source: str | None = None,
-    ) -> OutboundMessage:
-        self._model_events[state] = self._model_events.get(state, 0) + 1  # for the heartbeat
-        return telemetry.model_event_message(
-            self.topics,
-            self.config.robot_id,
-            self.config.site,
-            manifest,
-            state=state,
-            since=self.clock.wall(),
-            detail=detail,
-            source=source,
-        )
-
-    def _refusal_statuses(self) -> list[OutboundMessage]:
-        return [
-            self._model_event(r.manifest, "rejected", r.reason, source=str(r.source))
-            for r in self.slot.take_refusals()
-        ]
-
     def _heartbeat(self) -> OutboundMessage:
         assert self.outbox is not None
+        assert self.fieldops is not None
         counters = [s.pipeline.counters for s in self._streams]
         suppressed: dict[str, int] = {}
         for s in self._streams:
             for reason, count in s.pipeline.policy_counters().get("suppressed", {}).items():
                 suppressed[reason] = suppressed.get(reason, 0) + int(count)
-        manifest = self.slot.current.manifest
-        candidate = self._probation.candidate.manifest if self._probation is not None else None
+        manifest = self.models.current.manifest
+        probation = self.models.probation
+        candidate = probation.candidate.manifest if probation is not None else None
         record = telemetry.heartbeat_record(
             robot_id=self.config.robot_id,
             site=self.config.site,
@@ -547,51 +382,43 @@ class AgentDaemon:
             model_candidate=(
                 ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
             ),
-            model_events=self._model_events,
+            model_events=self.models.events,
+            drift_streams=self.fieldops.drift_summaries(self._streams),
+        )
+        self._pending.extend(
+            self.fieldops.on_heartbeat(
+                record,
+                streams=self._streams,
+                broker_connected=bool(self.transport is not None and self.transport.connected),
+                model=ModelRef(id=manifest.model_id, version=manifest.version),
+            )
         )
         return telemetry.heartbeat_message(self.topics, record)
 
+    # -- for status and tests ----------------------------------------------------------------------
+
+    @property
+    def slot(self) -> ModelSlot:
+        """The store's model slot (the model in use, the store's candidates); with the store as source."""
+        source = self.models.source
+        if not isinstance(source, StoreModels):
+            raise TypeError(f"the model source is {type(source).__name__}, not the store")
+        return source.slot
+
     @property
     def probation(self) -> Probation | None:
-        """The probation of a candidate model in progress, if any (for status and tests)."""
-        return self._probation
+        """The probation of a candidate model in progress, if any."""
+        return self.models.probation
+
+    @property
+    def model_fetcher(self) -> ModelFetcher | None:
+        """The fetcher following the model channel, if one is configured."""
+        return self.models.fetcher
 
     @property
     def streams(self) -> list[StreamPipeline]:
-        """The stream pipelines (for status and tests)."""
+        """The stream pipelines."""
         return [s.pipeline for s in self._streams]
-
-
-def _join_adjacent(blocks: list[LineBlock]) -> list[LineBlock]:
-    """Join consecutive blocks that continue each other in one file (same header, nothing rejected)."""
-    out: list[LineBlock] = []
-    run: list[LineBlock] = []
-
-    def flush() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            first = run[0]
-            out.append(replace(first, data=b"".join(b.data for b in run)))
-        run.clear()
-
-    for block in blocks:
-        if run:
-            last = run[-1]
-            if (
-                block.rejected
-                or block.file_key != last.file_key
-                or block.header != last.header
-                or block.path != last.path
-                or block.offset != last.offset + len(last.data)
-            ):
-                flush()
-        if block.rejected:
-            out.append(block)
-        else:
-            run.append(block)
-    flush()
-    return out
 
 
 def _worst_drift(states: Sequence[str]) -> str:

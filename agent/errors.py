@@ -12,8 +12,10 @@ that talks to the library.
      │    ├── ModelLoadError    onnxruntime refused the model, or a file is missing
      │    └── ModelRejectedError  verification refused it (signature, checks, golden test)
      ├── IngestError            a log source cannot be followed (missing directory, I/O)
+     ├── WatchError             a directory cannot be watched for changes as configured
      ├── StateError             the agent's local state store is unusable
-     └── PublishError           alerts cannot be handed to the transport
+     ├── PublishError           alerts cannot be handed to the transport
+     └── NotAllowedError        a local user may not change the agent (shelving: not in its group)
 """
 
 from __future__ import annotations
@@ -37,9 +39,17 @@ class IngestError(RobotPMError):
     """A log source cannot be followed."""
 
 
+class WatchError(RobotPMError):
+    """A directory cannot be watched for changes the way the configuration asks."""
+
+
 class StateError(RobotPMError):
     """The local state store (offsets, windows, outbox) is unusable."""
 
 
 class PublishError(RobotPMError):
     """Alerts cannot be handed to the transport."""
+
+
+class NotAllowedError(RobotPMError):
+    """A local user may not change the running agent (e.g. shelve): not root, not in its group."""

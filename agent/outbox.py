@@ -10,7 +10,16 @@ so subscribers de-duplicate.
 Bounds, checked on every enqueue:
 
 * **Age.** Alerts older than ``alert_ttl_s`` and other messages older than
-  ``telemetry_ttl_s`` are dropped (reason ``expired``).
+  ``telemetry_ttl_s`` are dropped (reason ``expired``). Age is never read off the
+  wall clock, which can step by decades (a robot without an RTC boots in 1970, then
+  NTP sets the date): it is measured on the outbox's own clock, the seconds the
+  agent has been running with this state file, advanced by the monotonic clock and
+  persisted in the file (table ``outbox_clock``, written in every transaction that
+  stores or removes rows, and at least with each periodic expiry). Each row records
+  that clock at its insertion (``born``), so a row's age is the running time since
+  it was stored, summed over restarts. Time the agent is stopped does not count: a
+  row can expire late after downtime, never early. (``created`` keeps the wall time
+  for people.)
 * **Bytes.** When the payloads exceed ``max_bytes``, telemetry (heartbeat, status,
   model, drift) is dropped oldest first (reason ``full``). Alerts are **never**
   dropped before their TTL: when alerts alone exceed the budget, new alerts are
@@ -51,7 +60,8 @@ _DDL: Final = (
         qos INTEGER NOT NULL,
         retain INTEGER NOT NULL,
         created REAL NOT NULL,
-        size INTEGER NOT NULL
+        size INTEGER NOT NULL,
+        born REAL NOT NULL DEFAULT 0
     )
     """,
     "CREATE INDEX IF NOT EXISTS outbox_kind_id ON outbox(kind, id)",
@@ -74,6 +84,13 @@ _DDL: Final = (
     END
     """,
     """
+    CREATE TABLE IF NOT EXISTS outbox_clock (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        running_s REAL NOT NULL
+    )
+    """,
+    "INSERT OR IGNORE INTO outbox_clock(one, running_s) VALUES (1, 0)",
+    """
     CREATE TABLE IF NOT EXISTS outbox_drops (
         reason TEXT PRIMARY KEY,
         count INTEGER NOT NULL
@@ -88,6 +105,7 @@ class OutboxRow:
 
     id: int
     created: float
+    """Wall time of the insertion, for people (never used to measure age)."""
     message: OutboundMessage
 
 
@@ -105,8 +123,11 @@ class Outbox:
         self._enqueue_calls = 0
         try:
             store.migrate(*_DDL)
+            with store.transaction() as conn:
+                self._running_base = _migrate_born(conn)
         except sqlite3.Error as exc:
             raise StateError(f"{store.path}: cannot create the outbox: {exc}") from exc
+        self._mono_base = clock.monotonic()
 
     @property
     def store(self) -> StateStore:
@@ -118,6 +139,10 @@ class Outbox:
         """The bounds in force."""
         return self._config
 
+    def running_s(self) -> float:
+        """The outbox clock now: seconds of agent running time with this state file (see the docstring)."""
+        return self._running_base + max(0.0, self._clock.monotonic() - self._mono_base)
+
     @property
     def enqueue_calls(self) -> int:
         """How many times rows were enqueued (a reader that saw the queue drained can skip a query)."""
@@ -128,14 +153,15 @@ class Outbox:
         if not messages:
             return
         self._enqueue_calls += 1
-        now = self._clock.wall()
+        wall = self._clock.wall()
+        now = self._tick(conn)
         for message in messages:
             if message.kind in _REPLACE_KINDS:
                 # An explicit delete (not INSERT OR REPLACE) so the totals trigger sees it.
                 conn.execute("DELETE FROM outbox WHERE key = ?", (message.key,))
             conn.execute(
-                "INSERT OR IGNORE INTO outbox(key, kind, topic, payload, qos, retain, created, size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO outbox(key, kind, topic, payload, qos, retain, created, size, born) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.key,
                     message.kind,
@@ -143,8 +169,9 @@ class Outbox:
                     message.payload,
                     message.qos,
                     int(message.retain),
-                    now,
+                    wall,
                     len(message.payload) + len(message.topic),
+                    now,
                 ),
             )
         self._enforce(conn, now, new_alert_bytes=any(m.kind == "alert" for m in messages))
@@ -157,7 +184,7 @@ class Outbox:
     def expire(self) -> int:
         """Drop rows past their TTL now; returns how many were dropped."""
         with self._store.transaction() as conn:
-            return self._expire(conn, self._clock.wall())
+            return self._expire(conn, self._tick(conn))
 
     def pending(self, after_id: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows with an id above `after_id`, oldest first."""
@@ -211,6 +238,7 @@ class Outbox:
             gone = max(0, cursor.rowcount)
             if gone:
                 _count(conn, reason, gone)
+            self._tick(conn)
             return gone
 
     def depth(self) -> int:
@@ -222,9 +250,9 @@ class Outbox:
         return int(self._totals()[1])
 
     def oldest_age_s(self) -> float | None:
-        """Age of the oldest waiting row, or None when empty."""
-        row = self._store.connection.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else max(0.0, self._clock.wall() - float(row[0]))
+        """Age of the oldest waiting row (agent running time since it was stored), or None when empty."""
+        row = self._store.connection.execute("SELECT born FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else max(0.0, self.running_s() - float(row[0]))
 
     def depth_by_kind(self) -> dict[str, int]:
         """Rows waiting, per message kind."""
@@ -237,6 +265,12 @@ class Outbox:
         return {str(r): int(c) for r, c in rows}
 
     # -- internals ------------------------------------------------------------
+
+    def _tick(self, conn: sqlite3.Connection) -> float:
+        """The outbox clock now, persisted inside the caller's transaction."""
+        now = self.running_s()
+        conn.execute("UPDATE outbox_clock SET running_s = MAX(running_s, ?) WHERE one = 1", (now,))
+        return now
 
     def _totals(self) -> tuple[int, int]:
         row = self._store.connection.execute("SELECT rows, bytes FROM outbox_totals WHERE one = 1").fetchone()
@@ -284,10 +318,10 @@ class Outbox:
         return rows[:limit]
 
     def _expire(self, conn: sqlite3.Connection, now: float) -> int:
-        """Drop rows past their TTL, oldest first, per kind through the (kind, id) index.
+        """Drop rows past their TTL on the outbox clock (`now`), oldest first, per kind by (kind, id).
 
-        Rows of one kind are expired in id order, which is creation order unless the
-        wall clock stepped back; such a row then expires a little late, never early.
+        ``born`` never decreases with the row id (the outbox clock only moves forward and
+        is committed with every row), so the scan stops at the first row still young.
         The cost is proportional to the rows expired, not to the rows stored.
         """
         dropped = 0
@@ -296,11 +330,11 @@ class Outbox:
             cutoff = now - ttl
             while True:
                 rows = conn.execute(
-                    "SELECT id, created FROM outbox WHERE kind = ? ORDER BY id LIMIT 256", (kind,)
+                    "SELECT id, born FROM outbox WHERE kind = ? ORDER BY id LIMIT 256", (kind,)
                 ).fetchall()
                 expired = []
-                for row_id, created in rows:
-                    if float(created) >= cutoff:
+                for row_id, born in rows:
+                    if float(born) >= cutoff:
                         break
                     expired.append((int(row_id),))
                 if expired:
@@ -310,6 +344,16 @@ class Outbox:
                 if len(expired) < 256:
                     break
         return dropped
+
+
+def _migrate_born(conn: sqlite3.Connection) -> float:
+    """The persisted outbox clock; rows of a file written before it existed start their age now."""
+    running = float(conn.execute("SELECT running_s FROM outbox_clock WHERE one = 1").fetchone()[0])
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(outbox)")}
+    if "born" not in columns:
+        conn.execute("ALTER TABLE outbox ADD COLUMN born REAL NOT NULL DEFAULT 0")
+        conn.execute("UPDATE outbox SET born = ?", (running,))
+    return running
 
 
 def _count(conn: sqlite3.Connection, reason: str, n: int = 1) -> None:

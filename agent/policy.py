@@ -19,13 +19,20 @@ alert, and moves it through ``raised → updated* → cleared``:
   a crash emits exactly the same events. A suppressed event is counted and not
   emitted; the policy state does not move, so the event is tried again on the next
   window and the life cycle stays consistent (no clear without a raise).
+  Data time may be stepped (a controller's clock set back a year, which the ingest
+  accepts after a few consistent lines): events counted more than a minute in the
+  data future are forgotten, and an update interval that comes out negative by more
+  than itself starts anew, so a step back never silences a stream until data time
+  catches up with the old clock.
 * A window whose score is not finite (NaN, inf) is no evidence either way: it
   resets both run counters.
 
 Event ids come from `derive_event_id` (robot, stream, model, head, window index,
 state), so replays give identical ids; ``emitted_at`` comes from the clock and is
 not part of the id. Each event carries the features with the largest ``|z|``
-against the manifest's training reference: the on-device explanation.
+against the manifest's healthy reference (what is unusual); the stream pipeline
+adds to raised and updated events the channels that drove the score
+(`agent.streams.attribution`).
 
 Hot swap (`use_model`): open alerts and counters of heads that exist in the new
 manifest (same component and failure mode) are kept, and are compared with the new
@@ -53,6 +60,7 @@ from agent.contract.alerts import (
     AlertState,
     FeatureContribution,
     ModelRef,
+    OpenAlert,
     WindowRef,
     derive_event_id,
 )
@@ -192,15 +200,19 @@ def is_clear(head: AlertHead, score: float) -> bool:
 def explain(
     manifest: ModelManifest, row: npt.NDArray[np.float64], top: int
 ) -> tuple[FeatureContribution, ...]:
-    """The `top` features of one feature vector with the largest ``|z|`` against the training data.
+    """The `top` features of one feature vector with the largest ``|z|`` against the healthy training data.
+
+    The baseline is `ModelManifest.explanation_reference`: the healthy training windows,
+    or all of them for a manifest without a healthy reference.
 
     Non-finite feature values are skipped; a zero training std gives z = 0 for an
     equal value and ±1e6 otherwise (JSON has no infinities).
     """
     if top <= 0:
         return ()
-    mean = np.asarray(manifest.reference.mean, dtype=np.float64)
-    std = np.asarray(manifest.reference.std, dtype=np.float64)
+    reference = manifest.explanation_reference
+    mean = np.asarray(reference.mean, dtype=np.float64)
+    std = np.asarray(reference.std, dtype=np.float64)
     values = np.asarray(row, dtype=np.float64)
     if values.shape != mean.shape:
         raise ContractError(f"feature vector has {values.shape[0]} values, manifest expects {mean.shape[0]}")
@@ -265,9 +277,34 @@ class AlertPolicy:
         """The manifest of the model whose scores are evaluated."""
         return self._manifest
 
+    def use_config(self, config: PolicyConfig) -> None:
+        """New on/off delays, rate limits and top-feature count from the next window on (a reload)."""
+        self._config = config
+
     def open_alerts(self) -> dict[str, Severity]:
         """Open alerts: head key → severity."""
         return {k: s.open.severity for k, s in self._heads.items() if s.open is not None}
+
+    def open_alert_records(self) -> list[OpenAlert]:
+        """Every open alert of this stream (with those of heads a new model dropped): the retained view."""
+        opened = [
+            (*key.partition("/")[::2], hs.open) for key, hs in self._heads.items() if hs.open is not None
+        ]
+        opened += [(component, mode, o) for component, mode, o in self._orphans.values()]
+        return [
+            OpenAlert(
+                alert_id=o.alert_id,
+                stream=self._stream,
+                component=component,
+                failure_mode=mode,
+                severity=o.severity,
+                score=o.last_score if math.isfinite(o.last_score) else 0.0,
+                raised_window=o.raised_index,
+                last_event_time=o.last_event_time,
+                model=ModelRef(id=o.model_id, version=o.model_version),
+            )
+            for component, mode, o in sorted(opened, key=lambda item: (item[0], item[1]))
+        ]
 
     def counters(self) -> dict[str, Any]:
         """Events emitted by state, and events suppressed by reason."""
@@ -525,8 +562,9 @@ class AlertPolicy:
         if hs.pending < config.on_delay_windows:
             return None
         window = windows[row]
-        if window.end - opened.last_event_time < config.min_update_interval_s:
-            self._suppress("update_interval")
+        elapsed = window.end - opened.last_event_time
+        if -config.min_update_interval_s <= elapsed < config.min_update_interval_s:
+            self._suppress("update_interval")  # (a larger negative gap: data time was stepped back)
             return None
         if not self._allow(window, "updated"):
             return None
@@ -584,6 +622,8 @@ class AlertPolicy:
     def _allow(self, window: WindowRef, state: AlertState) -> bool:
         """The per-policy events-per-minute budget, in data time."""
         now = window.end
+        while self._recent and self._recent[-1] > now + _RATE_WINDOW_S:
+            self._recent.pop()  # counted in a data future: data time was stepped back
         while self._recent and self._recent[0] <= now - _RATE_WINDOW_S:
             self._recent.popleft()
         if len(self._recent) >= self._config.max_events_per_minute:

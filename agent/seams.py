@@ -1,25 +1,42 @@
-"""The seams of the agent: small Protocols, each with a real implementation and an in-memory twin.
+"""The seams of the agent: every Protocol one module of it uses to talk to another.
 
-The daemon is written against these, so it can be tested without a broker, a
-clock or files, and is also tested against the real ones.
+Each seam has a real implementation and, where a test wants to drive it, an in-memory
+twin in `agent.testing`. The daemon and its parts are written against these, so they
+can be tested without a broker, a clock, an onnxruntime session or files, and are
+also tested against the real ones.
 
-Lifecycle rules (the daemon keeps them, implementations may rely on them):
+Life-cycle rules (callers keep them, implementations may rely on them):
 
-* ``Transport``: ``start()`` once, then any number of ``send()`` / ``take_acks()``
-  from the daemon's thread, then ``stop()`` once; nothing is called after ``stop()``.
-* ``Scorer``: immutable once built; ``score()`` may be called from one thread at a time.
-* ``Clock``: pure.
+* ``Clock``: pure; any thread. ``sleep`` is the only way the agent's own code waits
+  out a duration it enforces (so the manual clock can move instead).
+* ``Transport``: ``subscribe`` any time before ``stop``; ``start()`` once, then any
+  number of ``send`` / ``take_acks`` / ``take_rejected`` from the daemon's thread,
+  then ``stop()`` once; nothing is called after ``stop()``. Subscription callbacks
+  run on the transport's own thread and must only hand the payload on.
+* ``Scorer``: immutable once built; ``score`` from one thread at a time.
+* ``ModelSource``: ``load_initial`` once, then ``start`` once; ``take``, ``accept``,
+  ``reject`` and ``take_refusals`` from the daemon's thread only; ``stop`` once.
+  Only a scorer ``take`` returned is accepted or rejected, each at most once.
+* ``Block``, ``Policy``, ``ShadowHook``, ``QuarantineSink``: the stream pipeline's
+  parts, all used on the daemon's thread; a ``ShadowHook`` never raises.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from agent.contract.alerts import AlertEvent, WindowRef
+from agent.contract.manifest import ModelManifest
+from agent.contract.records import RejectedLine
+
+FloatArray = npt.NDArray[np.float64]
 
 MessageKind = Literal["alert", "status", "heartbeat", "model", "drift"]
 
@@ -40,47 +57,20 @@ class OutboundMessage:
     retain: bool = False
 
 
-class Transport(Protocol):
-    """Hands messages to a broker and reports which ones it acknowledged.
-
-    ``send`` never blocks on the network: it returns a token when the message was
-    taken (it will be acknowledged later, or resent by the transport itself after a
-    reconnect), or None when the transport cannot take it now (disconnected and
-    not queueing, or the in-flight window is full); the caller retries later.
-    """
-
-    def start(self) -> None:
-        """Begin connecting in the background."""
-
-    def send(self, message: OutboundMessage) -> int | None:
-        """Take one message; return a token for its acknowledgement, or None to retry later."""
-
-    def take_acks(self) -> list[int]:
-        """Tokens acknowledged since the last call (PUBACK received for QoS 1)."""
-
-    @property
-    def connected(self) -> bool:
-        """Whether the broker connection is up now."""
-
-    def stop(self, farewell: Sequence[OutboundMessage] = ()) -> None:
-        """Send `farewell` (e.g. a retained "offline") best effort, then disconnect cleanly."""
-
-
-class Scorer(Protocol):
-    """Scores feature vectors with one model."""
-
-    def score(self, features: npt.NDArray[np.float64]) -> Mapping[str, npt.NDArray[np.float64]]:
-        """Outputs by name for a batch of shape ``(n, n_features)``; each of shape ``(n, k)``."""
+# -- time -------------------------------------------------------------------------------------------
 
 
 class Clock(Protocol):
-    """Wall and monotonic time, so tests can drive time."""
+    """Wall and monotonic time, so tests can drive time (real: `SystemClock`; twin: `ManualClock`)."""
 
     def wall(self) -> float:
         """Seconds since the epoch."""
 
     def monotonic(self) -> float:
         """Seconds on a clock that never goes back."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
 
 
 class SystemClock:
@@ -96,25 +86,178 @@ class SystemClock:
         """Seconds on a clock that never goes back."""
         return time.monotonic()
 
+    def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of real time."""
+        time.sleep(max(0.0, seconds))
 
-class ManualClock:
-    """A clock that moves only when told to: the in-memory twin of `SystemClock`."""
 
-    __slots__ = ("_mono", "_wall")
+# -- the broker -------------------------------------------------------------------------------------
 
-    def __init__(self, wall: float = 1_700_000_000.0) -> None:
-        self._wall = wall
-        self._mono = 0.0
 
-    def wall(self) -> float:
-        """Seconds since the epoch."""
-        return self._wall
+class Transport(Protocol):
+    """Hands messages to a broker and reports which ones it acknowledged or refused.
 
-    def monotonic(self) -> float:
-        """Seconds on a clock that never goes back."""
-        return self._mono
+    Real: `agent.publish.mqtt.MqttTransport`; twin: `agent.testing.InMemoryTransport`.
 
-    def advance(self, seconds: float) -> None:
-        """Move both clocks forward."""
-        self._wall += seconds
-        self._mono += seconds
+    ``send`` never blocks on the network: it returns a token when the message was
+    taken (it will be acknowledged later, or resent by the transport itself after a
+    reconnect), or None when the transport cannot take it now (disconnected and
+    not queueing, or the in-flight window is full); the caller retries later.
+    """
+
+    def start(self) -> None:
+        """Begin connecting in the background."""
+
+    def send(self, message: OutboundMessage) -> int | None:
+        """Take one message; return a token for its acknowledgement, or None to retry later.
+
+        Raises `agent.errors.PublishError` for a message it can never take (e.g. too large).
+        """
+
+    def take_acks(self) -> list[int]:
+        """Tokens acknowledged since the last call (PUBACK received for QoS 1)."""
+
+    def take_rejected(self) -> list[int]:
+        """Tokens the broker refused since the last call (MQTT 5 failure reason code): send again later."""
+
+    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Call `callback` with each payload on `topic`, now and after every reconnect."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker connection is up now."""
+
+    def stop(self, farewell: Sequence[OutboundMessage] = ()) -> None:
+        """Send `farewell` (e.g. a retained "offline") best effort, then disconnect cleanly."""
+
+
+# -- models -----------------------------------------------------------------------------------------
+
+
+class Scorer(Protocol):
+    """Scores feature vectors with one model.
+
+    Real: `agent.models.scorer.OnnxScorer`; twin: `agent.testing.FunctionScorer`.
+    """
+
+    @property
+    def manifest(self) -> ModelManifest:
+        """The manifest of the model."""
+
+    def score(self, features: FloatArray) -> Mapping[str, FloatArray]:
+        """Outputs by name for a batch of shape ``(n, n_features)``; each of shape ``(n, k)``."""
+
+
+class ModelRefusal(Protocol):
+    """A model the source refused, and why (`agent.models.slot.Refusal`)."""
+
+    @property
+    def source(self) -> Path:
+        """Where the refused model came from."""
+
+    @property
+    def reason(self) -> str:
+        """Why it was refused."""
+
+    @property
+    def manifest(self) -> ModelManifest | None:
+        """What its manifest claims, unverified (None when unreadable): for naming it only."""
+
+
+class ModelSource(Protocol):
+    """Where the model life cycle gets its models, and where its verdicts go.
+
+    Real: `agent.models.lifecycle.StoreModels` (the store, its slot and watcher); twin:
+    `agent.testing.InMemoryModels`. Every scorer it hands out is verified and golden-tested.
+    """
+
+    @property
+    def current(self) -> Scorer:
+        """The model the streams score with."""
+
+    def load_initial(self, max_version: int | None, unfit: Callable[[ModelManifest], str | None]) -> Scorer:
+        """The model to start with: the newest usable one up to `max_version` (None: any)."""
+
+    def start(self) -> None:
+        """Begin looking for newer models in the background."""
+
+    def take(self) -> Scorer | None:
+        """A verified candidate newer than the current model, not taken before; never blocks."""
+
+    def accept(self, scorer: Scorer) -> None:
+        """`scorer` (a candidate `take` returned) is now the current model."""
+
+    def reject(self, scorer: Scorer, reason: str) -> None:
+        """Refuse a candidate `take` returned, until its files change."""
+
+    def take_refusals(self) -> Sequence[ModelRefusal]:
+        """Models refused on their own (unverifiable, unfit) since the last call."""
+
+    def stop(self) -> None:
+        """Stop looking."""
+
+
+# -- one stream's pipeline --------------------------------------------------------------------------
+
+
+class Block(Protocol):
+    """What the pipeline needs of a follower's line block (see `agent.ingest.LineBlock`)."""
+
+    @property
+    def file_key(self) -> str:
+        """Stable identity of the file the lines came from."""
+
+    @property
+    def path(self) -> Path:
+        """The path the lines were read from."""
+
+    @property
+    def data(self) -> bytes:
+        """Complete lines, each ending in a newline; never the CSV header."""
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of ``data[0]`` in its file."""
+
+    @property
+    def header(self) -> bytes | None:
+        """The file's CSV header line, None for JSON lines."""
+
+    @property
+    def rejected(self) -> tuple[RejectedLine, ...]:
+        """Lines the follower refused while reading (e.g. over-long)."""
+
+
+class Policy(Protocol):
+    """The part of the alert policy the pipeline uses (see `agent.policy.AlertPolicy`)."""
+
+    def evaluate(
+        self, scores: Any, windows: Sequence[WindowRef], features: FloatArray, *, replayed: bool
+    ) -> list[AlertEvent]:
+        """Alert events for scored windows."""
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable state, committed with the stream's position."""
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        """Resume from saved state (None: fresh)."""
+
+    def use_model(self, manifest: ModelManifest) -> None:
+        """Continue with a new model's heads."""
+
+    def counters(self) -> dict[str, Any]:
+        """Events emitted by state and events suppressed by reason."""
+
+
+class ShadowHook(Protocol):
+    """Sees every window batch the pipeline scores (`agent.models.probation.Probation`); must not raise."""
+
+    def __call__(self, features: FloatArray, current_scores: Any) -> None:
+        """Take the features of scored windows and the current model's scores of them."""
+
+
+class QuarantineSink(Protocol):
+    """Where refused lines go (see `agent.ingest.Quarantine`)."""
+
+    def write(self, stream: str, source: Path, rejected: Sequence[RejectedLine]) -> None:
+        """Record refused lines with their reasons."""

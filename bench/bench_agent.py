@@ -4,7 +4,7 @@ Every figure is compared with a baseline measured in the same run (DESIGN.md, "F
 
 a. Memory. RSS of a fresh agent-like process (imports ``agent.daemon``, starts an
    `AgentDaemon` with the bundled model, or with the benchmark's random forest when
-   ``models/bundled`` is absent, and catches up on a log), next to a bare interpreter
+   ``agent/models/bundled`` is absent, and catches up on a log), next to a bare interpreter
    and the imports alone. Then RSS after 1,000 model swaps (OnnxScorer load + golden
    test + ModelSlot.accept, which calls `release_freed_memory`) against RSS after the
    first swap, with `release_freed_memory` replaced by a no-op as the baseline.
@@ -21,7 +21,7 @@ c. Against a naive agent on the same simulated log: our parts (RecordParser →
 
 The model is a 100-tree RandomForestClassifier over the canonical channels of
 config.toml (feature spec window 64 / hop 32), exported with skl2onnx (zipmap=False,
-float32 input), trained on simulated fleet history (robotpm_sim.simulate).
+float32 input), trained on simulated fleet history (robotpm_sim.fleet).
 
 Nothing here asserts on timing. The script exits non-zero when a run fails
 functionally: a worker crashes, our scores disagree with scikit-learn's, the daemon
@@ -77,7 +77,7 @@ class Plan:
     memory_repeats: int = 3
     swaps: int = 1000
     swap_repeats: int = 3
-    swaps_forest: bool = True  # also swap the benchmark forest when the agent runs models/bundled
+    swaps_forest: bool = True  # also swap the benchmark forest when the agent runs agent/models/bundled
     live_swaps: tuple[tuple[float, int], ...] = ((0.05, 15), (1.0, 8))  # (check_interval_s, swaps)
     repeats: int = 5
     naive_repeats: int = 3
@@ -191,7 +191,7 @@ class Assets:
     work: Path
     model_dir: Path  # our random forest: model.onnx + manifest.json
     sk_model: Path  # the same forest, pickled, for the naive agent
-    agent_model_dir: Path  # what the fresh agent loads: models/bundled if present, else model_dir
+    agent_model_dir: Path  # what the fresh agent loads: agent/models/bundled if present, else model_dir
     agent_model_label: str
     log_dir: Path
     n_lines: int
@@ -236,7 +236,10 @@ def build_assets(work: Path, plan: Plan) -> Assets:
         Thresholds,
         file_sha256,
     )
-    from robotpm_sim.simulate import COLUMNS, MODES, format_records, header_line, simulate_history
+    from robotpm_sim.faults import MODES
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.formatting import format_records
+    from robotpm_sim.records import COLUMNS, header_line
 
     channels = stream_channels()
     file_columns = tuple(channels)
@@ -330,13 +333,13 @@ def build_assets(work: Path, plan: Plan) -> Assets:
         for lo in range(0, len(values), 200_000):
             handle.write(format_records(values[lo : lo + 200_000]))
 
-    bundled = REPO / "models" / "bundled"
+    bundled = REPO / "agent" / "models" / "bundled"
     if (bundled / "manifest.json").exists() and (bundled / "model.onnx").exists():
         agent_model_dir = bundled
-        label = f"models/bundled ({ModelManifest.read(bundled).label})"
+        label = f"agent/models/bundled ({ModelManifest.read(bundled).label})"
     else:
         agent_model_dir = model_dir
-        label = "benchmark forest (models/bundled absent)"
+        label = "benchmark forest (agent/models/bundled absent)"
     print(
         f"assets: forest of {N_TREES} trees on {len(x):,} windows × {spec.n_features} features, "
         f"{length / 1024:,.0f} KiB ONNX, built in {trained_s:.1f} s; log of {n_lines:,} lines "
@@ -429,8 +432,8 @@ def worker_daemon(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
+    from agent.testing import InMemoryTransport
 
     root = Path(args["root"])
     config = agent_config(
@@ -508,9 +511,11 @@ def worker_swap_live(args: dict[str, Any]) -> None:
     import threading
 
     from agent.daemon import AgentDaemon
-    from agent.publish import InMemoryTransport
     from agent.sdnotify import Notifier
-    from robotpm_sim.simulate import format_records, header_line, simulate_history
+    from agent.testing import InMemoryTransport
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.formatting import format_records
+    from robotpm_sim.records import header_line
 
     root = Path(args["root"])
     rate = float(args["rate"])

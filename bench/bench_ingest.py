@@ -138,7 +138,7 @@ def catch_up_daemon(logs: Path, work: Path, hop: int, n_lines: int) -> dict[str,
 
     from agent.config import AgentConfig
     from agent.daemon import AgentDaemon
-    from agent.publish.memory import InMemoryTransport
+    from agent.testing import InMemoryTransport
 
     model_for(work, hop)
     root = work / f"daemon-hop{hop}"
@@ -314,7 +314,8 @@ class LogSource:
             self.header = b"ts,J1,T1\n"
             self.lines = [f"{1_700_000_000 + n / 1000:.3f},0.1,40.0\n".encode() for n in range(n_lines)]
             return
-        from robotpm_sim.simulate import ArmSimulator, header_line
+        from robotpm_sim.arm import ArmSimulator
+        from robotpm_sim.records import header_line
 
         # 50 Hz data, as the bundled model was trained on, appended at whatever rate the run asks
         sim = ArmSimulator("bench", rate_hz=50.0, seed=7)
@@ -381,7 +382,7 @@ def agent_cpu(work: Path, port: int, variant: dict[str, Any], rate: float, secon
         write_linear_model(root / "bundled")
         bundled = root / "bundled"
     else:
-        bundled = REPO / "models" / "bundled"
+        bundled = REPO / "agent" / "models" / "bundled"
     (root / "config.toml").write_text(agent_toml(port, variant, bundled, source))
     log = root / "logs" / "arm1.csv"
     log.write_bytes(source.header)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from trainer.config import TrainerConfig
 from trainer.stages.extraction import DataExtractionAnalysis
 from trainer.tasks.failure import train_failure_classifier

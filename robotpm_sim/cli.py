@@ -17,7 +17,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from robotpm_sim.simulate import FAULT_MODES, run_live, simulate_fleet, stop_on_signals
+from agent.cli import stop_on_signals
+from robotpm_sim.faults import FAULT_MODES
+from robotpm_sim.fleet import simulate_fleet
+from robotpm_sim.live import run_live
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,25 +113,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         stop = threading.Event()
-        stop_on_signals(stop)
-        summary = run_live(
-            args.out,
-            rate_hz=args.rate_hz,
-            seed=args.seed,
-            fault=None if args.fault == "none" else args.fault,
-            fault_after_s=args.fault_after_s,
-            fault_duration_s=args.fault_duration_s,
-            joint=args.joint,
-            rotate_bytes=args.rotate_bytes,
-            keep=args.keep,
-            duration_s=args.duration_s,
-            stop_event=stop,
-            time_scale=args.time_scale,
-            robot_id=args.robot_id,
-            name=args.name,
-            fmt=args.format,
-            truth_path=args.truth,
-        )
+        with stop_on_signals(stop):
+            summary = run_live(
+                args.out,
+                rate_hz=args.rate_hz,
+                seed=args.seed,
+                fault=None if args.fault == "none" else args.fault,
+                fault_after_s=args.fault_after_s,
+                fault_duration_s=args.fault_duration_s,
+                joint=args.joint,
+                rotate_bytes=args.rotate_bytes,
+                keep=args.keep,
+                duration_s=args.duration_s,
+                stop_event=stop,
+                time_scale=args.time_scale,
+                robot_id=args.robot_id,
+                name=args.name,
+                fmt=args.format,
+                truth_path=args.truth,
+            )
         print(f"wrote {summary.lines} records to {summary.path} ({summary.rotations} rotations)")
         return 0
     except (ValueError, OSError) as exc:

@@ -204,7 +204,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from agent.config import load_agent_config
     from agent.daemon import AgentDaemon
     from agent.logs import configure_logging
-    from robotpm_sim.simulate import run_live
+    from robotpm_sim.live import run_live
 
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.mosquitto import Broker, require_mosquitto
 
@@ -50,3 +53,18 @@ def _no_thread_leaks() -> Iterator[None]:
             return
         threading.Event().wait(0.05)
     raise AssertionError(f"threads leaked: {[t.name for t in leaked]}")
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that configures logging (an in-process CLI run) leaves no logger bound to its stdout.
+
+    `agent.logs.configure_logging` binds structlog and a root handler to the stdout of the
+    moment, and installs exception hooks; pytest closes that stdout after the test.
+    """
+    hooks = (sys.excepthook, threading.excepthook)
+    handlers = list(logging.getLogger().handlers)
+    yield
+    structlog.reset_defaults()
+    sys.excepthook, threading.excepthook = hooks
+    logging.getLogger().handlers[:] = handlers

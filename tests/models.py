@@ -62,6 +62,7 @@ def write_linear_model(
     thresholds: tuple[float, float, float] = (0.5, 0.8, 0.3),
     model_id: str = "test-linear",
     heads: Sequence[tuple[str, str]] = (("joint1", "overcurrent"),),
+    healthy_reference: FeatureReference | None = None,
 ) -> ModelManifest:
     """Write a model whose every head scores ``scale * <watch feature>``; return its manifest."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,7 @@ def write_linear_model(
             for i, (component, mode) in enumerate(heads)
         ),
         reference=FeatureReference(mean=(0.0,) * spec.n_features, std=(1.0,) * spec.n_features),
+        healthy_reference=healthy_reference,
         golden=(GoldenVector(features=golden_x, expected={"score": golden_y}),),
         sha256=sha,
         length=length,

@@ -49,7 +49,7 @@ def test_base_distribution_requires_no_trainer_dependencies() -> None:
         for dep in project["dependencies"]
     }
     assert names.isdisjoint({"scikit-learn", "sklearn", "pandas", "matplotlib", "skl2onnx", "onnx"})
-    assert {"numpy", "onnxruntime", "paho-mqtt", "watchdog", "pydantic", "structlog", "cryptography"} <= names
+    assert {"numpy", "onnxruntime", "paho-mqtt", "pydantic", "structlog", "cryptography"} <= names
 
 
 def _imported_modules(package: str) -> dict[str, set[str]]:

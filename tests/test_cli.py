@@ -44,8 +44,8 @@ def test_a_missing_model_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_status_before_any_run_says_there_is_no_state(tmp_path: Path) -> None:
-    """The status command on a fresh robot explains that the agent has not run yet."""
+def test_status_before_any_run_says_the_agent_has_not_run(tmp_path: Path) -> None:
+    """The status command on a fresh robot explains that the agent has not run yet, exit 3 (not running)."""
     result = run("status", "--config", str(setup(tmp_path)))
-    assert 0 == result.returncode
-    assert "no state yet" in result.stdout
+    assert 3 == result.returncode
+    assert "the agent has not run with this config" in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 from datetime import datetime, timezone
 
@@ -28,6 +30,7 @@ from agent.contract import (
 )
 from agent.contract.errors import RecordError
 from agent.contract.features import ALL_STATISTICS
+from agent.contract.sampling import RateMonitor, Sampling, StreamingResampler, measure_rate, resample
 from agent.contract.topics import parse_robot_topic
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=64)
@@ -46,6 +49,24 @@ def spec_and_samples(draw: st.DrawFn) -> tuple[FeatureSpec, np.ndarray, list[int
     )
     n = draw(st.integers(0, 120))
     values = draw(arrays(np.float64, (n, n_channels), elements=finite))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
+    return spec, values, cuts
+
+
+@st.composite
+def timed_spec_and_samples(draw: st.DrawFn) -> tuple[FeatureSpec, np.ndarray, list[int]]:
+    rate = draw(st.floats(0.5, 100.0))
+    window_s = draw(st.floats(2.0 / rate, 30.0 / rate))
+    hop_s = draw(st.floats(0.6 / rate, 20.0 / rate))
+    spec = FeatureSpec(
+        channels=("c0", "c1"),
+        window_s=window_s,
+        hop_s=hop_s,
+        sampling=Sampling(rate_hz=rate),
+        statistics=("mean", "std", "slope", "last"),
+    )
+    n = draw(st.integers(0, 120))
+    values = draw(arrays(np.float64, (n, 2), elements=finite))
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
     return spec, values, cuts
 
@@ -170,6 +191,146 @@ class TestFeatures:
         """A spec naming a channel twice is invalid."""
         with pytest.raises(ValueError, match="unique"):
             FeatureSpec(channels=("a", "a"), window=4, hop=2)
+
+    def test_a_spec_in_seconds_counts_whole_samples_at_its_rate(self) -> None:
+        """8 s windows every 2 s at 50 Hz are 400 and 100 samples; at 9.9 Hz they round to 79 and 20."""
+        spec = FeatureSpec(channels=("a",), window_s=8.0, hop_s=2.0, sampling=Sampling(rate_hz=50.0))
+        assert (spec.window, spec.hop, spec.rate_hz) == (400, 100, 50.0)
+        slow = FeatureSpec(channels=("a",), window_s=8.0, hop_s=2.0, sampling=Sampling(rate_hz=9.9))
+        assert (slow.window, slow.hop) == (79, 20)
+        assert FeatureSpec.model_validate_json(spec.model_dump_json()) == spec  # as the manifest stores it
+
+    @pytest.mark.parametrize(
+        ("fields", "problem"),
+        [
+            ({"window_s": 8.0, "hop_s": 2.0}, "sampling"),
+            ({"window_s": 8.0, "sampling": {"rate_hz": 50.0}}, "together"),
+            ({"window_s": 8.0, "hop_s": 2.0, "window": 399, "sampling": {"rate_hz": 50.0}}, "disagrees"),
+            ({"window_s": 0.01, "hop_s": 0.01, "sampling": {"rate_hz": 50.0}}, "window"),
+        ],
+    )
+    def test_a_spec_in_seconds_without_a_rate_or_inconsistent_is_refused(
+        self, fields: dict[str, object], problem: str
+    ) -> None:
+        """Seconds need the rate; window_s and hop_s go together; given samples must agree; ≥ 2 samples."""
+        with pytest.raises(ValueError, match=problem):
+            FeatureSpec.model_validate({"channels": ["a"], **fields})
+
+    def test_specs_written_before_sampling_existed_keep_their_hash(self) -> None:
+        """The hash of a sample-count spec without sampling is the one older manifests carry."""
+        old = FeatureSpec(channels=("a", "b"), window=8, hop=4, statistics=("mean",))
+        canonical = json.dumps(
+            {"version": 1, "channels": ["a", "b"], "window": 8, "hop": 4, "statistics": ["mean"]},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        assert old.spec_hash() == hashlib.sha256(canonical.encode()).hexdigest()
+        with_rate = old.model_copy(update={"sampling": Sampling(rate_hz=50.0)})
+        assert with_rate.spec_hash() != old.spec_hash()
+
+    @settings(max_examples=100, deadline=None)
+    @given(timed_spec_and_samples())
+    def test_streaming_features_equal_batch_features_for_specs_in_seconds(
+        self, case: tuple[FeatureSpec, np.ndarray, list[int]]
+    ) -> None:
+        """A spec in seconds goes through the same implementation: any chunking equals the batch."""
+        spec, values, cuts = case
+        expected, _ = batch_features(values, spec)
+        featurizer = StreamingFeaturizer(spec)
+        streamed = [featurizer.push(chunk).features for chunk in np.split(values, cuts)]
+        got = np.concatenate(streamed) if streamed else np.empty((0, spec.n_features))
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-6)
+
+
+@st.composite
+def stream_and_chunks(draw: st.DrawFn) -> tuple[Sampling, np.ndarray, np.ndarray, list[int]]:
+    """Irregular timestamps (jitter, gaps, repeats, a step back) with values, and cut points."""
+    rate = draw(st.floats(0.5, 60.0))
+    n = draw(st.integers(0, 150))
+    steps = draw(
+        arrays(np.float64, n, elements=st.floats(0.0, 4.0 / rate, allow_nan=False))
+    )  # repeats (0) and up to 4 periods
+    ts = 1.7e9 + np.cumsum(steps)
+    if n > 10 and draw(st.booleans()):
+        ts[n // 2 :] += draw(st.floats(-3.0 / rate, 30.0 / rate))  # a step back, or a long gap
+    values = draw(arrays(np.float64, (n, 2), elements=finite))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
+    sampling = Sampling(rate_hz=rate, max_gap_s=draw(st.floats(1.5 / rate, 10.0 / rate)))
+    return sampling, ts, values, cuts
+
+
+class TestSampling:
+    @settings(max_examples=200, deadline=None)
+    @given(stream_and_chunks())
+    def test_streaming_resampling_equals_batch_resampling_for_any_chunking(
+        self, case: tuple[Sampling, np.ndarray, np.ndarray, list[int]]
+    ) -> None:
+        """Chunk by chunk, the resampler gives the batch grid, values and source rows, bit for bit."""
+        sampling, ts, values, cuts = case
+        whole = resample(ts, values, sampling)
+        resampler = StreamingResampler(sampling)
+        parts = []
+        start = 0
+        for end in [*cuts, len(ts)]:
+            got = resampler.push(ts[start:end], values[start:end])
+            parts.append((got.timestamps, got.values, got.source_rows + start))
+            resampler = StreamingResampler.from_state(sampling, resampler.state())  # a restart
+            start = end
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole.timestamps)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]).reshape(-1, 2), whole.values)
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), whole.source_rows)
+
+    @settings(max_examples=200, deadline=None)
+    @given(stream_and_chunks())
+    def test_resampled_points_are_on_the_grid_interpolated_and_never_inside_a_gap(
+        self, case: tuple[Sampling, np.ndarray, np.ndarray, list[int]]
+    ) -> None:
+        """Each point is t0 + k / rate, between the sample before it and its source, close enough together."""
+        sampling, ts, values, _ = case
+        out = resample(ts, values, sampling)
+        if not len(ts):
+            assert len(out) == 0
+            return
+        k = (out.timestamps - ts[0]) * sampling.rate_hz
+        np.testing.assert_allclose(k, np.round(k), atol=1e-3)
+        assert (np.diff(out.timestamps) > 0).all()
+        kept = np.flatnonzero(ts > np.maximum.accumulate(np.concatenate(([-np.inf], ts[:-1]))))
+        for t, v, row in zip(out.timestamps[1:], out.values[1:], out.source_rows[1:], strict=True):
+            before = kept[np.searchsorted(kept, row) - 1]
+            assert ts[before] < t <= ts[row]
+            assert ts[row] - ts[before] <= sampling.max_gap_s or t == ts[row]  # across a gap: on a sample
+            fraction = (t - ts[before]) / (ts[row] - ts[before])
+            expected = values[before] + (values[row] - values[before]) * fraction
+            np.testing.assert_allclose(v, expected, rtol=1e-12, atol=1e-9)
+
+    def test_a_ten_hertz_log_measures_ten_hertz_and_mismatches_a_fifty_hertz_model(self) -> None:
+        """The measured rate is one over the median interval; 10 Hz against 50 Hz is a rate mismatch."""
+        rng = np.random.default_rng(3)
+        ts = 1.7e9 + np.cumsum(0.1 + rng.normal(0, 0.005, 400))
+        measure = measure_rate(ts)
+        assert measure.rate_hz == pytest.approx(10.0, rel=0.01)
+        assert measure.jitter == pytest.approx(0.05, rel=0.2)
+        assert Sampling(rate_hz=50.0).judge(measure.rate_hz, measure.jitter) == "rate_mismatch"
+        assert Sampling(rate_hz=10.0).judge(measure.rate_hz, measure.jitter) == "ok"
+        assert Sampling(rate_hz=10.0, jitter=0.01).judge(measure.rate_hz, measure.jitter) == "jitter"
+
+    def test_the_rate_monitor_judges_the_last_intervals_whatever_the_chunking(self) -> None:
+        """Fed in chunks or at once, and after a restart, the monitor measures the same; unknown at first."""
+        ts = 1.7e9 + np.arange(600) * 0.02
+        ts[300:] = ts[299] + np.arange(1, 301) * 0.1  # the logger drops to 10 Hz half way
+        once, chunked = RateMonitor(), RateMonitor()
+        chunked.push(ts[:10])
+        assert chunked.verdict(Sampling(rate_hz=50.0)) == "unknown"
+        once.push(ts)
+        for a, b in itertools.pairwise([10, 77, 300, 301, 600]):
+            restarted = RateMonitor()
+            restarted.restore(json.loads(json.dumps(chunked.state())))
+            chunked = restarted
+            chunked.push(ts[a:b])
+        assert once.measure() == chunked.measure()
+        assert once.measure().rate_hz == pytest.approx(10.0)
+        assert once.verdict(Sampling(rate_hz=50.0)) == "rate_mismatch"
+        assert once.verdict(None) == "unknown"
 
 
 SCHEMA = RecordSchema(format="csv", timestamp_field="ts", channels={"X_I": "x_current", "Y_T": "y_temp"})
@@ -308,7 +469,7 @@ class TestAlertsAndTopics:
         event = self._event()
         text = event.model_dump_json()
         assert event == AlertEvent.model_validate_json(text)
-        assert "1.0" == json.loads(text)["schema_version"]
+        assert "1.1" == json.loads(text)["schema_version"]
 
     def test_event_ids_are_stable_and_distinguish_every_input(self) -> None:
         """Same inputs give the same id; changing any one of them changes it."""

@@ -15,8 +15,8 @@ import pytest
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
 from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
-from agent.publish import InMemoryTransport
-from agent.seams import ManualClock
+from agent.seams import ModelSource
+from agent.testing import InMemoryTransport, ManualClock
 from tests.models import write_linear_model
 
 HEADER = "ts,J1,T1\n"
@@ -61,11 +61,11 @@ PROFILE = [0.1] * 12 + [1.0] * 12 + [0.1] * 16
 class Harness:
     """Runs a daemon tick by tick against an in-memory transport."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, models: ModelSource | None = None) -> None:
         self.config = config
         self.transport = InMemoryTransport()
         self.clock = ManualClock()
-        self.daemon = AgentDaemon(config, transport=self.transport, clock=self.clock)
+        self.daemon = AgentDaemon(config, transport=self.transport, clock=self.clock, models=models)
         self.daemon.startup()
 
     def settle(self, ticks: int = 30) -> None:

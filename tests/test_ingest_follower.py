@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.ingest import StreamFollower
-from agent.ingest import follower as follower_module
-from agent.ingest.identity import Candidate
+from agent.ingest import discovery as discovery_module
+from agent.ingest.discovery import Candidate
 from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
 
 
@@ -81,7 +81,7 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
     try:
         expected = logs.append(3)
         h.drain()
-        real_list = follower_module.list_candidates
+        real_list = discovery_module.list_candidates
         rotated = False
 
         def list_after_a_rotation(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
@@ -93,7 +93,7 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
                 expected += logs.append(5)
             return real_list(directory, patterns)
 
-        monkeypatch.setattr(follower_module, "list_candidates", list_after_a_rotation)
+        monkeypatch.setattr(discovery_module, "list_candidates", list_after_a_rotation)
         h.drain()
         assert rotated
         assert h.lines == expected
@@ -116,7 +116,7 @@ def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_suc
         expected += logs.append(4)  # the middle file, arm1.csv.1 after the second rotation
         logs.rotate_rename()
         expected += logs.append(5)
-        real_list = follower_module.list_candidates
+        real_list = discovery_module.list_candidates
         hidden = False
 
         def list_missing_the_middle_file_once(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
@@ -127,7 +127,7 @@ def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_suc
                 return [c for c in listing if not c.path.endswith(".csv.1")]
             return listing
 
-        monkeypatch.setattr(follower_module, "list_candidates", list_missing_the_middle_file_once)
+        monkeypatch.setattr(discovery_module, "list_candidates", list_missing_the_middle_file_once)
         h.drain()
         assert hidden
         assert h.lines == expected
@@ -616,7 +616,7 @@ def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(
         raise OSError(28, "inotify watch limit reached")
 
     monkeypatch.setattr(watcher_module, "Inotify", refuse)
-    monkeypatch.setattr(watcher_module.Watcher, "_start_watchdog", refuse)
+    monkeypatch.setattr(watcher_module.FileWatcher, "_start_watchdog", refuse)
     h = Harness(
         stream_config(logs.dir), ingest_config("inotify", watch="auto", poll_interval_s=0.05), watch=True
     )
@@ -640,7 +640,7 @@ def test_inotify_mode_refuses_to_start_without_inotify(logs: LogDir, monkeypatch
         raise OSError(24, "too many open files")
 
     monkeypatch.setattr(watcher_module, "Inotify", refuse)
-    monkeypatch.setattr(watcher_module.Watcher, "_start_watchdog", refuse)
+    monkeypatch.setattr(watcher_module.FileWatcher, "_start_watchdog", refuse)
     follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify"), threading.Event())
     follower.restore(None)
     with pytest.raises(IngestError, match="too many open files"):

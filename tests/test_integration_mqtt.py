@@ -123,7 +123,7 @@ def test_lines_appended_to_a_log_arrive_as_an_alert_at_a_separate_subscriber(
         assert not retained
         assert ("it-robot", "arm1", "critical") == (alert["robot_id"], alert["stream"], alert["severity"])
         assert str(log) == alert["window"]["source_file"]
-        assert "1.0" == alert["schema_version"]
+        assert "1.1" == alert["schema_version"]
         append(log, [0.1] * 10, 20)
         subscriber.wait_for(lambda m: m[0].endswith("/alerts") and m[1]["state"] == "cleared")
     finally:

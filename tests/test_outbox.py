@@ -12,10 +12,10 @@ from agent.contract.alerts import ModelRef
 from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
 from agent.publish.delivery import Delivery
-from agent.publish.memory import InMemoryTransport
 from agent.publish.telemetry import heartbeat_message, heartbeat_record
-from agent.seams import ManualClock, OutboundMessage
+from agent.seams import OutboundMessage
 from agent.state import StateStore
+from agent.testing import InMemoryTransport, ManualClock
 
 
 def alert(i: int, size: int = 100) -> OutboundMessage:
@@ -283,7 +283,7 @@ class TestHeartbeat:
         )
         assert ({"id": "m", "version": 4}, "ok", 6.0) == (body["model"], body["drift"], body["uptime_s"])
         assert {"rate_limit_raised": 1} == body["alerts_suppressed"]
-        assert ("1.1", True, "robotpm/v1/s1/r1/heartbeat") == (
+        assert ("1.2", True, "robotpm/v1/s1/r1/heartbeat") == (
             body["schema_version"],
             message.retain,
             message.topic,

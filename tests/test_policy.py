@@ -20,7 +20,7 @@ from agent.contract.manifest import (
     Thresholds,
 )
 from agent.policy import AlertPolicy, explain
-from agent.seams import ManualClock
+from agent.testing import ManualClock
 
 CHANNELS = ("j1_current", "j1_temp", "j2_current")
 STATS = ("mean", "std")

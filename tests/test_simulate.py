@@ -16,27 +16,14 @@ import pytest
 
 from agent.config import load_agent_config
 from agent.contract.records import RecordParser, RecordSchema
+from robotpm_sim.arm import ArmSimulator
 from robotpm_sim.cli import main as sim_main
-from robotpm_sim.simulate import (
-    COLUMNS,
-    COMPONENTS,
-    CURRENT,
-    MODES,
-    SPEED,
-    TEMPERATURE,
-    TOOL,
-    ArmSimulator,
-    Fault,
-    GroundTruth,
-    format_records,
-    format_truth,
-    iter_log_lines,
-    random_schedule,
-    robot_seed,
-    run_live,
-    simulate_fleet,
-    simulate_history,
-)
+from robotpm_sim.faults import COMPONENTS, MODES, Fault, GroundTruth, random_schedule
+from robotpm_sim.fleet import robot_seed, simulate_fleet, simulate_history
+from robotpm_sim.formatting import format_records, format_truth
+from robotpm_sim.live import run_live
+from robotpm_sim.records import COLUMNS, CURRENT, SPEED, TEMPERATURE, TOOL
+from robotpm_sim.rotating import iter_log_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 10.0
@@ -437,7 +424,7 @@ class TestLive:
 
 def test_simulator_does_not_import_scikit_learn() -> None:
     """The simulator runs on numpy alone (the demo installs no trainer extra)."""
-    code = "import sys, robotpm_sim.simulate, robotpm_sim.cli; print('sklearn' in sys.modules)"
+    code = "import sys, robotpm_sim.fleet, robotpm_sim.live, robotpm_sim.cli; print('sklearn' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -21,7 +21,12 @@ from tests.models import write_linear_model
 from tests.mosquitto import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ("robotpm-agent.service", "robotpm-trainer.service", "robotpm-trainer.timer")
+UNIT_FILES = {
+    "robotpm-agent.service": ROOT / "agent" / "install" / "robotpm-agent.service",
+    "robotpm-trainer.service": ROOT / "trainer" / "install" / "robotpm-trainer.service",
+    "robotpm-trainer.timer": ROOT / "trainer" / "install" / "robotpm-trainer.timer",
+}
+UNITS = tuple(UNIT_FILES)
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
 
 
@@ -36,7 +41,7 @@ def _stage_units(directory: Path, *, edit: tuple[str, str] | None = None) -> Pat
     """Copy the units into ``directory``, pointing ExecStart at stub programs that exist here.
 
     ``systemd-analyze verify`` refuses an ExecStart binary that is not installed, and this
-    machine has no /usr/bin/robotpm-agent. Only the program path changes: the stub takes the
+    machine has no /opt/robotpm/bin/robotpm-agent. Only the program path changes: the stub takes the
     same arguments, and every other line of each unit is copied unchanged.
     """
     bin_dir = directory / "bin"
@@ -46,10 +51,10 @@ def _stage_units(directory: Path, *, edit: tuple[str, str] | None = None) -> Pat
         stub.write_text("#!/bin/sh\nexit 0\n")
         stub.chmod(0o755)
     for name in UNITS:
-        text = (ROOT / "systemd" / name).read_text()
-        staged = re.sub(r"^ExecStart=/usr/bin/", f"ExecStart={bin_dir}/", text, flags=re.MULTILINE)
+        text = UNIT_FILES[name].read_text()
+        staged = re.sub(r"^ExecStart=/opt/robotpm/bin/", f"ExecStart={bin_dir}/", text, flags=re.MULTILINE)
         changed = [(a, b) for a, b in zip(text.splitlines(), staged.splitlines(), strict=True) if a != b]
-        assert all(a.startswith("ExecStart=/usr/bin/robotpm-") for a, _ in changed), changed
+        assert all(a.startswith("ExecStart=/opt/robotpm/bin/robotpm-") for a, _ in changed), changed
         if edit is not None and name == edit[0]:
             staged = staged.replace("\n[Service]\n", f"\n[Service]\n{edit[1]}\n", 1)
         (directory / name).write_text(staged)
@@ -116,14 +121,14 @@ class TestUnits:
 
     def test_agent_unit_keeps_the_promised_settings(self) -> None:
         """Type=notify with a watchdog, a dynamic user, state under /var/lib, the prod config."""
-        settings = _settings(ROOT / "systemd" / "robotpm-agent.service")
+        settings = _settings(UNIT_FILES["robotpm-agent.service"])
         assert settings["Type"] == ["notify"]
         assert settings["WatchdogSec"] == ["30s"]
         assert settings["DynamicUser"] == ["yes"]
         assert settings["StateDirectory"] == ["robotpm-agent"]
         assert settings["ProtectSystem"] == ["strict"]
         assert settings["ExecStart"] == [
-            "/usr/bin/robotpm-agent run --config /etc/robotpm/config.toml --profile prod"
+            "/opt/robotpm/bin/robotpm-agent run --config /etc/robotpm/config.toml --profile prod"
         ]
         # the working directory is the runtime directory, created empty and read-only
         assert settings["WorkingDirectory"] == ["/run/robotpm-agent"]
@@ -132,14 +137,14 @@ class TestUnits:
 
     def test_timer_starts_the_trainer_service(self) -> None:
         """The timer runs the oneshot trainer nightly and catches up on missed runs."""
-        timer = _settings(ROOT / "systemd" / "robotpm-trainer.timer")
-        service = _settings(ROOT / "systemd" / "robotpm-trainer.service")
+        timer = _settings(UNIT_FILES["robotpm-trainer.timer"])
+        service = _settings(UNIT_FILES["robotpm-trainer.service"])
         assert timer["Unit"] == ["robotpm-trainer.service"]
         assert timer["Persistent"] == ["true"]
         assert timer["OnCalendar"]
         assert service["Type"] == ["oneshot"]
         assert service["ExecStart"][0].startswith(
-            "/usr/bin/robotpm-train --config /etc/robotpm/config.toml --profile prod --db "
+            "/opt/robotpm/bin/robotpm-train --config /etc/robotpm/config.toml --profile prod --db "
         )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from tests.fleets import small_fleet
 from trainer import cli
 from trainer.errors import DataError, ParityError, SourceError
@@ -348,7 +348,8 @@ def test_json_lines_logs_read_like_csv(tmp_path: Path) -> None:
 
 class TestCleaningAndResampling:
     def _series(self) -> object:
-        from trainer.stages.extraction import RobotSeries, Truth
+        from trainer.stages.extraction import RobotSeries
+        from trainer.stages.truth import Truth
 
         ts = np.array([0.0, 0.1, 0.1, 0.21, 0.3, 0.4, 3.0, 3.1])  # a repeated stamp, jitter, a 2.6 s gap
         values = np.column_stack([ts * 10.0, -ts])

@@ -18,10 +18,12 @@ import pytest
 
 from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
-from robotpm_sim.simulate import COLUMNS, FAULT_MODES, ArmSimulator, Fault
+from robotpm_sim.arm import ArmSimulator
+from robotpm_sim.faults import FAULT_MODES, Fault
+from robotpm_sim.records import COLUMNS
 from trainer.config import DEFAULT_CHANNELS
 
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "bundled"
+BUNDLED = Path(__file__).resolve().parent.parent / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 ON_DELAY = 2
 

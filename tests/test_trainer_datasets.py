@@ -1,8 +1,10 @@
-"""The real-data benchmarks, read in place from ../shared/data: AI4I 2020 and C-MAPSS FD001."""
+"""The public benchmark data that travels with the repository (data/): AI4I 2020 and C-MAPSS FD001."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import lzma
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,15 @@ import pytest
 
 from agent.contract.manifest import ModelManifest
 from trainer.config import TrainerConfig
-from trainer.datasets import DEFAULT_DATA, load_ai4i, load_cmapss, run_ai4i, run_cmapss
+from trainer.datasets import (
+    DEFAULT_DATA,
+    load_ai4i,
+    load_cmapss,
+    read_data_file,
+    read_data_text,
+    run_ai4i,
+    run_cmapss,
+)
 from trainer.errors import DataError, SourceError
 
 AI4I = DEFAULT_DATA / "ai4i2020"
@@ -47,7 +57,7 @@ class TestAi4i:
 
     def test_missing_column_is_named(self, tmp_path: Path) -> None:
         """A copy without the torque column is refused naming it."""
-        lines = (AI4I / "ai4i2020.csv").read_text().splitlines()[:50]
+        lines = read_data_text(AI4I / "ai4i2020.csv").splitlines()[:50]
         header = lines[0].split(",")
         drop = header.index("Torque [Nm]")
         (tmp_path / "ai4i2020.csv").write_text(
@@ -87,8 +97,38 @@ class TestCmapss:
 
     def test_bad_files_are_clear_errors(self, tmp_path: Path) -> None:
         """A missing file and a table with the wrong column count name the file."""
-        with pytest.raises(SourceError, match="no such file"):
+        with pytest.raises(SourceError, match=r"no such file \(nor train_FD001\.txt\.xz\)"):
             load_cmapss(tmp_path / "train_FD001.txt")
         (tmp_path / "bad.txt").write_text("1 2 3\n4 5 6\n")
         with pytest.raises(DataError, match="expected 26 columns"):
             load_cmapss(tmp_path / "bad.txt")
+
+
+class TestDataInTheRepository:
+    @pytest.mark.parametrize("folder", ["ai4i2020", "cmapss_fd001", "robot_execution_failures"])
+    def test_each_data_set_travels_compressed_with_a_readme_that_vouches_for_its_bytes(
+        self, folder: str
+    ) -> None:
+        """Each data/<set>/*.xz decompresses to the bytes its README lists, beside source and licence."""
+        directory = DEFAULT_DATA / folder
+        readme = (directory / "README.md").read_text(encoding="utf-8")
+        assert "## Source and citation" in readme
+        assert "icense" in readme
+        packed = sorted(directory.glob("*.xz"))
+        assert packed
+        for path in packed:
+            raw = lzma.decompress(path.read_bytes())
+            assert f"| `{path.name}` | {len(raw):,} | `{hashlib.sha256(raw).hexdigest()}` |" in readme
+
+    def test_a_plain_file_is_read_before_its_compressed_twin(self, tmp_path: Path) -> None:
+        """A decompressed copy beside (or instead of) the .xz file is read as it is."""
+        (tmp_path / "a.txt").write_bytes(b"plain\n")
+        (tmp_path / "b.txt.xz").write_bytes(lzma.compress(b"packed\n"))
+        assert read_data_file(tmp_path / "a.txt") == b"plain\n"
+        assert read_data_file(tmp_path / "b.txt") == b"packed\n"
+
+    def test_a_corrupt_compressed_file_is_a_data_error_naming_it(self, tmp_path: Path) -> None:
+        """Bytes that are not xz are refused naming the file."""
+        (tmp_path / "c.txt.xz").write_bytes(b"not xz at all")
+        with pytest.raises(DataError, match=r"c\.txt\.xz: not a valid xz file"):
+            read_data_file(tmp_path / "c.txt")

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agent.contract.manifest import ModelManifest
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from trainer import cli
 
 CONFIG = """

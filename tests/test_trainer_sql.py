@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.contract.manifest import ModelManifest
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from trainer import cli
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, SourceError

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from robotpm_sim.simulate import simulate_fleet
+from robotpm_sim.fleet import simulate_fleet
 from trainer import cli
 from trainer.config import FeatureConfig, LabelConfig, ModelParams, StreamTrainerConfig, TrainerConfig
 from trainer.registry import Registry

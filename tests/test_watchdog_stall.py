@@ -25,9 +25,9 @@ from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
 from agent.contract.streams import StreamConfig
 from agent.daemon import AgentDaemon
 from agent.ingest import StreamFollower
-from agent.ingest.follower import LineBlock
-from agent.publish import InMemoryTransport
+from agent.ingest.reader import LineBlock
 from agent.sdnotify import Notifier
+from agent.testing import InMemoryTransport
 from tests.models import write_linear_model
 
 WATCHDOG_USEC = 400_000

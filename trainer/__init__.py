@@ -1,5 +1,5 @@
 """RobotPM central trainer: simulated and real data to signed ONNX models.
 
 Imports nothing heavy at package level: scikit-learn is imported by the stages that need it,
-so `robotpm_sim.simulate` runs with numpy alone.
+so the simulator (`robotpm_sim`) runs with numpy alone.
 """

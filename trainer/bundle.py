@@ -1,4 +1,4 @@
-"""The bundled default model: simulated fleet history → trained, checked model in ``models/bundled``.
+"""The bundled default model: simulated fleet history → trained, checked model in ``agent/models/bundled``.
 
 `build_bundle` is what ``robotpm-train bundle --seed 7`` runs. Training data comes
 straight from the simulator's Python API (no CSV round trip): a fleet whose faults
@@ -17,8 +17,10 @@ import numpy as np
 
 from trainer.config import TrainerConfig
 from trainer.errors import ExportError
-from trainer.stages.extraction import Dataset, RobotSeries, Truth
-from trainer.tasks.failure import RunResult, train_failure_classifier
+from trainer.run import RunResult
+from trainer.stages.extraction import Dataset, RobotSeries
+from trainer.stages.truth import Truth
+from trainer.tasks.failure import train_failure_classifier
 
 # (fault duration s, mean healthy gap s) per robot of the fleet, cycled: slow and fast faults.
 _FAULT_PROFILES: tuple[tuple[float, float], ...] = (
@@ -38,7 +40,8 @@ def simulated_dataset(
     seed: int,
 ) -> Dataset:
     """Histories of simulated robots as a `Dataset`, channels mapped like a log file would be."""
-    from robotpm_sim.simulate import COLUMNS, simulate_history
+    from robotpm_sim.fleet import simulate_history
+    from robotpm_sim.records import COLUMNS
 
     schema = config.record_schema()
     columns = [COLUMNS.index(name) for name in schema.channels]

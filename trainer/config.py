@@ -18,6 +18,7 @@ from agent.contract.configfile import load_document, validate_section
 from agent.contract.errors import ConfigError
 from agent.contract.features import FeatureSpec, Statistic
 from agent.contract.records import RecordSchema
+from agent.contract.sampling import Sampling
 from agent.contract.streams import STREAM_PATH_KEYS, StreamConfig
 
 DEFAULT_CHANNELS: dict[str, str] = {
@@ -28,7 +29,7 @@ DEFAULT_CHANNELS: dict[str, str] = {
 }
 """The simulator's column names → canonical channels, used when no config file is given."""
 
-TRAINER_PATH_KEYS = frozenset({"registry", "incoming", "reports_dir", "work_dir", "directory"})
+TRAINER_PATH_KEYS = frozenset({"registry", "incoming", "reports_dir", "work_dir", "directory", "event_log"})
 """The trainer's keys whose relative paths resolve against the config file's directory."""
 
 ModelKind = Literal[
@@ -58,17 +59,88 @@ class FeatureConfig(_Section):
     max_gap_s: float = Field(
         default=1.0, gt=0, description="Resampling never bridges a gap longer than this."
     )
+    window_s: float | None = Field(
+        default=None, gt=0, description="Seconds per window, instead of `window` (whole samples at the rate)."
+    )
+    hop_s: float | None = Field(
+        default=None, gt=0, description="Seconds between window starts, with window_s."
+    )
 
-    def spec(self, channels: tuple[str, ...]) -> FeatureSpec:
-        """The `FeatureSpec` for these canonical channels."""
-        return FeatureSpec(channels=channels, window=self.window, hop=self.hop, statistics=self.statistics)
+    def spec(self, channels: tuple[str, ...], rate_hz: float | None = None) -> FeatureSpec:
+        """The `FeatureSpec` for these canonical channels, at the training data's rate when known.
+
+        The rate (``resample_hz``, else the rate measured on the training data) goes into the
+        spec's sampling, so the agent can tell data at another rate; windows in seconds need it.
+        """
+        sampling = None if rate_hz is None else Sampling(rate_hz=rate_hz, max_gap_s=self.max_gap_s)
+        if self.window_s is not None or self.hop_s is not None:
+            return FeatureSpec.model_validate(  # window and hop: whole samples at the rate
+                {
+                    "channels": channels,
+                    "window_s": self.window_s,
+                    "hop_s": self.hop_s,
+                    "statistics": self.statistics,
+                    "sampling": sampling,
+                }
+            )
+        return FeatureSpec(
+            channels=channels, window=self.window, hop=self.hop, statistics=self.statistics, sampling=sampling
+        )
+
+
+class FlagLabels(_Section):
+    """Failure events from a flag or state column of the log itself (e.g. a protective-stop flag).
+
+    A sample is "on" when its value, as written, is one of `on` (compared after trimming
+    blanks and quotes). An event starts at each rising edge (off → on) and ends at the last
+    on sample; an edge closer than `min_gap_s` to the end of the event before it is part of
+    that event (counted as merged).
+    """
+
+    column: str = Field(min_length=1, description="The column's name in the file, exactly as written.")
+    on: tuple[str, ...] = Field(default=("1", "true", "True", "TRUE"), min_length=1)
+    min_gap_s: float = Field(default=60.0, ge=0, description="Edges closer than this are one event.")
+    failure_mode: str = Field(default="stop", min_length=1, description="The mode these events are.")
+    component: str = Field(default="robot", min_length=1)
+
+
+class EventLogLabels(_Section):
+    """Failure events from the controller's fault or stop log (CSV with a header, or JSON lines).
+
+    Field names are the log's own; `modes` renames the controller's codes (unnamed ones are
+    kept as written). Robots are matched by the log directory's name.
+    """
+
+    event_log: Path = Field(description="The event log file (.csv or .jsonl); relative to the config file.")
+    time: str = "time"
+    robot: str = "robot"
+    component: str | None = "component"
+    mode: str = "failure_mode"
+    end: str | None = Field(default=None, description="Field holding the event's end (optional).")
+    modes: dict[str, str] = Field(default_factory=dict, description="Controller code → failure mode.")
+    default_component: str = Field(default="robot", min_length=1)
+    min_gap_s: float = Field(default=0.0, ge=0, description="Events of one robot closer than this are one.")
 
 
 class LabelConfig(_Section):
-    """How a window gets its label from the ground truth at its last sample."""
+    """Where labels come from and how a window gets its label from them.
 
+    ``source = "truth"`` reads the simulator's ``truth.csv`` beside each log; ``"flag"``
+    takes failure events from a column of the log (`flag`); ``"events"`` from an event log
+    (`events`). With events, a window is labelled with the event's mode when the event's
+    onset is at most `horizon_s` after the window's end; windows during an event are left out.
+    """
+
+    source: Literal["truth", "flag", "events"] = "truth"
+    flag: FlagLabels | None = None
+    events: EventLogLabels | None = None
     horizon_s: float = Field(
         default=600.0, gt=0, description="A fault that fails within this long labels the window."
+    )
+    tolerance_s: float = Field(
+        default=1e-4,
+        ge=0,
+        description="A truth row or event time matches the nearest log sample at most this far away.",
     )
     health_threshold: float = Field(
         default=0.5, ge=0, le=1, description="A fault with health at or below this labels the window."
@@ -82,6 +154,14 @@ class LabelConfig(_Section):
     exclude_after_failure_s: float = Field(
         default=20.0, ge=0, description="Windows overlapping a failure or this long after it are left out."
     )
+
+    @model_validator(mode="after")
+    def _source_table(self) -> LabelConfig:
+        if self.source == "flag" and self.flag is None:
+            raise ValueError("source 'flag' needs a [trainer.labels.flag] table (column = ...)")
+        if self.source == "events" and self.events is None:
+            raise ValueError("source 'events' needs a [trainer.labels.events] table (event_log = ...)")
+        return self
 
 
 class ModelParams(_Section):

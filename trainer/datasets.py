@@ -1,8 +1,10 @@
 """The real-data benchmarks: AI4I 2020 (machine failure) and NASA C-MAPSS FD001 (remaining useful life).
 
-``robotpm-train dataset ai4i`` and ``robotpm-train dataset cmapss`` read the files in
-place (``../shared/data`` by default), train, evaluate, export ONNX with the same
-parity check as every model, and register a version with its metrics and report.
+``robotpm-train dataset ai4i`` and ``robotpm-train dataset cmapss`` read the files that
+travel with the repository (``data/<set>/``, xz-compressed, each folder with a README
+giving source and licence), train, evaluate, export ONNX with the same parity check as
+every model, and register a version with its metrics and report. `read_data_file` reads a
+file plain or, when only ``<name>.xz`` exists, decompressed.
 
 - **AI4I 2020**: gradient boosting on the raw process values plus physics features
   (mechanical power = torque × angular speed, process − air temperature, tool wear ×
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import lzma
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,13 +39,15 @@ from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, Thresh
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, SourceError
 from trainer.registry import METRICS_FILE, Registry
+from trainer.run import json_bytes, lineage
 from trainer.stages.evaluation import regression_metrics
 from trainer.stages.trained_model import TrainedMLModel
 from trainer.stages.training import FittedModel
 
 FloatArray = npt.NDArray[np.float64]
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data"
+"""The public data sets that travel with the repository (``data/<set>/``)."""
 
 AI4I_COLUMNS = (
     "Type",
@@ -91,18 +97,36 @@ def run_dataset(
     raise DataError(f"unknown dataset {name!r}; choose ai4i or cmapss")
 
 
+def read_data_file(path: Path) -> bytes:
+    """The bytes of a data file: `path` itself, or ``<path>.xz`` decompressed when only that exists."""
+    packed = path.with_name(path.name + ".xz")
+    try:
+        if path.is_file():
+            return path.read_bytes()
+        if packed.is_file():
+            return lzma.decompress(packed.read_bytes())
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read: {exc.strerror}") from exc
+    except lzma.LZMAError as exc:
+        raise DataError(f"{packed}: not a valid xz file ({exc})") from exc
+    raise SourceError(f"{path}: no such file (nor {packed.name})")
+
+
+def read_data_text(path: Path) -> str:
+    """A data file as text (UTF-8), plain or xz-compressed; see `read_data_file`."""
+    try:
+        return read_data_file(path).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
+
+
 def _file_hash(*paths: Path) -> str:
+    """sha256 over the names and decompressed bytes of data files (the data version)."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(read_data_file(path))
     return digest.hexdigest()
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise SourceError(f"{path}: no such file")
-    return path
 
 
 # -- AI4I 2020 ---------------------------------------------------------------------------------
@@ -113,19 +137,17 @@ AI4I_MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
 
 def load_ai4i_modes(path: Path) -> npt.NDArray[np.int64]:
     """The five failure-mode flags per row (never model inputs; used to explain recall)."""
-    with _require(path).open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(io.StringIO(read_data_text(path), newline="")))
     return np.array([[int(r.get(m, "0") or 0) for m in AI4I_MODES] for r in rows], dtype=np.int64)
 
 
 def load_ai4i(path: Path) -> tuple[FloatArray, npt.NDArray[np.int64]]:
     """Physics features (`AI4I_FEATURES`) and the machine-failure label of every row."""
-    with _require(path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in AI4I_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}")
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_data_text(path), newline=""))
+    missing = [c for c in AI4I_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    rows = list(reader)
     if not rows:
         raise DataError(f"{path}: no rows")
     try:
@@ -223,8 +245,8 @@ def run_ai4i(
     }
     files: dict[str, bytes] = {
         MODEL_FILE: exported.onnx_bytes,
-        "card.json": _json(card),
-        METRICS_FILE: _json({"metrics": metrics, "parity": {"max_abs_diff": exported.max_abs_diff}}),
+        "card.json": json_bytes(card),
+        METRICS_FILE: json_bytes({"metrics": metrics, "parity": {"max_abs_diff": exported.max_abs_diff}}),
     }
     if report:
         from trainer.report import binary_report
@@ -253,7 +275,7 @@ def best_f1_threshold(labels: npt.NDArray[np.int64], scores: FloatArray) -> floa
 def load_cmapss(path: Path) -> FloatArray:
     """The whitespace-separated table (unit, cycle, 3 settings, 21 sensors)."""
     try:
-        table = np.loadtxt(_require(path), ndmin=2)
+        table = np.loadtxt(io.StringIO(read_data_text(path)), ndmin=2)
     except ValueError as exc:
         raise DataError(f"{path}: not a C-MAPSS table ({exc})") from None
     if table.shape[1] != 26 or not len(table):
@@ -301,7 +323,7 @@ def run_cmapss(
         data_dir / "RUL_FD001.txt",
     )
     train, test = load_cmapss(train_path), load_cmapss(test_path)
-    truth = np.loadtxt(_require(truth_path), ndmin=1)
+    truth = np.loadtxt(io.StringIO(read_data_text(truth_path)), ndmin=1)
     if len(truth) != len(np.unique(test[:, 0])):
         raise DataError(
             f"{truth_path}: {len(truth)} RUL values for {len(np.unique(test[:, 0]))} test engines"
@@ -321,9 +343,9 @@ def run_cmapss(
         candidates = [
             (window, stats)
             for window in (30, 50, 70)
-            for stats in (("mean", "slope"), ("mean", "std", "slope", "last"))
+            for stats in (("mean", "slope"), ("mean", "slope", "last"), ("mean", "std", "slope", "last"))
         ]
-    with threadpool_limits(1):  # OpenMP spinning on a shared 2-core machine costs more than it gives
+    with threadpool_limits(1):  # OpenMP spinning on a busy 2-core machine costs more than it gives
         ranking = []
         for window, stats in candidates:
             spec = FeatureSpec(channels=cmapss_channels(), window=window, hop=1, statistics=stats)
@@ -345,13 +367,12 @@ def run_cmapss(
     metrics.update(cv_rmse=cv_rmse, window=float(window), parity_max_abs_diff=exported.max_abs_diff)
     registry = Registry(registry_root, "cmapss-fd001")
     version = registry.next_version()
-    lineage = {
-        "data_hash": _file_hash(train_path, test_path, truth_path),
-        "code_version": _code_version(),
-        "estimator": "HistGradientBoostingRegressor",
-        "rul_cap": str(RUL_CAP),
-        "selection": json.dumps([[round(r, 3), w, list(s)] for r, w, s in ranking]),
-    }
+    record = lineage(
+        _file_hash(train_path, test_path, truth_path),
+        "HistGradientBoostingRegressor",
+        rul_cap=str(RUL_CAP),
+        selection=json.dumps([[round(r, 3), w, list(s)] for r, w, s in ranking]),
+    )
     head = AlertHead(
         output=exported.score_output,
         column=0,
@@ -371,14 +392,14 @@ def run_cmapss(
         train_features=x,
         golden_features=x_test[last[:6]],
         metrics=metrics,
-        lineage=lineage,
+        lineage=record,
         created=datetime.now(timezone.utc),
     )
     command = f"robotpm-train dataset cmapss --seed {seed}"
     files: dict[str, bytes] = {
         MODEL_FILE: exported.onnx_bytes,
         MANIFEST_FILE: manifest.to_json().encode(),
-        METRICS_FILE: _json({"metrics": metrics, "command": command, "lineage": lineage}),
+        METRICS_FILE: json_bytes({"metrics": metrics, "command": command, "lineage": record}),
     }
     if report:
         from trainer.report import regression_report
@@ -397,7 +418,7 @@ def run_cmapss(
                 all_predicted,
                 unit_test.astype(int),
                 cycle_test,
-                {"metrics": metrics, "command": command, "lineage": lineage},
+                {"metrics": metrics, "command": command, "lineage": record},
             )
         )
     where = registry.write(version, files)
@@ -418,21 +439,3 @@ def _grouped_cv_rmse(make_model: Any, x: FloatArray, y: FloatArray, groups: Floa
         errors.append(model.predict(x[val_idx].astype(np.float32)) - y[val_idx])
     residual = np.concatenate(errors)
     return float(np.sqrt(np.mean(residual**2)))
-
-
-def _json(data: Any) -> bytes:
-    return (json.dumps(data, indent=2, default=_default) + "\n").encode()
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Sequence):
-        return list(value)
-    raise TypeError(type(value).__name__)
-
-
-def _code_version() -> str:
-    from trainer.tasks.failure import code_version
-
-    return code_version()

@@ -15,12 +15,13 @@ import numpy as np
 from agent.contract.manifest import MODEL_FILE, ModelManifest
 from trainer.config import TrainerConfig
 from trainer.errors import GateError
+from trainer.metrics import HIGHER_IS_BETTER, classifier_metric
 from trainer.registry import Registry
+from trainer.run import RunResult
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset
-from trainer.stages.preparation import CLASSES, DataPreparation
-from trainer.stages.selection import HIGHER_IS_BETTER, classifier_metric
+from trainer.stages.preparation import DataPreparation
 from trainer.stages.trained_model import run_onnx
-from trainer.tasks.failure import RunResult
+from trainer.stages.truth import HEALTHY
 
 
 def score_version(
@@ -37,24 +38,25 @@ def score_manifest(
     """The selection metric of a model file on a dataset, windows cut with the model's own spec."""
     if manifest.task != "failure_classifier":
         raise GateError(f"{manifest.label}: the gate compares failure classifiers, not {manifest.task}")
+    classes = (HEALTHY, *dict.fromkeys(head.failure_mode for head in manifest.heads))
     preparation = DataPreparation(
         manifest.feature_spec,
         config.labels,
-        CLASSES,
+        classes,
         resample_hz=config.features.resample_hz,
         max_gap_s=config.features.max_gap_s,
     )
     windows = preparation.windows(dataset)
     onnx_bytes = model_path.read_bytes()
-    full = np.zeros((len(windows), len(CLASSES)))
+    full = np.zeros((len(windows), len(windows.classes)))
     outputs: dict[str, np.ndarray] = {}
     for head in manifest.heads:
         if head.output not in outputs:
             outputs[head.output] = run_onnx(onnx_bytes, windows.features, head.output)
-        if head.failure_mode in CLASSES:
-            full[:, CLASSES.index(head.failure_mode)] = outputs[head.output][:, head.column]
+        full[:, classes.index(head.failure_mode)] = outputs[head.output][:, head.column]
     full[:, 0] = np.clip(1.0 - full[:, 1:].sum(axis=1), 0.0, 1.0)
-    return classifier_metric(metric, full, windows.label)
+    scored = range(len(classes))
+    return classifier_metric(metric, windows.label, full, scored, config.thresholds.warning_false_alarm_rate)
 
 
 def gate(
@@ -88,7 +90,7 @@ def promote_version(
             f"the gate needs held-out data to compare v{version} with champion v{registry.champion}: "
             "pass --test-csv (or --force)"
         )
-    dataset = DataExtractionAnalysis(config.record_schema()).extract(test_path)
+    dataset = DataExtractionAnalysis.for_config(config).extract(test_path)
     _promote_on(registry, version, dataset, config)
 
 

@@ -12,6 +12,7 @@ caller on one evaluation set for both).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import shutil
@@ -113,7 +114,7 @@ class Registry:
         """``<root>/<name>``."""
         return self._root / self._name
 
-    def versions(self) -> list[int]:
+    def versions(self) -> builtins.list[int]:
         """Registered versions, ascending."""
         if not self.directory.is_dir():
             return []
@@ -166,7 +167,7 @@ class Registry:
         value = self.index().get("champion")
         return int(value) if value is not None else None
 
-    def list(self) -> list[VersionInfo]:
+    def list(self) -> builtins.list[VersionInfo]:
         """Every version with its headline metrics."""
         champion = self.champion
         infos = []

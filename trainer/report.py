@@ -21,7 +21,7 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from trainer.tasks.failure import RunResult
+    from trainer.run import RunResult
 
 FloatArray = npt.NDArray[np.float64]
 REPORT_DIR = "report"
@@ -88,6 +88,18 @@ def classifier_report(result: RunResult) -> dict[str, bytes]:
         "thresholds": {h.failure_mode: h.thresholds.model_dump() for h in manifest.heads},
         "lineage": manifest.training,
         "timings_s": result.timings,
+        "events (robot, onset, mode, detected, lead time s, first head, false alarms)": [
+            [
+                row["robot"],
+                row["onset"],
+                row["mode"],
+                row["detected"],
+                row["lead_time_s"],
+                row["first_head"],
+                row["false_alarms"],
+            ]
+            for row in result.evaluation.events
+        ],
     }
     return _bundle(f"RobotPM model report: {manifest.label}", summary, figures)
 

@@ -3,9 +3,12 @@
 ``robotpm-train --mode stream`` polls ``trainer.incoming.incoming`` (a fleet directory:
 one sub-directory per robot with its logs and truth). When the logs hold at least
 ``min_new_rows`` more lines than at the last training, or a drift report asks for it
-(a file ``RETRAIN`` or ``drift*.json`` with ``"retrain": true`` in that directory), it
-trains on all of it (robots split for testing), writes a new registry version and
-promotes it only if it beats the champion on the same held-out robots. The state
+(a file ``RETRAIN``, or a ``drift*.json`` in that directory: an agent's drift report
+from ``…/<robot>/drift`` with ``"retrain": true``, as ``robotpm-alerts --drift-dir``
+writes them, or a bare ``{"retrain": true}``), it trains on all of it (robots split
+for testing), writes a new registry version and promotes it only if it beats the
+champion on the same held-out robots. Reports that led to a training are moved to
+``trainer.work_dir/drift-consumed/``, so one report triggers one training. The state
 (rows at the last training) lives in ``trainer.work_dir/stream_state.json``.
 """
 
@@ -17,11 +20,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from agent.contract.alerts import DriftReport
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, GateError
 from trainer.stages.extraction import DataExtractionAnalysis, Dataset, discover_logs, split_by_robot
 
 STATE_FILE = "stream_state.json"
+CONSUMED_DIR = "drift-consumed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,27 +47,38 @@ def count_rows(incoming: Path) -> int:
         found = discover_logs(incoming)
     except DataError:
         return 0
-    total = 0
-    for _, files in found:
-        for path in files:
-            with path.open("rb") as handle:
-                total += max(
-                    0, sum(block.count(b"\n") for block in iter(lambda h=handle: h.read(1 << 20), b"")) - 1
-                )
-    return total
+    return sum(max(0, _newlines(path) - 1) for _, files in found for path in files)
+
+
+def _newlines(path: Path) -> int:
+    """Newlines in a file, read in 1 MiB blocks."""
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def drift_reports(incoming: Path) -> list[Path]:
+    """The drift report files in the incoming directory that ask for retraining."""
+    asking = []
+    for path in sorted(incoming.glob("drift*.json")):
+        try:
+            text = path.read_text(encoding="utf-8")
+            try:
+                retrain = DriftReport.model_validate_json(text).retrain
+            except ValidationError:
+                retrain = json.loads(text).get("retrain") is True  # a hand-written request
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        if retrain:
+            asking.append(path)
+    return asking
 
 
 def drift_requested(incoming: Path) -> bool:
-    """Whether a drift report in the incoming directory asks for retraining."""
-    if (incoming / "RETRAIN").exists():
-        return True
-    for report in incoming.glob("drift*.json"):
-        try:
-            if json.loads(report.read_text(encoding="utf-8")).get("retrain") is True:
-                return True
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-    return False
+    """Whether a ``RETRAIN`` file or a drift report in the incoming directory asks for retraining."""
+    return (incoming / "RETRAIN").exists() or bool(drift_reports(incoming))
 
 
 def check_once(
@@ -74,10 +92,11 @@ def check_once(
     state_path = config.work_dir / STATE_FILE
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.exists() else {"rows": 0}
     rows = count_rows(incoming)
-    drift = drift_requested(incoming)
+    reports = drift_reports(incoming)
+    drift = bool(reports) or (incoming / "RETRAIN").exists()
     if rows - int(state["rows"]) < config.incoming.min_new_rows and not drift:
         return StreamOutcome("waiting", rows, f"{rows - int(state['rows'])} new rows")
-    dataset: Dataset = DataExtractionAnalysis(config.record_schema()).extract(incoming)
+    dataset: Dataset = DataExtractionAnalysis.for_config(config).extract(incoming)
     train, test = split_by_robot(dataset)
     result = train_failure_classifier(
         config, train, test, registry_root=registry_root, name=name, report=False
@@ -87,6 +106,10 @@ def check_once(
         json.dumps({"rows": rows, "version": result.manifest.version}) + "\n", encoding="utf-8"
     )
     (incoming / "RETRAIN").unlink(missing_ok=True)
+    consumed = config.work_dir / CONSUMED_DIR
+    consumed.mkdir(exist_ok=True)
+    for report in reports:
+        report.replace(consumed / report.name)
     try:
         promote_through_gate(config, result, registry_root=registry_root, name=name)
     except GateError as exc:

@@ -1,4 +1,4 @@
-"""Messages the agent publishes: alert events, presence and heartbeats (versioned JSON).
+"""Messages the agent publishes: alert events, open alerts, presence, heartbeats, drift (versioned JSON).
 
 Every payload carries ``schema_version``. An alert event's ``event_id`` is derived
 from the robot, stream, model, alert head, window and state, so replaying the same
@@ -17,9 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.contract.manifest import Severity
 
-ALERT_SCHEMA_VERSION: Final = "1.0"
-HEARTBEAT_SCHEMA_VERSION: Final = "1.1"
-"""1.1 added the optional ``model_candidate`` and ``model_events``; 1.0 heartbeats still parse."""
+ALERT_SCHEMA_VERSION: Final = "1.1"
+"""1.1 added the optional ``contributors`` (the model's own attribution); 1.0 events still parse."""
+PRESENCE_SCHEMA_VERSION: Final = "1.0"
+HEARTBEAT_SCHEMA_VERSION: Final = "1.2"
+"""1.1 added ``model_candidate`` and ``model_events``, 1.2 ``drift_streams``; older heartbeats still parse."""
+OPEN_ALERTS_SCHEMA_VERSION: Final = "1.0"
+DRIFT_SCHEMA_VERSION: Final = "1.0"
+
+DriftState = Literal["unknown", "ok", "drifting"]
 
 AlertState = Literal["raised", "updated", "cleared"]
 
@@ -43,13 +49,29 @@ class _Message(BaseModel):
 
 
 class FeatureContribution(_Message):
-    """One feature that pushed the score: its value and z-score against the training data."""
+    """One unusual feature of the window: its value and z-score against the (healthy) training data."""
 
     name: str
     channel: str
     statistic: str
     value: float
     z: float = Field(description="(value - training mean) / training std")
+
+
+class ChannelContribution(_Message):
+    """One channel that drove the model's score: how far the score falls without that channel's signal.
+
+    ``score_without`` is the model's score for the same window with every feature of
+    the channel replaced by the healthy reference (moved into the range the healthy
+    training windows span); ``score_drop`` is how much better that is than the
+    event's score (positive: the channel pushed the score towards the alert).
+    """
+
+    channel: str
+    score_drop: float = Field(description="Improvement of the score when the channel looks healthy.")
+    score_without: float = Field(
+        description="The score with this channel's features at the healthy reference."
+    )
 
 
 class WindowRef(_Message):
@@ -73,7 +95,7 @@ class ModelRef(_Message):
 class AlertEvent(_Message):
     """One event of an alert's life cycle, published QoS 1 to ``…/<robot>/alerts``."""
 
-    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = ALERT_SCHEMA_VERSION  # 1.0 from agents not yet upgraded
     event_id: str
     alert_id: str = Field(description="The event_id of the raise that opened this alert.")
     robot_id: str
@@ -87,7 +109,16 @@ class AlertEvent(_Message):
     threshold: float = Field(description="The threshold the score was compared with.")
     window: WindowRef
     model: ModelRef
-    top_features: tuple[FeatureContribution, ...] = ()
+    top_features: tuple[FeatureContribution, ...] = Field(
+        default=(),
+        description="The window's most unusual features: largest |z| against the healthy training windows "
+        "(all training windows for models without a healthy reference).",
+    )
+    contributors: tuple[ChannelContribution, ...] = Field(
+        default=(),
+        description="Raised and updated events: the channels whose features, set to the healthy reference, "
+        "lower the score most, largest drop first (only channels that lower it).",
+    )
     agent_version: str
     replayed: bool = Field(description="Raised while catching up on a backlog, not live.")
     emitted_at: datetime
@@ -96,7 +127,7 @@ class AlertEvent(_Message):
 class Presence(_Message):
     """Retained presence on ``…/<robot>/status``; also the last will ("offline")."""
 
-    schema_version: Literal["1.0"] = ALERT_SCHEMA_VERSION
+    schema_version: Literal["1.0"] = PRESENCE_SCHEMA_VERSION
     robot_id: str
     site: str
     state: Literal["online", "offline"]
@@ -105,10 +136,20 @@ class Presence(_Message):
     reason: str = ""
 
 
+class StreamDrift(_Message):
+    """One stream's drift in a heartbeat: its state and its most drifted feature."""
+
+    state: DriftState
+    drifting_features: int = Field(ge=0)
+    max_psi: float | None = Field(description="Largest PSI of any feature; None before PSI is judged.")
+    max_shift: float | None = Field(description="Largest |mean shift| of any feature, in training stds.")
+    top_feature: str | None = Field(description="The most drifted feature, if any window was seen.")
+
+
 class Heartbeat(_Message):
     """Periodic counters on ``…/<robot>/heartbeat``."""
 
-    schema_version: Literal["1.0", "1.1"] = HEARTBEAT_SCHEMA_VERSION  # 1.0 from agents not yet upgraded
+    schema_version: Literal["1.0", "1.1", "1.2"] = HEARTBEAT_SCHEMA_VERSION  # older from agents not upgraded
     robot_id: str
     site: str
     sent_at: datetime
@@ -138,3 +179,85 @@ class Heartbeat(_Message):
         description="Model life-cycle events since the agent started, by state: 'probation', 'rolled_back',"
         " 'rejected' (each also sent, not retained, on …/model).",
     )
+    drift_streams: dict[str, StreamDrift] = Field(
+        default_factory=dict,
+        description="Drift per stream (details in the reports on …/drift); 'drift' is the worst.",
+    )
+
+
+class OpenAlert(_Message):
+    """One alert that is open (raised, not cleared) on a robot."""
+
+    alert_id: str = Field(description="The event_id of the raise; later events of the alert carry it too.")
+    stream: str
+    component: str
+    failure_mode: str
+    severity: Severity
+    score: float = Field(description="The latest score of the alert's head.")
+    raised_window: int = Field(ge=0, description="Index of the window that raised it.")
+    last_event_time: float = Field(
+        description="Data time (window end, epoch seconds) of its raise or update."
+    )
+    model: ModelRef
+    shelved: bool = Field(default=False, description="Shelved by a technician: kept, not re-raised.")
+    shelved_until: datetime | None = None
+    shelve_reason: str = ""
+
+
+class OpenAlerts(_Message):
+    """Retained on ``…/<robot>/open_alerts``: every open alert of the robot, replaced on each change.
+
+    A subscriber that (re)starts reads the robot's open alerts from here instead of
+    replaying every event; an empty ``alerts`` means none is open.
+    """
+
+    schema_version: Literal["1.0"] = OPEN_ALERTS_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    updated_at: datetime
+    count: int = Field(ge=0, description="len(alerts)")
+    worst_severity: Severity | None = Field(description="critical if any alert is, else warning, else None.")
+    alerts: tuple[OpenAlert, ...] = ()
+
+
+class FeatureDriftRecord(_Message):
+    """One feature in a drift report."""
+
+    name: str
+    psi: float | None = Field(description="PSI against the training quantile bins; None if not judged.")
+    shift: float = Field(description="(running mean - training mean) / training std")
+    drifting: bool
+
+
+class DriftThresholds(_Message):
+    """The thresholds a drift report was judged with ([agent.drift])."""
+
+    psi_raise: float
+    psi_clear: float
+    shift_raise: float
+    shift_clear: float
+    min_features: int
+
+
+class DriftReport(_Message):
+    """A stream's drift against the model's training data, QoS 1 on ``…/<robot>/drift``.
+
+    Sent when the stream's drift state changes and periodically while it drifts. A
+    feature drifts when its PSI and its mean shift both pass their raise thresholds
+    (the shift alone without PSI), with hysteresis; ``retrain`` asks the trainer's
+    stream mode for a retraining (true while drifting).
+    """
+
+    schema_version: Literal["1.0"] = DRIFT_SCHEMA_VERSION
+    robot_id: str
+    site: str
+    stream: str
+    model: ModelRef
+    state: DriftState
+    windows: int = Field(ge=0, description="Windows judged since the model went live (or the agent started).")
+    effective_windows: float = Field(ge=0, description="Size of the decayed sample the statistics describe.")
+    drifting_features: int = Field(ge=0)
+    features: tuple[FeatureDriftRecord, ...] = Field(description="The most drifted features first.")
+    thresholds: DriftThresholds
+    retrain: bool
+    sent_at: datetime

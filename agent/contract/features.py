@@ -5,6 +5,13 @@ samples, one window every `hop` samples: window k covers samples
 ``[k * hop, k * hop + window)``. Each window becomes one feature vector: for every
 channel, in order, every statistic, in order (`FeatureSpec.feature_names`).
 
+A spec may carry the `Sampling` its windows assume (the rate, the jitter it
+tolerates, the longest gap resampling bridges), and may give the window and hop in
+seconds (``window_s``, ``hop_s``) instead of samples: they are then whole numbers of
+samples at that rate (rounded), and the stream is cut on the rate's grid
+(`agent.contract.sampling`). The windows themselves always count samples, so one
+implementation serves both kinds of spec.
+
 The trainer calls `batch_features` on a whole history; the agent feeds a
 `StreamingFeaturizer` chunk by chunk. Both compute the statistics with the same
 code, chosen by the spec alone, and a window's value depends on its own samples
@@ -18,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agent.contract.sampling import Sampling
 
 Statistic = Literal["mean", "std", "min", "max", "rms", "ptp", "slope", "last"]
 """A per-channel statistic of one window.
@@ -45,15 +54,46 @@ class FeatureSpec(BaseModel):
         spec = FeatureSpec(channels=("j1_current", "j1_temp"), window=64, hop=32,
                            statistics=("mean", "std", "slope"))
         spec.feature_names()[:2]  # ('j1_current__mean', 'j1_current__std')
+
+        timed = FeatureSpec(channels=("j1_current",), window_s=8.0, hop_s=2.0,
+                            sampling=Sampling(rate_hz=50.0))
+        (timed.window, timed.hop)  # (400, 100)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: int = Field(default=1, ge=1, description="Version of the feature code contract.")
     channels: tuple[str, ...] = Field(min_length=1, description="Canonical channels, in order.")
-    window: int = Field(ge=2, le=100_000, description="Samples per window.")
-    hop: int = Field(ge=1, le=100_000, description="Samples between consecutive window starts.")
+    window: int = Field(ge=2, le=1_000_000, description="Samples per window (from window_s when given).")
+    hop: int = Field(ge=1, le=1_000_000, description="Samples between window starts (from hop_s when given).")
     statistics: tuple[Statistic, ...] = Field(default=("mean", "std", "min", "max", "slope"), min_length=1)
+    window_s: float | None = Field(default=None, gt=0, description="Seconds per window (needs sampling).")
+    hop_s: float | None = Field(default=None, gt=0, description="Seconds between window starts.")
+    sampling: Sampling | None = Field(
+        default=None, description="The sample rate the windows assume; None: unknown (older models)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _samples_from_seconds(cls, data: Any) -> Any:
+        """Fill ``window`` and ``hop`` from seconds at the sampling rate (they must agree if given too)."""
+        if not isinstance(data, dict) or (data.get("window_s") is None and data.get("hop_s") is None):
+            return data
+        if data.get("window_s") is None or data.get("hop_s") is None:
+            raise ValueError("window_s and hop_s go together")
+        sampling = data.get("sampling")
+        rate = sampling.rate_hz if isinstance(sampling, Sampling) else (sampling or {}).get("rate_hz")
+        if rate is None:
+            raise ValueError("window_s and hop_s need sampling.rate_hz to count samples")
+        out = dict(data)
+        for seconds, samples in (("window_s", "window"), ("hop_s", "hop")):
+            count = round(float(out[seconds]) * float(rate))
+            if out.get(samples) is not None and int(out[samples]) != count:
+                raise ValueError(
+                    f"{samples}={out[samples]} disagrees with {seconds}={out[seconds]} at {rate} Hz"
+                )
+            out[samples] = count
+        return out
 
     @model_validator(mode="after")
     def _no_duplicates(self) -> FeatureSpec:
@@ -62,6 +102,11 @@ class FeatureSpec(BaseModel):
         if len(set(self.statistics)) != len(self.statistics):
             raise ValueError("statistics must be unique")
         return self
+
+    @property
+    def rate_hz(self) -> float | None:
+        """The sample rate the windows assume, if the spec says."""
+        return None if self.sampling is None else self.sampling.rate_hz
 
     @property
     def n_features(self) -> int:
@@ -73,8 +118,13 @@ class FeatureSpec(BaseModel):
         return tuple(f"{c}__{s}" for c in self.channels for s in self.statistics)
 
     def spec_hash(self) -> str:
-        """A sha256 over the canonical JSON of the spec; equal specs hash equal."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A sha256 over the canonical JSON of the spec; equal specs hash equal.
+
+        Fields left at None are not hashed, so specs written before they existed keep their hash.
+        """
+        canonical = json.dumps(
+            self.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

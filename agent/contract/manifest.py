@@ -4,8 +4,9 @@ The trainer writes a ``manifest.json`` beside every ``model.onnx``. The agent re
 it to know which features to compute (the feature spec and its hash), how to feed
 the ONNX graph (input and output names), what each output column means (one
 `AlertHead` per component and failure mode, with calibrated thresholds), the
-training reference statistics (for explanations and drift), and golden vectors
-with expected outputs (a smoke test before a model goes live).
+reference statistics of the training features (all windows, for drift; the healthy
+windows, for alert explanations), and golden vectors with expected outputs (a smoke
+test before a model goes live).
 
 A signed model also holds ``manifest.sig`` (`SIGNATURE_FILE`), and its manifest names
 the key in ``signing_key_id``; ``expires`` bounds how long the agent accepts it. See
@@ -15,11 +16,14 @@ the key in ``signing_key_id``; ``expires`` bounds how long the agent accepts it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent.contract.errors import ManifestError
@@ -81,8 +85,67 @@ class AlertHead(BaseModel):
         return self
 
 
+REFERENCE_BINS: Final = 10
+"""Quantile bins per feature the trainer writes (deciles; fewer where training values repeat)."""
+
+
+class ReferenceBins(BaseModel):
+    """Quantile bins of every training feature, for the PSI drift test (`agent.streams.drift`).
+
+    Feature ``f`` has the strictly increasing inner cut points ``edges[f]`` and
+    ``len(edges[f]) + 1`` bins: a value ``x`` falls in bin ``i`` = the number of cut
+    points ``<= x`` (``numpy.searchsorted(edges[f], x, side="right")``), so the first
+    and last bins are open-ended. ``fractions[f][i]`` is the share of training windows
+    in bin ``i``; both sides count with `bin_indices`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    edges: tuple[tuple[float, ...], ...]
+    fractions: tuple[tuple[float, ...], ...]
+    windows: int = Field(ge=1, description="Training windows the bins were computed on.")
+
+    @model_validator(mode="after")
+    def _shaped(self) -> ReferenceBins:
+        if len(self.edges) != len(self.fractions):
+            raise ValueError(
+                f"{len(self.edges)} features have edges but {len(self.fractions)} have fractions"
+            )
+        for f, (edges, fractions) in enumerate(zip(self.edges, self.fractions, strict=True)):
+            if len(fractions) != len(edges) + 1:
+                raise ValueError(f"feature {f}: {len(edges)} cut points need {len(edges) + 1} fractions")
+            if any(b <= a for a, b in itertools.pairwise(edges)) or not all(np.isfinite(edges)):
+                raise ValueError(f"feature {f}: cut points must be finite and strictly increasing")
+            if any(v < 0 for v in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+                raise ValueError(f"feature {f}: fractions must be >= 0 and sum to 1")
+        return self
+
+    @classmethod
+    def from_features(cls, features: npt.NDArray[np.float64], n_bins: int = REFERENCE_BINS) -> ReferenceBins:
+        """Bins of a ``(windows, n_features)`` training matrix (rows with a non-finite value skipped)."""
+        matrix = np.asarray(features, dtype=np.float64)
+        matrix = matrix[np.isfinite(matrix).all(axis=1)]
+        if not len(matrix):
+            raise ValueError("no finite training windows to compute reference bins from")
+        levels = np.arange(1, n_bins) / n_bins
+        edges: list[tuple[float, ...]] = []
+        fractions: list[tuple[float, ...]] = []
+        for column in matrix.T:
+            cuts = np.unique(np.quantile(column, levels))
+            cuts = cuts[cuts > column.min()]  # a cut at the minimum would leave the first bin empty
+            counts = np.bincount(bin_indices(cuts, column), minlength=len(cuts) + 1)
+            edges.append(tuple(float(c) for c in cuts))
+            fractions.append(tuple(float(c) for c in counts / len(column)))
+        return cls(edges=tuple(edges), fractions=tuple(fractions), windows=len(matrix))
+
+
+def bin_indices(edges: npt.ArrayLike, values: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """The `ReferenceBins` bin of each value against one feature's cut points."""
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(values), side="right")
+
+
 class FeatureReference(BaseModel):
-    """Statistics of the training features, in feature order: for z-scores and drift."""
+    """Statistics of training features, in feature order: for z-scores, drift and attribution."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -90,6 +153,9 @@ class FeatureReference(BaseModel):
     std: tuple[float, ...]
     quantiles: dict[str, tuple[float, ...]] = Field(
         default_factory=dict, description="E.g. {'p01': (...), 'p99': (...)}"
+    )
+    bins: ReferenceBins | None = Field(
+        default=None, description="Quantile bins for the PSI drift test; absent in older manifests."
     )
 
 
@@ -131,6 +197,12 @@ class ModelManifest(BaseModel):
     onnx: OnnxInterface
     heads: tuple[AlertHead, ...] = Field(min_length=1)
     reference: FeatureReference
+    healthy_reference: FeatureReference | None = Field(
+        default=None,
+        description="Statistics of the training windows whose truth was healthy: the baseline of the "
+        "alert explanations (z-scores, and the attribution's replacement values). None in manifests "
+        "written before it existed; the explanations then use `reference`.",
+    )
     golden: tuple[GoldenVector, ...] = ()
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, str] = Field(
@@ -150,8 +222,13 @@ class ModelManifest(BaseModel):
         if self.feature_names != spec.feature_names():
             raise ValueError("feature_names do not match feature_spec")
         n = spec.n_features
-        if len(self.reference.mean) != n or len(self.reference.std) != n:
-            raise ValueError(f"reference statistics must have {n} entries")
+        for name, ref in (("reference", self.reference), ("healthy_reference", self.healthy_reference)):
+            if ref is not None and any(
+                len(values) != n for values in (ref.mean, ref.std, *ref.quantiles.values())
+            ):
+                raise ValueError(f"{name} statistics must have {n} entries")
+            if ref is not None and ref.bins is not None and len(ref.bins.edges) != n:
+                raise ValueError(f"{name} bins must have {n} features")
         for head in self.heads:
             if head.output not in self.onnx.outputs:
                 raise ValueError(
@@ -164,6 +241,11 @@ class ModelManifest(BaseModel):
             if len(golden.features) != n:
                 raise ValueError(f"golden vector has {len(golden.features)} features, expected {n}")
         return self
+
+    @property
+    def explanation_reference(self) -> FeatureReference:
+        """The baseline alert explanations compare with: the healthy reference, else all training windows."""
+        return self.healthy_reference if self.healthy_reference is not None else self.reference
 
     @property
     def label(self) -> str:

@@ -5,6 +5,7 @@
     robotpm/v1/<site>/<robot>/heartbeat   periodic counters
     robotpm/v1/<site>/<robot>/model       retained: the model the robot runs
     robotpm/v1/<site>/<robot>/drift       feature drift reports
+    robotpm/v1/<site>/<robot>/open_alerts retained: every open alert of the robot
     robotpm/v1/models/<channel>           retained model announcements
 
 Subscribers use wildcards: ``robotpm/v1/+/+/alerts`` for the fleet,
@@ -19,7 +20,7 @@ from typing import Literal, get_args
 
 ROOT = "robotpm/v1"
 
-RobotTopicKind = Literal["alerts", "status", "heartbeat", "model", "drift"]
+RobotTopicKind = Literal["alerts", "status", "heartbeat", "model", "drift", "open_alerts"]
 ROBOT_TOPIC_KINDS: tuple[str, ...] = get_args(RobotTopicKind)
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -71,6 +72,11 @@ class RobotTopics:
     def drift(self) -> str:
         """Topic for drift reports."""
         return self.topic("drift")
+
+    @property
+    def open_alerts(self) -> str:
+        """Retained topic of the robot's open alerts."""
+        return self.topic("open_alerts")
 
 
 def model_announcements(channel: str) -> str:

@@ -1,22 +1,21 @@
-"""Wake the reader when a stream's files change: inotify plus a safety-net stat poll.
+"""Wake a loop when the files of a watched directory change: inotify plus a safety-net stat poll.
 
 The watcher never reads files. It only says "look again", through two flags:
 
 * the caller's ``wakeup`` event, set at once for the first change and then at most
-  once per ``coalesce`` period however many file events arrive (a logger appending
-  at 10 kHz yields one wakeup per period, not one per line: waking per line cost
+  once per ``coalesce`` period however many file events arrive (a writer appending
+  at 10 kHz yields one wakeup per period, not one per write: waking per write cost
   34% of a core at 1 kHz);
-* `Watcher.take_rescan`, true when a directory itself changed (a file was created,
-  renamed or deleted, or its permissions changed), so the reader lists it again.
+* `FileWatcher.take_rescan`, true when a directory itself changed (a file was created,
+  renamed or deleted, or its permissions changed), so the caller lists it again.
 
-A reader that knows it cannot use fewer than some number of new bytes (the agent:
-lines too few to complete a window cannot cause an alert) can gate the wakeups for
-file writes with `Watcher.gate_wakeups`: the watcher then stats that file after
-each batch of events and wakes the reader only once it is large enough. Directory
-changes and the safety-net poll always wake it. While writes keep coming and the
-gate stays closed, the watcher switches write events off and looks at the file's
-size once per coalesce period instead: one wakeup per period rather than two (the
-event, then the pause that lets more gather).
+A caller that knows it cannot use fewer than some number of new bytes of a file can
+gate the wakeups for file writes with `FileWatcher.gate_wakeups`: the watcher then
+stats that file after each batch of events and wakes the caller only once it is large
+enough. Directory changes and the safety-net poll always wake it. While writes keep
+coming and the gate stays closed, the watcher switches write events off and looks at
+the file's size once per coalesce period instead: one wakeup per period rather than
+two (the event, then the pause that lets more gather).
 
 Backends, in order of preference for ``auto`` and ``inotify``: the in-tree inotify
 binding (`agent.filewatch.inotify`: one read returns every queued event, and the
@@ -25,7 +24,7 @@ then watchdog's observer (for platforms without it). A stat poll runs every
 ``poll_interval`` without events in every mode: with inotify it is the safety net
 (queue overflow, missed events); in ``poll`` mode it is the only source. When no
 inotify backend can be set up in ``auto`` mode the watcher degrades to polling and
-says so in `Watcher.mode`.
+says so in `FileWatcher.mode`.
 """
 
 from __future__ import annotations
@@ -38,18 +37,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from agent.errors import IngestError
+from agent.errors import WatchError
 from agent.filewatch.inotify import DIRECTORY_MASK, IN_MODIFY, Inotify
 
 QUIET_PERIODS = 4
 """Coalesce periods without growth after which a gated watcher switches write events back on."""
 
 Signature = tuple[tuple[str, int, int, int], ...]
+"""(name, inode, size, mtime) of every watched file: what the stat poll compares."""
 WatchMode = Literal["auto", "inotify", "poll"]
 
 
-class Watcher:
-    """Watches one directory (and extra directories, e.g. of symlink targets) for a `StreamFollower`."""
+class FileWatcher:
+    """Watches one directory (and extra directories, e.g. of symlink targets) and wakes its caller."""
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class Watcher:
         coalesce_s: float,
         wakeup: threading.Event,
         signature: Callable[[], Signature],
-        name: str = "stream",
+        name: str = "files",
     ) -> None:
         self._directory = directory
         self._requested: WatchMode = mode
@@ -124,7 +124,7 @@ class Watcher:
             except (OSError, RuntimeError, ImportError) as exc:
                 problem = exc
         if self._requested == "inotify":
-            raise IngestError(f"{self._directory}: cannot watch for file events: {problem}") from problem
+            raise WatchError(f"{self._directory}: cannot watch for file events: {problem}") from problem
         self.mode = self.backend = "poll"
 
     def take_rescan(self) -> bool:
@@ -133,14 +133,14 @@ class Watcher:
         return rescan
 
     def gate_wakeups(self, path: str | None, size: int = 0) -> None:
-        """Wake the reader for file writes only once the file at `path` holds `size` bytes.
+        """Wake the caller for file writes only once the file at `path` holds `size` bytes.
 
-        None removes the gate: every batch of writes wakes the reader again.
+        None removes the gate: every batch of writes wakes the caller again.
         """
         self._gate = None if path is None else (path, size)
 
     def _gate_open(self) -> bool:
-        gate = self._gate  # one read: the reader may replace it meanwhile
+        gate = self._gate  # one read: the caller may replace it meanwhile
         if gate is None:
             return True
         try:
@@ -163,7 +163,7 @@ class Watcher:
         return True
 
     def _follow_size(self) -> None:
-        """Look at the gated file's size once per coalesce period until the reader must be woken.
+        """Look at the gated file's size once per coalesce period until the caller must be woken.
 
         Entered with the gate closed while writes come in; write events are off meanwhile.
         Returns when the gate opens or is lifted, a directory changes, or the file stopped

@@ -1,18 +1,4 @@
-"""Which files belong to a stream, in what order they are read, and how a file is recognised.
-
-A stream is a directory and glob patterns (``StreamConfig.patterns``). A file
-belongs to the stream when its name matches a pattern, or when it matches once a
-rotation suffix is taken off: ``arm1.csv.1`` (logrotate's numbered rotation) and
-``arm1.csv-20261126`` (``dateext``) both belong to a stream whose pattern matches
-``arm1.csv``. Compressed files (``.gz``, ``.xz`` …) never belong: their content
-was already read as the plain rotated file, and they cannot be followed.
-
-**Order rule (oldest content first).** Files are read in the order of
-`order_key`: last modification time, oldest first; on a tie, the higher rotation
-number first (``.2`` before ``.1`` before the un-suffixed current file), then by
-name. A rotated file stops changing when it is rotated, while its successor is
-written after that, so a rotated segment's unread bytes are always returned
-before its successor's.
+"""How a file's content is recognised: head fingerprint and offset marker.
 
 **Identity.** A file is (device, inode) **plus** what we consumed from it: a
 SHA-256 of its head (the first ≤ 1 KiB we read) and a marker, the SHA-256 of the
@@ -25,85 +11,16 @@ copytruncate's copy).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
-import re
-import stat
 from dataclasses import dataclass
+from typing import Any
 
 HEAD_BYTES = 1024
 """How much of a file's head its fingerprint covers."""
 
 MARKER_BYTES = 64
 """How many bytes before the saved offset the offset marker covers."""
-
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".z", ".lzma", ".br", ".7z")
-"""Rotated files with these suffixes are ignored."""
-
-_NUMBERED = re.compile(r"^(?P<base>.+)[.-](?P<n>\d{1,6})$")
-_DATED = re.compile(r"^(?P<base>.+)[._-](?P<date>\d{8}(?:[-_T]?\d{2,6})?)$")
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A file of the stream seen in the directory."""
-
-    path: str
-    """The path as listed (may be a symlink)."""
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    rank: int
-    """Rotation number: 0 for the current file, N for ``name.N``, 1 for a dated rotation."""
-
-
-def rotation_rank(name: str, patterns: tuple[str, ...]) -> int | None:
-    """The rotation rank of a file name for these patterns, or None if it is not the stream's.
-
-    0 means the name matches a pattern itself; N means it matches once a
-    ``.N`` suffix is removed; 1 for a date suffix. Compressed names give None.
-    """
-    lowered = name.lower()
-    if lowered.endswith(COMPRESSED_SUFFIXES):
-        return None
-    if any(fnmatch.fnmatchcase(name, p) for p in patterns):
-        return 0
-    numbered = _NUMBERED.match(name)
-    if numbered and any(fnmatch.fnmatchcase(numbered["base"], p) for p in patterns):
-        return int(numbered["n"])
-    dated = _DATED.match(name)
-    if dated and any(fnmatch.fnmatchcase(dated["base"], p) for p in patterns):
-        return 1
-    return None
-
-
-def list_candidates(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
-    """The stream's regular files in `directory` (symlinks followed); vanished files are skipped."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    out: list[Candidate] = []
-    for name in names:
-        rank = rotation_rank(name, patterns)
-        if rank is None:
-            continue
-        path = os.path.join(directory, name)
-        try:
-            st = os.stat(path)
-        except OSError:  # vanished, broken symlink, permission
-            continue
-        if not _is_regular(st.st_mode):
-            continue
-        out.append(Candidate(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, rank))
-    return out
-
-
-def order_key(mtime_ns: int, rank: int, path: str) -> tuple[int, int, str]:
-    """Sort key of the order rule: oldest modification first, then higher rotation rank, then name."""
-    return (mtime_ns, -rank, path)
 
 
 def digest(data: bytes) -> str:
@@ -122,6 +39,18 @@ def pread_exact(fd: int, length: int, offset: int) -> bytes:
         length -= len(chunk)
         offset += len(chunk)
     return b"".join(parts)
+
+
+def same_prefix(fd_a: int, fd_b: int, length: int) -> bool:
+    """Whether two files hold the same first `length` bytes."""
+    offset = 0
+    while offset < length:
+        n = min(1 << 20, length - offset)
+        a = pread_exact(fd_a, n, offset)
+        if a != pread_exact(fd_b, n, offset) or len(a) < n:
+            return False
+        offset += n
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +81,23 @@ class ContentMark:
         """Whether the file holds everything we consumed, unchanged (so reading resumes at `offset`)."""
         return size >= self.offset and self.head_matches(fd) and self.marker_matches(fd)
 
+    def to_json(self) -> dict[str, Any]:
+        """The mark as the JSON fields of a saved state."""
+        return {
+            "offset": self.offset,
+            "head_len": self.head_len,
+            "head": self.head_sha,
+            "marker_len": self.marker_len,
+            "marker": self.marker_sha,
+        }
 
-def _is_regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> ContentMark:
+        """The mark saved by `to_json` (raises KeyError, TypeError or ValueError when damaged)."""
+        return cls(
+            int(entry["offset"]),
+            int(entry["head_len"]),
+            str(entry["head"]),
+            int(entry["marker_len"]),
+            str(entry["marker"]),
+        )

@@ -31,7 +31,6 @@ import http.client
 import os
 import shutil
 import ssl
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, Protocol, runtime_checkable
+from typing import IO, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -67,14 +66,6 @@ class FetchRefusedError(Exception):
 
 class FetchFailedError(Exception):
     """The download did not work this time (network, server, stale copy): retried with back-off."""
-
-
-@runtime_checkable
-class Subscriber(Protocol):
-    """A transport that can deliver messages of one topic (`agent.publish.mqtt.MqttTransport`)."""
-
-    def subscribe(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        """Call `callback` with each payload on `topic` (on the transport's thread)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +98,8 @@ def safe_extract(bundle: Path, destination: Path, max_bytes: int) -> list[str]:
     and no ``..``), each at most once, all together at most `max_bytes`;
     ``model.onnx`` and ``manifest.json`` must be there. Raises `FetchRefusedError`.
     """
+    import tarfile  # only an agent that fetches pays for it (~0.4 MiB)
+
     try:
         with tarfile.open(bundle, mode="r:") as tar:
             members = tar.getmembers()

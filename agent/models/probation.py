@@ -32,7 +32,7 @@ import numpy.typing as npt
 import structlog
 
 from agent.contract.manifest import ModelManifest
-from agent.models.scorer import OnnxScorer
+from agent.seams import Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -62,7 +62,7 @@ class Probation:
 
     def __init__(
         self,
-        candidate: OnnxScorer,
+        candidate: Scorer,
         current: ModelManifest,
         *,
         windows: int,

@@ -5,13 +5,14 @@ checks the bytes against the manifest's sha256 and length *before* onnxruntime
 parses them (after an `agent.models.verify.ModelVerifier` checked the manifest's signature,
 for models from the store), checks the graph's inputs and outputs against the manifest, and
 builds a single-threaded session (the agent scores one batch per read chunk, so
-intra-op threads would only add wake-ups). `FunctionScorer` is the in-memory twin.
+intra-op threads would only add wake-ups). Its in-memory twin is
+`agent.testing.FunctionScorer`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,25 +137,3 @@ def read_verified_model(path: Path, manifest: ModelManifest) -> bytes:
     if digest != manifest.sha256:
         raise ModelRejectedError(f"{path}: sha256 {digest[:12]}… does not match the manifest")
     return data
-
-
-class FunctionScorer:
-    """The in-memory twin of `OnnxScorer`: scores with a plain function."""
-
-    __slots__ = ("_function", "_manifest")
-
-    def __init__(self, manifest: ModelManifest, function: Callable[[FloatArray], Mapping[str, FloatArray]]):
-        self._manifest = manifest
-        self._function = function
-
-    @property
-    def manifest(self) -> ModelManifest:
-        """The manifest this scorer stands for."""
-        return self._manifest
-
-    def score(self, features: FloatArray) -> Mapping[str, FloatArray]:
-        """Outputs by name, as computed by the function."""
-        return self._function(features)
-
-    def check_golden(self) -> None:
-        """Nothing to check for a function."""

@@ -35,6 +35,7 @@ from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, M
 from agent.errors import ModelError, ModelLoadError
 from agent.models.scorer import OnnxScorer
 from agent.models.verify import ModelVerifier
+from agent.seams import Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -70,7 +71,7 @@ class ModelSlot:
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
             log.info("model_signatures_required", trusted_keys=list(self._verifier.keys.key_ids))
-        self._current: OnnxScorer | None = None
+        self._current: Scorer | None = None
         self._offered_version = 0
         self._refused: set[_Fingerprint] = set()
         self._versions: dict[_Fingerprint, int] = {}  # manifests already read, by file stamps
@@ -79,7 +80,7 @@ class ModelSlot:
         self._refusals: list[Refusal] = []
 
     @property
-    def current(self) -> OnnxScorer:
+    def current(self) -> Scorer:
         """The scorer in use; `load_initial` must have been called."""
         if self._current is None:
             raise ModelLoadError("no model loaded yet")
@@ -141,7 +142,7 @@ class ModelSlot:
                 return scorer
         return None
 
-    def reject(self, scorer: OnnxScorer, reason: str) -> None:
+    def reject(self, scorer: Scorer, reason: str) -> None:
         """Refuse a candidate `poll` offered (it failed its probation) until its files change.
 
         Not reported by `take_refusals`: the daemon publishes "rolled_back" for it.
@@ -163,7 +164,7 @@ class ModelSlot:
             refusals, self._refusals = self._refusals, []
         return refusals
 
-    def accept(self, scorer: OnnxScorer, *, trim: bool = True) -> None:
+    def accept(self, scorer: Scorer, *, trim: bool = True) -> None:
         """Make `scorer` the current model (the daemon calls this at a window boundary).
 
         With ``trim`` the freed heap of the old session is handed back at once; the

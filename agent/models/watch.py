@@ -3,7 +3,7 @@
 Loading an onnxruntime session and running its golden test takes tens of
 milliseconds; done in the daemon's loop it would stall scoring for that long. A
 `ModelWatcher` thread does it instead: it wakes when the model store changes
-(inotify through the same `agent.filewatch.watcher.Watcher` the streams use, with a
+(inotify through the same `agent.filewatch.watcher.FileWatcher` the streams use, with a
 stat poll every ``check_interval_s`` as the safety net), asks `ModelSlot.poll`
 for a verified newer version, and leaves it for the loop, which only swaps the
 reference at the next tick (a window boundary). It sets the loop's wakeup when a
@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
-from agent.filewatch.watcher import Signature, Watcher
+from agent.filewatch.watcher import FileWatcher, Signature
 from agent.models.scorer import OnnxScorer
 from agent.models.slot import ModelSlot, release_freed_memory
 
@@ -69,7 +69,7 @@ class ModelWatcher:
         self._ready: OnnxScorer | None = None
         self._trim = False
         self._thread: threading.Thread | None = None
-        self._watcher = Watcher(
+        self._watcher = FileWatcher(
             store,
             "auto",
             poll_interval_s=check_interval_s,

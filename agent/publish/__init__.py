@@ -1,9 +1,9 @@
-"""Publishing: the MQTT transport, its in-memory twin, outbox delivery and message builders."""
+"""Publishing: the MQTT transport, outbox delivery and the message builders.
 
-from typing import TYPE_CHECKING
+The transport's in-memory twin is `agent.testing.InMemoryTransport`.
+"""
 
 from agent.publish.delivery import Delivery
-from agent.publish.memory import InMemoryTransport, SentMessage
 from agent.publish.mqtt import MqttTransport, read_credentials, tls_context
 from agent.publish.telemetry import (
     ModelStatus,
@@ -18,10 +18,8 @@ from agent.publish.telemetry import (
 
 __all__ = [
     "Delivery",
-    "InMemoryTransport",
     "ModelStatus",
     "MqttTransport",
-    "SentMessage",
     "alert_message",
     "heartbeat_message",
     "heartbeat_record",
@@ -32,9 +30,3 @@ __all__ = [
     "read_credentials",
     "tls_context",
 ]
-
-if TYPE_CHECKING:  # mypy proves both transports satisfy the seam
-    from agent.seams import Transport
-
-    def _transports_conform(twin: InMemoryTransport, real: MqttTransport) -> tuple[Transport, Transport]:
-        return twin, real

@@ -128,10 +128,7 @@ class Delivery:
             room -= 1
 
     def _retry_rejected(self) -> None:
-        take = getattr(self._transport, "take_rejected", None)
-        if take is None:
-            return
-        tokens: list[int] = take()
+        tokens = self._transport.take_rejected()
         rows = [self._inflight.pop(t) for t in tokens if t in self._inflight]
         if rows:
             self.rejected += len(rows)

@@ -1,6 +1,6 @@
 """The MQTT transport: paho-mqtt 2.x behind the `agent.seams.Transport` protocol.
 
-What it does, and why (DESIGN.md pitfalls, reliability-anchors §2):
+What it does, and why:
 
 * A fixed client id per robot (``config.client_id`` or ``robotpm-<robot_id>``).
 * MQTT 5 with ``clean_start=False`` and a Session Expiry Interval, so the broker
@@ -9,7 +9,12 @@ What it does, and why (DESIGN.md pitfalls, reliability-anchors §2):
   (``clean_session=False``), the way paho itself downgrades 3.1.1 → 3.1.
 * TLS with certificate and host-name verification (never disabled), optional
   client certificates; username/password from ``credentials_file`` or the
-  environment, never from config.toml and never logged.
+  environment, never from config.toml and never logged (the password is registered
+  with `agent.logs.register_secret`, so even a stray mention of it is masked).
+  Credentials without TLS to a broker off this machine are logged as
+  ``mqtt_credentials_without_tls``, or refused (`ConfigError` on ``agent.mqtt.tls``)
+  with ``plaintext_credentials = "refuse"``, which the prod profile sets; a broker on
+  the loopback interface (a local bridge) is exempt.
 * A retained last will "offline" on ``…/status``, a retained "online" published on
   every connect, and an explicit retained "offline" in `stop` (a clean disconnect
   suppresses the will). With ``will_delay_s`` (MQTT 5) a link that comes back within
@@ -44,10 +49,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttConfig, TlsConfig
+from agent.config import PLAINTEXT_CREDENTIALS_REFUSED, MqttConfig, TlsConfig, is_loopback
 from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.errors import PublishError
+from agent.logs import register_secret
 from agent.publish.telemetry import presence
 from agent.seams import Clock, OutboundMessage
 
@@ -78,11 +84,27 @@ def read_credentials(
         username, sep, password = first.partition(":")
         if not username:
             raise ConfigError(str(path), "agent.mqtt.credentials_file", "expected 'username:password'")
+        register_secret(password)
         return username, (password if sep else None)
     username_env = env.get(config.username_env)
     if username_env:
+        register_secret(env.get(config.password_env))
         return username_env, env.get(config.password_env)
     return None
+
+
+def check_plaintext_credentials(config: MqttConfig, credentials: tuple[str, str | None] | None) -> None:
+    """Warn about credentials that would travel without TLS, or refuse them (see the module docstring)."""
+    if credentials is None or config.tls is not None or is_loopback(config.host):
+        return
+    if config.plaintext_credentials == "refuse":
+        raise ConfigError("config", "agent.mqtt.tls", PLAINTEXT_CREDENTIALS_REFUSED)
+    log.warning(
+        "mqtt_credentials_without_tls",
+        host=config.host,
+        port=config.port,
+        hint="set [agent.mqtt.tls]; the prod profile refuses this",
+    )
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -198,6 +220,7 @@ class MqttTransport:
         if config.tls is not None:
             client.tls_set_context(tls_context(config.tls))
         credentials = read_credentials(config, environ)
+        check_plaintext_credentials(config, credentials)
         if credentials is not None:
             client.username_pw_set(*credentials)
         client.on_connect = self._on_connect

@@ -1,4 +1,8 @@
-"""Builders of the messages the agent publishes besides alerts: presence, heartbeat, model status."""
+"""Builders of the messages the agent publishes besides alerts: presence, heartbeat, model status, drift.
+
+Also the retained open-alerts view. Each takes the daemon's objects and returns a
+record or an `OutboundMessage`.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,28 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from agent.contract.alerts import AlertEvent, Heartbeat, ModelRef, Presence
+from agent.contract.alerts import (
+    AlertEvent,
+    DriftReport,
+    DriftThresholds,
+    FeatureDriftRecord,
+    Heartbeat,
+    ModelRef,
+    OpenAlert,
+    OpenAlerts,
+    Presence,
+    StreamDrift,
+)
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
 from agent.seams import OutboundMessage
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from agent.outbox import Outbox
+    from agent.policy import AlertPolicy
+    from agent.streams.drift import DriftMonitor
 
 MODEL_STATUS_SCHEMA_VERSION: Literal["1.1"] = "1.1"
 """1.1: states other than "active" (not retained); model fields optional for them; ``source``."""
@@ -64,11 +83,12 @@ def presence_message(topics: RobotTopics, record: Presence) -> OutboundMessage:
 def heartbeat_message(topics: RobotTopics, record: Heartbeat) -> OutboundMessage:
     """A heartbeat as a retained QoS 1 message on ``…/heartbeat`` (new subscribers see the latest).
 
-    The key is the send time, so two heartbeats never collapse into one row and a
-    backlog of heartbeats is dropped oldest first when the outbox is full.
+    The key is the send time and the uptime (monotonic), so two heartbeats never collapse
+    into one row, even when the wall clock was stepped back between them; a backlog of
+    heartbeats is dropped oldest first when the outbox is full.
     """
     return OutboundMessage(
-        key=f"heartbeat:{record.sent_at.timestamp():.6f}",
+        key=f"heartbeat:{record.sent_at.timestamp():.6f}:{record.uptime_s:.3f}",
         kind="heartbeat",
         topic=topics.heartbeat,
         payload=record.model_dump_json().encode(),
@@ -91,12 +111,14 @@ def heartbeat_record(
     suppressed: Mapping[str, int] | None = None,
     model_candidate: ModelRef | None = None,
     model_events: Mapping[str, int] | None = None,
+    drift_streams: Mapping[str, StreamDrift] | None = None,
 ) -> Heartbeat:
     """A complete heartbeat: pipeline counters, outbox depth, age, size and drops, model, drift.
 
     ``counters`` holds ``lines``, ``windows``, ``alerts`` and ``quarantined`` (missing
     ones count as 0); ``suppressed`` the policy's held-back events by reason;
-    ``model_candidate`` a model on probation; ``model_events`` model life-cycle events by state.
+    ``model_candidate`` a model on probation; ``model_events`` model life-cycle events by state;
+    ``drift_streams`` each stream's `drift_summary`.
     """
     return Heartbeat(
         robot_id=robot_id,
@@ -117,6 +139,116 @@ def heartbeat_record(
         agent_version=agent_version,
         model_candidate=model_candidate,
         model_events=dict(model_events or {}),
+        drift_streams=dict(drift_streams or {}),
+    )
+
+
+def drift_summary(monitor: DriftMonitor) -> StreamDrift:
+    """A stream's drift for the heartbeat: state, drifting features, largest PSI and shift."""
+    psi = monitor.psi()
+    shifts = monitor.shifts()
+    top = monitor.features(1)
+    return StreamDrift(
+        state=monitor.state,
+        drifting_features=monitor.drifting_features,
+        max_psi=None if psi is None else round(float(psi.max()), 6),
+        max_shift=None if shifts is None else round(float(abs(shifts).max()), 6),
+        top_feature=top[0].name if top else None,
+    )
+
+
+def drift_report(
+    monitor: DriftMonitor,
+    *,
+    robot_id: str,
+    site: str,
+    stream: str,
+    model: ModelRef,
+    now: float,
+    top: int = 10,
+) -> DriftReport:
+    """A `DriftReport` of one stream's monitor now, naming its `top` most drifted features."""
+    config = monitor.config
+    return DriftReport(
+        robot_id=robot_id,
+        site=site,
+        stream=stream,
+        model=model,
+        state=monitor.state,
+        windows=monitor.windows,
+        effective_windows=round(monitor.effective_windows, 3),
+        drifting_features=monitor.drifting_features,
+        features=tuple(
+            FeatureDriftRecord(name=f.name, psi=f.psi, shift=f.shift, drifting=f.drifting)
+            for f in monitor.features(top)
+        ),
+        thresholds=DriftThresholds(
+            psi_raise=config.psi_raise,
+            psi_clear=config.psi_clear,
+            shift_raise=config.shift_raise,
+            shift_clear=config.shift_clear,
+            min_features=config.min_features,
+        ),
+        retrain=monitor.state == "drifting",
+        sent_at=datetime.fromtimestamp(now, tz=timezone.utc),
+    )
+
+
+def drift_message(topics: RobotTopics, report: DriftReport) -> OutboundMessage:
+    """A drift report, QoS 1, not retained (several streams share the topic) on ``…/drift``."""
+    return OutboundMessage(
+        key=f"drift:{report.stream}:{report.sent_at.timestamp():.6f}:{report.windows}",
+        kind="drift",
+        topic=topics.drift,
+        payload=report.model_dump_json().encode(),
+        qos=1,
+        retain=False,
+    )
+
+
+def open_alerts_state(
+    robot_id: str,
+    site: str,
+    policies: Sequence[AlertPolicy],
+    *,
+    now: float,
+    shelved: Mapping[str, tuple[datetime | None, str]] | None = None,
+) -> OpenAlerts:
+    """The robot's open alerts over every stream's policy; `shelved` maps alert ids to (until, reason)."""
+    shelves = shelved or {}
+    alerts: list[OpenAlert] = []
+    for policy in policies:
+        for alert in policy.open_alert_records():
+            shelf = shelves.get(alert.alert_id)
+            if shelf is not None:
+                until, reason = shelf
+                alert = alert.model_copy(
+                    update={"shelved": True, "shelved_until": until, "shelve_reason": reason}
+                )
+            alerts.append(alert)
+    severities = {a.severity for a in alerts}
+    return OpenAlerts(
+        robot_id=robot_id,
+        site=site,
+        updated_at=datetime.fromtimestamp(now, tz=timezone.utc),
+        count=len(alerts),
+        worst_severity="critical" if "critical" in severities else "warning" if severities else None,
+        alerts=tuple(alerts),
+    )
+
+
+def open_alerts_message(topics: RobotTopics, record: OpenAlerts) -> OutboundMessage:
+    """The open alerts, retained QoS 1 on ``…/open_alerts``; a newer one replaces the queued row.
+
+    Its outbox kind is ``status`` (a retained latest state, replaced by key, like presence).
+    """
+    return OutboundMessage(
+        key="open_alerts",
+        kind="status",
+        topic=topics.open_alerts,
+        payload=record.model_dump_json().encode(),
+        qos=1,
+        retain=True,
     )
 
 

@@ -1,7 +1,8 @@
 """One sensor stream's pipeline: line blocks → records → windows → scores → alert events.
 
 `StreamPipeline.process` takes the blocks a follower read and returns the alert
-events they cause. Everything it needs to resume exactly where it stopped (the
+events they cause (raised and updated ones with the channels that drove the score:
+`agent.streams.attribution`). Everything it needs to resume exactly where it stopped (the
 follower's position, the open window, the alert policy's counters) is in
 `StreamPipeline.state`, which the daemon commits in the same transaction as the
 events' outbox rows.
@@ -13,102 +14,30 @@ sample; its ``byte_start`` is then 0.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
-from agent.config import IngestConfig
+from agent.config import DriftConfig, IngestConfig
 from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
+from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
+from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
 
 log = structlog.get_logger("robotpm.pipeline")
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-
-
-class Block(Protocol):
-    """What the pipeline needs of a follower's line block (see `agent.ingest.LineBlock`)."""
-
-    @property
-    def file_key(self) -> str:
-        """Stable identity of the file the lines came from."""
-
-    @property
-    def path(self) -> Path:
-        """The path the lines were read from."""
-
-    @property
-    def data(self) -> bytes:
-        """Complete lines, each ending in a newline; never the CSV header."""
-
-    @property
-    def offset(self) -> int:
-        """Byte offset of ``data[0]`` in its file."""
-
-    @property
-    def header(self) -> bytes | None:
-        """The file's CSV header line, None for JSON lines."""
-
-    @property
-    def rejected(self) -> tuple[RejectedLine, ...]:
-        """Lines the follower refused while reading (e.g. over-long)."""
-
-
-class ScoreFunction(Protocol):
-    """The part of a scorer the pipeline uses."""
-
-    @property
-    def manifest(self) -> ModelManifest:
-        """The manifest of the model."""
-
-    def score(self, features: FloatArray) -> Any:
-        """Outputs by name for a batch of feature vectors."""
-
-
-class Policy(Protocol):
-    """The part of the alert policy the pipeline uses (see `agent.policy.AlertPolicy`)."""
-
-    def evaluate(
-        self, scores: Any, windows: Sequence[WindowRef], features: FloatArray, *, replayed: bool
-    ) -> list[AlertEvent]:
-        """Alert events for scored windows."""
-
-    def state(self) -> dict[str, Any]:
-        """JSON-serialisable state, committed with the stream's position."""
-
-    def restore(self, state: dict[str, Any] | None) -> None:
-        """Resume from saved state (None: fresh)."""
-
-    def use_model(self, manifest: ModelManifest) -> None:
-        """Continue with a new model's heads."""
-
-    def counters(self) -> dict[str, Any]:
-        """Events emitted by state and events suppressed by reason."""
-
-
-class ShadowHook(Protocol):
-    """Sees every window batch the pipeline scores (`agent.models.probation.Probation`); must not raise."""
-
-    def __call__(self, features: FloatArray, current_scores: Any) -> None:
-        """Take the features of scored windows and the current model's scores of them."""
-
-
-class QuarantineSink(Protocol):
-    """Where refused lines go (see `agent.ingest.Quarantine`)."""
-
-    def write(self, stream: str, source: Path, rejected: Sequence[RejectedLine]) -> None:
-        """Record refused lines with their reasons."""
 
 
 @dataclass(slots=True)
@@ -218,11 +147,14 @@ class StreamPipeline:
         self,
         stream: StreamConfig,
         ingest: IngestConfig,
-        scorer: ScoreFunction,
+        scorer: Scorer,
         policy: Policy,
         quarantine: QuarantineSink,
+        *,
+        drift: DriftConfig | None = None,
     ) -> None:
         self.stream = stream
+        self._drift_config = drift
         self._ingest = ingest
         self._schema: RecordSchema = stream.record_schema()
         self._scorer = scorer
@@ -235,7 +167,10 @@ class StreamPipeline:
         self._last_ts: float | None = None
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
-        self.drift = DriftMonitor(scorer.manifest)
+        self.drift = DriftMonitor(scorer.manifest, drift)
+        self.attribution = ChannelAttribution(scorer.manifest)
+        self.on_scored: Callable[[float], None] | None = None
+        """Called with the seconds each scoring call took (the daemon's inference-latency histogram)."""
         self._check_channels(scorer.manifest)
 
     @property
@@ -267,13 +202,14 @@ class StreamPipeline:
             )
         self._column_order = np.array([self._schema.canonical_channels.index(c) for c in needed])
 
-    def use_scorer(self, scorer: ScoreFunction) -> None:
+    def use_scorer(self, scorer: Scorer) -> None:
         """Score the next windows with `scorer`; the open window is kept when the feature spec is equal."""
         old_hash = self._scorer.manifest.feature_spec_hash
         self._check_channels(scorer.manifest)
         self._scorer = scorer
         self._policy.use_model(scorer.manifest)
-        self.drift = DriftMonitor(scorer.manifest)  # drift is judged against the new training data
+        self.drift = DriftMonitor(scorer.manifest, self._drift_config)  # judged against the new training data
+        self.attribution = ChannelAttribution(scorer.manifest)
         if scorer.manifest.feature_spec_hash != old_hash:
             # Different windows or statistics: the open window cannot be continued.
             seen = self._featurizer.samples_seen
@@ -332,10 +268,15 @@ class StreamPipeline:
         self.counters.windows += len(done)
         self.drift.update(done.features)
         refs = _WindowRefs(before, batch.timestamps, batch.starts, batch.ends, source, done)
+        started = time.perf_counter()
         scores = self._scorer.score(done.features)
+        if self.on_scored is not None:
+            self.on_scored(time.perf_counter() - started)
         if self._shadow is not None:
             self._shadow(done.features, scores)
         events = self._policy.evaluate(scores, refs, done.features, replayed=replayed)
+        if events:
+            events = self.attribution.explain(events, done.features, done.index, self._scorer)
         self.counters.alerts += len(events)
         return events
 

@@ -1,10 +1,16 @@
 """``robotpm-alerts``: the subscriber's tool. Watch the alerts of a robot, a site or the fleet.
 
-It subscribes (QoS 1) to the alert topics and the retained presence of the chosen
-scope, drops duplicates by ``event_id`` (delivery is at least once), and prints a
-live table for people or JSON lines for programs. It can store every distinct
-event into SQLite (``--store alerts.db``; de-duplicated across runs too) or CSV
-(``--store alerts.csv``).
+It subscribes (QoS 1) to the alert topics, the retained presence and the retained
+open-alerts state of the chosen scope, drops duplicates by ``event_id`` (delivery is
+at least once), and prints a live table for people or JSON lines for programs. It
+starts from each robot's retained open alerts, so a restarted tool knows what is open
+without replaying history. It can store every distinct event into SQLite
+(``--store alerts.db``; de-duplicated across runs too) or CSV (``--store alerts.csv``).
+
+``--drift-dir DIR`` makes it the bridge from MQTT to the trainer's stream mode: it
+subscribes to the drift reports too and writes each one that asks for a retraining
+into DIR as ``drift-<site>-<robot>-<stream>-<time>.json`` (written aside, then
+renamed, so the trainer never reads half a file).
 
 With ``--client-id`` the subscription is a persistent MQTT 5 session: alerts
 published while the tool is not running are delivered when it comes back.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import queue
 import signal
 import sqlite3
@@ -41,7 +48,7 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import MqttConfig, TlsConfig, load_agent_config
-from agent.contract.alerts import AlertEvent, Heartbeat, Presence
+from agent.contract.alerts import AlertEvent, DriftReport, Heartbeat, OpenAlert, OpenAlerts, Presence
 from agent.contract.errors import ConfigError
 from agent.contract.topics import parse_robot_topic, subscription
 from agent.publish.mqtt import read_credentials, tls_context
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--robot", default=None, help="only this robot (default: every robot)")
     scope.add_argument("--heartbeats", action="store_true", help="also show heartbeats")
     scope.add_argument("--no-presence", action="store_true", help="do not show robot presence")
+    scope.add_argument("--drift", action="store_true", help="also show drift reports")
     broker = p.add_argument_group("broker")
     broker.add_argument("--config", type=Path, default=None, help="take the broker settings from agent.mqtt")
     broker.add_argument("--profile", default=None, help="profile of --config to apply")
@@ -80,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     out.add_argument("--store", type=Path, default=None, help="also store events: *.csv, else SQLite")
+    out.add_argument(
+        "--drift-dir",
+        type=Path,
+        default=None,
+        help="write drift reports that ask for a retraining here, for robotpm-train --mode stream",
+    )
     out.add_argument("--count", type=int, default=None, help="exit after this many distinct alert events")
     out.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     return p
@@ -208,6 +222,7 @@ class Tally:
     invalid: int = 0
     presence: int = 0
     heartbeats: int = 0
+    drift: int = 0
 
 
 class Printer:
@@ -245,7 +260,7 @@ class Printer:
             f"{event.severity or '-':<8}  {event.score:>8.4g}  {event.threshold:>7.4g}  {feature}{flag}"
         )
 
-    def open_summary(self, open_alerts: Sequence[AlertEvent]) -> None:
+    def open_summary(self, open_alerts: Sequence[tuple[str, str, OpenAlert]]) -> None:
         """The alerts still open when the tool exits (table mode only; JSON readers keep their own)."""
         if self._json:
             return
@@ -253,11 +268,41 @@ class Printer:
             self._line("# no open alerts seen")
             return
         self._line(f"# {len(open_alerts)} open alert(s):")
-        for event in sorted(open_alerts, key=lambda e: (e.site, e.robot_id, e.component, e.failure_mode)):
+        for site, robot, alert in sorted(
+            open_alerts, key=lambda a: (a[0], a[1], a[2].component, a[2].failure_mode)
+        ):
+            self._line(f"#   {site}/{robot}  {_describe(alert)}")
+
+    def open_alerts(self, record: OpenAlerts, retained: bool) -> None:
+        """A robot's open alerts (retained: the state when we subscribed)."""
+        if self._json:
+            body = {
+                "kind": "open_alerts",
+                "retained": retained,
+                "open_alerts": record.model_dump(mode="json"),
+            }
+            self._line(json.dumps(body, separators=(",", ":")))
+            return
+        self._line(f"# robot {record.site}/{record.robot_id} has {record.count} open alert(s)")
+        for alert in record.alerts:
+            self._line(f"#   {_describe(alert)}")
+
+    def drift(self, report: DriftReport) -> None:
+        """A drift report."""
+        if self._json:
             self._line(
-                f"#   {event.site}/{event.robot_id}  {event.component}/{event.failure_mode}  "
-                f"{event.severity}  since window {event.window.index} ({event.emitted_at:%Y-%m-%d %H:%M:%S})"
+                json.dumps({"kind": "drift", "drift": report.model_dump(mode="json")}, separators=(",", ":"))
             )
+            return
+        top = report.features[0] if report.features else None
+        detail = ""
+        if top is not None:
+            psi = "-" if top.psi is None else f"{top.psi:.3g}"
+            detail = f"; top {top.name} (PSI {psi}, shift {top.shift:+.2f} std)"
+        self._line(
+            f"# drift {report.site}/{report.robot_id}/{report.stream}: {report.state}, "
+            f"{report.drifting_features} feature(s) drifting over {report.windows} windows{detail}"
+        )
 
     def presence(self, record: Presence, retained: bool) -> None:
         """A robot going online or offline (retained: the state when we subscribed)."""
@@ -283,6 +328,43 @@ class Printer:
         )
 
 
+def _describe(alert: OpenAlert) -> str:
+    shelved = " [shelved]" if alert.shelved else ""
+    return (
+        f"{alert.component}/{alert.failure_mode}  {alert.severity}{shelved}  "
+        f"since window {alert.raised_window} ({alert.stream}, model {alert.model.id}@{alert.model.version})"
+    )
+
+
+def _open_from_event(event: AlertEvent) -> OpenAlert:
+    assert event.severity is not None  # raised and updated events carry one
+    return OpenAlert(
+        alert_id=event.alert_id,
+        stream=event.stream,
+        component=event.component,
+        failure_mode=event.failure_mode,
+        severity=event.severity,
+        score=event.score,
+        raised_window=event.window.index,  # an update seen without its raise: open at least since then
+        last_event_time=event.window.end,
+        model=event.model,
+    )
+
+
+def write_drift_report(directory: Path, report: DriftReport, payload: bytes) -> Path:
+    """Write a drift report into `directory` under a new name, atomically (aside, then renamed)."""
+    stamp = report.sent_at.strftime("%Y%m%dT%H%M%S%fZ")
+    name = f"drift-{report.site}-{report.robot_id}-{report.stream}-{stamp}.json"
+    target = directory / name
+    tmp = directory / f".{name}.tmp"
+    with tmp.open("wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(target)
+    return target
+
+
 class Watcher:
     """Subscribes and turns received messages into printed, stored, de-duplicated events."""
 
@@ -297,19 +379,26 @@ class Watcher:
         heartbeats: bool,
         printer: Printer,
         store: Store | None,
+        drift: bool = False,
+        drift_dir: Path | None = None,
     ) -> None:
         self._config = config
         self._printer = printer
         self._store = store
+        self._drift_dir = drift_dir
+        self._show_drift = drift
         self._seen: set[str] = set()
         self.tally = Tally()
-        self.open_alerts: dict[str, AlertEvent] = {}  # alert_id -> latest raised/updated event
+        self.open_alerts: dict[str, tuple[str, str, OpenAlert]] = {}  # alert_id -> (site, robot, alert)
+        self.drift_files: list[Path] = []
         self._queue: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
-        self._topics = [subscription("alerts", site, robot)]
+        self._topics = [subscription("alerts", site, robot), subscription("open_alerts", site, robot)]
         if presence:
             self._topics.append(subscription("status", site, robot))
         if heartbeats:
             self._topics.append(subscription("heartbeat", site, robot))
+        if drift or drift_dir is not None:
+            self._topics.append(subscription("drift", site, robot))
         persistent = client_id is not None
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -381,8 +470,30 @@ class Watcher:
                 if event.state == "cleared":
                     self.open_alerts.pop(event.alert_id, None)
                 else:
-                    self.open_alerts[event.alert_id] = event
+                    known = self.open_alerts.get(event.alert_id)
+                    alert = _open_from_event(event)
+                    if known is not None and event.state == "updated":
+                        alert = alert.model_copy(update={"raised_window": known[2].raised_window})
+                    self.open_alerts[event.alert_id] = (event.site, event.robot_id, alert)
                 self._printer.alert(event, payload)
+            elif kind == "open_alerts":
+                if not payload:
+                    return  # a cleared retained state
+                state = OpenAlerts.model_validate_json(payload)
+                # The robot's retained state is authoritative: it replaces what we knew of it.
+                for alert_id, (site, robot, _) in list(self.open_alerts.items()):
+                    if (site, robot) == (state.site, state.robot_id):
+                        del self.open_alerts[alert_id]
+                for alert in state.alerts:
+                    self.open_alerts[alert.alert_id] = (state.site, state.robot_id, alert)
+                self._printer.open_alerts(state, retained)
+            elif kind == "drift":
+                report = DriftReport.model_validate_json(payload)
+                self.tally.drift += 1
+                if self._drift_dir is not None and report.retrain:
+                    self.drift_files.append(write_drift_report(self._drift_dir, report, payload))
+                if self._show_drift:
+                    self._printer.drift(report)
             elif kind == "status":
                 if not payload:
                     return  # a cleared retained status
@@ -391,6 +502,9 @@ class Watcher:
             elif kind == "heartbeat":
                 self.tally.heartbeats += 1
                 self._printer.heartbeat(Heartbeat.model_validate_json(payload))
+        except OSError as exc:
+            self.tally.invalid += 1
+            sys.stderr.write(f"robotpm-alerts: cannot write the drift report from {topic}: {exc}\n")
         except ValidationError as exc:
             self.tally.invalid += 1
             first = exc.errors()[0]
@@ -431,6 +545,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     try:
         config = _mqtt_config(args)
         store = open_store(args.store) if args.store is not None else None
+        if args.drift_dir is not None:
+            args.drift_dir.mkdir(parents=True, exist_ok=True)
         watcher = Watcher(
             config,
             site=args.site,
@@ -440,6 +556,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             heartbeats=args.heartbeats,
             printer=printer,
             store=store,
+            drift=args.drift,
+            drift_dir=args.drift_dir,
         )
     except (ConfigError, ValueError) as exc:
         sys.stderr.write(f"robotpm-alerts: {exc}\n")

@@ -22,14 +22,8 @@ import numpy as np
 from agent.contract.records import RecordSchema
 from trainer.config import TrainerConfig
 from trainer.errors import DataError, SourceError
-from trainer.stages.extraction import (
-    DataExtractionAnalysis,
-    Dataset,
-    QuarantinedRow,
-    RobotSeries,
-    Truth,
-    split_by_robot,
-)
+from trainer.stages.extraction import DataExtractionAnalysis, Dataset, RobotSeries, split_by_robot
+from trainer.stages.truth import QuarantinedRow, Truth
 
 ROBOT_COLUMN = "robot"
 _TRUTH_OPTIONAL = ("mode", "component", "health", "failure", "rul_s")

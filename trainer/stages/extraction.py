@@ -26,28 +26,25 @@ import numpy.typing as npt
 
 from agent.contract.errors import RecordError
 from agent.contract.records import RecordParser, RecordSchema
+from trainer.config import LabelConfig, TrainerConfig
 from trainer.errors import DataError, SourceError
+from trainer.labels import (
+    FailureEvent,
+    flag_column_values,
+    flag_events,
+    flag_is_on,
+    merge_close_events,
+    read_event_log,
+    truth_from_events,
+)
+from trainer.stages.truth import HEALTHY, QuarantinedRow, Truth
 
 FloatArray = npt.NDArray[np.float64]
 StrArray = npt.NDArray[np.str_]
 
 TRUTH_FILE = "truth.csv"
 TRUTH_COLUMNS = ("ts", "robot", "mode", "component", "health", "failure", "rul_s")
-HEALTHY = "healthy"
 _BLOCK_BYTES = 8 << 20
-_TS_TOLERANCE_S = 1e-4
-
-
-@dataclass(frozen=True, slots=True)
-class Truth:
-    """Ground truth per sample, aligned with a `RobotSeries`."""
-
-    mode: StrArray
-    component: StrArray
-    health: FloatArray
-    failure: npt.NDArray[np.bool_]
-    rul_s: FloatArray
-    """Seconds to the next failure; +inf when none is coming."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +60,6 @@ class RobotSeries:
 
     def __len__(self) -> int:
         return len(self.timestamps)
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantinedRow:
-    """A row that was not used, with where it was and why."""
-
-    source: str
-    line: int
-    offset: int
-    reason: str
-    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -97,6 +83,27 @@ class Dataset:
     def has_truth(self) -> bool:
         """Whether every series carries ground truth."""
         return bool(self.series) and all(s.truth is not None for s in self.series)
+
+    def failure_events(self) -> list[FailureEvent]:
+        """Every failure in the ground truth: robot, time, mode and component at each failure sample."""
+        events: list[FailureEvent] = []
+        for series in self.series:
+            truth = series.truth
+            if truth is None:
+                continue
+            for index in np.flatnonzero(truth.failure).tolist():
+                at = index if truth.mode[index] != HEALTHY or index == 0 else index - 1
+                events.append(
+                    FailureEvent(
+                        series.robot,
+                        float(series.timestamps[index]),
+                        None,
+                        str(truth.mode[at]),
+                        str(truth.component[at]),
+                        series.source,
+                    )
+                )
+        return events
 
     def profile(self) -> dict[str, object]:
         """Row counts, quarantine by reason, and per-channel ranges, nulls and types (JSON-ready)."""
@@ -169,9 +176,15 @@ class DataExtractionAnalysis:
         dataset = DataExtractionAnalysis(config.record_schema()).extract(Path("sim/train"))
     """
 
-    def __init__(self, schema: RecordSchema) -> None:
+    def __init__(self, schema: RecordSchema, labels: LabelConfig | None = None) -> None:
         self._schema = schema
+        self._labels = labels or LabelConfig()
         self._files: list[dict[str, Any]] = []
+
+    @classmethod
+    def for_config(cls, config: TrainerConfig) -> DataExtractionAnalysis:
+        """The extraction a trainer config describes: its record schema and its label source."""
+        return cls(config.record_schema(), config.labels)
 
     @property
     def schema(self) -> RecordSchema:
@@ -180,12 +193,30 @@ class DataExtractionAnalysis:
 
     def extract(self, path: Path) -> Dataset:
         """Read a CSV log file or a directory of logs (one robot per sub-directory); see the module."""
-        files = discover_logs(path)
+        events = self._labels.events if self._labels.source == "events" else None
+        ignore = frozenset({events.event_log.resolve()}) if events is not None else frozenset()
+        files = discover_logs(path, ignore)
         self._files = []
         digest = hashlib.sha256()
         dataset = Dataset(channels=self._schema.canonical_channels, series=[])
+        by_robot: dict[str, list[FailureEvent]] = {}
+        if events is not None:
+            data = _read_bytes(events.event_log)
+            self._snapshot(events.event_log, data, digest)
+            logged, refused = read_event_log(data, str(events.event_log), events)
+            dataset.quarantine.extend(refused)
+            for event in logged:
+                by_robot.setdefault(event.robot, []).append(event)
+            robots = {robot for robot, _ in files}
+            for robot in sorted(set(by_robot) - robots):
+                dataset.quarantine.extend(
+                    QuarantinedRow(
+                        str(events.event_log), 0, 0, "event_unknown_robot", f"{e.source}: robot {robot!r}"
+                    )
+                    for e in by_robot.pop(robot)
+                )
         for robot, log_files in files:
-            series, rejected = self._read_robot(robot, log_files, digest)
+            series, rejected = self._read_robot(robot, log_files, digest, by_robot.get(robot, []))
             dataset.quarantine.extend(rejected)
             dataset.sources.extend(str(f) for f in log_files)
             if len(series):
@@ -203,57 +234,81 @@ class DataExtractionAnalysis:
         digest.update(f"{path.parent.name}/{path.name}\0{file_hash}\0".encode())
 
     def _read_robot(
-        self, robot: str, log_files: Sequence[Path], digest: Any
+        self, robot: str, log_files: Sequence[Path], digest: Any, events: Sequence[FailureEvent]
     ) -> tuple[RobotSeries, list[QuarantinedRow]]:
         stamps: list[FloatArray] = []
         values: list[FloatArray] = []
+        flags: list[str] = []
         rejected: list[QuarantinedRow] = []
+        flag = self._labels.flag if self._labels.source == "flag" else None
         for log in log_files:
             data = _read_bytes(log)
             self._snapshot(log, data, digest)
-            ts, vals, bad = parse_log_bytes(data, self._schema, str(log))
+            ts, vals, bad, starts = parse_log_bytes(data, self._schema, str(log))
             stamps.append(ts)
             values.append(vals)
             rejected.extend(bad)
+            if flag is not None:
+                flags.extend(flag_column_values(data, starts, flag.column, self._schema, str(log)))
         timestamps = np.concatenate(stamps)
         table = np.concatenate(values)
         order = np.argsort(timestamps, kind="stable")
         timestamps, table = timestamps[order], table[order]
-        truth_path = log_files[0].parent / TRUTH_FILE
+        source = str(log_files[0])
+        labels = self._labels
         truth = None
-        if truth_path.exists():
-            truth_bytes = _read_bytes(truth_path)
-            self._snapshot(truth_path, truth_bytes, digest)
-            truth, keep, unlabelled = align_truth(truth_bytes, timestamps, str(truth_path))
-            rejected.extend(unlabelled)
-            timestamps, table = timestamps[keep], table[keep]
-        series = RobotSeries(robot=robot, source=str(log_files[0]), timestamps=timestamps, values=table)
-        if truth is not None:
-            series = RobotSeries(robot, series.source, timestamps, table, truth)
-        return series, rejected
+        if labels.source == "truth":
+            truth_path = log_files[0].parent / TRUTH_FILE
+            if truth_path.exists():
+                truth_bytes = _read_bytes(truth_path)
+                self._snapshot(truth_path, truth_bytes, digest)
+                truth, keep, unlabelled = align_truth(
+                    truth_bytes, timestamps, str(truth_path), labels.tolerance_s
+                )
+                rejected.extend(unlabelled)
+                timestamps, table = timestamps[keep], table[keep]
+        else:
+            if flag is not None:
+                on = flag_is_on([flags[i] for i in order.tolist()], flag)
+                events, merged = flag_events(robot, source, timestamps, on, flag)
+            else:
+                assert labels.events is not None
+                events, merged = merge_close_events(events, labels.events.min_gap_s, source)
+            rejected.extend(merged)
+            truth, unmatched = truth_from_events(
+                timestamps, events, horizon_s=labels.horizon_s, tolerance_s=labels.tolerance_s, source=source
+            )
+            rejected.extend(unmatched)
+        return RobotSeries(robot, source, timestamps, table, truth), rejected
 
 
-def discover_logs(path: Path) -> list[tuple[str, list[Path]]]:
-    """(robot, log files) pairs under `path`: a file, a robot directory or a fleet directory."""
+def discover_logs(path: Path, ignore: frozenset[Path] = frozenset()) -> list[tuple[str, list[Path]]]:
+    """(robot, log files) pairs under `path`: a file, a robot directory or a fleet directory.
+
+    Files in `ignore` (resolved paths, e.g. the event log) are not logs.
+    """
     if not path.exists():
         raise SourceError(f"{path}: no such file or directory")
     if path.is_file():
         return [(path.parent.name or "robot", [path])]
-    direct = _logs_in(path)
+    direct = _logs_in(path, ignore)
     if direct:
         return [(path.name, direct)]
-    found = [(sub.name, _logs_in(sub)) for sub in sorted(p for p in path.iterdir() if p.is_dir())]
+    found = [(sub.name, _logs_in(sub, ignore)) for sub in sorted(p for p in path.iterdir() if p.is_dir())]
     found = [(robot, logs) for robot, logs in found if logs]
     if not found:
         raise SourceError(f"{path}: no CSV log files (expected *.csv here or in robot sub-directories)")
     return found
 
 
-def _logs_in(directory: Path) -> list[Path]:
+def _logs_in(directory: Path, ignore: frozenset[Path] = frozenset()) -> list[Path]:
     logs = [
         p
         for p in directory.iterdir()
-        if p.is_file() and p.name != TRUTH_FILE and _log_suffix(p.name) is not None
+        if p.is_file()
+        and p.name != TRUTH_FILE
+        and _log_suffix(p.name) is not None
+        and p.resolve() not in ignore
     ]
     # rotated files (arm1.csv.2, arm1.csv.1) are older than the live one: oldest first
     return sorted(logs, key=_rotation_key)
@@ -284,8 +339,10 @@ def _read_bytes(path: Path) -> bytes:
 
 def parse_log_bytes(
     data: bytes, schema: RecordSchema, source: str
-) -> tuple[FloatArray, FloatArray, list[QuarantinedRow]]:
+) -> tuple[FloatArray, FloatArray, list[QuarantinedRow], npt.NDArray[np.int64]]:
     """Parse a whole log with the agent's parser; bad lines are quarantined.
+
+    Returns timestamps, values, the quarantined rows and the byte offset of each good row's line.
 
     CSV logs start with their header; a source named ``*.jsonl`` (or rotated
     ``*.jsonl.N``) is read as JSON lines with the same channel mapping.
@@ -314,6 +371,7 @@ def parse_log_bytes(
         )
     stamps: list[FloatArray] = []
     values: list[FloatArray] = []
+    offsets: list[npt.NDArray[np.int64]] = []
     position = body_start
     line_base = 2 if body_start else 1
     while position < last_newline + 1:
@@ -324,14 +382,15 @@ def parse_log_bytes(
         result = parser.parse(block, base_offset=position)
         stamps.append(result.batch.timestamps)
         values.append(result.batch.values)
+        offsets.append(result.batch.starts)
         for bad in result.rejected:
             line = line_base + block.count(b"\n", 0, bad.offset - position)
             rejected.append(QuarantinedRow(source, line, bad.offset, bad.reason, bad.detail))
         line_base += block.count(b"\n")
         position = end
     if not stamps:
-        return np.empty(0), np.empty((0, n_channels)), rejected
-    return np.concatenate(stamps), np.concatenate(values), rejected
+        return np.empty(0), np.empty((0, n_channels)), rejected, np.empty(0, dtype=np.int64)
+    return np.concatenate(stamps), np.concatenate(values), rejected, np.concatenate(offsets)
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -339,9 +398,12 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 def align_truth(
-    data: bytes, timestamps: FloatArray, source: str
+    data: bytes, timestamps: FloatArray, source: str, tolerance_s: float = 1e-4
 ) -> tuple[Truth, npt.NDArray[np.bool_], list[QuarantinedRow]]:
-    """Truth rows matched to log timestamps; log rows without truth are dropped (``no_label``)."""
+    """Truth rows matched to log timestamps, the nearest within `tolerance_s`.
+
+    Log rows without a truth row that near are dropped and quarantined (``no_label``).
+    """
     header_end = data.find(b"\n")
     if not data.strip() or header_end < 0:
         raise DataError(f"{source}: empty truth file")
@@ -358,7 +420,7 @@ def align_truth(
     pos = np.clip(np.searchsorted(ts, timestamps), 0, len(ts) - 1)
     before = np.clip(pos - 1, 0, len(ts) - 1)
     nearest = np.where(np.abs(ts[before] - timestamps) < np.abs(ts[pos] - timestamps), before, pos)
-    keep = np.abs(ts[nearest] - timestamps) <= _TS_TOLERANCE_S
+    keep = np.abs(ts[nearest] - timestamps) <= tolerance_s
     unlabelled = [
         QuarantinedRow(source, 0, 0, "no_label", f"no truth row for timestamp {timestamps[i]!r}")
         for i in np.flatnonzero(~keep).tolist()

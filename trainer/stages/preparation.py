@@ -19,15 +19,18 @@ sides of a split, and time-ordered folds never train on the future.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.contract.features import FeatureSpec, batch_features
+from agent.contract.sampling import Sampling
+from agent.contract.sampling import resample as resample_samples
 from trainer.config import LabelConfig
 from trainer.errors import DataError
-from trainer.stages.extraction import HEALTHY, Dataset, RobotSeries, Truth
+from trainer.stages.extraction import Dataset, RobotSeries
+from trainer.stages.truth import HEALTHY, Truth
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -36,6 +39,21 @@ BoolArray = npt.NDArray[np.bool_]
 FAILURE_MODES: tuple[str, ...] = ("bearing_wear", "overheating", "gripper_wear", "collision")
 """The simulator's degradation modes, in class order after ``healthy`` (class 0)."""
 CLASSES: tuple[str, ...] = (HEALTHY, *FAILURE_MODES)
+"""The classes of simulator data."""
+
+
+def label_classes(*datasets: Dataset) -> tuple[str, ...]:
+    """``healthy`` then every failure mode the data sets' truth names: the simulator's first, others sorted.
+
+    Failure modes are free-form (a controller's own names); each becomes a class and an alert head.
+    """
+    seen: set[str] = set()
+    for dataset in datasets:
+        for series in dataset.series:
+            if series.truth is not None:
+                seen.update(np.unique(series.truth.mode).tolist())
+    seen.discard(HEALTHY)
+    return (HEALTHY, *(m for m in FAILURE_MODES if m in seen), *sorted(seen - set(FAILURE_MODES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +158,9 @@ class DataPreparation:
             last = ends - 1
             truth = series.truth
             mode = truth.mode[last]
-            unknown = sorted(set(mode.tolist()) - set(self._classes))
-            if unknown:
-                raise DataError(f"{series.source}: unknown truth mode(s) {unknown}; known {self._classes}")
+            unknown = sorted(set(np.unique(truth.mode).tolist()) - set(self._classes))
+            if unknown:  # modes the model has no head for still count as failures in the evaluation
+                self._classes = (*self._classes, *unknown)
             rul = truth.rul_s[last]
             health = truth.health[last]
             visible = health <= self._labels.max_positive_health
@@ -163,6 +181,8 @@ class DataPreparation:
             label = np.where(failing >= 0, failing_class, label)
             mode = np.where(failing >= 0, truth.mode[np.maximum(failing, 0)], mode)
             keep = ~after
+            if truth.excluded is not None:
+                keep &= ~truth.excluded[last]
             parts.append(
                 WindowSet(
                     features=features[keep],
@@ -178,7 +198,7 @@ class DataPreparation:
             )
         if not parts:
             raise DataError(f"no complete window of {self._spec.window} samples in the data")
-        return concat(parts)
+        return concat([replace(part, classes=self._classes) for part in parts])
 
 
 def clean(series: RobotSeries) -> RobotSeries:
@@ -194,19 +214,15 @@ def clean(series: RobotSeries) -> RobotSeries:
 def resample(series: RobotSeries, rate_hz: float, max_gap_s: float) -> RobotSeries:
     """The series on a regular grid at `rate_hz`: channels interpolated linearly, truth carried forward.
 
-    Grid points between two samples more than `max_gap_s` apart (inside a logging gap)
-    are dropped rather than invented; a failure sample moves to its nearest grid point.
+    The grid and the values come from the contract's one implementation (`agent.contract.sampling`,
+    the agent's too): grid points inside a gap longer than `max_gap_s` are dropped rather than
+    invented; a failure sample moves to its nearest grid point.
     """
     ts = series.timestamps
     if len(ts) < 2:
         return series
-    grid = ts[0] + np.arange(int(np.floor((ts[-1] - ts[0]) * rate_hz + 1e-9)) + 1) / rate_hz
-    after = np.clip(np.searchsorted(ts, grid - 1e-9, side="left"), 0, len(ts) - 1)
-    before = np.clip(np.searchsorted(ts, grid + 1e-9, side="right") - 1, 0, len(ts) - 1)
-    grid = grid[ts[after] - ts[before] <= max_gap_s]  # inside an interval between samples, not a gap
-    values = np.column_stack(
-        [np.interp(grid, ts, series.values[:, c]) for c in range(series.values.shape[1])]
-    )
+    on_grid = resample_samples(ts, series.values, Sampling(rate_hz=rate_hz, max_gap_s=max_gap_s))
+    grid, values = on_grid.timestamps, on_grid.values
     previous = np.clip(np.searchsorted(ts, grid, side="right") - 1, 0, len(ts) - 1)
     truth = series.truth
     if truth is not None:
@@ -219,6 +235,7 @@ def resample(series: RobotSeries, rate_hz: float, max_gap_s: float) -> RobotSeri
             health=truth.health[previous],
             failure=failure,
             rul_s=np.maximum(truth.rul_s[previous] - (grid - ts[previous]), 0.0),
+            excluded=None if truth.excluded is None else truth.excluded[previous],
         )
     return RobotSeries(series.robot, series.source, grid, values.reshape(len(grid), -1), truth)
 
@@ -232,14 +249,13 @@ def _take(series: RobotSeries, index: IntArray) -> RobotSeries:
             truth.health[index],
             truth.failure[index],
             truth.rul_s[index],
+            None if truth.excluded is None else truth.excluded[index],
         )
     return RobotSeries(series.robot, series.source, series.timestamps[index], series.values[index], truth)
 
 
 def _assume_healthy(dataset: Dataset) -> Dataset:
     """The dataset with a healthy ground truth given to every series that has none."""
-    from dataclasses import replace
-
     series = []
     for item in dataset.series:
         if item.truth is None:

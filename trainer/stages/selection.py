@@ -11,7 +11,7 @@ has not seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,18 +19,14 @@ import numpy.typing as npt
 
 from trainer.config import ModelKind
 from trainer.errors import TrainingError
+from trainer.metrics import HIGHER_IS_BETTER, classifier_metric
 from trainer.stages.preparation import WindowSet, grouped_time_folds
 from trainer.stages.training import ModelTraining
 
 FloatArray = npt.NDArray[np.float64]
-
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "pr_auc": True,
-    "f1_macro": True,
-    "recall_at_far": True,
-    "rmse": False,
-    "phm_score": False,
-}
+IntArray = npt.NDArray[np.int64]
+FoldPredictor = Callable[[IntArray, IntArray], "FloatArray | None"]
+"""(training indices, validation indices) → scores of the validation windows, or None to skip the fold."""
 
 
 @dataclass(slots=True)
@@ -49,30 +45,32 @@ class CandidateResult:
         return ~np.isnan(self.oof[:, 0])
 
 
-def classifier_metric(name: str, proba: FloatArray, labels: npt.NDArray[np.int64]) -> float:
-    """A selection metric of class probabilities (columns = class index) against labels."""
-    from sklearn.metrics import average_precision_score, f1_score
+def out_of_fold(windows: WindowSet, n_folds: int, width: int, predict: FoldPredictor) -> FloatArray:
+    """Scores of every window from a model that never saw its robot (NaN where no fold validated it).
 
-    if name == "f1_macro":
-        return float(f1_score(labels, proba.argmax(axis=1), average="macro", zero_division=0))
-    scores = []
-    for cls in range(1, proba.shape[1]):
-        positive = labels == cls
-        if positive.any() and not positive.all():
-            if name == "recall_at_far":
-                healthy = labels == 0
-                threshold = float(np.quantile(proba[healthy, cls], 0.99)) if healthy.any() else 0.5
-                scores.append(float((proba[positive, cls] > threshold).mean()))
-            else:
-                scores.append(float(average_precision_score(positive, proba[:, cls])))
-    return float(np.mean(scores)) if scores else float("nan")
+    The folds are `grouped_time_folds` (whole robots held out; one robot: past → future);
+    `predict` fits on a fold's training windows and scores its validation windows.
+    """
+    oof = np.full((len(windows), width), np.nan)
+    for train_idx, val_idx in grouped_time_folds(windows.robot, windows.end_ts, n_folds):
+        if not len(val_idx):
+            continue
+        scores = predict(train_idx, val_idx)
+        if scores is not None:
+            oof[val_idx] = np.asarray(scores, dtype=np.float64).reshape(len(val_idx), width)
+    return oof
 
 
 class ModelSelection:
     """Stage 3: ranks candidate estimators by grouped time-aware cross-validation."""
 
     def __init__(
-        self, training: ModelTraining, candidates: Sequence[ModelKind], metric: str, folds: int
+        self,
+        training: ModelTraining,
+        candidates: Sequence[ModelKind],
+        metric: str,
+        folds: int,
+        false_alarm_rate: float = 0.01,
     ) -> None:
         if metric not in HIGHER_IS_BETTER:
             raise TrainingError(
@@ -82,6 +80,7 @@ class ModelSelection:
         self._candidates = tuple(candidates)
         self._metric = metric
         self._folds = folds
+        self._far = false_alarm_rate
 
     def select_classifier(self, windows: WindowSet, fit_mask: npt.NDArray[np.bool_]) -> list[CandidateResult]:
         """Every candidate's out-of-fold result, best first. `fit_mask` marks windows usable for fitting."""
@@ -94,23 +93,29 @@ class ModelSelection:
         self, kind: ModelKind, windows: WindowSet, fit_mask: npt.NDArray[np.bool_]
     ) -> CandidateResult:
         n_classes = len(windows.classes)
-        oof = np.full((len(windows), n_classes), np.nan)
         fold_scores: list[float] = []
-        for train_idx, val_idx in grouped_time_folds(windows.robot, windows.end_ts, self._folds):
+
+        def predict(train_idx: IntArray, val_idx: IntArray) -> FloatArray | None:
             fit_idx = train_idx[fit_mask[train_idx]]
-            if len(np.unique(windows.label[fit_idx])) < 2 or not len(val_idx):
-                continue
+            if len(np.unique(windows.label[fit_idx])) < 2:
+                return None
             fitted = self._training.fit(windows.features[fit_idx], windows.label[fit_idx], kind=kind)
             proba = fitted.estimator.predict_proba(windows.features[val_idx].astype(np.float32))
             full = np.zeros((len(val_idx), n_classes))
             for col, cls in enumerate(fitted.classes):
                 full[:, cls] = proba[:, col]
-            oof[val_idx] = full
-            fold_scores.append(classifier_metric(self._metric, full, windows.label[val_idx]))
+            fold_scores.append(self._score(windows.label[val_idx], full, fitted.classes))
+            return full
+
+        oof = out_of_fold(windows, self._folds, n_classes, predict)
         validated = ~np.isnan(oof[:, 0])
         if not validated.any():
             raise TrainingError(
                 f"{kind}: no cross-validation fold could be fitted (too few robots or labels)"
             )
-        score = classifier_metric(self._metric, oof[validated], windows.label[validated])
+        scored = sorted(set(windows.label[fit_mask].tolist()))
+        score = self._score(windows.label[validated], oof[validated], scored)
         return CandidateResult(kind, oof, score, fold_scores)
+
+    def _score(self, labels: IntArray, full: FloatArray, scored: Sequence[int]) -> float:
+        return classifier_metric(self._metric, labels, full, scored, self._far)

@@ -23,6 +23,7 @@ from agent.contract.manifest import (
     GoldenVector,
     ModelManifest,
     OnnxInterface,
+    ReferenceBins,
     Task,
 )
 from trainer.config import ParityConfig
@@ -81,10 +82,24 @@ def to_onnx(fitted: FittedModel) -> bytes:
     except Exception as exc:  # skl2onnx raises many unrelated types
         raise ExportError(f"skl2onnx could not export {fitted.kind}: {exc}") from exc
     model.graph.name = f"robotpm_{fitted.kind}"  # skl2onnx names graphs with a random uuid
+    canonical_opsets(model)
     domains = {node.domain for node in model.graph.node} - ALLOWED_DOMAINS
     if domains:
         raise ExportError(f"the exported graph uses non-standard operator domains {sorted(domains)}")
     return bytes(model.SerializeToString())
+
+
+def canonical_opsets(model: Any) -> None:
+    """Put the graph's opset imports in domain order, in place.
+
+    skl2onnx fills them from a set of (domain, version) pairs, so their order, and with it
+    the model's bytes, depended on ``PYTHONHASHSEED``.
+    """
+    ordered = sorted(((o.domain, o.version) for o in model.opset_import), key=lambda pair: pair[0])
+    del model.opset_import[:]
+    for domain, version in ordered:
+        entry = model.opset_import.add()
+        entry.domain, entry.version = domain, version
 
 
 def reference_outputs(fitted: FittedModel, features: FloatArray) -> FloatArray:
@@ -136,7 +151,9 @@ def check_parity(
         raise ParityError(f"{what}: ONNX output has NaN or infinite values")
     max_diff = float(diff.max()) if diff.size else 0.0
     limit = config.tolerance * (np.maximum(1.0, np.abs(expected)) if relative else 1.0)
-    rows_over = (diff > limit).any(axis=1) if diff.size else np.zeros(0, dtype=bool)
+    rows_over: npt.NDArray[np.bool_] = (
+        np.asarray((diff > limit).any(axis=1)) if diff.size else np.zeros(0, dtype=bool)
+    )
     fraction = float(rows_over.mean()) if len(rows_over) else 0.0
     if fraction > config.max_mismatch_fraction:
         raise ParityError(
@@ -180,15 +197,18 @@ class TrainedMLModel:
         metrics: dict[str, float],
         lineage: dict[str, str],
         created: datetime | None = None,
+        healthy_features: FloatArray | None = None,
     ) -> ModelManifest:
-        """The manifest of an exported model: interface, heads, reference statistics, golden vectors."""
-        reference = FeatureReference(
-            mean=tuple(float(v) for v in train_features.mean(axis=0)),
-            std=tuple(float(v) for v in train_features.std(axis=0)),
-            quantiles={
-                name: tuple(float(v) for v in np.quantile(train_features, q, axis=0))
-                for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
-            },
+        """The manifest of an exported model: interface, heads, reference statistics, golden vectors.
+
+        `healthy_features` (the training windows whose truth is healthy) give the healthy
+        reference the agent explains alerts against; without them (or with none) it is left out.
+        """
+        reference = reference_statistics(train_features, bins=True)  # bins: the agent's PSI drift test
+        healthy = (
+            reference_statistics(healthy_features)
+            if healthy_features is not None and len(healthy_features)
+            else None
         )
         golden_out = run_onnx(exported.onnx_bytes, golden_features, exported.score_output)
         golden = tuple(
@@ -212,16 +232,42 @@ class TrainedMLModel:
                 input_name=INPUT_NAME,
                 input_shape=(None, spec.n_features),
                 outputs=exported.outputs,
-                opset=TARGET_OPSET[""],
+                opset=main_opset(exported.onnx_bytes),
             ),
             heads=tuple(heads),
             reference=reference,
+            healthy_reference=healthy,
             golden=golden,
             metrics=clean_metrics,
             training=lineage,
             sha256=exported.sha256,
             length=len(exported.onnx_bytes),
         )
+
+
+def reference_statistics(features: FloatArray, *, bins: bool = False) -> FeatureReference:
+    """Mean, std and 1st, 50th and 99th percentiles of each feature of `features` (windows × features).
+
+    With `bins`, also the quantile bins of the agent's PSI drift test.
+    """
+    return FeatureReference(
+        mean=tuple(float(v) for v in features.mean(axis=0)),
+        std=tuple(float(v) for v in features.std(axis=0)),
+        quantiles={
+            name: tuple(float(v) for v in np.quantile(features, q, axis=0))
+            for name, q in (("p01", 0.01), ("p50", 0.5), ("p99", 0.99))
+        },
+        bins=ReferenceBins.from_features(features) if bins else None,
+    )
+
+
+def main_opset(onnx_bytes: bytes) -> int | None:
+    """The version of the main operator domain the graph imports (skl2onnx lowers it to what it needs)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    versions = [int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return versions[0] if versions else None
 
 
 def _graph_outputs(onnx_bytes: bytes) -> tuple[str, ...]:

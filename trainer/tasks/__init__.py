@@ -1,5 +1,7 @@
 """The trainer's tasks, one module each: failure classification, anomaly detection, remaining life.
 
-Each task runs the stages of `trainer.stages` on a data set and stores the result in the
-registry as one model version.
+Each module says only what its task does differently (how it fits, calibrates and
+evaluates, what its alert heads mean) as a `trainer.run.TaskSteps`; the shared run
+scaffold `trainer.run.run_task` prepares the windows, exports, builds the manifest and
+stores the version.
 """

@@ -5,74 +5,49 @@ is healthy. Thresholds are calibrated on out-of-fold scores of held-out healthy
 robots (grouped folds, like `ModelSelection`); evaluation uses the labels where
 they exist (PR-AUC of the anomaly score against labelled fault windows, recall and
 false-alarm rate at the warning threshold). Exported as the compact single
-TreeEnsemble graph (`trainer.stages.compact_isoforest`), parity-checked.
+TreeEnsemble graph (`trainer.stages.compact_isoforest`), parity-checked. The rest of
+the run is `trainer.run.run_task`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 
-from agent.contract.manifest import AlertHead
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.registry import Registry
+from trainer.report import binary_report
+from trainer.run import PreparedData, RunResult, StageTimer, TaskFit, TaskSteps, extreme_rows, one_head
 from trainer.stages.evaluation import Evaluation, calibrate
-from trainer.stages.extraction import Dataset
-from trainer.stages.preparation import grouped_time_folds
-from trainer.stages.trained_model import TrainedMLModel
-from trainer.stages.training import ModelTraining
-from trainer.tasks.failure import (
-    RunResult,
-    StageTimer,
-    code_version,
-    config_hash,
-    prepare_windows,
-    store_run,
-    version_files,
-)
+from trainer.stages.selection import IntArray, out_of_fold
+from trainer.stages.training import FittedModel, ModelTraining
+
+ESTIMATOR = "isolation_forest"
 
 
-def train_anomaly_detector(
-    config: TrainerConfig,
-    train: Path | Dataset,
-    test: Path | Dataset,
-    *,
-    registry_root: Path | None = None,
-    name: str | None = None,
-    bundled_dir: Path | None = None,
-    write_registry: bool = True,
-    report: bool = False,
-) -> RunResult:
-    """Fit on healthy windows, calibrate on held-out healthy robots, evaluate, export, register."""
+def fit_anomaly_detector(config: TrainerConfig, prepared: PreparedData, timer: StageTimer) -> TaskFit:
+    """Fit on healthy windows, calibrate on held-out healthy robots, evaluate against the labels."""
     from sklearn.metrics import average_precision_score
 
-    timer = StageTimer()
-    prepared = prepare_windows(config, train, test, timer, require_truth=False)
-    spec, train_data, test_data = prepared.spec, prepared.train_data, prepared.test_data
     train_windows, test_windows = prepared.train_windows, prepared.test_windows
     healthy = train_windows.healthy
     if not healthy.any():
         raise DataError("no healthy training windows: the anomaly task learns from healthy data")
     training = ModelTraining(config.model, config.seed)
-    oof = np.full(len(train_windows), np.nan)
-    for train_idx, val_idx in grouped_time_folds(
-        train_windows.robot, train_windows.end_ts, config.selection.folds
-    ):
+
+    def fit_healthy(rows: IntArray) -> FittedModel:
+        return training.fit(train_windows.features[rows], np.zeros(len(rows)), task="anomaly")
+
+    def predict(train_idx: IntArray, val_idx: IntArray) -> np.ndarray | None:
         fit_idx = train_idx[healthy[train_idx]]
-        if not len(fit_idx) or not len(val_idx):
-            continue
-        fold = training.fit(train_windows.features[fit_idx], np.zeros(len(fit_idx)), task="anomaly")
-        oof[val_idx] = -fold.estimator.score_samples(train_windows.features[val_idx].astype(np.float32))
-    validated_healthy = healthy & np.isfinite(oof)
+        if not len(fit_idx):
+            return None
+        fold = fit_healthy(fit_idx)
+        return -fold.estimator.score_samples(train_windows.features[val_idx].astype(np.float32))
+
+    oof = out_of_fold(train_windows, config.selection.folds, 1, predict)[:, 0]
     floors = config.thresholds.model_copy(update={"min_warning": 0.0, "min_critical": 0.0})
-    thresholds = calibrate(oof[validated_healthy], floors)
-    fitted = timer.run(
-        "train",
-        lambda: training.fit(train_windows.features[healthy], np.zeros(int(healthy.sum())), task="anomaly"),
-    )
+    thresholds = calibrate(oof[healthy & np.isfinite(oof)], floors)
+    fitted: FittedModel = timer.run("train", lambda: fit_healthy(np.flatnonzero(healthy)))
     score = -fitted.estimator.score_samples(test_windows.features.astype(np.float32))
     faulty = test_windows.label > 0
     test_healthy = test_windows.healthy
@@ -84,62 +59,34 @@ def train_anomaly_detector(
     }
     if faulty.any() and not faulty.all():
         metrics["pr_auc"] = float(average_precision_score(faulty, score))
-    exported = timer.run(
-        "export", lambda: TrainedMLModel(config.parity).export(fitted, test_windows.features)
-    )
-    model_name = name or f"{config.model_name}-anomaly"
-    registry = Registry(registry_root or config.registry, model_name)
-    version = registry.next_version()
-    lineage = {
-        "data_hash": hashlib.sha256(f"{train_data.data_hash}:{test_data.data_hash}".encode()).hexdigest(),
-        "train_data_hash": train_data.data_hash,
-        "test_data_hash": test_data.data_hash,
-        "code_version": code_version(),
-        "config_hash": config_hash(config),
-        "estimator": "isolation_forest",
-        "seed": str(config.seed),
-    }
-    head = AlertHead(
-        output=exported.score_output,
-        column=0,
+
+    heads = one_head(
         component="robot",
         failure_mode="anomaly",
         meaning="isolation-forest anomaly score 2^(-E[h]/c): unlike the healthy training fleet when high",
         thresholds=thresholds,
     )
-    order = np.argsort(-score, kind="stable")
-    golden_idx = np.unique(np.concatenate([order[:3], order[-3:]]))
-    manifest = TrainedMLModel.manifest(
-        model_id=model_name,
-        version=version,
-        task="anomaly",
-        spec=spec,
-        exported=exported,
-        heads=[head],
-        train_features=train_windows.features[healthy],
-        golden_features=test_windows.features[golden_idx],
-        metrics={**metrics, "parity_max_abs_diff": exported.max_abs_diff},
-        lineage=lineage,
-    )
-    evaluation = Evaluation(metrics=metrics, classes=("healthy", "anomaly"))
-    files = version_files(
-        manifest,
-        exported,
-        {"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage},
-        config,
-        train_data,
-        test_data,
-    )
-    if report:
-        from trainer.report import binary_report
 
-        summary = {"model": manifest.label, "metrics": metrics, "lineage": lineage}
-        files.update(
-            binary_report("Anomaly detector", faulty.astype(int), score, thresholds.warning, summary)
-        )
-    proba = score.reshape(-1, 1)
-    result = RunResult(
-        manifest, exported, evaluation, fitted, test_windows, proba, test_data=test_data, files=files
+    def report(result: RunResult) -> dict[str, bytes]:
+        summary = {"model": result.manifest.label, "metrics": metrics, "lineage": result.manifest.training}
+        return binary_report("Anomaly detector", faulty.astype(int), score, thresholds.warning, summary)
+
+    return TaskFit(
+        fitted=fitted,
+        test_scores=score.reshape(-1, 1),
+        evaluation=Evaluation(metrics=metrics, classes=("healthy", "anomaly")),
+        heads=heads,
+        reference_features=train_windows.features[healthy],
+        golden_features=extreme_rows(test_windows.features, score),
+        score_names=("anomaly_score",),
+        estimator=ESTIMATOR,
+        metrics_doc={"thresholds": thresholds.model_dump()},
+        report=report,
     )
-    result.timings = timer.timings
-    return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
+
+
+ANOMALY = TaskSteps(task="anomaly", name_suffix="-anomaly", require_truth=False, fit=fit_anomaly_detector)
+
+
+train_anomaly_detector = ANOMALY.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""

@@ -5,35 +5,34 @@ capped at ``trainer.labels.horizon_s`` (a piecewise-linear target, as for C-MAPS
 healthy windows get the cap. A regressor (``trainer.model.kind``) behind the same
 projection as the classifier is fitted; its head is lower-is-worse, with a warning
 threshold calibrated on out-of-fold predictions for held-out healthy robots (the
-value they undercut at the target false-alarm rate) and critical at half of it.
+value they undercut at the target false-alarm rate) and critical at half of it. The
+rest of the run is `trainer.run.run_task`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.contract.manifest import AlertHead, Thresholds
+from agent.contract.manifest import Thresholds
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
-from trainer.registry import Registry
-from trainer.stages.evaluation import Evaluation
-from trainer.stages.extraction import Dataset
-from trainer.stages.preparation import WindowSet, grouped_time_folds
-from trainer.stages.trained_model import TrainedMLModel
-from trainer.stages.training import ModelTraining
-from trainer.tasks.failure import (
+from trainer.report import regression_report
+from trainer.run import (
+    PreparedData,
     RunResult,
     StageTimer,
-    code_version,
-    config_hash,
-    prepare_windows,
-    store_run,
-    version_files,
+    TaskFit,
+    TaskSteps,
+    extreme_rows,
+    one_head,
+    projection_matrix,
 )
+from trainer.stages.evaluation import Evaluation
+from trainer.stages.preparation import WindowSet
+from trainer.stages.selection import IntArray, out_of_fold
+from trainer.stages.training import FittedModel, ModelTraining
 
 
 def rul_target(windows: WindowSet, cap: float) -> np.ndarray[Any, Any]:
@@ -42,38 +41,22 @@ def rul_target(windows: WindowSet, cap: float) -> np.ndarray[Any, Any]:
     return np.where(faulty, np.minimum(windows.rul_s, cap), cap)
 
 
-def train_rul_regressor(
-    config: TrainerConfig,
-    train: Path | Dataset,
-    test: Path | Dataset,
-    *,
-    registry_root: Path | None = None,
-    name: str | None = None,
-    bundled_dir: Path | None = None,
-    write_registry: bool = True,
-    report: bool = False,
-) -> RunResult:
-    """Fit, calibrate, evaluate (RMSE, MAE), export with parity and register a RUL model."""
-    timer = StageTimer()
-    prepared = prepare_windows(config, train, test, timer)
-    spec, train_data, test_data = prepared.spec, prepared.train_data, prepared.test_data
+def fit_rul_regressor(config: TrainerConfig, prepared: PreparedData, timer: StageTimer) -> TaskFit:
+    """Fit, calibrate and evaluate (RMSE, MAE) a remaining-life regressor on prepared windows."""
     train_windows, test_windows = prepared.train_windows, prepared.test_windows
     cap = config.labels.horizon_s
     y_train, y_test = rul_target(train_windows, cap), rul_target(test_windows, cap)
     if not (y_train < cap).any():
         raise DataError("no training window has a fault within the horizon: remaining-life labels are absent")
-    projection = None
-    if config.model.projection:
-        from trainer.stages.projection import contrast_matrix
+    training = ModelTraining(config.model, config.seed, projection_matrix(config, prepared.spec))
 
-        projection = contrast_matrix(spec.feature_names())[0]
-    training = ModelTraining(config.model, config.seed, projection)
-    oof = np.full(len(train_windows), np.nan)
-    for train_idx, val_idx in grouped_time_folds(
-        train_windows.robot, train_windows.end_ts, config.selection.folds
-    ):
-        fold = training.fit(train_windows.features[train_idx], y_train[train_idx], task="regressor")
-        oof[val_idx] = fold.estimator.predict(train_windows.features[val_idx].astype(np.float32))
+    def fit(rows: IntArray | slice) -> FittedModel:
+        return training.fit(train_windows.features[rows], y_train[rows], task="regressor")
+
+    def predict(train_idx: IntArray, val_idx: IntArray) -> np.ndarray:
+        return fit(train_idx).estimator.predict(train_windows.features[val_idx].astype(np.float32))
+
+    oof = out_of_fold(train_windows, config.selection.folds, 1, predict)[:, 0]
     healthy_oof = oof[train_windows.healthy & np.isfinite(oof)]
     if not len(healthy_oof):
         raise DataError("no healthy held-out windows to calibrate the remaining-life threshold on")
@@ -85,7 +68,7 @@ def train_rul_regressor(
         clear=round(min(cap, warning / config.thresholds.clear_ratio), 3),
         target_false_alarm_rate=config.thresholds.warning_false_alarm_rate,
     )
-    fitted = timer.run("train", lambda: training.fit(train_windows.features, y_train, task="regressor"))
+    fitted: FittedModel = timer.run("train", lambda: fit(slice(None)))
     predicted = fitted.estimator.predict(test_windows.features.astype(np.float32))
     error = predicted - y_test
     faulty = test_windows.mode != "healthy"
@@ -100,69 +83,44 @@ def train_rul_regressor(
         else float("nan"),
         "recall_at_far": float(over[y_test < warning].mean()) if (y_test < warning).any() else float("nan"),
     }
-    exported = timer.run(
-        "export", lambda: TrainedMLModel(config.parity).export(fitted, test_windows.features)
-    )
-    model_name = name or f"{config.model_name}-rul"
-    registry = Registry(registry_root or config.registry, model_name)
-    version = registry.next_version()
-    lineage = {
-        "data_hash": hashlib.sha256(f"{train_data.data_hash}:{test_data.data_hash}".encode()).hexdigest(),
-        "code_version": code_version(),
-        "config_hash": config_hash(config),
-        "estimator": fitted.kind,
-        "rul_cap_s": str(cap),
-    }
-    head = AlertHead(
-        output=exported.score_output,
-        column=0,
+
+    heads = one_head(
         component="robot",
         failure_mode="any_fault",
         meaning=f"seconds until a developing fault fails (capped at {cap:g} s)",
         direction="lower_is_worse",
         thresholds=thresholds,
     )
-    order = np.argsort(predicted, kind="stable")
-    golden_idx = np.unique(np.concatenate([order[:3], order[-3:]]))
-    manifest = TrainedMLModel.manifest(
-        model_id=model_name,
-        version=version,
-        task="remaining_life",
-        spec=spec,
-        exported=exported,
-        heads=[head],
-        train_features=train_windows.features,
-        golden_features=test_windows.features[golden_idx],
-        metrics={**metrics, "parity_max_abs_diff": exported.max_abs_diff},
-        lineage=lineage,
-    )
-    files = version_files(
-        manifest,
-        exported,
-        {"metrics": metrics, "thresholds": thresholds.model_dump(), "lineage": lineage},
-        config,
-        train_data,
-        test_data,
-    )
-    if report:
-        from trainer.report import regression_report
 
-        summary = {"model": manifest.label, "metrics": metrics, "lineage": lineage}
-        files.update(
-            regression_report(
-                "Remaining useful life",
-                y_test,
-                predicted,
-                test_windows.robot,
-                test_windows.end_ts,
-                summary,
-                "s",
-            )
+    def report(result: RunResult) -> dict[str, bytes]:
+        summary = {"model": result.manifest.label, "metrics": metrics, "lineage": result.manifest.training}
+        return regression_report(
+            "Remaining useful life",
+            y_test,
+            predicted,
+            test_windows.robot,
+            test_windows.end_ts,
+            summary,
+            "s",
         )
-    evaluation = Evaluation(metrics=metrics, classes=("remaining_life",))
-    result = RunResult(
-        manifest, exported, evaluation, fitted, test_windows, predicted.reshape(-1, 1), test_data=test_data
+
+    return TaskFit(
+        fitted=fitted,
+        test_scores=predicted.reshape(-1, 1),
+        evaluation=Evaluation(metrics=metrics, classes=("remaining_life",)),
+        heads=heads,
+        reference_features=train_windows.features,
+        golden_features=extreme_rows(test_windows.features, predicted),
+        score_names=("predicted_rul_s",),
+        estimator=fitted.kind,
+        metrics_doc={"thresholds": thresholds.model_dump()},
+        lineage={"rul_cap_s": str(cap)},
+        report=report,
     )
-    result.files = files
-    result.timings = timer.timings
-    return store_run(result, registry, version, write_registry=write_registry, bundled_dir=bundled_dir)
+
+
+RUL = TaskSteps(task="remaining_life", name_suffix="-rul", require_truth=True, fit=fit_rul_regressor)
+
+
+train_rul_regressor = RUL.train
+"""Train, evaluate, export and register this task's model (`trainer.run.TaskSteps.train`)."""

@@ -1,0 +1,206 @@
+"""The follower's saved position as JSON, and how a restart gives it back to the right files.
+
+`write_checkpoint` describes every open file (inode, content mark, header, flags),
+the ghosts and the last CSV header. After a restart `read_checkpoint` reads it
+back, and `SavedPositions` gives each saved position to the file that holds its
+content: re-found by inode and verified by content, else by content alone
+(rotated or copied while the agent was stopped). A saved inode whose content
+changed (copytruncate, truncation, inode reuse) is read from 0.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.ingest.discovery import Candidate
+from agent.ingest.identity import ContentMark, pread_exact
+from agent.ingest.rotation import Ghost
+from agent.ingest.tracked import TrackedFile, open_file
+
+STATE_VERSION = 1
+
+Identity = tuple[int, int]
+"""(device, inode)."""
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """A saved state, read back."""
+
+    files: dict[Identity, dict[str, Any]]
+    ghosts: list[Ghost]
+    last_header: bytes | None
+
+
+def read_checkpoint(state: object, now: float) -> Checkpoint | None:
+    """The checkpoint in `state`, or None when it is damaged or of another version."""
+    if not isinstance(state, dict) or state.get("v") != STATE_VERSION:
+        return None
+    try:
+        files = {(int(entry["dev"]), int(entry["ino"])): dict(entry) for entry in state.get("files", [])}
+        ghosts = [
+            Ghost(
+                ContentMark.from_json(entry),
+                header_from(entry.get("header")),
+                now,
+                int(entry.get("data_start", 0)),
+            )
+            for entry in state.get("ghosts", [])
+        ]
+        return Checkpoint(files, ghosts, header_from(state.get("last_header")))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def write_checkpoint(
+    files: Iterable[TrackedFile],
+    unmatched: Iterable[dict[str, Any]],
+    ghosts: Iterable[Ghost],
+    last_header: bytes | None,
+) -> dict[str, Any]:
+    """A JSON-serialisable state: the open files, saved entries not matched yet, the ghosts."""
+    entries = []
+    for f in files:
+        if f.pending is not None:
+            continue
+        entry = f.mark().to_json()
+        entry.update(
+            key=f.key,
+            dev=f.dev,
+            ino=f.ino,
+            path=f.path,
+            rank=f.rank,
+            header=header_to(f.header),
+            header_pending=f.header_pending,
+            skipping=f.skipping,
+            data_start=f.data_start,
+            gone=f.gone,
+        )
+        entries.append(entry)
+    entries.extend(unmatched)
+    return {
+        "v": STATE_VERSION,
+        "files": entries,
+        "ghosts": [
+            {**g.mark.to_json(), "header": header_to(g.header), "data_start": g.data_start} for g in ghosts
+        ],
+        "last_header": header_to(last_header),
+    }
+
+
+class SavedPositions:
+    """Saved positions after a restore, waiting for the files that hold their content."""
+
+    def __init__(
+        self, files: MutableMapping[Identity, TrackedFile], csv: bool, counters: dict[str, int]
+    ) -> None:
+        self._files = files
+        self._csv = csv
+        self._counters = counters
+        self.entries: dict[Identity, dict[str, Any]] = {}
+
+    def match(self, candidates: list[Candidate], now: float) -> list[Candidate]:
+        """Give saved positions to the listed files that hold their content; returns the others.
+
+        The longest verified match wins (a saved file renamed, or copied by copytruncate,
+        is found by content); the same inode breaks ties. A match covering nothing past a
+        CSV header only counts for the same inode.
+        """
+        opened: dict[str, tuple[int, os.stat_result]] = {}
+        scored: list[tuple[tuple[int, bool], int, Candidate, Identity]] = []
+        for c in candidates:
+            handle = open_file(c.path)
+            if handle is None:
+                continue
+            opened[c.path] = handle
+            fd, st = handle
+            for ident, saved in self.entries.items():
+                mark = ContentMark.from_json(saved)
+                same = (st.st_dev, st.st_ino) == ident
+                strong = mark.offset > int(saved.get("data_start", 0))
+                if (strong or same) and mark.matches(fd, st.st_size):
+                    scored.append(((mark.offset if strong else -1, same), len(scored), c, ident))
+        scored.sort(key=lambda item: (item[0], -item[1]), reverse=True)
+        taken: set[str] = set()
+        for _, _, c, ident in scored:
+            if c.path in taken or ident not in self.entries:
+                continue
+            fd, st = opened.pop(c.path)
+            self._adopt_open(self.entries.pop(ident), fd, st, c.path, c.rank, now)
+            taken.add(c.path)
+        for fd, _ in opened.values():
+            os.close(fd)
+        return [c for c in candidates if c.path not in taken]
+
+    def place_rest(self, now: float, add_ghost: Callable[[Ghost], None]) -> None:
+        """Place the saved files that are not in the directory.
+
+        Each is adopted where it was (e.g. an old symlink target), or else its identity
+        is kept as a ghost for a copy to claim.
+        """
+        for ident, saved in list(self.entries.items()):
+            del self.entries[ident]
+            if self._adopt_by_path(saved, ident, now):
+                continue
+            mark = ContentMark.from_json(saved)
+            if mark.offset > 0:
+                add_ghost(Ghost(mark, header_from(saved.get("header")), now, int(saved.get("data_start", 0))))
+
+    def _adopt_by_path(self, saved: dict[str, Any], ident: Identity, now: float) -> bool:
+        path = str(saved.get("path", ""))
+        if not path or ident in self._files:
+            return False
+        adopted = self._adopt(saved, path, int(saved.get("rank", 0)), now)
+        if adopted:
+            self._files[ident].gone = True
+        return adopted
+
+    def _adopt(self, saved: dict[str, Any], path: str, rank: int, now: float) -> bool:
+        """Resume a saved file at its saved offset if it is still the same inode and content."""
+        opened = open_file(path)
+        if opened is None:
+            return False
+        fd, st = opened
+        if (st.st_dev, st.st_ino) != (int(saved["dev"]), int(saved["ino"])) or (st.st_dev, st.st_ino) in (
+            self._files
+        ):
+            os.close(fd)
+            return False
+        if not ContentMark.from_json(saved).matches(fd, st.st_size):
+            os.close(fd)
+            return False
+        self._adopt_open(saved, fd, st, path, rank, now)
+        return True
+
+    def _adopt_open(
+        self, saved: dict[str, Any], fd: int, st: os.stat_result, path: str, rank: int, now: float
+    ) -> None:
+        mark = ContentMark.from_json(saved)
+        f = TrackedFile(fd, st.st_dev, st.st_ino, path, rank, self._csv, now)
+        if (st.st_dev, st.st_ino) == (int(saved["dev"]), int(saved["ino"])):
+            f.key = str(saved.get("key") or f.key)
+        else:
+            self._counters["copies_claimed"] += 1
+        f.offset = mark.offset
+        f.head = pread_exact(fd, mark.head_len, 0)
+        f.marker = pread_exact(fd, mark.marker_len, mark.offset - mark.marker_len)
+        f.header = header_from(saved.get("header"))
+        f.header_pending = bool(saved.get("header_pending", False)) and self._csv
+        f.skipping = bool(saved.get("skipping", False))
+        f.data_start = int(saved.get("data_start", 0))
+        f.last_size, f.last_mtime = st.st_size, st.st_mtime_ns
+        self._files[(st.st_dev, st.st_ino)] = f
+        self._counters["files_opened"] += 1
+
+
+def header_to(header: bytes | None) -> str | None:
+    """A CSV header as JSON text (latin-1 keeps every byte)."""
+    return None if header is None else header.decode("latin-1")
+
+
+def header_from(value: object) -> bytes | None:
+    """A CSV header saved by `header_to`."""
+    return None if value is None else str(value).encode("latin-1")
