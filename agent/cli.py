@@ -7,18 +7,25 @@ Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
 line on stderr; 2 a bad configuration, naming the file, key and problem. The
 technician commands add theirs (`agent.technician.commands`: 1 degraded or
 refused, 3 not running, 4 not allowed).
+
+A reader that goes away (``robotpm-agent status | head -1``, journald restarted
+under ``run``) ends no command: output to a closed stdout is dropped quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any, TextIO
+
+import structlog
 
 from agent import __version__
 from agent.config import AgentConfig, load_agent_config
@@ -57,11 +64,13 @@ def _config_options(cmd: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set `stop` on SIGTERM/SIGINT; restore the previous handlers afterwards."""
+def stop_on_signals(stop: threading.Event, wake: Callable[[], None] | None = None) -> Iterator[None]:
+    """Set `stop` (and call `wake`) on SIGTERM/SIGINT; restore the previous handlers afterwards."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        if wake is not None:
+            wake()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -79,11 +88,29 @@ def _run(config: AgentConfig, path: Path, profile: str | None) -> int:
     # SIGHUP (systemctl reload, logrotate) reloads the config between ticks: see agent.reload.
     previous = signal.signal(signal.SIGHUP, lambda signum, frame: daemon.request_reload())
     try:
-        with stop_on_signals(stop):
+        with stop_on_signals(stop, daemon.stop):  # the loop's wait ends at once, whatever the poll period
             daemon.run(stop)
     finally:
         signal.signal(signal.SIGHUP, previous)
+    _exit_past_stuck_threads()
     return EXIT_OK
+
+
+def _exit_past_stuck_threads() -> None:
+    """Exit 0 now if a thread the stop could not end is still running (see `agent.stopping`).
+
+    Such a thread sits in native code (a model load in onnxruntime): tearing the interpreter
+    down around it aborts the process, which would turn a clean stop, its final commit made,
+    into a crash. Everything the agent writes is closed by now; only the output is flushed.
+    """
+    stuck = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if not stuck:
+        return
+    structlog.get_logger("robotpm.agent").warning("exit_with_threads_left", threads=stuck)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_OK)
 
 
 def _check(config: AgentConfig) -> int:
@@ -99,8 +126,59 @@ def _check(config: AgentConfig) -> int:
     return EXIT_OK
 
 
+class ReaderSafeStream:
+    """A text stream (stdout) whose reader may go away: writes then go nowhere instead of raising.
+
+    After a broken pipe the file descriptor is pointed at /dev/null, so the interpreter's
+    own flush at exit has nowhere to fail either. Other write errors (a full disk under a
+    redirected stdout) drop the text too: output must never end the agent.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        """Write `text`, or drop it when nobody can take it."""
+        if not self.reader_gone:
+            with self._on_error():
+                return self._stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush, unless nobody can take it."""
+        if not self.reader_gone:
+            with self._on_error():
+                self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    @contextlib.contextmanager
+    def _on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            self.reader_gone = True
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+        except OSError:
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``robotpm-agent``."""
+    if not isinstance(sys.stdout, ReaderSafeStream):
+        sys.stdout = ReaderSafeStream(sys.stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_agent_config(args.config, args.profile)
@@ -111,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_agent_logging(config)  # stdout, and the rotating file of [agent.logging]
     elif args.command not in COMMANDS:  # the technician commands' stdout is their report alone
         configure_logging(config.log_level, config.log_format)
-    if args.command in ("run", "check"):
+    if args.command == "check":  # `run` starts anyway: a missing directory degrades its stream
         for i, stream in enumerate(config.streams):
             if not stream.directory.is_dir():
                 print(

@@ -61,6 +61,13 @@ class IngestConfig(_Section):
         " the line that completes a window is scored at once. 0: parse every read at once.",
     )
     quarantine_max_bytes: int = Field(default=64 << 20, ge=1024)
+    retry_max_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600,
+        description="A stream that failed (permission, vanished directory, I/O error, too many open files)"
+        " is reported degraded and retried after 1 s, then twice as long each time, at most this long.",
+    )
     release_after_s: float = Field(
         default=5.0,
         gt=0,
@@ -107,6 +114,32 @@ class ModelConfig(_Section):
         ge=0.0,
         le=1.0,
         description="… and also above the current model's share on the same windows by more than this.",
+    )
+    probation_min_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=30 * 86400,
+        description="A probation also lasts at least this many seconds (summed over restarts), however many "
+        "windows it scored.",
+    )
+    probation_max_latency_ms: float = Field(
+        default=250.0,
+        gt=0.0,
+        le=60_000.0,
+        description="Roll the candidate back if its mean scoring call over the probation took longer.",
+    )
+    confirm_windows: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="After a swap, the new model is on trial until it scored this many windows: if the agent "
+        "dies before (crash, kill, OOM), the model is marked bad on disk and the previous one serves on the "
+        "next start.",
+    )
+    on_expiry: Literal["keep_serving", "fall_back"] = Field(
+        default="keep_serving",
+        description="When the running model has expired: keep_serving it (reported in its status and a model "
+        "event), or fall_back at the next start to the newest unexpired version (reported too).",
     )
     trusted_keys: Path | None = Field(
         default=None,
@@ -380,6 +413,20 @@ class AgentConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
+    stop_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="From SIGTERM to exit at most this long, whatever the network does (the final commit"
+        " comes first); keep it below the unit's TimeoutStopSec.",
+    )
+    hang_report_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A step (loading a model, reading a stream) running longer is reported stuck; if the"
+        " agent then dies, the next start skips that model or stream (see agent.crashguard).",
+    )
     streams: tuple[StreamConfig, ...] = Field(min_length=1)
     model: ModelConfig
     mqtt: MqttConfig = MqttConfig()

@@ -18,6 +18,8 @@ that talks to the library.
      ├── IngestError            a log source cannot be followed (missing directory, I/O)
      ├── WatchError             a directory cannot be watched for changes as configured
      ├── StateError             the agent's local state store is unusable
+     │    ├── DiskFullError     no space left for it (waits, never deletes anything)
+     │    └── StateDamagedError the file is not a sound SQLite database (moved aside)
      ├── PublishError           alerts cannot be handed to the transport
      └── NotAllowedError        a local user may not change the agent (shelving: not in its group)
 """
@@ -65,6 +67,14 @@ class WatchError(RobotPMError):
 
 class StateError(RobotPMError):
     """The local state store (offsets, windows, outbox) is unusable."""
+
+
+class DiskFullError(StateError):
+    """The state store cannot be written: its file system is full (or over quota)."""
+
+
+class StateDamagedError(StateError):
+    """The state file is not a sound SQLite database (garbage header, truncated, malformed)."""
 
 
 class PublishError(RobotPMError):

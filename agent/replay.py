@@ -45,7 +45,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,11 @@ from agent.ingest.tracked import TrackedFile, open_file
 from agent.policy import AlertPolicy, head_key
 from agent.seams import FloatArray, Policy, Scorer, SystemClock
 from agent.streams.pipeline import StreamPipeline
+
+if TYPE_CHECKING:
+    _Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time, where the API docs (pdoc) evaluate annotations
+    _Subcommands = argparse._SubParsersAction
 
 SCORES_FILE = "scores.csv"
 ALERTS_FILE = "alerts.jsonl"
@@ -355,7 +360,7 @@ class _Staged:
             self._partial.unlink(missing_ok=True)
 
 
-def add_replay_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_replay_arguments(commands: _Subcommands) -> None:
     """Register ``robotpm-agent replay`` on the CLI's sub-command parser."""
     text = "score recorded log files offline with the agent's pipeline, policy and model"
     cmd = commands.add_parser("replay", help=text, description=f"{text}; see agent.replay.")

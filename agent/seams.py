@@ -17,6 +17,8 @@ Life-cycle rules (callers keep them, implementations may rely on them):
 * ``ModelSource``: ``load_initial`` once, then ``start`` once; ``take``, ``accept``,
   ``reject`` and ``take_refusals`` from the daemon's thread only; ``stop`` once.
   Only a scorer ``take`` returned is accepted or rejected, each at most once.
+* ``LoadGuard``: ``after_load`` follows every ``before_load`` that returned None,
+  on the same thread, before the next ``before_load``.
 * ``Block``, ``Policy``, ``ShadowHook``, ``QuarantineSink``: the stream pipeline's
   parts, all used on the daemon's thread; a ``ShadowHook`` never raises.
 """
@@ -35,6 +37,7 @@ import numpy.typing as npt
 from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RejectedLine
+from agent.contract.streams import StreamConfig
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -175,8 +178,20 @@ class ModelSource(Protocol):
     def current(self) -> Scorer:
         """The model the streams score with."""
 
-    def load_initial(self, max_version: int | None, unfit: Callable[[ModelManifest], str | None]) -> Scorer:
-        """The model to start with: the newest usable one up to `max_version` (None: any)."""
+    def load_initial(
+        self,
+        max_version: int | None,
+        unfit: Callable[[ModelManifest], str | None],
+        running: int | None = None,
+    ) -> Scorer:
+        """The model to start with: the newest usable one up to `max_version` (None: any).
+
+        `running` is the version the streams ran before the restart: expired, it may still
+        serve (``agent.model.on_expiry``).
+        """
+
+    def mark_bad(self, version: int, sha256: str, reason: str) -> None:
+        """Refuse this model for good (it took the agent down); reported like any refusal."""
 
     def start(self) -> None:
         """Begin looking for newer models in the background."""
@@ -195,6 +210,19 @@ class ModelSource(Protocol):
 
     def stop(self) -> None:
         """Stop looking."""
+
+
+class LoadGuard(Protocol):
+    """Told before and after the model slot loads a store model (real: `agent.crashguard.GuardedLoads`).
+
+    Both run on the thread that loads (the daemon's at start, the model watcher's later).
+    """
+
+    def before_load(self, directory: Path) -> str | None:
+        """A reason to refuse the model in `directory` without loading it, or None to go ahead."""
+
+    def after_load(self, directory: Path) -> None:
+        """The load that `before_load` let go ahead has ended, whatever its outcome."""
 
 
 # -- one stream's pipeline --------------------------------------------------------------------------
@@ -254,6 +282,11 @@ class ShadowHook(Protocol):
 
     def __call__(self, features: FloatArray, current_scores: Any) -> None:
         """Take the features of scored windows and the current model's scores of them."""
+
+    def samples(
+        self, stream: StreamConfig, channels: Sequence[str], timestamps: FloatArray, values: FloatArray
+    ) -> None:
+        """Take a block's parsed samples (columns named by `channels`), before any window is cut."""
 
 
 class QuarantineSink(Protocol):

@@ -8,21 +8,50 @@ it repeats nothing (the position moved with the rows).
 
 Modules that keep tables here (checkpoints, outbox) register their DDL with
 `StateStore.migrate` and take the connection inside the caller's transaction.
+
+Two failures of the file are told apart from the rest, because the agent survives
+them (see docs/fault-model.md):
+
+* **A full disk** (`DiskFullError`, `is_disk_full`): SQLite's "database or disk is
+  full", ``ENOSPC``/``EDQUOT``, or an I/O error while the file system has no room
+  left. Nothing is lost: a failed transaction is rolled back whole, and the daemon
+  waits and tries again.
+* **A damaged file** (`StateDamagedError`): not a database, truncated or malformed.
+  `open_state` moves it aside (``agent.db.damaged-<UTC time>``, with its ``-wal`` and
+  ``-shm``) and starts a fresh one: every stream is read again from the start of its
+  files, which yields the same event ids (at-least-once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from agent.errors import StateError
+import structlog
 
-STATE_FILE = "agent.db"
+from agent.errors import DiskFullError, StateDamagedError, StateError
+
+log = structlog.get_logger("robotpm.agent")
+
+STATE_FILE: Final = "agent.db"
+DAMAGED_INFIX: Final = ".damaged-"
+"""A damaged state file is renamed to ``agent.db.damaged-<UTC time>``."""
+
+_SIDE_FILES: Final = ("-wal", "-shm")
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_FULL: Final = 13
+_SQLITE_IOERR: Final = 10
+_SQLITE_NOTADB: Final = 26
+_NEARLY_FULL_BYTES: Final = 256 * 1024
+"""An I/O error while less than this is free is taken for a full disk."""
 
 _CHECKPOINT_DDL = """
 CREATE TABLE IF NOT EXISTS stream_state (
@@ -33,24 +62,82 @@ CREATE TABLE IF NOT EXISTS stream_state (
 """
 
 
+def free_bytes(directory: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on `directory`'s file system (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(exc: BaseException, directory: Path | None = None) -> bool:
+    """Whether `exc` (or what caused it) says the file system is full.
+
+    With `directory`, an SQLite I/O error counts too when that file system is (nearly)
+    full: SQLite reports a failed write of its WAL index as "disk I/O error".
+    """
+    for cause in _chain(exc):
+        if isinstance(cause, DiskFullError):
+            return True
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(cause, sqlite3.Error):
+            code = _sqlite_code(cause)
+            if code == _SQLITE_FULL or "database or disk is full" in str(cause):
+                return True
+            if code == _SQLITE_IOERR or "disk I/O error" in str(cause):
+                free = free_bytes(directory) if directory is not None else None
+                if free is not None and free < _NEARLY_FULL_BYTES:
+                    return True
+    return False
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database file is damaged."""
+    for cause in _chain(exc):
+        if isinstance(cause, StateDamagedError):
+            return True
+        if isinstance(cause, sqlite3.DatabaseError):
+            text = str(cause)
+            if _sqlite_code(cause) in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or (
+                "file is not a database" in text or "malformed" in text
+            ):
+                return True
+    return False
+
+
 class StateStore:
     """The SQLite state file of one agent. Not shared between processes.
 
     The connection is used from the daemon's thread; other threads (e.g. a
-    transport callback) must not touch it.
+    transport callback) must not touch it. Opening raises `DiskFullError` when the
+    file system is full, `StateDamagedError` when the file is not a sound database
+    (with ``check``, after SQLite's ``quick_check`` of every page), `StateError` else.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, check: bool = False) -> None:
         self.path = path
+        self._conn: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=5000")
+            if check:
+                verdict = self._conn.execute("PRAGMA quick_check(1)").fetchone()
+                if verdict is None or verdict[0] != "ok":
+                    raise StateDamagedError(
+                        f"{path}: integrity check failed: {verdict[0] if verdict else '?'}"
+                    )
             self._conn.execute(_CHECKPOINT_DDL)
         except (sqlite3.Error, OSError) as exc:
-            raise StateError(f"{path}: cannot open state store: {exc}") from exc
+            self._close_quietly()
+            raise classify(exc, path, "cannot open state store") from exc
+        except StateDamagedError:
+            self._close_quietly()
+            raise
         self._lock = threading.RLock()
 
     @classmethod
@@ -61,6 +148,7 @@ class StateStore:
     @property
     def connection(self) -> sqlite3.Connection:
         """The raw connection, for modules that keep their own tables here."""
+        assert self._conn is not None
         return self._conn
 
     def migrate(self, *statements: str) -> None:
@@ -71,25 +159,31 @@ class StateStore:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic, durable unit of work: committed on success, rolled back on error."""
+        """One atomic, durable unit of work: committed on success, rolled back on error.
+
+        An error inside the block is re-raised as it is, after the rollback; a failed
+        BEGIN or COMMIT raises `StateError` (`DiskFullError` when the disk is full).
+        """
+        conn = self.connection
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: cannot begin a transaction: {exc}") from exc
+                raise classify(exc, self.path, "cannot begin a transaction") from exc
             try:
-                yield self._conn
+                yield conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             try:
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StateError(f"{self.path}: commit failed: {exc}") from exc
+                self._rollback()
+                raise classify(exc, self.path, "commit failed") from exc
 
     def load_stream_state(self, stream: str) -> dict[str, Any] | None:
         """The last committed state of a stream (JSON object), or None."""
-        row = self._conn.execute("SELECT state FROM stream_state WHERE stream = ?", (stream,)).fetchone()
+        row = self.connection.execute("SELECT state FROM stream_state WHERE stream = ?", (stream,)).fetchone()
         if row is None:
             return None
         try:
@@ -110,6 +204,137 @@ class StateStore:
         )
 
     def close(self) -> None:
-        """Close the connection (a checkpoint of the WAL happens on close)."""
+        """Close the connection (a checkpoint of the WAL happens on close, if there is room)."""
         with self._lock:
-            self._conn.close()
+            self._close_quietly()
+
+    def _rollback(self) -> None:
+        # SQLite rolls a transaction back by itself after some errors (a full disk among
+        # them): a ROLLBACK then fails with "no transaction is active" and would hide the cause.
+        conn = self.connection
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    def _close_quietly(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+
+def open_state(state_dir: Path, *, wall: float) -> tuple[StateStore, Path | None]:
+    """Open the state file of `state_dir`, checking every page; a damaged one is moved aside first.
+
+    Returns the store and where a damaged file went (None if there was none). Raises
+    `DiskFullError` while the file system is full (nothing is moved or deleted then).
+    """
+    path = state_dir / STATE_FILE
+    try:
+        return StateStore(path, check=True), None
+    except StateDamagedError:
+        pass
+    moved = move_aside(path, wall)
+    return StateStore(path, check=True), moved
+
+
+def move_aside(path: Path, wall: float) -> Path:
+    """Rename the state file and its WAL files to ``<name>.damaged-<UTC time>``; returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
+    target = path.with_name(f"{path.name}{DAMAGED_INFIX}{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{DAMAGED_INFIX}{stamp}-{n}")
+    try:
+        for suffix in ("", *_SIDE_FILES):
+            source = Path(f"{path}{suffix}")
+            if source.exists():
+                os.replace(source, Path(f"{target}{suffix}"))
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot move the damaged state file aside: {exc}") from exc
+    return target
+
+
+def classify(exc: BaseException, path: Path, doing: str) -> StateError:
+    """A `StateError` for `exc`: `DiskFullError` or `StateDamagedError` when it is one of those."""
+    message = f"{path}: {doing}: {exc}"
+    if is_disk_full(exc, path.parent):
+        return DiskFullError(message)
+    if is_damaged(exc):
+        return StateDamagedError(message)
+    return StateError(message)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _sqlite_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    return None if code is None else int(code) & 0xFF
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskSpace:
+    """Whether the state directory's disk is full: since when, and when to try to write again.
+
+    The first failure is logged as ``disk_full`` (an error), its end as ``disk_space_back``;
+    tries back off from 1 s to ``max_retry_s``.
+    """
+
+    def __init__(self, directory: Path, *, max_retry_s: float = 10.0) -> None:
+        self._directory = directory
+        self._max_retry_s = max_retry_s
+        self.since: float | None = None
+        self._next_try = 0.0
+        self._delay = 1.0
+        self._detail = ""
+
+    @property
+    def full(self) -> bool:
+        """Whether the last write failed for want of space."""
+        return self.since is not None
+
+    def failed(self, now: float, exc: BaseException) -> float:
+        """A write failed for want of space; returns how long to wait before the next try."""
+        if self.since is None:
+            self.since, self._delay = now, 1.0
+            free = free_bytes(self._directory)
+            log.error("disk_full", directory=str(self._directory), free_bytes=free, error=str(exc))
+        else:
+            self._delay = min(self._max_retry_s, self._delay * 2)
+        self._detail = str(exc)
+        self._next_try = now + self._delay
+        return self._delay
+
+    def due(self, now: float) -> bool:
+        """Whether to try to write now (always, unless the disk was found full a moment ago)."""
+        return self.since is None or now >= self._next_try
+
+    def recovered(self, now: float) -> None:
+        """A write worked again."""
+        if self.since is not None:
+            log.info("disk_space_back", directory=str(self._directory), after_s=round(now - self.since, 1))
+        self.since = None
+
+    def describe(self) -> str:
+        """The fault, in one line."""
+        free = free_bytes(self._directory)
+        return (
+            f"disk full: {self._directory} has {free if free is not None else '?'} bytes free "
+            f"({self._detail}); not reading, nothing is lost, delivering what the outbox holds"
+        )

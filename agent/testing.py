@@ -252,6 +252,7 @@ class InMemoryModels:
         self._refusals: list[Refused] = []
         self.accepted: list[Scorer] = []
         self.rejected: list[tuple[Scorer, str]] = []
+        self.marked_bad: list[tuple[int, str, str]] = []
         self.started = False
         self.stopped = False
 
@@ -260,8 +261,13 @@ class InMemoryModels:
         """The model the streams score with."""
         return self._current
 
-    def load_initial(self, max_version: int | None, unfit: Callable[[ModelManifest], str | None]) -> Scorer:
-        """The initial scorer (whatever `max_version`); `ModelLoadError` if the streams cannot feed it."""
+    def load_initial(
+        self,
+        max_version: int | None,
+        unfit: Callable[[ModelManifest], str | None],
+        running: int | None = None,
+    ) -> Scorer:
+        """The initial scorer (whatever the versions); `ModelLoadError` if the streams cannot feed it."""
         reason = unfit(self._current.manifest)
         if reason is not None:
             raise ModelLoadError(f"{self._current.manifest.label} cannot serve here: {reason}")
@@ -270,6 +276,10 @@ class InMemoryModels:
     def start(self) -> None:
         """Mark the source started."""
         self.started = True
+
+    def mark_bad(self, version: int, sha256: str, reason: str) -> None:
+        """Record the verdict (as `marked_bad`)."""
+        self.marked_bad.append((version, sha256, reason))
 
     def offer(self, candidate: Scorer) -> None:
         """Make `candidate` the next one `take` returns."""

@@ -1,6 +1,6 @@
 """Agent benchmarks: memory, model swap, and our pipeline against a naive agent, each against a baseline.
 
-Every figure is compared with a baseline measured in the same run (DESIGN.md, "Figures to reach"):
+Every figure is compared with a baseline measured in the same run (docs/design.md, "Figures to reach"):
 
 a. Memory. RSS of a fresh agent-like process (imports ``agent.daemon``, starts an
    `AgentDaemon` with the bundled model, or with the benchmark's random forest when

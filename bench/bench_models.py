@@ -9,7 +9,7 @@ For each model it times, as medians over ``--repeat`` runs in this process:
 - **the probe child** (``python -m agent.models.probe`` under RLIMIT_AS/CPU): time from spawn to
   verdict, and the child's peak RSS.
 
-Models: the tiny linear test model, the bundled model (a 147 KiB tree ensemble), a 200-tree
+Models: the tiny linear test model, the bundled model (a 147 KiB tree ensemble), a 40-tree
 forest exported by skl2onnx (a few MiB of unpacked attributes: the static checks' worst case
 in practice), and two that must be refused: the 220-byte memory bomb (``Expand`` to 300M
 elements) and an endless ``Loop`` (stopped by a 2 s CPU limit). Also a bare interpreter start
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="3 repeats, a 50-tree forest")
+    parser.add_argument("--quick", action="store_true", help="3 repeats, a 10-tree forest")
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else args.repeat
     print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs; repeats {repeat}")
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("model.onnx", "manifest.json"):
             (bundled / name).write_bytes((packaged_model() / name).read_bytes())
         models.append(("bundled (tree ensemble)", bundled, True))
-        trees = 50 if args.quick else 200
+        trees = 10 if args.quick else 40
         forest(work / "forest", trees)
         models.append((f"skl2onnx forest, {trees} trees", work / "forest", True))
         model_dir(work / "bomb", memory_bomb())

@@ -2,7 +2,7 @@
 
 Simulates a fleet (not timed against the target), then runs the whole batch pipeline
 (`trainer.tasks.failure.train_failure_classifier`, report included) and prints the time of
-each stage next to the target of DESIGN.md (1M rows → evaluated model and report
+each stage next to the target of docs/design.md (1M rows → evaluated model and report
 ≤ 120 s on 2 cores). The baseline, measured in the same run on the same files, is a
 naive extraction: Python's csv module and float() per field, which is what a quick
 script would do; the ratio shows what reading with the agent's vectorised parser buys.

@@ -147,10 +147,9 @@ class AlertWatcher:
     def start(self) -> None:
         """Connect and subscribe to the site's topics."""
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, protocol=mqtt.MQTTv311
-        )
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=SUBSCRIBER_ID, protocol=mqtt.MQTTv311)
         client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"robotpm/v1/{self.site}/#", qos=1)
         client.on_message = self._on_message
         client.connect(self.host, self.port, keepalive=30)

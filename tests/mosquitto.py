@@ -64,7 +64,7 @@ class Broker:
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             # mosquitto started as root drops to user "mosquitto", which cannot write the test's
-            # directory: it would then persist nothing, silently (reliability-anchors §2.2).
+            # directory: it would then persist nothing, silently (docs/design.md, known pitfalls).
             + ("user root\n" if os.geteuid() == 0 else "")
             + f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
             f"log_dest file {self.log_path}\nlog_type error\nlog_type warning\nlog_type notice\n"

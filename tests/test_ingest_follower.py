@@ -1,4 +1,4 @@
-"""The follower against real files: the rotation matrix of reliability-anchors §1.4, inotify and poll."""
+"""The follower against real files: the rotation matrix (docs/design.md, guarantee 1), inotify and poll."""
 
 from __future__ import annotations
 

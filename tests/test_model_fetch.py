@@ -409,6 +409,18 @@ class TestRefusals:
         assert "installed" == result.outcome, result.detail
         assert 1 == https.requests["/test-linear-v2.tar"]
 
+    def test_a_missing_bundle_and_a_redirect_loop_fail_and_are_retried(
+        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+    ) -> None:
+        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
+        config = model_config(tmp_path, pki, keys)
+        missing = fetcher_for(config).process(resigned(payload, keys, url=f"{https.base_url}/nothing.tar"))
+        assert ("failed", "HTTP 404 Not Found") == (missing.outcome, missing.detail)
+        loop = f"{https.base_url}{'/same' * 7}/test-linear-v2.tar"
+        looping = fetcher_for(config).process(resigned(payload, keys, url=loop))
+        assert ("failed", "more than 5 redirects") == (looping.outcome, looping.detail)
+        assert [] == store_entries(config)
+
     def test_a_server_certificate_from_another_ca_fails_and_is_retried(
         self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
     ) -> None:

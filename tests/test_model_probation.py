@@ -17,8 +17,10 @@ from jsonschema import Draft202012Validator
 
 from agent.config import AgentConfig
 from agent.contract.features import FeatureSpec
+from agent.models.lifecycle import PROBATION_FILE
 from agent.models.probation import Probation
 from agent.models.scorer import OnnxScorer
+from agent.testing import ManualClock
 from tests.models import write_linear_model
 from tests.signing_keys import fleet_keys
 from tests.test_daemon import PROFILE, Harness, lines, make_config, write
@@ -326,7 +328,7 @@ class TestRestart:
     def test_a_restart_during_probation_starts_with_the_old_model_and_puts_the_candidate_on_probation_again(
         self, tmp_path: Path
     ) -> None:
-        """The probation is not saved: after a restart v1 runs again and v2 is verified and shadowed anew."""
+        """After a restart v1 runs again and v2 is verified and goes on probation again (not live)."""
         config = probation_config(tmp_path, windows=1000)
         first = Harness(config)
         try:
@@ -452,3 +454,157 @@ class TestProbationJudgement:
         probation(features, current.score(features))
         assert probation.failure is not None
         assert "alert storm" in probation.failure
+
+
+HOP_1 = FeatureSpec(channels=("j1_current", "j1_temp"), window=4, hop=1, statistics=("mean", "max"))
+"""Another feature spec than the current model's (hop 1 instead of 2): its windows differ."""
+
+
+class TestAnotherFeatureSpec:
+    def test_an_alert_storm_model_with_another_hop_goes_on_probation_and_is_rolled_back_not_live(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """Another hop no longer skips probation: v2 cuts its own windows from the same lines and storms."""
+        into_store(
+            config, "v2", lambda d: write_linear_model(d, version=2, spec=HOP_1, watch="j1_temp__mean")
+        )
+        harness.settle_until(lambda: on_probation(harness, 2))
+        probation = harness.daemon.probation
+        assert probation is not None
+        assert probation.own_spec
+        assert 1 == harness.daemon.slot.current.manifest.version
+        write(config, lines(0, PROFILE))
+        harness.settle()
+        assert harness.daemon.probation is None
+        assert 1 == harness.daemon.slot.current.manifest.version
+        rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
+        assert 1 == len(rolled)
+        assert rolled[0]["detail"].startswith("alert storm: warning threshold reached on 100%")
+        assert {1} == set(alert_versions(harness))
+        assert "probation" in [s["state"] for s in statuses(harness)]
+
+    def test_a_good_model_with_another_hop_is_promoted_after_scoring_its_own_windows(
+        self, harness: Harness, config: AgentConfig
+    ) -> None:
+        """v2 (hop 1) shadow-scores 37 windows of its own on 40 lines (v1 cuts 19), then goes live."""
+        into_store(config, "v2", lambda d: write_linear_model(d, version=2, spec=HOP_1))
+        harness.settle_until(lambda: on_probation(harness, 2))
+        write(config, lines(0, PROFILE[:12]))  # v2: 9 windows of its own, one short of 10
+        harness.settle_until(lambda: harness.daemon.streams[0].counters.lines == 12)
+        probation = harness.daemon.probation
+        assert probation is not None
+        assert 9 == probation.windows
+        write(config, lines(12, PROFILE[12:]))
+        harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
+        assert harness.daemon.probation is None
+        harness.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
+        assert [("active", 1), ("probation", 2), ("active", 2)] == [
+            (s["state"], s["model"]["version"]) for s in statuses(harness)
+        ]
+        assert "its own featurizer" in statuses(harness)[1]["detail"]
+
+
+class TestProbationAcrossRestarts:
+    def test_a_probation_resumes_its_windows_after_a_restart_instead_of_starting_from_zero(
+        self, tmp_path: Path
+    ) -> None:
+        """v2 scored 19 windows before the stop; after the restart its probation goes on from 19."""
+        config = probation_config(tmp_path, windows=30)
+        first = Harness(config)
+        try:
+            into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+            first.settle_until(lambda: on_probation(first, 2))
+            write(config, lines(0, PROFILE))
+            first.settle()
+            probation = first.daemon.probation
+            assert probation is not None
+            assert 19 == probation.windows
+        finally:
+            first.close()
+        assert 19 == json.loads((config.state_dir / PROBATION_FILE).read_text())["windows"]
+        second = Harness(config)
+        try:
+            assert 1 == second.daemon.slot.current.manifest.version
+            second.settle_until(lambda: on_probation(second, 2))
+            resumed = second.daemon.probation
+            assert resumed is not None
+            assert 19 == resumed.windows
+            write(config, lines(100, PROFILE))  # 19 more: 38 >= 30, the probation ends
+            second.settle_until(lambda: second.daemon.slot.current.manifest.version == 2)
+            assert not (config.state_dir / PROBATION_FILE).exists()
+        finally:
+            second.close()
+
+    def test_a_saved_probation_of_another_model_is_not_resumed(self, tmp_path: Path) -> None:
+        """The saved counts name their model and hash: a changed v2 starts its probation from zero."""
+        config = probation_config(tmp_path, windows=30)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        (config.state_dir / PROBATION_FILE).write_text(
+            json.dumps(
+                {"model": "test-linear@2", "sha256": "0" * 64, "against": "test-linear@1", "windows": 29}
+            )
+        )
+        harness = Harness(config)
+        try:
+            into_store(config, "v2", lambda d: write_linear_model(d, version=2))
+            harness.settle_until(lambda: on_probation(harness, 2))
+            probation = harness.daemon.probation
+            assert probation is not None
+            assert 0 == probation.windows
+        finally:
+            harness.close()
+
+
+class TestProbationMinimums:
+    @pytest.fixture(name="models")
+    def _models(self, tmp_path: Path) -> tuple[OnnxScorer, OnnxScorer]:
+        write_linear_model(tmp_path / "v1", version=1)
+        write_linear_model(tmp_path / "v2", version=2)
+        return OnnxScorer.load(tmp_path / "v1"), OnnxScorer.load(tmp_path / "v2")
+
+    def test_a_probation_lasts_its_minimum_time_however_many_windows_it_scored(
+        self, models: tuple[OnnxScorer, OnnxScorer]
+    ) -> None:
+        """Enough windows after 10 s of a 60 s minimum: not finished; at 60 s it is, and passes."""
+        current, candidate = models
+        clock = ManualClock()
+        probation = Probation(
+            candidate,
+            current.manifest,
+            windows=4,
+            max_alert_rate=0.5,
+            alert_margin=0.2,
+            min_s=60.0,
+            clock=clock.monotonic,
+        )
+        features = np.array([[0.1, 0.1, 40.0, 40.0]] * 8)
+        clock.advance(10.0)
+        probation(features, current.score(features))
+        assert 8 == probation.windows
+        assert not probation.finished
+        clock.advance(50.0)
+        assert probation.finished
+        assert probation.failure is None
+
+    def test_a_candidate_slower_than_the_latency_bound_fails_its_probation(
+        self, models: tuple[OnnxScorer, OnnxScorer]
+    ) -> None:
+        """A bound of one microsecond per scoring call: no real onnxruntime call meets it."""
+        current, candidate = models
+        probation = Probation(
+            candidate, current.manifest, windows=4, max_alert_rate=0.5, alert_margin=0.2, max_latency_ms=1e-3
+        )
+        features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
+        probation(features, current.score(features))
+        assert probation.finished
+        assert probation.failure is not None
+        assert probation.failure.startswith("too slow:")
+
+    def test_a_candidate_within_the_latency_bound_passes(self, models: tuple[OnnxScorer, OnnxScorer]) -> None:
+        """The default bound (250 ms per call) holds for a tiny linear model."""
+        current, candidate = models
+        probation = Probation(candidate, current.manifest, windows=4, max_alert_rate=0.5, alert_margin=0.2)
+        features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
+        probation(features, current.score(features))
+        assert probation.finished
+        assert probation.failure is None

@@ -283,7 +283,7 @@ class TestHeartbeat:
         )
         assert ({"id": "m", "version": 4}, "ok", 6.0) == (body["model"], body["drift"], body["uptime_s"])
         assert {"rate_limit_raised": 1} == body["alerts_suppressed"]
-        assert ("1.2", True, "robotpm/v1/s1/r1/heartbeat") == (
+        assert ("1.3", True, "robotpm/v1/s1/r1/heartbeat") == (
             body["schema_version"],
             message.retain,
             message.topic,

@@ -165,6 +165,47 @@ class TestPublishOverTls:
             connect(settings, timeout_s=10)
 
 
+class TestPublishRefuses:
+    def test_publish_refuses_another_channel_than_signed_and_a_key_not_certified_for_it(
+        self, tmp_path: Path, keys: FleetKeys
+    ) -> None:
+        """Agents would refuse either; the trainer says so first and writes nothing."""
+        from tests.signing_keys import release_key
+        from trainer.publish import PublishError
+
+        version_dir = tmp_path / "registry" / "v2"
+        write_linear_model(version_dir, version=2)
+        sign_model_dir(version_dir, keys.private)
+        web = tmp_path / "web"
+        with pytest.raises(PublishError, match="signed for channel 'stable', not 'beta'"):
+            publish(version_dir, channel="beta", base_url="https://x", webroot=web)
+        beta, _ = release_key(tmp_path / "keys", keys.root_private, "beta-key", channels=("beta",))
+        with pytest.raises(PublishError, match="'beta-key' is not certified for channel 'stable'"):
+            publish(version_dir, channel=None, base_url="https://x", webroot=web, signer=ReleaseSigner(beta))
+        assert not web.exists()
+
+    def test_broker_settings_refuse_a_bad_credentials_file_bad_tls_files_and_no_broker(
+        self, tmp_path: Path
+    ) -> None:
+        from trainer.broker import connect
+
+        bad = tmp_path / "credentials"
+        bad.write_text("no colon here\n")
+        with pytest.raises(BrokerError, match="expected 'username:password'"):
+            BrokerSettings.build("127.0.0.1", 1, credentials_file=bad)
+        with pytest.raises(BrokerError, match="cannot read the credentials"):
+            BrokerSettings.build("127.0.0.1", 1, credentials_file=tmp_path / "missing")
+        settings = BrokerSettings.build("127.0.0.1", 1, credentials_file=credentials(tmp_path, "u", "p"))
+        assert ("u", "p") == (settings.username, settings.password)
+        assert "p" not in repr(settings)
+        with pytest.raises(BrokerError, match="cannot load the TLS files"):
+            connect(BrokerSettings("127.0.0.1", 1, ca_file=tmp_path / "missing.pem"))
+        from tests.mosquitto import free_port
+
+        with pytest.raises(BrokerError, match="cannot connect to the broker"):
+            connect(BrokerSettings("127.0.0.1", free_port(), allow_plain=True), timeout_s=5)
+
+
 class TestRollback:
     def _registry(self, tmp_path: Path, keys: FleetKeys) -> Registry:
         registry = Registry(tmp_path / "models", "test-linear")

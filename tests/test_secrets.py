@@ -2,14 +2,16 @@
 
 The agent and its tools are run as subprocesses with secrets configured (an MQTT
 credentials file, a model URL with ``user:password@`` and ``?token=``), driven into
-the paths that log them (a fetch that crashes on a full store, with a traceback), and
-everything they wrote is searched for the secret strings.
+the paths that log them (a fetch that fails on a full store; a logged exception and an
+uncaught crash in both renderers), and everything they wrote is searched for the
+secret strings.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,10 +143,10 @@ class TestAgentOutput:
     ) -> None:
         """Run, status, check and robotpm-alerts with secrets configured: no secret in any output or file.
 
-        The agent logs in with a credentials file (no TLS: the broker is on loopback), follows a model channel
-        whose retained announcement names a URL with a password and a token, and its fetch
-        crashes on the full store: a logged traceback that once showed the announcement in
-        the frame's locals.
+        The agent logs in with a credentials file (no TLS: the broker is on loopback), follows a model
+        channel whose retained announcement names a URL with a password and a token, and its fetch
+        fails on the full store: once a crash whose logged traceback showed the announcement in the
+        frame's locals, now a reported failure naming the URL (its secrets masked).
         """
         credentials = tmp_path / "mqtt-credentials"
         credentials.write_text(f"robot:{MQTT_PASSWORD}\n")
@@ -181,7 +183,7 @@ class TestAgentOutput:
         process = spawn_agent(config, agent_out)
         try:
             deadline = time.monotonic() + 60
-            while b"model_fetch_crashed" not in agent_out.read_bytes():
+            while not re.search(rb"model_fetch_(crashed|failed)", agent_out.read_bytes()):
                 assert process.poll() is None, agent_out.read_text()
                 assert time.monotonic() < deadline, agent_out.read_text()
                 time.sleep(0.05)
@@ -192,7 +194,8 @@ class TestAgentOutput:
                 process.kill()
                 process.wait()
         run_output = agent_out.read_text()
-        assert "No space left on device" in run_output, "the crash and its cause are still reported"
+        assert "No space left on device" in run_output, "the failure and its cause are still reported"
+        assert "127.0.0.1:9/bundles/test-linear-v9.tar" in run_output, "the URL was logged, masked"
 
         outputs = {"run": run_output}
         for command in (["status"], ["check"]):

@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -367,6 +368,49 @@ class TestReload:
         assert candidate is not None
         assert 2 == candidate.manifest.version
 
+    def test_sighup_with_a_new_trusted_keys_directory_admits_a_model_of_its_root_without_a_restart(
+        self, tmp_path: Path, keys: Keys
+    ) -> None:
+        """A new root through SIGHUP, in the real agent process.
+
+        v2 of the 'stranger' root is refused; the config is changed to name a directory with both
+        roots, SIGHUP, and the same process verifies v2 and swaps it in.
+        """
+        import signal as signals
+
+        from tests.agent_process import spawn_agent
+        from tests.mosquitto import free_port
+
+        (tmp_path / "logs").mkdir()
+        write_linear_model(tmp_path / "bundled", version=1)
+        both = tmp_path / "trusted-both"
+        both.mkdir()
+        shutil.copy(keys.trusted / "root.pub", both)
+        shutil.copy(tmp_path / "stranger" / "offline" / "stranger-root.pub", both)
+        config = tmp_path / "config.toml"
+
+        def write_config(trusted: Path) -> None:
+            text = agent_config(port=free_port(), model={"trusted_keys": trusted, "probation_windows": 0})
+            (tmp_path / "config.new").write_text(text)
+            (tmp_path / "config.new").replace(config)
+
+        write_config(keys.trusted)
+        write_linear_model(tmp_path / "build" / "v2", version=2)
+        sign_model_dir(tmp_path / "build" / "v2", keys.stranger)
+        (tmp_path / "store").mkdir()
+        os.rename(tmp_path / "build" / "v2", tmp_path / "store" / "v2")
+        output = tmp_path / "agent.out"
+        process = spawn_agent(config, output)
+        try:
+            _wait_for_line(output, process, lambda e: "not a trusted root key" in str(e.get("reason")))
+            write_config(both)
+            process.send_signal(signals.SIGHUP)
+            _wait_for_line(output, process, lambda e: e.get("event") == "trusted_keys_reloaded")
+            _wait_for_line(output, process, lambda e: e.get("event") == "model_live" and "@2" in str(e))
+        finally:
+            process.terminate()
+            process.wait(30)
+
     def test_one_reload_reaches_the_fetcher_as_well_as_the_slot(self, tmp_path: Path, keys: Keys) -> None:
         """The fetcher and the slot of one config share their keyring: a SIGHUP reload reaches both."""
         from agent.contract.announcement import ModelAnnouncement
@@ -569,6 +613,24 @@ class TestDaemon:
             assert {1, 2} == {a["model"]["version"] for a in harness.alerts()}  # type: ignore[index]
         finally:
             harness.close()
+
+
+def _wait_for_line(
+    output: Path, process: subprocess.Popen[bytes], match: Callable[[dict[str, object]], bool]
+) -> None:
+    """Wait (generously) for a JSON log line of the agent that `match` accepts."""
+    deadline = time.monotonic() + 60
+    while True:
+        for line in output.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and match(event):
+                return
+        assert process.poll() is None, output.read_text()[-3000:]
+        assert time.monotonic() < deadline, output.read_text()[-3000:]
+        time.sleep(0.05)
 
 
 def _refused(harness: Harness) -> set[str]:

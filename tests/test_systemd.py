@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.sdnotify import Notifier
 from tests.agent_config import agent_config
 from tests.models import write_linear_model
@@ -134,6 +135,12 @@ class TestUnits:
         assert settings["WorkingDirectory"] == ["/run/robotpm-agent"]
         assert settings["RuntimeDirectory"] == ["robotpm-agent"]
         assert settings["RuntimeDirectoryMode"] == ["0500"]
+        # a bounded open-file limit of its own, not the inherited default (1024)
+        assert settings["LimitNOFILE"] == ["4096"]
+        # the agent's own stop budget ends well before systemd's SIGKILL
+        stop_budget = AgentConfig.model_fields["stop_timeout_s"].default
+        assert settings["TimeoutStopSec"] == ["30s"]
+        assert stop_budget + 10 <= 30
 
     def test_timer_starts_the_trainer_service(self) -> None:
         """The timer runs the oneshot trainer nightly and catches up on missed runs."""

@@ -132,7 +132,7 @@ def publish(
     """
     if broker is not None:
         broker.check()
-    bundle, manifest = write_bundle(version_dir, webroot, revocations=revocations)
+    manifest = verified_manifest(version_dir, PublishError)
     channel = channel or manifest.channel
     if channel != manifest.channel:
         raise PublishError(
@@ -141,6 +141,7 @@ def publish(
         )
     if signer is not None and not signer.certificate.allows(channel):
         raise PublishError(f"release key {signer.key_id!r} is not certified for channel {channel!r}")
+    bundle, manifest = write_bundle(version_dir, webroot, revocations=revocations)
     try:
         announcement = announcement_for(bundle, manifest, channel, base_url)
     except ValueError as exc:

@@ -20,8 +20,8 @@ from agent.contract.manifest import Severity
 ALERT_SCHEMA_VERSION: Final = "1.1"
 """1.1 added the optional ``contributors`` (the model's own attribution); 1.0 events still parse."""
 PRESENCE_SCHEMA_VERSION: Final = "1.0"
-HEARTBEAT_SCHEMA_VERSION: Final = "1.2"
-"""1.1 added ``model_candidate`` and ``model_events``, 1.2 ``drift_streams``; older heartbeats still parse."""
+HEARTBEAT_SCHEMA_VERSION: Final = "1.3"
+"""1.1 added ``model_candidate`` and ``model_events``, 1.2 ``drift_streams``, 1.3 ``faults``; older parse."""
 OPEN_ALERTS_SCHEMA_VERSION: Final = "1.0"
 DRIFT_SCHEMA_VERSION: Final = "1.0"
 
@@ -149,7 +149,9 @@ class StreamDrift(_Message):
 class Heartbeat(_Message):
     """Periodic counters on ``…/<robot>/heartbeat``."""
 
-    schema_version: Literal["1.0", "1.1", "1.2"] = HEARTBEAT_SCHEMA_VERSION  # older from agents not upgraded
+    schema_version: Literal["1.0", "1.1", "1.2", "1.3"] = (
+        HEARTBEAT_SCHEMA_VERSION  # older from agents not upgraded
+    )
     robot_id: str
     site: str
     sent_at: datetime
@@ -177,11 +179,18 @@ class Heartbeat(_Message):
     model_events: dict[str, int] = Field(
         default_factory=dict,
         description="Model life-cycle events since the agent started, by state: 'probation', 'rolled_back',"
-        " 'rejected' (each also sent, not retained, on …/model).",
+        " 'rejected', 'expired' (each also sent, not retained, on …/model).",
     )
     drift_streams: dict[str, StreamDrift] = Field(
         default_factory=dict,
         description="Drift per stream (details in the reports on …/drift); 'drift' is the worst.",
+    )
+    faults: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the agent runs degraded under, each with a one-line reason, by what it concerns: "
+        "'stream:<name>' (failing, skipped, directory missing), 'disk' (full: reading paused, nothing lost), "
+        "'state' (a damaged state file moved aside), 'model:<directory>' (skipped: it killed the agent), "
+        "'start'. Empty when all is well.",
     )
 
 

@@ -12,8 +12,8 @@ that carries one (`Keyring.accept_revocations`); the newest verified list (highe
 ``version``) wins and is persisted in the model store, so a revocation once seen survives
 restarts and cannot be undone by replaying an older list.
 
-**Reloading.** `Keyring.reload` reads the directory again (the daemon calls it on SIGHUP, via
-`agent.models.watch.ModelWatcher.reload_keys`): keys added or removed take effect for the next
+**Reloading.** `Keyring.reload` reads the directory (or a new one) again (on SIGHUP, through
+`agent.models.slot.ModelSlot.reload_trusted_keys`): keys added or removed take effect for the next
 verification, without a restart. A directory that has become unusable leaves the keys as
 they were and raises `ConfigError`. `Keyring.shared` gives every part of the agent that
 verifies (the model slot, the fetcher) one keyring per directory, so one reload reaches all.
@@ -139,14 +139,20 @@ class Keyring:
             ring._take(fresh)
         return ring
 
-    def reload(self) -> None:
-        """Read the directory again and take its roots and revocations; the old state stays on error."""
-        if self._directory is None:
+    def reload(self, directory: Path | None = None) -> None:
+        """Read the directory (or a new `directory`) again and take its roots and revocations.
+
+        The old state stays, and `ConfigError` is raised, when it is unusable.
+        """
+        directory = directory or self._directory
+        if directory is None:
             return
         previous = self.root_ids
-        self._take(Keyring.load(self._directory, self._state_file))
+        self._take(Keyring.load(directory, self._state_file))
+        self._directory = directory
         log.info(
             "trusted_keys_reloaded",
+            directory=str(directory),
             roots=list(self.root_ids),
             previous=list(previous),
             revocations=self._revocations.version if self._revocations else 0,

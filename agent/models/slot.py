@@ -40,14 +40,14 @@ from typing import Literal
 import structlog
 
 from agent.config import ModelConfig
-from agent.contract.errors import ContractError
+from agent.contract.errors import ConfigError, ContractError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest
 from agent.errors import ModelError, ModelLoadError, ModelRejectedError
 from agent.models.probe import ProbeLimits, probe_model
 from agent.models.scorer import OnnxScorer
 from agent.models.store import Fingerprint, ModelStore, prune_plan
-from agent.models.verify import ModelVerifier
-from agent.seams import Scorer
+from agent.models.verify import ModelVerifier, check_expiry
+from agent.seams import LoadGuard, Scorer
 
 log = structlog.get_logger("robotpm.model")
 
@@ -76,8 +76,11 @@ class ModelSlot:
     keys, so a bad ``trusted_keys`` directory raises `ConfigError` here, at start.
     """
 
-    def __init__(self, config: ModelConfig, verifier: ModelVerifier | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, verifier: ModelVerifier | None = None, *, guard: LoadGuard | None = None
+    ) -> None:
         self._config = config
+        self._guard = guard  # told of every store model load; may refuse one (agent.crashguard)
         self._store = ModelStore(config.directory, config.store_max_bytes)
         self._verifier = verifier if verifier is not None else ModelVerifier.from_config(config)
         if self._verifier.keys is not None:
@@ -88,9 +91,11 @@ class ModelSlot:
         self._offered_version = 0
         self._refused: dict[Fingerprint, Verdict] = {}  # refused content → which check refused it
         self._versions: dict[Fingerprint, int] = {}  # verified manifests, by file stamps
+        self._manifests: dict[Fingerprint, ModelManifest] = {}  # the same, for their expiry
         self._offered: dict[int, tuple[OnnxScorer, Path, Fingerprint]] = {}  # by id(scorer)
         self._lock = threading.Lock()  # short sections only: the loop must never wait for a load
         self._refusals: list[Refusal] = []
+        self._rescan: threading.Event | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -118,6 +123,7 @@ class ModelSlot:
         self,
         max_version: int | None = None,
         unfit: Callable[[ModelManifest], str | None] | None = None,
+        running: int | None = None,
     ) -> OnnxScorer:
         """Load the newest usable model in the store, else the bundled one.
 
@@ -127,11 +133,33 @@ class ModelSlot:
         `unfit` says why a verified model cannot serve here (e.g. channels the streams do
         not map); such a store model is refused and the next one tried, so a bad newest
         model cannot make the agent crash-loop. The bundled model being unfit is an error.
+
+        An expired model is never passed over silently for an older one: with
+        ``on_expiry = "keep_serving"`` the version that ran before (`running`; on a first
+        start, the newest) loads although expired; otherwise it is refused and reported.
         """
         self._store.recover()
+        policy = self._config.on_expiry
         found = [c for c in self._candidates() if max_version is None or c[1] <= max_version]
-        for directory, _ in sorted(found, key=lambda c: c[1], reverse=True):
-            scorer = self._try_load(directory)
+        for index, (directory, version, expired) in enumerate(
+            sorted(found, key=lambda c: c[1], reverse=True)
+        ):
+            if expired is not None:
+                keep = policy == "keep_serving" and (
+                    version == running if running is not None else index == 0
+                )
+                if not keep:
+                    fingerprint = self._store.fingerprint(directory)
+                    self._refuse(
+                        directory,
+                        fingerprint,
+                        f"{expired} (on_expiry = {policy})",
+                        self._manifests.get(fingerprint),
+                        kind="signature",
+                    )
+                    continue
+                log.warning("model_expired_kept", source=str(directory), reason=expired)
+            scorer = self._try_load(directory, allow_expired=expired is not None)
             if scorer is None:
                 continue
             reason = unfit(scorer.manifest) if unfit is not None else None
@@ -163,9 +191,14 @@ class ModelSlot:
     def poll(self) -> OnnxScorer | None:
         """A verified scorer for a version newer than the current one, or None."""
         floor = max(self._current.manifest.version if self._current else 0, self._offered_version)
-        newer = [(d, v) for d, v in self._candidates() if v > floor]
-        for directory, _ in sorted(newer, key=lambda c: c[1], reverse=True):
+        newer = [(d, v, expired) for d, v, expired in self._candidates() if v > floor]
+        for directory, _, expired in sorted(newer, key=lambda c: c[1], reverse=True):
             fingerprint = self._store.fingerprint(directory)
+            if expired is not None:  # never offered; the running model is judged by on_expiry
+                with self._lock:
+                    manifest = self._manifests.get(fingerprint)
+                self._refuse(directory, fingerprint, expired, manifest, kind="signature")
+                continue
             scorer = self._try_load(directory)
             if scorer is not None:
                 with self._lock:
@@ -189,6 +222,24 @@ class ModelSlot:
             # Lower the floor again, so the same version with changed files is offered once more.
             self._offered_version = self._current.manifest.version if self._current else 0
         log.warning("model_refused", source=str(directory), reason=reason)
+
+    def mark_bad(self, version: int, sha256: str, reason: str) -> None:
+        """Refuse the store model of `version` with `sha256` on disk (it took the agent down)."""
+        for directory, found, _ in self._candidates():
+            if found != version:
+                continue
+            try:
+                manifest = self._verifier.verify_manifest(directory, expiry=False).manifest
+            except (ContractError, ModelError):
+                continue
+            if manifest.sha256 != sha256:
+                continue
+            fingerprint = self._store.fingerprint(directory)
+            self._refuse(directory, fingerprint, reason, manifest)
+            try:
+                self._store.remember_refusal(fingerprint, reason)
+            except OSError as exc:  # still refused in memory for this run
+                log.warning("model_refusal_not_saved", source=str(directory), error=str(exc))
 
     def take_refusals(self) -> list[Refusal]:
         """The store models refused since the last call (thread-safe)."""
@@ -216,9 +267,30 @@ class ModelSlot:
 
         Raises `ConfigError` (keys unchanged) when the directory has become unusable.
         """
-        self._verifier.reload_keys()
+        self.reload_trusted_keys(self._config)
+
+    def reload_trusted_keys(self, config: ModelConfig) -> None:
+        """Take the trusted keys of `config` (a reloaded config file: SIGHUP), read afresh.
+
+        Call it on every reload, not only when the path changed: keys are added to and revoked
+        in the same directory. Models refused for their signature are looked at again (the
+        watcher is woken). `ConfigError`, keys unchanged, when the directory is unusable or
+        signatures would be turned on or off (that needs a restart).
+        """
+        if (config.trusted_keys is None) != (self._verifier.keys is None):
+            raise ConfigError(
+                "config", "agent.model.trusted_keys", "turning signatures on or off takes a restart"
+            )
+        self._verifier.reload_keys(config.trusted_keys)
+        self._config = self._config.model_copy(update={"trusted_keys": config.trusted_keys})
         with self._lock:
             self._refused = {fp: kind for fp, kind in self._refused.items() if kind != "signature"}
+        if self._rescan is not None:
+            self._rescan.set()
+
+    def rescan_with(self, wakeup: threading.Event) -> None:
+        """Set `wakeup` whenever the store should be looked at again (the model watcher's event)."""
+        self._rescan = wakeup
 
     def prune(self) -> list[Path]:
         """Delete the store entries `agent.models.store.prune_plan` names; returns them."""
@@ -233,39 +305,49 @@ class ModelSlot:
             self._store.remove(path)
         return doomed
 
-    def _candidates(self) -> list[tuple[Path, int]]:
-        found: list[tuple[Path, int]] = []
+    def _candidates(self) -> list[tuple[Path, int, str | None]]:
+        """Verified store entries: directory, version, and why it has expired (None: it has not)."""
+        found: list[tuple[Path, int, str | None]] = []
         seen: dict[Fingerprint, int] = {}
+        manifests = dict(self._manifests)
         for child in self._store.entries():
             fingerprint = self._store.fingerprint(child)
             if fingerprint in self._refused:
                 continue
-            version = self._versions.get(fingerprint)
-            if version is None:
+            known = self._versions.get(fingerprint)
+            if known is None:
                 try:
-                    version = self._verifier.verify_manifest(child).manifest.version
+                    manifest = self._verifier.verify_manifest(child, expiry=False).manifest
                 except (ContractError, ModelError) as exc:
                     self._refuse(child, fingerprint, str(exc), kind="signature")
                     continue
-                self._raise_floor(version)
-            seen[fingerprint] = version
-            found.append((child, version))
+                self._raise_floor(manifest.version)
+                known = manifest.version
+                manifests[fingerprint] = manifest
+            expired = _expired(child, manifests.get(fingerprint))
+            seen[fingerprint] = known
+            found.append((child, known, expired))
         with self._lock:
             self._versions = seen
+            self._manifests = {fp: m for fp, m in manifests.items() if fp in seen}
         return found
 
-    def _try_load(self, directory: Path) -> OnnxScorer | None:
+    def _try_load(self, directory: Path, *, allow_expired: bool = False) -> OnnxScorer | None:
         fingerprint = self._store.fingerprint(directory)
         remembered = self._store.remembered_refusal(fingerprint)
         if remembered is not None:
             self._refuse(directory, fingerprint, f"{remembered} (remembered from an earlier check)")
             return None
         try:
-            verified = self._verifier.verify_manifest(directory)
+            verified = self._verifier.verify_manifest(directory, expiry=not allow_expired)
         except (ContractError, ModelError) as exc:
             self._refuse(directory, fingerprint, str(exc), kind="signature")
             return None
         manifest, remember = verified.manifest, True
+        refusal = self._guard.before_load(directory) if self._guard is not None else None
+        if refusal is not None:  # the agent died loading it before (agent.crashguard)
+            self._refuse(directory, fingerprint, refusal, manifest)
+            return None
         try:
             model = self._verifier.check_content(verified)
             if self._limits is not None:
@@ -287,6 +369,9 @@ class ModelSlot:
             if remember:
                 self._store.remember_refusal(fingerprint, str(exc))
             return None
+        finally:
+            if self._guard is not None and refusal is None:
+                self._guard.after_load(directory)
         log.info("model_verified", model=manifest.label, source=str(directory))
         return scorer
 
@@ -309,6 +394,17 @@ class ModelSlot:
             self._refused[fingerprint] = kind
             self._refusals.append(Refusal(directory, reason, manifest))
         log.warning("model_refused", source=str(directory), reason=reason)
+
+
+def _expired(directory: Path, manifest: ModelManifest | None) -> str | None:
+    """Why `manifest` has expired by now, or None (also when it is not known)."""
+    if manifest is None:
+        return None
+    try:
+        check_expiry(manifest, source=str(directory))
+    except ModelRejectedError as exc:
+        return str(exc)
+    return None
 
 
 def release_freed_memory() -> None:

@@ -123,17 +123,23 @@ class ModelVerifier:
         """The largest ``model.onnx`` accepted."""
         return self._max_model_bytes
 
-    def reload_keys(self) -> None:
-        """Read ``trusted_keys`` again (see `Keyring.reload`); `ConfigError` leaves the keys as they were."""
+    def reload_keys(self, directory: Path | None = None) -> None:
+        """Read ``trusted_keys`` (or a new `directory`) again (`Keyring.reload`); `ConfigError` keeps them."""
         if self._keys is not None:
-            self._keys.reload()
+            self._keys.reload(directory)
 
     def read_manifest(self, model_dir: Path, *, now: datetime | None = None) -> ModelManifest:
         """The manifest of `model_dir` after steps 1 and 2 (signature, then parse, key, channel, expiry)."""
         return self.verify_manifest(model_dir, now=now).manifest
 
-    def verify_manifest(self, model_dir: Path, *, now: datetime | None = None) -> VerifiedManifest:
-        """Steps 1 and 2 of the module docstring: the signature, then the parsed manifest."""
+    def verify_manifest(
+        self, model_dir: Path, *, now: datetime | None = None, expiry: bool = True
+    ) -> VerifiedManifest:
+        """Steps 1 and 2 of the module docstring: the signature, then the parsed manifest.
+
+        ``expiry=False`` leaves the manifest's own expiry to the caller (`check_expiry`); the
+        signing key's expiry is checked regardless.
+        """
         path = model_dir / MANIFEST_FILE
         data = _read_capped(path, MAX_MANIFEST_BYTES)
         signer = None
@@ -147,7 +153,8 @@ class ModelVerifier:
                     f"{signer.key_id!r} signed it"
                 )
             signer.check_channel(manifest.channel, str(model_dir))
-        check_expiry(manifest, source=str(model_dir), now=now)
+        if expiry:
+            check_expiry(manifest, source=str(model_dir), now=now)
         return VerifiedManifest(model_dir, manifest, data, signer)
 
     def check_content(self, verified: VerifiedManifest) -> VerifiedModel:

@@ -54,6 +54,7 @@ class ModelWatcher:
         self._ready: OnnxScorer | None = None
         self._trim = False
         self._thread: threading.Thread | None = None
+        slot.rescan_with(self._wake)
         config = slot.config
         self._inbox = (
             Inbox(
@@ -103,7 +104,6 @@ class ModelWatcher:
         except ConfigError as exc:
             log.error("trusted_keys_reload_failed", error=str(exc))
             return False
-        self._wake.set()
         return True
 
     def stop(self) -> None:

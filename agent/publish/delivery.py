@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
 import structlog
 
-from agent.errors import PublishError
+from agent.errors import PublishError, StateError
 from agent.outbox import Outbox
 from agent.seams import Clock, SystemClock, Transport
+from agent.state import is_disk_full
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +38,10 @@ class Delivery:
     A broker that answers a PUBACK with a failure reason code (MQTT 5, e.g. not
     authorised or quota exceeded) does not delete the row: it is sent again after
     a few seconds and counted in `rejected`.
+
+    On a full disk delivery goes on: rows are read and sent as usual, and the rows
+    acknowledged meanwhile are deleted once there is room again (a restart before
+    that sends them once more, with the same key).
     """
 
     def __init__(
@@ -47,6 +59,7 @@ class Delivery:
         self._clock = clock or SystemClock()
         self._reject_retry_s = reject_retry_s
         self._inflight: dict[int, int] = {}  # token -> row id
+        self._acked: list[int] = []  # row ids acknowledged, not yet deleted (a full disk)
         self._cursor = 0  # highest row id handed to the transport
         self._hold_until = 0.0
         self._next_expire = 0.0
@@ -61,15 +74,19 @@ class Delivery:
 
     def pump(self) -> int:
         """Delete acknowledged rows, then hand pending rows to the transport; returns rows delivered."""
-        acked = [
+        self._acked.extend(
             self._inflight.pop(token) for token in self._transport.take_acks() if token in self._inflight
-        ]
-        delivered = self._outbox.delete(acked) if acked else 0
+        )
+        delivered = 0
+        if self._acked:
+            gone = self._unless_disk_full(lambda: self._outbox.delete(self._acked))
+            if gone is not None:
+                delivered, self._acked = gone, []
         self._retry_rejected()
         now = self._clock.monotonic()
         if now >= self._next_expire:
             self._next_expire = now + _EXPIRE_EVERY_S
-            self._outbox.expire()
+            self._unless_disk_full(self._outbox.expire)
         if now >= self._hold_until and self._transport.connected:
             self._send_more()
         self.delivered += delivered
@@ -116,7 +133,8 @@ class Delivery:
             except PublishError as exc:
                 # A message the transport can never take (e.g. larger than the broker allows)
                 # must not block every row behind it, nor crash-loop the agent on restart.
-                self._outbox.drop([row.id], f"{row.message.kind}:unpublishable")
+                reason = f"{row.message.kind}:unpublishable"
+                self._unless_disk_full(partial(self._outbox.drop, [row.id], reason))
                 self._cursor = max(self._cursor, row.id)
                 log.error("outbox_row_unpublishable", key=row.message.key, error=str(exc))
                 continue
@@ -126,6 +144,16 @@ class Delivery:
             self._inflight[token] = row.id
             self._cursor = max(self._cursor, row.id)
             room -= 1
+
+    def _unless_disk_full(self, write: Callable[[], T]) -> T | None:
+        """`write()`, or None when the disk is full (it is tried again later); other errors raise."""
+        try:
+            return write()
+        except (StateError, sqlite3.Error) as exc:
+            if not is_disk_full(exc, self._outbox.store.path.parent):
+                raise
+            log.warning("outbox_write_deferred", reason="disk full", acknowledged=len(self._acked))
+            return None
 
     def _retry_rejected(self) -> None:
         tokens = self._transport.take_rejected()

@@ -112,13 +112,14 @@ def heartbeat_record(
     model_candidate: ModelRef | None = None,
     model_events: Mapping[str, int] | None = None,
     drift_streams: Mapping[str, StreamDrift] | None = None,
+    faults: Mapping[str, str] | None = None,
 ) -> Heartbeat:
     """A complete heartbeat: pipeline counters, outbox depth, age, size and drops, model, drift.
 
     ``counters`` holds ``lines``, ``windows``, ``alerts`` and ``quarantined`` (missing
     ones count as 0); ``suppressed`` the policy's held-back events by reason;
     ``model_candidate`` a model on probation; ``model_events`` model life-cycle events by state;
-    ``drift_streams`` each stream's `drift_summary`.
+    ``drift_streams`` each stream's `drift_summary`; ``faults`` what the agent runs degraded under.
     """
     return Heartbeat(
         robot_id=robot_id,
@@ -140,6 +141,7 @@ def heartbeat_record(
         model_candidate=model_candidate,
         model_events=dict(model_events or {}),
         drift_streams=dict(drift_streams or {}),
+        faults=dict(faults or {}),
     )
 
 
@@ -258,7 +260,9 @@ class ModelStatus(BaseModel):
     ``active`` (retained) names the model the robot runs, and since when. ``probation``,
     ``rolled_back`` and ``rejected`` are not retained events about another model: one on
     probation (shadow-scored, not driving alerts), one that failed its probation, one the
-    store offered and the agent refused; ``detail`` says why. A refused model whose
+    store offered and the agent refused; ``expired`` is about the running model, which has
+    passed its ``expires`` (it keeps serving, or a start falls back: ``detail`` says which);
+    ``detail`` says why. A refused model whose
     manifest cannot be read has no model fields; ``source`` names its store directory.
     """
 
@@ -267,7 +271,7 @@ class ModelStatus(BaseModel):
     schema_version: Literal["1.1"] = MODEL_STATUS_SCHEMA_VERSION
     robot_id: str
     site: str
-    state: Literal["active", "probation", "rolled_back", "rejected"] = "active"
+    state: Literal["active", "probation", "rolled_back", "rejected", "expired"] = "active"
     model: ModelRef | None = None
     feature_spec_hash: str | None = None
     sha256: str | None = None
@@ -343,12 +347,12 @@ def model_event_message(
     site: str,
     manifest: ModelManifest | None,
     *,
-    state: Literal["probation", "rolled_back", "rejected"],
+    state: Literal["probation", "rolled_back", "rejected", "expired"],
     since: float,
     detail: str = "",
     source: str | None = None,
 ) -> OutboundMessage:
-    """A probation / rolled_back / rejected status: QoS 1, NOT retained, on ``…/model``.
+    """A probation / rolled_back / rejected / expired status: QoS 1, NOT retained, on ``…/model``.
 
     The retained message on that topic keeps naming the model the robot runs. The key
     is unique per event (state, model or source, time), so the outbox neither replaces

@@ -229,7 +229,8 @@ class StreamPipeline:
     def set_shadow(self, hook: ShadowHook | None) -> None:
         """Hand every scored window batch to `hook` too (None: stop); alerts still come from the scorer.
 
-        The daemon sets it for a model on probation; it needs the same feature spec as the scorer.
+        The daemon sets it for a model on probation; it also sees every block's parsed samples,
+        from which a candidate with another feature spec cuts its own windows.
         """
         self._shadow = hook
 
@@ -266,6 +267,8 @@ class StreamPipeline:
             self._shortest_line = shortest
         newest = float(batch.timestamps.max())
         self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
+        if self._shadow is not None:
+            self._shadow.samples(self.stream, self._schema.canonical_channels, batch.timestamps, batch.values)
         timestamps, values, starts, ends = self.sampling.take(
             batch.timestamps, batch.values[:, self._column_order], batch.starts, batch.ends
         )  # on the model's grid when the stream resamples
@@ -327,7 +330,13 @@ class StreamPipeline:
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
-        """Resume from a `state` saved earlier (None: start fresh)."""
+        """Resume from a `state` saved earlier (None: start fresh); what the pipeline held is dropped.
+
+        The stream runner also calls it to rewind a stream to its last committed state.
+        """
+        self._featurizer = StreamingFeaturizer(self._scorer.manifest.feature_spec)
+        self._meta = _Meta.empty()
+        self._last_ts = None
         if not state:
             self._policy.restore(None)
             return

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel
 
@@ -42,6 +42,11 @@ from agent.technician.reports import (
 )
 from agent.technician.shelving import ShelveRequest, ShelveResult
 from agent.technician.views import ShelveReport
+
+if TYPE_CHECKING:
+    _Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time, where the API docs (pdoc) evaluate annotations
+    _Subcommands = argparse._SubParsersAction
 
 EXIT_OK: Final = 0
 EXIT_DEGRADED: Final = 1
@@ -89,7 +94,7 @@ def parse_since(text: str, now: float) -> float:
 
 
 def add_commands(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: _Subcommands,
     common: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Register the technician subcommands; `common` adds --config and --profile."""

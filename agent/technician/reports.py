@@ -13,6 +13,7 @@ from typing import Any, Final
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ChannelContribution
 from agent.contract.errors import RobotPMError
+from agent.health import HEALTH_FILE, current_health
 from agent.journal import (
     JournalEntry,
     OpenAlert,
@@ -181,22 +182,35 @@ def status_report(config: AgentConfig, now: float) -> StatusReport:
             age = round(age_s(control.status, now), 3)
     except (OSError, ValueError) as exc:
         reasons.append(f"status file unreadable: {exc}")
-    with read_only(config) as conn:
-        shelves = shelves_in(conn)
-        opened = open_views(conn, shelves)
+    shelves: list[Shelf] = []
+    opened: tuple[OpenAlertView, ...] = ()
+    try:
+        with read_only(config) as conn:
+            shelves = shelves_in(conn)
+            opened = open_views(conn, shelves)
+    except RobotPMError as exc:  # e.g. a full disk: SQLite cannot even open it to read; say so, go on
+        reasons.append(str(exc))
     running = agent is not None and age is not None and agent.state == "running" and not is_stale(agent, age)
-    if agent is None and not reasons:
-        reasons.append(f"no status file at {control.status}: the agent has not run with this config")
-    elif agent is not None and agent.state == "stopped":
-        reasons.append(f"the agent stopped at {_iso(agent.written_at)}")
-    elif agent is not None and not running:
-        reasons.append(
-            f"the status file is {age:.0f} s old (refreshed every {agent.refresh_s:g} s): not running"
-        )
+    # The daemon's own health record is written in place, so it stays fresh on a full disk (when the
+    # status file cannot be replaced) and while a start waits; it names every fault (agent.health).
+    health = current_health(config.state_dir / HEALTH_FILE, now)
+    if health is None:
+        if agent is None and not reasons:
+            reasons.append(f"no status file at {control.status}: the agent has not run with this config")
+        elif agent is not None and agent.state == "stopped":
+            reasons.append(f"the agent stopped at {_iso(agent.written_at)}")
+        elif agent is not None and not running:
+            reasons.append(
+                f"the status file is {age:.0f} s old (refreshed every {agent.refresh_s:g} s): not running"
+            )
     disk = disk_status(config.state_dir if config.state_dir.exists() else config.state_dir.parent)
     verdict: Verdict
-    if running and agent is not None:
-        reasons.extend(_degraded(agent, disk))
+    if (running and agent is not None) or health is not None:
+        if running and agent is not None:
+            reasons.extend(_degraded(agent, disk))
+        for key, reason in dict((health or {}).get("faults") or {}).items():
+            if not (running and key.startswith("stream:")):  # the status file names those already
+                reasons.append(f"{key}: {reason}")
         verdict = "degraded" if reasons else "healthy"
     else:
         verdict = "not_running"

@@ -1,7 +1,7 @@
 """IsolationForest as one compact ONNX graph: a single TreeEnsembleRegressor, then ``2^(-E[h]/c)``.
 
 skl2onnx's graph for IsolationForest runs about 3× slower than scikit-learn at batch
-4096 and loads in ~280 ms (DESIGN.md, known pitfalls). Here every isolation tree
+4096 and loads in ~280 ms (docs/design.md, known pitfalls). Here every isolation tree
 becomes part of one ``ai.onnx.ml.TreeEnsembleRegressor`` whose leaf values are the
 leaf's path length plus the average path length of its unsplit samples
 (``_decision_path_lengths + _average_path_length_per_tree - 1``, as scikit-learn
