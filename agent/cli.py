@@ -161,7 +161,7 @@ class ReaderSafeStream:
         except BrokenPipeError:
             self.reader_gone = True
             with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
+                devnull = os.open(os.devnull, os.O_WRONLY | os.O_NONBLOCK)
                 os.dup2(devnull, self._stream.fileno())
                 os.close(devnull)
         except OSError:

@@ -282,7 +282,7 @@ def _sqlite_code(exc: sqlite3.Error) -> int | None:
 
 
 def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    fd = os.open(directory, os.O_RDONLY | os.O_NONBLOCK)
     try:
         os.fsync(fd)
     finally:

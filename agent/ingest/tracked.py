@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from typing import TYPE_CHECKING
 
 from agent.ingest.identity import (
@@ -183,13 +184,21 @@ def new_key(dev: int, ino: int) -> str:
 
 
 def open_file(path: str) -> tuple[int, os.stat_result] | None:
-    """Open a file for reading and stat it; None if it vanished or cannot be read (the next scan retries)."""
+    """Open a regular file for reading and stat it; None if it vanished, cannot be read or is not regular.
+
+    Opened with O_NONBLOCK, so a FIFO or device node in place of a log file cannot block the
+    loop in ``open()``; it is refused after fstat (the next scan looks again).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        return fd, os.fstat(fd)
+        status = os.fstat(fd)
     except OSError:
         os.close(fd)
         return None
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        return None
+    return fd, status

@@ -179,7 +179,7 @@ def safe_extract(bundle: Path, destination: Path, max_bytes: int) -> list[str]:
 
 def _copy_new(source: IO[bytes], path: Path, size: int) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, 0o644)
         with os.fdopen(fd, "wb") as out:
             remaining = size
             while remaining > 0:

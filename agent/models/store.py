@@ -300,7 +300,7 @@ def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
 def fsync_directory(path: Path) -> None:
     """Make a file, or the renames and creations in a directory, durable (best effort where refused)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         try:
             os.fsync(fd)
         finally:

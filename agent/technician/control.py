@@ -135,7 +135,7 @@ class ControlDir:
 def write_atomic(path: Path, body: bytes, mode: int = FILE_MODE) -> Path:
     """Write `body` to a hidden file beside `path`, fsync, then rename it over `path`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
     try:
         os.fchmod(fd, mode)  # the unit's UMask=0077 would hide it from the group
         view = memoryview(body)
