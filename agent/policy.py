@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -96,17 +96,7 @@ class _OpenAlert:
     clear_threshold: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "alert_id": self.alert_id,
-            "severity": self.severity,
-            "model_id": self.model_id,
-            "model_version": self.model_version,
-            "model_label": self.model_label,
-            "raised_index": self.raised_index,
-            "last_event_time": self.last_event_time,
-            "last_score": self.last_score,
-            "clear_threshold": self.clear_threshold,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _OpenAlert:
@@ -132,13 +122,7 @@ class _HeadState:
     open: _OpenAlert | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "over": self.over,
-            "under": self.under,
-            "pending_level": self.pending_level,
-            "pending": self.pending,
-            "open": None if self.open is None else self.open.to_json(),
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _HeadState:
@@ -163,12 +147,7 @@ class _Counters:
     suppressed: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "raised": self.raised,
-            "updated": self.updated,
-            "cleared": self.cleared,
-            "suppressed": dict(self.suppressed),
-        }
+        return asdict(self)
 
 
 def _severity(value: object) -> Severity:
