@@ -362,13 +362,7 @@ class AlertPolicy:
             return
         if state.get("version") != STATE_VERSION:
             raise ContractError(f"policy state version {state.get('version')!r} is not {STATE_VERSION}")
-        saved = {str(k): _HeadState.from_json(v) for k, v in dict(state.get("heads", {})).items()}
-        for key, head_state in saved.items():
-            if key in self._heads:
-                self._heads[key] = head_state
-            elif head_state.open is not None:
-                component, _, failure_mode = key.partition("/")
-                self._orphans[key] = (component, failure_mode, head_state.open)
+        self._adopt({str(k): _HeadState.from_json(v) for k, v in dict(state.get("heads", {})).items()})
         for key, item in dict(state.get("orphans", {})).items():
             self._orphans[str(key)] = (
                 str(item["component"]),
@@ -389,14 +383,18 @@ class AlertPolicy:
         old = self._heads
         self._manifest = manifest
         self._reset_heads(manifest)
-        for key, head_state in old.items():
+        self._adopt(old)
+
+    # -- internals ------------------------------------------------------------
+
+    def _adopt(self, heads: Mapping[str, _HeadState]) -> None:
+        """Take over the state of the heads the model still has; open alerts of the others are orphans."""
+        for key, head_state in heads.items():
             if key in self._heads:
                 self._heads[key] = head_state
             elif head_state.open is not None:
                 component, _, failure_mode = key.partition("/")
                 self._orphans[key] = (component, failure_mode, head_state.open)
-
-    # -- internals ------------------------------------------------------------
 
     def _reset_heads(self, manifest: ModelManifest) -> None:
         self._heads = {head_key(h.component, h.failure_mode): _HeadState() for h in manifest.heads}
