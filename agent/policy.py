@@ -562,34 +562,19 @@ class AlertPolicy:
         for key, (component, failure_mode, opened) in list(self._orphans.items()):
             if not self._allow(window, "cleared"):
                 continue
-            event_id = derive_event_id(
-                self._robot_id,
-                self._stream,
-                opened.model_label,
-                component,
-                failure_mode,
-                window.index,
-                "cleared",
-            )
             events.append(
-                AlertEvent(
-                    event_id=event_id,
-                    alert_id=opened.alert_id,
-                    robot_id=self._robot_id,
-                    site=self._site,
-                    stream=self._stream,
-                    component=component,
-                    failure_mode=failure_mode,
-                    state="cleared",
-                    severity=None,
-                    score=opened.last_score,
-                    threshold=opened.clear_threshold,
-                    window=window,
-                    model=ModelRef(id=opened.model_id, version=opened.model_version),
-                    top_features=(),
-                    agent_version=self._agent_version,
-                    replayed=replayed,
-                    emitted_at=self._now(),
+                self._stamped(
+                    opened.model_label,
+                    ModelRef(id=opened.model_id, version=opened.model_version),
+                    component,
+                    failure_mode,
+                    "cleared",
+                    None,
+                    opened.last_score,
+                    opened.clear_threshold,
+                    window,
+                    replayed,
+                    opened.alert_id,
                 )
             )
             del self._orphans[key]
@@ -628,14 +613,39 @@ class AlertPolicy:
         alert_id: str | None,
     ) -> AlertEvent:
         manifest = self._manifest
-        event_id = derive_event_id(
-            self._robot_id,
-            self._stream,
+        return self._stamped(
             manifest.label,
+            ModelRef(id=manifest.model_id, version=manifest.version),
             head.component,
             head.failure_mode,
-            window.index,
             state,
+            severity,
+            score,
+            threshold,
+            window,
+            replayed,
+            alert_id,
+            explain(manifest, row, self._config.top_features),
+        )
+
+    def _stamped(
+        self,
+        model_label: str,
+        model: ModelRef,
+        component: str,
+        failure_mode: str,
+        state: AlertState,
+        severity: Severity | None,
+        score: float,
+        threshold: float,
+        window: WindowRef,
+        replayed: bool,
+        alert_id: str | None,
+        top_features: tuple[FeatureContribution, ...] = (),
+    ) -> AlertEvent:
+        """An event of this policy's robot and stream; its id derives from model, head, window and state."""
+        event_id = derive_event_id(
+            self._robot_id, self._stream, model_label, component, failure_mode, window.index, state
         )
         return AlertEvent(
             event_id=event_id,
@@ -643,15 +653,15 @@ class AlertPolicy:
             robot_id=self._robot_id,
             site=self._site,
             stream=self._stream,
-            component=head.component,
-            failure_mode=head.failure_mode,
+            component=component,
+            failure_mode=failure_mode,
             state=state,
             severity=severity,
             score=score,
             threshold=threshold,
             window=window,
-            model=ModelRef(id=manifest.model_id, version=manifest.version),
-            top_features=explain(manifest, row, self._config.top_features),
+            model=model,
+            top_features=top_features,
             agent_version=self._agent_version,
             replayed=replayed,
             emitted_at=self._now(),
