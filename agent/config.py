@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -27,6 +25,7 @@ from pydantic import (
 )
 
 from agent.contract.announcement import BUNDLE_OVERHEAD_BYTES
+from agent.contract.configfile import ConfigSection as _Section
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
 from agent.contract.topics import check_segment
@@ -34,10 +33,6 @@ from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfi
 
 DEFAULT_OP_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 """The operator domains a model may use unless ``agent.model.allowed_op_domains`` says otherwise."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class IngestConfig(_Section):

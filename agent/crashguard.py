@@ -39,6 +39,7 @@ from typing import IO, Any, Final
 
 import structlog
 
+from agent.atomicfile import write_atomically
 from agent.contract.manifest import MANIFEST_FILE
 
 log = structlog.get_logger("robotpm.agent")
@@ -241,7 +242,7 @@ class CrashGuard:
     def _save_memory(self) -> None:
         path = self._dir / MEMORY_FILE
         try:
-            _write_atomically(path, json.dumps(self._memory, indent=1, sort_keys=True).encode())
+            write_atomically(path, json.dumps(self._memory, indent=1, sort_keys=True).encode(), 0o600)
         except OSError as exc:  # a full disk: remembered for this run only
             log.error("crash_memory_not_saved", path=str(path), error=str(exc))
 
@@ -339,19 +340,3 @@ def _model_stamp(directory: Path) -> str:
     except OSError:
         return ""
     return f"{st.st_mtime_ns}:{st.st_size}"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

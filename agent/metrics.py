@@ -15,9 +15,7 @@ metrics must not stop the agent.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import structlog
 
+from agent.atomicfile import write_atomically
 from agent.contract.alerts import Heartbeat, OpenAlerts, StreamDrift
 
 log = structlog.get_logger("robotpm.metrics")
@@ -383,18 +382,13 @@ def write_textfile(path: Path, snapshot: MetricsSnapshot) -> bool:
     A failure is logged when it first happens (and again when its cause changes), a
     recovery once; not on every heartbeat.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.prom: node_exporter skips it
-    try:
-        tmp.write_text(render(snapshot), encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        tmp.replace(path)
+    try:  # the hidden file beside it is not *.prom: node_exporter skips it
+        write_atomically(path, render(snapshot).encode(), 0o644, sync_directory=False)
     except OSError as exc:
         error = exc.strerror or str(exc)
         if _last_errors.get(path) != error:
             _last_errors[path] = error
             log.warning("metrics_not_written", path=str(path), error=error)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         return False
     if _last_errors.pop(path, None) is not None:
         log.info("metrics_written_again", path=str(path))

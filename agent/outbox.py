@@ -115,9 +115,14 @@ class Outbox:
     All methods run on the daemon's thread (the one that owns the store).
     """
 
+    store: Final[StateStore]
+    """The state store that holds the table."""
+    config: Final[OutboxConfig]
+    """The bounds in force."""
+
     def __init__(self, store: StateStore, config: OutboxConfig, clock: Clock) -> None:
-        self._store = store
-        self._config = config
+        self.store = store
+        self.config = config
         self._clock = clock
         self._next_expire = 0.0
         self._enqueue_calls = 0
@@ -128,16 +133,6 @@ class Outbox:
         except sqlite3.Error as exc:
             raise StateError(f"{store.path}: cannot create the outbox: {exc}") from exc
         self._mono_base = clock.monotonic()
-
-    @property
-    def store(self) -> StateStore:
-        """The state store that holds the table."""
-        return self._store
-
-    @property
-    def config(self) -> OutboxConfig:
-        """The bounds in force."""
-        return self._config
 
     def running_s(self) -> float:
         """The outbox clock now: seconds of agent running time with this state file (see the docstring)."""
@@ -178,17 +173,17 @@ class Outbox:
 
     def enqueue_now(self, messages: Sequence[OutboundMessage]) -> None:
         """Store messages in a transaction of their own (telemetry outside the stream loop)."""
-        with self._store.transaction() as conn:
+        with self.store.transaction() as conn:
             self.enqueue(conn, messages)
 
     def expire(self) -> int:
         """Drop rows past their TTL now; returns how many were dropped."""
-        with self._store.transaction() as conn:
+        with self.store.transaction() as conn:
             return self._expire(conn, self._tick(conn))
 
     def pending(self, after_id: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` rows with an id above `after_id`, oldest first."""
-        rows = self._store.connection.execute(
+        rows = self.store.connection.execute(
             "SELECT id, key, kind, topic, payload, qos, retain, created FROM outbox "
             "WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
@@ -220,10 +215,10 @@ class Outbox:
         """
         if not ids:
             return 0
-        raw = self._store.connection
+        raw = self.store.connection
         raw.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._store.transaction() as conn:
+            with self.store.transaction() as conn:
                 cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
                 return max(0, cursor.rowcount)
         finally:
@@ -233,7 +228,7 @@ class Outbox:
         """Drop rows that can never be delivered, counting them under `reason` (``<kind>:<why>``)."""
         if not ids:
             return 0
-        with self._store.transaction() as conn:
+        with self.store.transaction() as conn:
             cursor = conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
             gone = max(0, cursor.rowcount)
             if gone:
@@ -251,17 +246,17 @@ class Outbox:
 
     def oldest_age_s(self) -> float | None:
         """Age of the oldest waiting row (agent running time since it was stored), or None when empty."""
-        row = self._store.connection.execute("SELECT born FROM outbox ORDER BY id LIMIT 1").fetchone()
+        row = self.store.connection.execute("SELECT born FROM outbox ORDER BY id LIMIT 1").fetchone()
         return None if row is None else max(0.0, self.running_s() - float(row[0]))
 
     def depth_by_kind(self) -> dict[str, int]:
         """Rows waiting, per message kind."""
-        rows = self._store.connection.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall()
+        rows = self.store.connection.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall()
         return {str(k): int(n) for k, n in rows}
 
     def dropped(self) -> dict[str, int]:
         """Messages dropped since the state file was created, by ``<kind>:<reason>``."""
-        rows = self._store.connection.execute("SELECT reason, count FROM outbox_drops").fetchall()
+        rows = self.store.connection.execute("SELECT reason, count FROM outbox_drops").fetchall()
         return {str(r): int(c) for r, c in rows}
 
     # -- internals ------------------------------------------------------------
@@ -273,7 +268,7 @@ class Outbox:
         return now
 
     def _totals(self) -> tuple[int, int]:
-        row = self._store.connection.execute("SELECT rows, bytes FROM outbox_totals WHERE one = 1").fetchone()
+        row = self.store.connection.execute("SELECT rows, bytes FROM outbox_totals WHERE one = 1").fetchone()
         return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     def _enforce(self, conn: sqlite3.Connection, now: float, *, new_alert_bytes: bool) -> None:
@@ -282,7 +277,7 @@ class Outbox:
             self._next_expire = mono + _EXPIRE_EVERY_S
             self._expire(conn, now)
         total = int(conn.execute("SELECT bytes FROM outbox_totals WHERE one = 1").fetchone()[0])
-        limit = self._config.max_bytes
+        limit = self.config.max_bytes
         if total <= limit:
             return
         # Telemetry first, oldest first, in chunks until under the budget.
@@ -326,7 +321,7 @@ class Outbox:
         """
         dropped = 0
         for kind in _KINDS:
-            ttl = self._config.alert_ttl_s if kind == "alert" else self._config.telemetry_ttl_s
+            ttl = self.config.alert_ttl_s if kind == "alert" else self.config.telemetry_ttl_s
             cutoff = now - ttl
             while True:
                 rows = conn.execute(

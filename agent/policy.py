@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -96,17 +96,7 @@ class _OpenAlert:
     clear_threshold: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "alert_id": self.alert_id,
-            "severity": self.severity,
-            "model_id": self.model_id,
-            "model_version": self.model_version,
-            "model_label": self.model_label,
-            "raised_index": self.raised_index,
-            "last_event_time": self.last_event_time,
-            "last_score": self.last_score,
-            "clear_threshold": self.clear_threshold,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _OpenAlert:
@@ -132,13 +122,7 @@ class _HeadState:
     open: _OpenAlert | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "over": self.over,
-            "under": self.under,
-            "pending_level": self.pending_level,
-            "pending": self.pending,
-            "open": None if self.open is None else self.open.to_json(),
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> _HeadState:
@@ -163,12 +147,7 @@ class _Counters:
     suppressed: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "raised": self.raised,
-            "updated": self.updated,
-            "cleared": self.cleared,
-            "suppressed": dict(self.suppressed),
-        }
+        return asdict(self)
 
 
 def _severity(value: object) -> Severity:
@@ -383,13 +362,7 @@ class AlertPolicy:
             return
         if state.get("version") != STATE_VERSION:
             raise ContractError(f"policy state version {state.get('version')!r} is not {STATE_VERSION}")
-        saved = {str(k): _HeadState.from_json(v) for k, v in dict(state.get("heads", {})).items()}
-        for key, head_state in saved.items():
-            if key in self._heads:
-                self._heads[key] = head_state
-            elif head_state.open is not None:
-                component, _, failure_mode = key.partition("/")
-                self._orphans[key] = (component, failure_mode, head_state.open)
+        self._adopt({str(k): _HeadState.from_json(v) for k, v in dict(state.get("heads", {})).items()})
         for key, item in dict(state.get("orphans", {})).items():
             self._orphans[str(key)] = (
                 str(item["component"]),
@@ -410,14 +383,18 @@ class AlertPolicy:
         old = self._heads
         self._manifest = manifest
         self._reset_heads(manifest)
-        for key, head_state in old.items():
+        self._adopt(old)
+
+    # -- internals ------------------------------------------------------------
+
+    def _adopt(self, heads: Mapping[str, _HeadState]) -> None:
+        """Take over the state of the heads the model still has; open alerts of the others are orphans."""
+        for key, head_state in heads.items():
             if key in self._heads:
                 self._heads[key] = head_state
             elif head_state.open is not None:
                 component, _, failure_mode = key.partition("/")
                 self._orphans[key] = (component, failure_mode, head_state.open)
-
-    # -- internals ------------------------------------------------------------
 
     def _reset_heads(self, manifest: ModelManifest) -> None:
         self._heads = {head_key(h.component, h.failure_mode): _HeadState() for h in manifest.heads}
@@ -585,34 +562,19 @@ class AlertPolicy:
         for key, (component, failure_mode, opened) in list(self._orphans.items()):
             if not self._allow(window, "cleared"):
                 continue
-            event_id = derive_event_id(
-                self._robot_id,
-                self._stream,
-                opened.model_label,
-                component,
-                failure_mode,
-                window.index,
-                "cleared",
-            )
             events.append(
-                AlertEvent(
-                    event_id=event_id,
-                    alert_id=opened.alert_id,
-                    robot_id=self._robot_id,
-                    site=self._site,
-                    stream=self._stream,
-                    component=component,
-                    failure_mode=failure_mode,
-                    state="cleared",
-                    severity=None,
-                    score=opened.last_score,
-                    threshold=opened.clear_threshold,
-                    window=window,
-                    model=ModelRef(id=opened.model_id, version=opened.model_version),
-                    top_features=(),
-                    agent_version=self._agent_version,
-                    replayed=replayed,
-                    emitted_at=self._now(),
+                self._stamped(
+                    opened.model_label,
+                    ModelRef(id=opened.model_id, version=opened.model_version),
+                    component,
+                    failure_mode,
+                    "cleared",
+                    None,
+                    opened.last_score,
+                    opened.clear_threshold,
+                    window,
+                    replayed,
+                    opened.alert_id,
                 )
             )
             del self._orphans[key]
@@ -651,14 +613,39 @@ class AlertPolicy:
         alert_id: str | None,
     ) -> AlertEvent:
         manifest = self._manifest
-        event_id = derive_event_id(
-            self._robot_id,
-            self._stream,
+        return self._stamped(
             manifest.label,
+            ModelRef(id=manifest.model_id, version=manifest.version),
             head.component,
             head.failure_mode,
-            window.index,
             state,
+            severity,
+            score,
+            threshold,
+            window,
+            replayed,
+            alert_id,
+            explain(manifest, row, self._config.top_features),
+        )
+
+    def _stamped(
+        self,
+        model_label: str,
+        model: ModelRef,
+        component: str,
+        failure_mode: str,
+        state: AlertState,
+        severity: Severity | None,
+        score: float,
+        threshold: float,
+        window: WindowRef,
+        replayed: bool,
+        alert_id: str | None,
+        top_features: tuple[FeatureContribution, ...] = (),
+    ) -> AlertEvent:
+        """An event of this policy's robot and stream; its id derives from model, head, window and state."""
+        event_id = derive_event_id(
+            self._robot_id, self._stream, model_label, component, failure_mode, window.index, state
         )
         return AlertEvent(
             event_id=event_id,
@@ -666,15 +653,15 @@ class AlertPolicy:
             robot_id=self._robot_id,
             site=self._site,
             stream=self._stream,
-            component=head.component,
-            failure_mode=head.failure_mode,
+            component=component,
+            failure_mode=failure_mode,
             state=state,
             severity=severity,
             score=score,
             threshold=threshold,
             window=window,
-            model=ModelRef(id=manifest.model_id, version=manifest.version),
-            top_features=explain(manifest, row, self._config.top_features),
+            model=model,
+            top_features=top_features,
             agent_version=self._agent_version,
             replayed=replayed,
             emitted_at=self._now(),

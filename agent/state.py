@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import structlog
 
+from agent.atomicfile import fsync_directory
 from agent.errors import DiskFullError, StateDamagedError, StateError
 
 log = structlog.get_logger("robotpm.agent")
@@ -251,7 +252,7 @@ def move_aside(path: Path, wall: float) -> Path:
             source = Path(f"{path}{suffix}")
             if source.exists():
                 os.replace(source, Path(f"{target}{suffix}"))
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise StateError(f"{path}: cannot move the damaged state file aside: {exc}") from exc
     return target
@@ -279,14 +280,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _sqlite_code(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
     return None if code is None else int(code) & 0xFF
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DiskSpace:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent.cli import stop_on_signals
 from robotpm_sim.faults import FAULT_MODES
@@ -34,23 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         "history",
         help="write whole histories of a fleet at once",
         description="Write OUT/<robot>/<name>.csv (or .jsonl) and OUT/<robot>/truth.csv for each robot. "
-        "Each robot gets its own fault schedule from the seed; same seed, same bytes.",
+        "Each robot gets its own fault schedule from the seed; same seed, same bytes. "
+        "The bundled model was trained on 50 Hz logs.",
     )
-    history.add_argument("--out", type=Path, required=True, help="output directory")
+    _log_options(history, "output directory", rate_hz=10.0, fault_duration_s=1800.0, fault_help="mean fault")
     history.add_argument("--robots", type=int, default=4, help="number of robots (default 4)")
     history.add_argument("--hours", type=float, default=2.0, help="simulated hours per robot (default 2)")
-    history.add_argument(
-        "--rate-hz", type=float, default=10.0, help="samples per second (default 10; the bundled model: 50)"
-    )
-    history.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    history.add_argument(
-        "--rotate-bytes", type=int, default=None, help="rotate the log into segments of at most N bytes"
-    )
-    history.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="log format (default csv)")
-    history.add_argument("--name", default="arm1", help="log file stem (default arm1)")
-    history.add_argument(
-        "--fault-duration-s", type=float, default=1800.0, help="mean fault duration, onset → failure (1800)"
-    )
     history.add_argument(
         "--mean-healthy-s", type=float, default=2400.0, help="mean healthy time between faults (2400)"
     )
@@ -64,28 +54,52 @@ def _parser() -> argparse.ArgumentParser:
         description="Append records to OUT/<name>.csv at --rate-hz, in small flushed batches; rotate "
         "to <name>.csv.1, .2 … by size; stop on SIGTERM/SIGINT or after --duration-s simulated seconds.",
     )
-    live.add_argument("--out", type=Path, required=True, help="log directory, e.g. var/demo/logs/arm1")
-    live.add_argument("--rate-hz", type=float, default=50.0, help="samples per second (default 50)")
-    live.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    _log_options(live, "log directory, e.g. var/demo/logs/arm1", rate_hz=50.0, fault_duration_s=40.0)
     live.add_argument(
         "--fault", choices=("none", *FAULT_MODES), default="none", help="fault to develop (default none)"
     )
     live.add_argument("--joint", type=int, default=2, help="joint for bearing_wear/overheating (1-6)")
     live.add_argument("--fault-after-s", type=float, default=10.0, help="fault onset, simulated seconds")
-    live.add_argument("--fault-duration-s", type=float, default=40.0, help="onset → failure, seconds")
-    live.add_argument(
-        "--rotate-bytes", type=int, default=None, help="rotate when a file would exceed N bytes"
-    )
     live.add_argument("--keep", type=int, default=5, help="rotated files kept (default 5)")
     live.add_argument("--duration-s", type=float, default=None, help="stop after this many simulated seconds")
     live.add_argument(
         "--time-scale", type=float, default=1.0, help="simulated seconds per wall-clock second (default 1)"
     )
-    live.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="log format (default csv)")
-    live.add_argument("--name", default="arm1", help="log file stem (default arm1)")
     live.add_argument("--robot-id", default="robot-001", help="robot id for the truth file")
     live.add_argument("--truth", type=Path, default=None, help="also write ground truth to this file")
     return parser
+
+
+def _log_options(
+    parser: argparse.ArgumentParser,
+    out_help: str,
+    *,
+    rate_hz: float,
+    fault_duration_s: float,
+    fault_help: str = "fault",
+) -> None:
+    """The options both commands share: where and how the log is written, the seed, fault length."""
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument(
+        "--rate-hz", type=float, default=rate_hz, help=f"samples per second (default {rate_hz:g})"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--rotate-bytes", type=int, default=None, help="rotate the log into segments of at most N bytes"
+    )
+    parser.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="log format (default csv)")
+    parser.add_argument("--name", default="arm1", help="log file stem (default arm1)")
+    parser.add_argument(
+        "--fault-duration-s",
+        type=float,
+        default=fault_duration_s,
+        help=f"{fault_help} duration, onset → failure, seconds (default {fault_duration_s:g})",
+    )
+
+
+def _options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The parsed options `names` as keyword arguments (argparse's values are untyped anyway)."""
+    return {name: getattr(args, name) for name in names}
 
 
 def _warn_off_the_bundled_rate(rate_hz: float) -> None:
@@ -116,15 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             kwargs = {} if args.start_ts is None else {"start_ts": args.start_ts}
             written = simulate_fleet(
                 args.out,
-                robots=args.robots,
                 seconds=args.hours * 3600.0,
-                rate_hz=args.rate_hz,
-                seed=args.seed,
                 fmt=args.format,
-                rotate_bytes=args.rotate_bytes,
-                name=args.name,
-                fault_duration_s=args.fault_duration_s,
-                mean_healthy_s=args.mean_healthy_s,
+                **_options(args, "robots", "rate_hz", "seed", "rotate_bytes", "name"),
+                **_options(args, "fault_duration_s", "mean_healthy_s"),
                 **kwargs,
             )
             rows = round(args.hours * 3600.0 * args.rate_hz)
@@ -138,21 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_on_signals(stop):
             summary = run_live(
                 args.out,
-                rate_hz=args.rate_hz,
-                seed=args.seed,
                 fault=None if args.fault == "none" else args.fault,
-                fault_after_s=args.fault_after_s,
-                fault_duration_s=args.fault_duration_s,
-                joint=args.joint,
-                rotate_bytes=args.rotate_bytes,
-                keep=args.keep,
-                duration_s=args.duration_s,
                 stop_event=stop,
-                time_scale=args.time_scale,
-                robot_id=args.robot_id,
-                name=args.name,
                 fmt=args.format,
                 truth_path=args.truth,
+                **_options(args, "rate_hz", "seed", "fault_after_s", "fault_duration_s", "joint"),
+                **_options(args, "rotate_bytes", "keep", "duration_s", "time_scale", "robot_id", "name"),
             )
         print(f"wrote {summary.lines} records to {summary.path} ({summary.rotations} rotations)")
         return 0

@@ -26,27 +26,16 @@ def simulate_history(
     rate_hz: float,
     seed: int,
     faults: Sequence[Fault] | None = None,
-    *,
-    start_ts: float = DEFAULT_START_TS,
-    fault_duration_s: float = 1800.0,
-    mean_healthy_s: float = 2400.0,
+    **schedule: float,
 ) -> tuple[tuple[str, ...], FloatArray, GroundTruth]:
     """A robot's whole history in memory: (column names, values ``(n, 21)``, truth).
 
     ``faults=None`` draws a schedule from the robot's seed (see `random_schedule`); pass ``()``
-    for a robot that stays healthy. The fleet's robot ``robot_id`` with fleet seed ``seed`` is
-    exactly this history.
+    for a robot that stays healthy. `schedule` takes `fleet_member`'s keywords (``start_ts``,
+    ``fault_duration_s``, ``mean_healthy_s``). The fleet's robot ``robot_id`` with fleet seed
+    ``seed`` is exactly this history.
     """
-    sim = fleet_member(
-        robot_id,
-        seconds,
-        rate_hz,
-        seed,
-        faults,
-        start_ts=start_ts,
-        fault_duration_s=fault_duration_s,
-        mean_healthy_s=mean_healthy_s,
-    )
+    sim = fleet_member(robot_id, seconds, rate_hz, seed, faults, **schedule)
     values, truth = sim.samples(0, round(seconds * rate_hz))
     return COLUMNS, values, truth
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from agent.contract.configfile import ConfigSection as _Section
 from agent.contract.configfile import load_document, validate_section
 from agent.contract.errors import ConfigError
 from agent.contract.features import FeatureSpec, Statistic
@@ -39,10 +40,6 @@ ModelKind = Literal[
     "logistic_regression",
     "isolation_forest",
 ]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class FeatureConfig(_Section):

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.contract.errors import ConfigError
 
@@ -37,6 +37,12 @@ ENV_PREFIX = "ROBOTPM__"
 PROFILE_ENV = "ROBOTPM_PROFILE"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ConfigSection(BaseModel):
+    """The base of every config table: frozen once loaded, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def load_document(

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from agent.contract.configfile import ConfigSection
 from agent.contract.records import RecordFormat, RecordSchema
 from agent.contract.topics import check_segment
 
@@ -17,10 +18,8 @@ STREAM_PATH_KEYS = frozenset({"directory"})
 """The stream keys whose relative paths resolve against the config file's directory."""
 
 
-class StreamConfig(BaseModel):
+class StreamConfig(ConfigSection):
     """One sensor stream: a log directory of one robot arm (or other asset)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(description="Stream id, unique per agent, e.g. 'arm1'.")
     directory: Path

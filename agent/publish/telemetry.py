@@ -27,7 +27,7 @@ from agent.contract.alerts import (
 )
 from agent.contract.manifest import ModelManifest
 from agent.contract.topics import RobotTopics
-from agent.seams import OutboundMessage
+from agent.seams import MessageKind, OutboundMessage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,16 +40,23 @@ MODEL_STATUS_SCHEMA_VERSION: Literal["1.1"] = "1.1"
 """1.1: states other than "active" (not retained); model fields optional for them; ``source``."""
 
 
+def _record_message(
+    key: str, kind: MessageKind, topic: str, record: BaseModel, *, retain: bool
+) -> OutboundMessage:
+    """A record as its JSON, QoS 1."""
+    return OutboundMessage(key, kind, topic, record.model_dump_json().encode(), qos=1, retain=retain)
+
+
+def _body_message(key: str, topic: str, body: dict[str, Any], *, retain: bool) -> OutboundMessage:
+    """A model status body as compact JSON on the model topic, QoS 1."""
+    return OutboundMessage(
+        key, "model", topic, json.dumps(body, separators=(",", ":")).encode(), qos=1, retain=retain
+    )
+
+
 def alert_message(topics: RobotTopics, event: AlertEvent) -> OutboundMessage:
     """An alert event as an outbox message: key = event_id, QoS 1, not retained."""
-    return OutboundMessage(
-        key=event.event_id,
-        kind="alert",
-        topic=topics.alerts,
-        payload=event.model_dump_json().encode(),
-        qos=1,
-        retain=False,
-    )
+    return _record_message(event.event_id, "alert", topics.alerts, event, retain=False)
 
 
 def presence(
@@ -70,14 +77,7 @@ def presence(
 
 def presence_message(topics: RobotTopics, record: Presence) -> OutboundMessage:
     """Presence as a retained QoS 1 message on ``…/status``."""
-    return OutboundMessage(
-        key="status",
-        kind="status",
-        topic=topics.status,
-        payload=record.model_dump_json().encode(),
-        qos=1,
-        retain=True,
-    )
+    return _record_message("status", "status", topics.status, record, retain=True)
 
 
 def heartbeat_message(topics: RobotTopics, record: Heartbeat) -> OutboundMessage:
@@ -87,12 +87,11 @@ def heartbeat_message(topics: RobotTopics, record: Heartbeat) -> OutboundMessage
     into one row, even when the wall clock was stepped back between them; a backlog of
     heartbeats is dropped oldest first when the outbox is full.
     """
-    return OutboundMessage(
-        key=f"heartbeat:{record.sent_at.timestamp():.6f}:{record.uptime_s:.3f}",
-        kind="heartbeat",
-        topic=topics.heartbeat,
-        payload=record.model_dump_json().encode(),
-        qos=1,
+    return _record_message(
+        f"heartbeat:{record.sent_at.timestamp():.6f}:{record.uptime_s:.3f}",
+        "heartbeat",
+        topics.heartbeat,
+        record,
         retain=True,
     )
 
@@ -198,12 +197,11 @@ def drift_report(
 
 def drift_message(topics: RobotTopics, report: DriftReport) -> OutboundMessage:
     """A drift report, QoS 1, not retained (several streams share the topic) on ``…/drift``."""
-    return OutboundMessage(
-        key=f"drift:{report.stream}:{report.sent_at.timestamp():.6f}:{report.windows}",
-        kind="drift",
-        topic=topics.drift,
-        payload=report.model_dump_json().encode(),
-        qos=1,
+    return _record_message(
+        f"drift:{report.stream}:{report.sent_at.timestamp():.6f}:{report.windows}",
+        "drift",
+        topics.drift,
+        report,
         retain=False,
     )
 
@@ -244,14 +242,7 @@ def open_alerts_message(topics: RobotTopics, record: OpenAlerts) -> OutboundMess
 
     Its outbox kind is ``status`` (a retained latest state, replaced by key, like presence).
     """
-    return OutboundMessage(
-        key="open_alerts",
-        kind="status",
-        topic=topics.open_alerts,
-        payload=record.model_dump_json().encode(),
-        qos=1,
-        retain=True,
-    )
+    return _record_message("open_alerts", "status", topics.open_alerts, record, retain=True)
 
 
 class ModelStatus(BaseModel):
@@ -331,14 +322,7 @@ def model_status_message(
 ) -> OutboundMessage:
     """The active model's status, retained QoS 1 on ``…/model``; the newest replaces older rows."""
     body = model_status(robot_id, site, manifest, state="active", since=since, detail=detail)
-    return OutboundMessage(
-        key="model",
-        kind="model",
-        topic=topics.model,
-        payload=json.dumps(body, separators=(",", ":")).encode(),
-        qos=1,
-        retain=True,
-    )
+    return _body_message("model", topics.model, body, retain=True)
 
 
 def model_event_message(
@@ -360,11 +344,4 @@ def model_event_message(
     """
     body = model_status(robot_id, site, manifest, state=state, since=since, detail=detail, source=source)
     who = manifest.label if manifest is not None else (source or "?")
-    return OutboundMessage(
-        key=f"model:{state}:{who}:{since:.6f}",
-        kind="model",
-        topic=topics.model,
-        payload=json.dumps(body, separators=(",", ":")).encode(),
-        qos=1,
-        retain=False,
-    )
+    return _body_message(f"model:{state}:{who}:{since:.6f}", topics.model, body, retain=False)

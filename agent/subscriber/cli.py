@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import queue
 import signal
 import sqlite3
@@ -47,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
 from agent import __version__
+from agent.atomicfile import write_atomically
 from agent.config import MqttConfig, TlsConfig, load_agent_config
 from agent.contract.alerts import AlertEvent, DriftReport, Heartbeat, OpenAlert, OpenAlerts, Presence
 from agent.contract.errors import ConfigError
@@ -355,14 +355,7 @@ def write_drift_report(directory: Path, report: DriftReport, payload: bytes) -> 
     """Write a drift report into `directory` under a new name, atomically (aside, then renamed)."""
     stamp = report.sent_at.strftime("%Y%m%dT%H%M%S%fZ")
     name = f"drift-{report.site}-{report.robot_id}-{report.stream}-{stamp}.json"
-    target = directory / name
-    tmp = directory / f".{name}.tmp"
-    with tmp.open("wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(target)
-    return target
+    return write_atomically(directory / name, payload, 0o644, sync_directory=False)
 
 
 class Watcher:

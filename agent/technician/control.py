@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
+from agent.atomicfile import write_atomically
 from agent.errors import NotAllowedError
 
 MAX_REQUEST_BYTES: Final = 64 * 1024
@@ -133,23 +134,8 @@ class ControlDir:
 
 
 def write_atomic(path: Path, body: bytes, mode: int = FILE_MODE) -> Path:
-    """Write `body` to a hidden file beside `path`, fsync, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
-    try:
-        os.fchmod(fd, mode)  # the unit's UMask=0077 would hide it from the group
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    return path
+    """Replace `path` with `body` through a hidden file beside it (see `agent.atomicfile`)."""
+    return write_atomically(path, body, mode, sync_directory=False)
 
 
 @contextlib.contextmanager
