@@ -206,6 +206,22 @@ class TestAttacks:
         with pytest.raises(ModelRejectedError, match="external data is not allowed"):
             ModelVerifier(None).admit(directory)
 
+    @pytest.mark.parametrize(
+        "garbage",
+        [b"\x00not onnx at all", b"hello, not a model", bytes(range(256)) * 4],
+        ids=["nul", "text", "bytes"],
+    )
+    def test_garbage_protobuf_matching_its_manifest_is_refused_by_the_verifier_naming_why(
+        self, tmp_path: Path, garbage: bytes
+    ) -> None:
+        """Bytes whose length and sha256 the manifest vouches for, but no ONNX: refused before onnxruntime."""
+        directory = tmp_path / "m"
+        manifest = manifest_for(garbage, directory)
+        (directory / "model.onnx").write_bytes(garbage)
+        (directory / "manifest.json").write_text(manifest.to_json())
+        with pytest.raises(ModelRejectedError, match="not an ONNX model"):
+            ModelVerifier(None).admit(directory)
+
     def test_an_operator_outside_allowed_ops_is_refused(self, tmp_path: Path) -> None:
         data = linear_onnx(np.ones((N, 1)), np.zeros(1))
         manifest = manifest_for(data, tmp_path)
