@@ -170,6 +170,14 @@ def manifest_for(data: bytes, directory: Path, **onnx_update: object) -> ModelMa
     )
 
 
+def vouched_for(data: bytes, directory: Path) -> Path:
+    """A model directory holding `data` as its model and a manifest whose length and sha256 match it."""
+    manifest = manifest_for(data, directory)
+    (directory / "model.onnx").write_bytes(data)
+    (directory / "manifest.json").write_text(manifest.to_json())
+    return directory
+
+
 POLICY = StaticPolicy(min_golden=3)
 
 
@@ -199,12 +207,8 @@ class TestAttacks:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
         leaked = session.run(None, {"features": np.eye(N, dtype=np.float32)})[0][:, 0]
         np.testing.assert_array_equal(secret, leaked)
-        directory = tmp_path / "m"
-        manifest = manifest_for(data, directory)
-        (directory / "model.onnx").write_bytes(data)
-        (directory / "manifest.json").write_text(manifest.to_json())
         with pytest.raises(ModelRejectedError, match="external data is not allowed"):
-            ModelVerifier(None).admit(directory)
+            ModelVerifier(None).admit(vouched_for(data, tmp_path / "m"))
 
     @pytest.mark.parametrize(
         "garbage",
@@ -215,12 +219,8 @@ class TestAttacks:
         self, tmp_path: Path, garbage: bytes
     ) -> None:
         """Bytes whose length and sha256 the manifest vouches for, but no ONNX: refused before onnxruntime."""
-        directory = tmp_path / "m"
-        manifest = manifest_for(garbage, directory)
-        (directory / "model.onnx").write_bytes(garbage)
-        (directory / "manifest.json").write_text(manifest.to_json())
         with pytest.raises(ModelRejectedError, match="not an ONNX model"):
-            ModelVerifier(None).admit(directory)
+            ModelVerifier(None).admit(vouched_for(garbage, tmp_path / "m"))
 
     def test_an_operator_outside_allowed_ops_is_refused(self, tmp_path: Path) -> None:
         data = linear_onnx(np.ones((N, 1)), np.zeros(1))
