@@ -101,6 +101,14 @@ def into_store(config: AgentConfig, name: str, writer: Callable[[Path], object])
     return target
 
 
+def score_on_probation(harness: Harness, writer: Callable[[Path], object], start: int = 0) -> None:
+    """Rename the v2 `writer` makes into the store, wait for its probation, then score a profile."""
+    into_store(harness.config, "v2", writer)
+    harness.settle_until(lambda: on_probation(harness, 2))
+    write(harness.config, lines(start, PROFILE))
+    harness.settle()
+
+
 def hot_temperature_model(directory: Path, version: int) -> None:
     """A model scoring j1_temp (40 °C in every line) on current thresholds: a warning on every window."""
     write_linear_model(directory, version=version, watch="j1_temp__mean")
@@ -171,10 +179,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 overflows to inf on real data: rolled back with the reason, never offered again, v1 scores."""
-        into_store(config, "v2", lambda d: overflowing_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: overflowing_model(d, version=2))
         assert harness.daemon.probation is None
         assert 1 == harness.daemon.slot.current.manifest.version
         rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
@@ -191,10 +196,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 reaches its warning threshold on 100% of the windows, v1 on about a third: rolled back."""
-        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: hot_temperature_model(d, version=2))
         assert 1 == harness.daemon.slot.current.manifest.version
         rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
         assert 1 == len(rolled)
@@ -205,10 +207,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Republishing v2 with fixed files puts it on probation again, and this time it is promoted."""
-        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: hot_temperature_model(d, version=2))
         assert harness.daemon.probation is None
         into_store(config, "v2", lambda d: write_linear_model(d, version=2))  # new files, same version
         harness.settle_until(lambda: on_probation(harness, 2))
