@@ -89,12 +89,12 @@ class Recorder:
             return sum(len(r.windows) for r in self.records if r.version == version)
 
 
+@dataclass(eq=False)
 class RecordingScorer:
     """A real `OnnxScorer` whose every call is told to the `Recorder`."""
 
-    def __init__(self, inner: Scorer, recorder: Recorder) -> None:
-        self.inner = inner
-        self._recorder = recorder
+    inner: Scorer
+    recorder: Recorder
 
     @property
     def manifest(self) -> ModelManifest:
@@ -103,7 +103,7 @@ class RecordingScorer:
     def score(self, features: FloatArray) -> dict[str, FloatArray]:
         out = dict(self.inner.score(features))
         if len(features):
-            self._recorder.called(self.manifest.version, features, out["score"])
+            self.recorder.called(self.manifest.version, features, out["score"])
         return out
 
 
