@@ -237,6 +237,7 @@ def test_driven_at_a_thousand_windows_a_second_swaps_fail_drop_repeat_and_mix_no
         )
 
         rate = sum(r.windows.size for r in recorder.records if r.at <= started + elapsed) / elapsed
+        print(f"driven swaps: {rate:.0f} windows/s")  # the figure, with pytest -s
         assert rate >= MIN_RATE, f"scored {rate:.0f} windows/s during the swaps"
     finally:
         done.set()
