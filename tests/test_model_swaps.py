@@ -10,6 +10,7 @@ model's weights scored it (each version scales its score by ``1 + version / 1000
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -222,6 +223,10 @@ def test_driven_at_a_thousand_windows_a_second_swaps_fail_drop_repeat_and_mix_no
         for version in range(2, DRIVEN_SWAPS + 2):
             assert lasts[version - 1] + 1 == firsts[version], "the swap fell between two windows, none lost"
 
+        statuses = [json.loads(m.payload) for m in harness.transport.messages("model")]
+        actives = [s["model"]["version"] for s in statuses if s["state"] == "active"]
+        assert list(range(1, DRIVEN_SWAPS + 2)) == actives, "each model went live once, in order"
+        assert {"active"} == {s["state"] for s in statuses}, "none refused or rolled back along the way"
         by_window = dict(
             zip(
                 windows.tolist(),
