@@ -158,7 +158,7 @@ def test_driven_at_a_thousand_windows_a_second_swaps_fail_drop_repeat_and_mix_no
     pipeline = harness.daemon.streams[0]
     counters = pipeline.counters
     swapper_error: list[BaseException] = []
-    done = threading.Event()
+    done, stop = threading.Event(), threading.Event()
 
     def swap() -> None:  # renames verified models in while the loop scores
         try:
@@ -166,7 +166,8 @@ def test_driven_at_a_thousand_windows_a_second_swaps_fail_drop_repeat_and_mix_no
                 deadline = time.monotonic() + 10
                 while recorder.windows_of(version - 1) < WINDOWS_PER_MODEL:
                     assert time.monotonic() < deadline, f"v{version - 1} scored too few windows"
-                    time.sleep(0.002)
+                    if stop.wait(0.002):  # the test ended early
+                        return
                 into_store(config, f"v{version}", lambda d, v=version: versioned_model(d, v))
         except BaseException as exc:  # handed to the test's thread
             swapper_error.append(exc)
@@ -245,5 +246,6 @@ def test_driven_at_a_thousand_windows_a_second_swaps_fail_drop_repeat_and_mix_no
         print(f"driven swaps: {rate:.0f} windows/s")  # the figure, with pytest -s
         assert rate >= MIN_RATE, f"scored {rate:.0f} windows/s during the swaps"
     finally:
-        done.set()
+        stop.set()
+        swapper.join(timeout=5)
         harness.close()
