@@ -6,6 +6,8 @@ Real onnxruntime models from `tests.models`, the in-process daemon of `tests.tes
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -44,14 +46,25 @@ def run_v2_then_expire_it(config: AgentConfig) -> Path:
     return v2
 
 
-def test_an_expired_running_model_keeps_serving_after_a_restart_and_says_so(tmp_path: Path) -> None:
-    """keep_serving: the next start runs v2 again (not bundled v1), with an "expired" event and status."""
-    config = expiry_config(tmp_path, "keep_serving")
+@contextmanager
+def restarted_after_v2_expired(
+    tmp_path: Path, on_expiry: Literal["keep_serving", "fall_back"]
+) -> Iterator[Harness]:
+    """The second start after `run_v2_then_expire_it`, settled so its status telemetry went out."""
+    config = expiry_config(tmp_path, on_expiry)
     run_v2_then_expire_it(config)
     second = Harness(config)
     try:
-        assert 2 == second.daemon.slot.current.manifest.version
         second.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
+        yield second
+    finally:
+        second.close()
+
+
+def test_an_expired_running_model_keeps_serving_after_a_restart_and_says_so(tmp_path: Path) -> None:
+    """keep_serving: the next start runs v2 again (not bundled v1), with an "expired" event and status."""
+    with restarted_after_v2_expired(tmp_path, "keep_serving") as second:
+        assert 2 == second.daemon.slot.current.manifest.version
         sent = statuses(second)
         expired = [s for s in sent if s["state"] == "expired"]
         assert 1 == len(expired)
@@ -61,26 +74,18 @@ def test_an_expired_running_model_keeps_serving_after_a_restart_and_says_so(tmp_
         assert "expired at" in retained(second)[-1]["detail"]
         assert 2 == retained(second)[-1]["model"]["version"]
         assert not [s for s in sent if s["state"] == "rejected"]
-    finally:
-        second.close()
 
 
 def test_on_expiry_fall_back_serves_the_older_version_and_reports_the_expired_one(tmp_path: Path) -> None:
     """fall_back: bundled v1 serves after the restart, and v2's refusal names its expiry."""
-    config = expiry_config(tmp_path, "fall_back")
-    run_v2_then_expire_it(config)
-    second = Harness(config)
-    try:
+    with restarted_after_v2_expired(tmp_path, "fall_back") as second:
         assert 1 == second.daemon.slot.current.manifest.version
-        second.settle(30)
         rejected = [s for s in statuses(second) if s["state"] == "rejected"]
         assert 1 == len(rejected)
         assert 2 == rejected[0]["model"]["version"]
         assert "expired at" in rejected[0]["detail"]
         assert "on_expiry = fall_back" in rejected[0]["detail"]
         assert [1] == [s["model"]["version"] for s in retained(second)]
-    finally:
-        second.close()
 
 
 def test_a_newer_model_that_has_expired_is_refused_and_reported_not_served(tmp_path: Path) -> None:

@@ -127,6 +127,13 @@ def resigned(payload: bytes, keys: FleetKeys, **update: object) -> bytes:
     return announcement_payload(announcement, ReleaseSigner(keys.private))
 
 
+def refused_why(tmp_path: Path, pki: Pki, keys: FleetKeys | None, payload: bytes) -> str:
+    """Why a fresh fetcher refuses `payload` (failing if it does not refuse it)."""
+    result = fetcher_for(model_config(tmp_path, pki, keys)).process(payload)
+    assert "refused" == result.outcome, result.detail
+    return result.detail
+
+
 def evil_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> None:
     with tarfile.open(path, "w") as tar:
         for info, data in members:
@@ -228,9 +235,7 @@ class TestAnnouncements:
         publish(version_dir, channel=CHANNEL, base_url=https.base_url, webroot=webroot)
         body = index_path(webroot, CHANNEL).read_bytes()
         payload = announcement_payload(ModelAnnouncement.from_json(body), ReleaseSigner(beta))
-        result = fetcher_for(model_config(tmp_path, pki, keys)).process(payload)
-        assert "refused" == result.outcome
-        assert "may sign for channels ['beta'], not 'stable'" in result.detail
+        assert "may sign for channels ['beta'], not 'stable'" in refused_why(tmp_path, pki, keys, payload)
         assert 0 == sum(https.requests.values())
 
     def test_an_edited_signed_announcement_is_refused(
@@ -238,9 +243,7 @@ class TestAnnouncements:
     ) -> None:
         payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         edited = payload.replace(b'"version":2', b'"version":9')
-        result = fetcher_for(model_config(tmp_path, pki, keys)).process(edited)
-        assert "refused" == result.outcome
-        assert "bad signature" in result.detail
+        assert "bad signature" in refused_why(tmp_path, pki, keys, edited)
         assert 0 == sum(https.requests.values())
 
     def test_an_announcement_of_another_channel_or_garbage_is_not_downloaded(
@@ -387,9 +390,7 @@ class TestRefusals:
         payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         https.redirect_target = plain_http.base_url
         redirected = resigned(payload, keys, url=f"{https.base_url}/to-http/test-linear-v2.tar")
-        result = fetcher_for(model_config(tmp_path, pki, keys)).process(redirected)
-        assert "refused" == result.outcome
-        assert "'http' refused" in result.detail
+        assert "'http' refused" in refused_why(tmp_path, pki, keys, redirected)
         assert 0 == sum(plain_http.requests.values())
 
     def test_a_redirect_to_another_host_is_refused_and_one_on_the_same_origin_is_followed(

@@ -57,6 +57,23 @@ class Twins:
     def scorer(self, version: int, function: Callable[[FloatArray], dict[str, FloatArray]]) -> FunctionScorer:
         return FunctionScorer(manifest(self.tmp_path, version), function)
 
+    def on_probation(
+        self, version: int, function: Callable[[FloatArray], dict[str, FloatArray]]
+    ) -> FunctionScorer:
+        """Offer a candidate of `version` scoring with `function`; return it once it is on probation."""
+        candidate = self.scorer(version, function)
+        self.source.offer(candidate)
+        self.harness.settle(2)
+        probation = self.harness.daemon.probation
+        assert probation is not None
+        assert probation.candidate is candidate
+        return candidate
+
+    def feed(self, start: int = 0) -> None:
+        """One healthy-fault-healthy profile of log lines from line `start`, scored to the end."""
+        write(self.harness.config, lines(start, PROFILE))
+        self.harness.settle()
+
     def model_messages(self) -> list[dict[str, Any]]:
         return [json.loads(m.payload) for m in self.harness.transport.messages("model")]
 
@@ -96,12 +113,8 @@ class TestProbationOnTwins:
         self, twins: Twins
     ) -> None:
         """v2's function raises on its first shadow batch: rejected with the reason, v1 keeps alerting."""
-        candidate = twins.scorer(2, broken)
-        twins.source.offer(candidate)
-        twins.harness.settle(2)
-        assert twins.harness.daemon.probation is not None
-        write(twins.harness.config, lines(0, PROFILE))
-        twins.harness.settle()
+        candidate = twins.on_probation(2, broken)
+        twins.feed()
         assert twins.harness.daemon.probation is None
         [(rejected, reason)] = twins.source.rejected
         assert rejected is candidate
@@ -117,32 +130,20 @@ class TestProbationOnTwins:
         self, twins: Twins
     ) -> None:
         """After 10 shadow-scored windows v2 is accepted by the source; the next fault's alerts name v2."""
-        candidate = twins.scorer(2, current_mean)
-        twins.source.offer(candidate)
-        twins.harness.settle(2)
-        assert twins.harness.daemon.probation is not None
+        candidate = twins.on_probation(2, current_mean)
         assert [] == twins.source.accepted, "not before its probation windows"
-        write(twins.harness.config, lines(0, PROFILE))
-        twins.harness.settle()
+        twins.feed()
         assert [candidate] == twins.source.accepted
         assert twins.source.current is candidate
-        write(twins.harness.config, lines(100, PROFILE))
-        twins.harness.settle()
+        twins.feed(100)
         assert 2 == twins.alert_versions()[-1]
         assert [] == twins.source.rejected
 
     def test_a_newer_candidate_supersedes_the_one_on_probation(self, twins: Twins) -> None:
         """v3 offered while v2 is on probation takes its place; v2 is neither accepted nor rejected."""
-        twins.source.offer(twins.scorer(2, current_mean))
-        twins.harness.settle(2)
-        v3 = twins.scorer(3, current_mean)
-        twins.source.offer(v3)
-        twins.harness.settle(2)
-        probation = twins.harness.daemon.probation
-        assert probation is not None
-        assert probation.candidate is v3
-        write(twins.harness.config, lines(0, PROFILE))
-        twins.harness.settle()
+        twins.on_probation(2, current_mean)
+        v3 = twins.on_probation(3, current_mean)
+        twins.feed()
         assert [v3] == twins.source.accepted
         assert [] == twins.source.rejected
 

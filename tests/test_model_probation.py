@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,14 @@ def into_store(config: AgentConfig, name: str, writer: Callable[[Path], object])
     return target
 
 
+def score_on_probation(harness: Harness, writer: Callable[[Path], object], start: int = 0) -> None:
+    """Rename the v2 `writer` makes into the store, wait for its probation, then score a profile."""
+    into_store(harness.config, "v2", writer)
+    harness.settle_until(lambda: on_probation(harness, 2))
+    write(harness.config, lines(start, PROFILE))
+    harness.settle()
+
+
 def hot_temperature_model(directory: Path, version: int) -> None:
     """A model scoring j1_temp (40 °C in every line) on current thresholds: a warning on every window."""
     write_linear_model(directory, version=version, watch="j1_temp__mean")
@@ -170,10 +179,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 overflows to inf on real data: rolled back with the reason, never offered again, v1 scores."""
-        into_store(config, "v2", lambda d: overflowing_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: overflowing_model(d, version=2))
         assert harness.daemon.probation is None
         assert 1 == harness.daemon.slot.current.manifest.version
         rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
@@ -190,10 +196,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """v2 reaches its warning threshold on 100% of the windows, v1 on about a third: rolled back."""
-        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: hot_temperature_model(d, version=2))
         assert 1 == harness.daemon.slot.current.manifest.version
         rolled = [s for s in statuses(harness) if s["state"] == "rolled_back"]
         assert 1 == len(rolled)
@@ -204,10 +207,7 @@ class TestRollback:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Republishing v2 with fixed files puts it on probation again, and this time it is promoted."""
-        into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
-        harness.settle_until(lambda: on_probation(harness, 2))
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        score_on_probation(harness, lambda d: hot_temperature_model(d, version=2))
         assert harness.daemon.probation is None
         into_store(config, "v2", lambda d: write_linear_model(d, version=2))  # new files, same version
         harness.settle_until(lambda: on_probation(harness, 2))
@@ -407,24 +407,48 @@ class TestRestart:
             harness.close()
 
 
+def two_models(tmp_path: Path, watch: str = "j1_current__mean") -> tuple[OnnxScorer, OnnxScorer]:
+    """Real sessions of v1 and of a v2 scoring `watch`."""
+    write_linear_model(tmp_path / "v1", version=1)
+    write_linear_model(tmp_path / "v2", version=2, watch=watch)
+    return OnnxScorer.load(tmp_path / "v1"), OnnxScorer.load(tmp_path / "v2")
+
+
+def judge(
+    current: OnnxScorer,
+    candidate: OnnxScorer,
+    *,
+    windows: int = 4,
+    min_s: float = 0.0,
+    max_latency_ms: float = float("inf"),
+    clock: Callable[[], float] = time.monotonic,
+) -> Probation:
+    """A probation of `candidate` against `current`: a 50 % alert-rate bound and a 0.2 margin."""
+    return Probation(
+        candidate,
+        current.manifest,
+        windows=windows,
+        max_alert_rate=0.5,
+        alert_margin=0.2,
+        min_s=min_s,
+        max_latency_ms=max_latency_ms,
+        clock=clock,
+    )
+
+
 class TestProbationJudgement:
     """`Probation` on its own, with real sessions: what fails a candidate and what does not."""
 
     @pytest.fixture(name="models")
     def _models(self, tmp_path: Path) -> tuple[OnnxScorer, OnnxScorer]:
-        write_linear_model(tmp_path / "v1", version=1)
-        write_linear_model(tmp_path / "v2", version=2, watch="j1_temp__mean")
-        return OnnxScorer.load(tmp_path / "v1"), OnnxScorer.load(tmp_path / "v2")
-
-    def probation(self, current: OnnxScorer, candidate: OnnxScorer, windows: int = 4) -> Probation:
-        return Probation(candidate, current.manifest, windows=windows, max_alert_rate=0.5, alert_margin=0.2)
+        return two_models(tmp_path, watch="j1_temp__mean")
 
     def test_scoring_that_raises_fails_the_candidate_with_the_error(
         self, models: tuple[OnnxScorer, OnnxScorer]
     ) -> None:
         """Features of the wrong width make onnxruntime raise: the failure names the exception."""
         current, candidate = models
-        probation = self.probation(current, candidate)
+        probation = judge(current, candidate)
         probation(np.zeros((2, 3)), {"score": np.zeros((2, 1))})
         assert probation.finished
         assert probation.failure is not None
@@ -435,7 +459,7 @@ class TestProbationJudgement:
     ) -> None:
         """Candidate 100%, current 100%: above the bound but not above current + margin, so it passes."""
         current, candidate = models
-        probation = self.probation(current, candidate)
+        probation = judge(current, candidate)
         features = np.array([[1.0, 1.0, 40.0, 40.0]] * 4)
         probation(features, current.score(features))
         assert (1.0, 1.0) == probation.rates
@@ -447,7 +471,7 @@ class TestProbationJudgement:
     ) -> None:
         """A storm in the first batch does not decide before the probation windows are in."""
         current, candidate = models
-        probation = self.probation(current, candidate, windows=8)
+        probation = judge(current, candidate, windows=8)
         features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
         probation(features, current.score(features))
         assert not probation.finished
@@ -558,9 +582,7 @@ class TestProbationAcrossRestarts:
 class TestProbationMinimums:
     @pytest.fixture(name="models")
     def _models(self, tmp_path: Path) -> tuple[OnnxScorer, OnnxScorer]:
-        write_linear_model(tmp_path / "v1", version=1)
-        write_linear_model(tmp_path / "v2", version=2)
-        return OnnxScorer.load(tmp_path / "v1"), OnnxScorer.load(tmp_path / "v2")
+        return two_models(tmp_path)
 
     def test_a_probation_lasts_its_minimum_time_however_many_windows_it_scored(
         self, models: tuple[OnnxScorer, OnnxScorer]
@@ -568,15 +590,7 @@ class TestProbationMinimums:
         """Enough windows after 10 s of a 60 s minimum: not finished; at 60 s it is, and passes."""
         current, candidate = models
         clock = ManualClock()
-        probation = Probation(
-            candidate,
-            current.manifest,
-            windows=4,
-            max_alert_rate=0.5,
-            alert_margin=0.2,
-            min_s=60.0,
-            clock=clock.monotonic,
-        )
+        probation = judge(current, candidate, min_s=60.0, clock=clock.monotonic)
         features = np.array([[0.1, 0.1, 40.0, 40.0]] * 8)
         clock.advance(10.0)
         probation(features, current.score(features))
@@ -591,9 +605,7 @@ class TestProbationMinimums:
     ) -> None:
         """A bound of one microsecond per scoring call: no real onnxruntime call meets it."""
         current, candidate = models
-        probation = Probation(
-            candidate, current.manifest, windows=4, max_alert_rate=0.5, alert_margin=0.2, max_latency_ms=1e-3
-        )
+        probation = judge(current, candidate, max_latency_ms=1e-3)
         features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
         probation(features, current.score(features))
         assert probation.finished
@@ -603,7 +615,7 @@ class TestProbationMinimums:
     def test_a_candidate_within_the_latency_bound_passes(self, models: tuple[OnnxScorer, OnnxScorer]) -> None:
         """The default bound (250 ms per call) holds for a tiny linear model."""
         current, candidate = models
-        probation = Probation(candidate, current.manifest, windows=4, max_alert_rate=0.5, alert_margin=0.2)
+        probation = judge(current, candidate)
         features = np.array([[0.1, 0.1, 40.0, 40.0]] * 4)
         probation(features, current.score(features))
         assert probation.finished

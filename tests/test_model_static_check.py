@@ -170,6 +170,14 @@ def manifest_for(data: bytes, directory: Path, **onnx_update: object) -> ModelMa
     )
 
 
+def vouched_for(data: bytes, directory: Path) -> Path:
+    """A model directory holding `data` as its model and a manifest whose length and sha256 match it."""
+    manifest = manifest_for(data, directory)
+    (directory / "model.onnx").write_bytes(data)
+    (directory / "manifest.json").write_text(manifest.to_json())
+    return directory
+
+
 POLICY = StaticPolicy(min_golden=3)
 
 
@@ -199,12 +207,20 @@ class TestAttacks:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
         leaked = session.run(None, {"features": np.eye(N, dtype=np.float32)})[0][:, 0]
         np.testing.assert_array_equal(secret, leaked)
-        directory = tmp_path / "m"
-        manifest = manifest_for(data, directory)
-        (directory / "model.onnx").write_bytes(data)
-        (directory / "manifest.json").write_text(manifest.to_json())
         with pytest.raises(ModelRejectedError, match="external data is not allowed"):
-            ModelVerifier(None).admit(directory)
+            ModelVerifier(None).admit(vouched_for(data, tmp_path / "m"))
+
+    @pytest.mark.parametrize(
+        "garbage",
+        [b"\x00not onnx at all", b"hello, not a model", bytes(range(256)) * 4],
+        ids=["nul", "text", "bytes"],
+    )
+    def test_garbage_protobuf_matching_its_manifest_is_refused_by_the_verifier_naming_why(
+        self, tmp_path: Path, garbage: bytes
+    ) -> None:
+        """Bytes whose length and sha256 the manifest vouches for, but no ONNX: refused before onnxruntime."""
+        with pytest.raises(ModelRejectedError, match="not an ONNX model"):
+            ModelVerifier(None).admit(vouched_for(garbage, tmp_path / "m"))
 
     def test_an_operator_outside_allowed_ops_is_refused(self, tmp_path: Path) -> None:
         data = linear_onnx(np.ones((N, 1)), np.zeros(1))

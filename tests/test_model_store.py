@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,37 @@ class TestFreeze:
         result = fetcher_for(config).process(payload)
         assert "installed" == result.outcome, result.detail
         assert 3 == ModelStore(config.directory).floor
+
+    def test_a_signed_but_expired_version_raises_the_floor_from_the_store_never_as_a_download(
+        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+    ) -> None:
+        """The rule of docs/model-supply-chain.md "The version floor", both ways.
+
+        Downloaded, an expired v3 is refused and deleted and the floor stays 0: nothing a refused
+        download carried is kept. In the store its signature holds, so the floor becomes 3 (expiry
+        is freshness, the version is order) and a genuine v2 is then refused as a rollback.
+        """
+        config = model_config(tmp_path, pki, keys)
+        expired = tmp_path / "registry" / "v3"
+        write_linear_model(expired, version=3)
+        sign_model_dir(expired, keys.private, expires=datetime(2026, 1, 2, tzinfo=timezone.utc))
+        result = fetcher_for(config).process(published(expired, https, webroot, keys))
+        assert "refused" == result.outcome
+        assert "expired" in result.detail
+        assert [] == store_entries(config)
+        assert 0 == ModelStore(config.directory).floor
+        write_linear_model(tmp_path / "bundled", version=1)
+        slot = ModelSlot(config)
+        assert 1 == slot.load_initial().manifest.version
+        config.directory.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(expired, tmp_path / "drop")
+        os.rename(tmp_path / "drop", config.directory / "v3")
+        assert slot.poll() is None, "expired: never offered"
+        assert 3 == ModelStore(config.directory).floor
+        result = fetcher_for(config).process(
+            published(signed_version(tmp_path, keys, 2), https, webroot, keys)
+        )
+        assert ("ignored", "version 2 is not newer than 3") == (result.outcome, result.detail)
 
     def test_the_floor_is_written_atomically_and_a_damaged_one_is_no_floor(self, tmp_path: Path) -> None:
         store = ModelStore(tmp_path / "store")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import AgentConfig
 from agent.crashguard import boot_id
 from agent.models.lifecycle import TRIAL_FILE
 from agent.models.store import REFUSED_FILE
@@ -124,17 +125,26 @@ def test_an_agent_killed_right_after_a_swap_marks_that_model_bad_and_starts_on_t
     assert 0 == third.wait(timeout=60)
 
 
-def test_a_clean_stop_right_after_a_swap_ends_the_trial_without_a_verdict(tmp_path: Path) -> None:
-    """A stop is not a crash: after it, v2 (swapped in, unconfirmed) starts again."""
+def on_trial_with_v2(tmp_path: Path, confirm_windows: int) -> tuple[AgentConfig, Harness]:
+    """An in-process daemon that has just swapped store model v2 in; its trial is on disk."""
     config = make_config(tmp_path)
-    config = config.model_copy(update={"model": config.model.model_copy(update={"confirm_windows": 1000})})
+    model = config.model.model_copy(update={"confirm_windows": confirm_windows})
+    config = config.model_copy(update={"model": model})
     harness = Harness(config)
     try:
         into_store(config, "v2", lambda d: write_linear_model(d, version=2))
         harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
         assert (config.state_dir / TRIAL_FILE).exists()
-    finally:
+    except BaseException:
         harness.close()
+        raise
+    return config, harness
+
+
+def test_a_clean_stop_right_after_a_swap_ends_the_trial_without_a_verdict(tmp_path: Path) -> None:
+    """A stop is not a crash: after it, v2 (swapped in, unconfirmed) starts again."""
+    config, harness = on_trial_with_v2(tmp_path, confirm_windows=1000)
+    harness.close()
     assert not (config.state_dir / TRIAL_FILE).exists()
     again = Harness(config)
     try:
@@ -145,13 +155,8 @@ def test_a_clean_stop_right_after_a_swap_ends_the_trial_without_a_verdict(tmp_pa
 
 def test_a_model_is_confirmed_once_it_scored_confirm_windows(tmp_path: Path) -> None:
     """After confirm_windows windows with v2, its trial ends: a later crash would not blame it."""
-    config = make_config(tmp_path)
-    config = config.model_copy(update={"model": config.model.model_copy(update={"confirm_windows": 5})})
-    harness = Harness(config)
+    config, harness = on_trial_with_v2(tmp_path, confirm_windows=5)
     try:
-        into_store(config, "v2", lambda d: write_linear_model(d, version=2))
-        harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
-        assert (config.state_dir / TRIAL_FILE).exists()
         write(config, lines(0, PROFILE))
         harness.settle_until(lambda: not (config.state_dir / TRIAL_FILE).exists())
         harness.daemon.models.note_crash()  # even a crash now leaves no trial behind

@@ -21,6 +21,7 @@ from agent.models.store import ModelStore
 from agent.models.verify import ModelVerifier
 from tests.models import write_linear_model
 from tests.signing_keys import FleetKeys, fleet_keys, release_key
+from tests.test_model_fetch import signed_version
 from trainer.publish import write_bundle
 from trainer.signing import (
     ReleaseSigner,
@@ -215,9 +216,7 @@ class TestRevocationsInBundles:
         leaked, _ = release_key(tmp_path / "keys", keys.root_private, "leaked")
         revocations = tmp_path / REVOCATIONS_FILE
         write_revocations(keys.root_private, ["leaked"], version=1, out=revocations)
-        good = tmp_path / "registry" / "v2"
-        write_linear_model(good, version=2)
-        sign_model_dir(good, keys.private)
+        good = signed_version(tmp_path, keys, 2)
         bundle, _ = write_bundle(good, tmp_path / "web", revocations=revocations)
         installer = self._installer(tmp_path, keys)
         target, _ = installer.install(bundle)
@@ -234,9 +233,7 @@ class TestRevocationsInBundles:
         stranger = fleet_keys(tmp_path / "stranger", root_id="stranger-root")
         forged = tmp_path / REVOCATIONS_FILE
         write_revocations(stranger.root_private, ["fleet"], version=99, out=forged)
-        good = tmp_path / "registry" / "v2"
-        write_linear_model(good, version=2)
-        sign_model_dir(good, keys.private)
+        good = signed_version(tmp_path, keys, 2)
         bundle, _ = write_bundle(good, tmp_path / "web", revocations=forged)
         with pytest.raises(FetchRefusedError, match=r"bundle revocations\.signed"):
             self._installer(tmp_path, keys).install(bundle)
@@ -245,9 +242,7 @@ class TestRevocationsInBundles:
     def test_a_bundle_not_newer_than_the_floor_or_for_another_channel_is_refused(
         self, tmp_path: Path, keys: FleetKeys
     ) -> None:
-        good = tmp_path / "registry" / "v2"
-        write_linear_model(good, version=2)
-        sign_model_dir(good, keys.private)
+        good = signed_version(tmp_path, keys, 2)
         bundle, _ = write_bundle(good, tmp_path / "web")
         store = ModelStore(tmp_path / "store")
         verifier = ModelVerifier(Keyring.load(keys.trusted))

@@ -30,7 +30,7 @@ from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, keys)
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 from tests.signing_keys import FleetKeys
-from tests.test_model_fetch import CHANNEL, fetcher_for, model_config
+from tests.test_model_fetch import CHANNEL, fetcher_for, model_config, signed_version
 from trainer.broker import BrokerError, BrokerSettings
 from trainer.cli import main as train_main
 from trainer.publish import index_path, publish, rollback_to
@@ -110,9 +110,7 @@ class TestPublishOverTls:
         self, tmp_path: Path, secure_broker: Broker, pki: Pki, keys: FleetKeys
     ) -> None:
         """Publish with TLS and credentials reaches the robots; a robot's own fake announcement is dropped."""
-        version_dir = tmp_path / "registry" / "v2"
-        write_linear_model(version_dir, version=2)
-        sign_model_dir(version_dir, keys.private)
+        version_dir = signed_version(tmp_path, keys, 2)
         argv = [
             "publish",
             str(version_dir),
@@ -173,9 +171,7 @@ class TestPublishRefuses:
         from tests.signing_keys import release_key
         from trainer.publish import PublishError
 
-        version_dir = tmp_path / "registry" / "v2"
-        write_linear_model(version_dir, version=2)
-        sign_model_dir(version_dir, keys.private)
+        version_dir = signed_version(tmp_path, keys, 2)
         web = tmp_path / "web"
         with pytest.raises(PublishError, match="signed for channel 'stable', not 'beta'"):
             publish(version_dir, channel="beta", base_url="https://x", webroot=web)
@@ -268,9 +264,7 @@ class TestRolloutStatus:
         def send(topic: str, body: dict[str, object], retain: bool = True) -> None:
             mqtt_publish(broker.port, topic, json.dumps(body).encode(), retain=retain)
 
-        version_dir = tmp_path / "registry" / "v2"
-        write_linear_model(version_dir, version=2)
-        sign_model_dir(version_dir, keys.private)
+        version_dir = signed_version(tmp_path, keys, 2)
         plain = BrokerSettings("127.0.0.1", broker.port, allow_plain=True)
         publish(version_dir, channel=CHANNEL, base_url="https://x", webroot=tmp_path / "web",
                 signer=ReleaseSigner(keys.private), broker=plain)  # fmt: skip

@@ -8,7 +8,8 @@ anything is wrong. Versions never go down.
 
 A store model is checked in this order (`agent.models.verify` for the first two):
 
-1. its manifest's signature, then the manifest (the version floor is raised here);
+1. its manifest's signature, then the manifest (the version floor is raised once the signature
+   holds, even if the manifest has expired: `agent.models.store`);
 2. its bytes against the manifest, and the static checks;
 3. when ``agent.model.isolate`` is on, a load and golden test in a limited child process
    (`agent.models.probe`), so a model that needs gigabytes or loops forever is refused

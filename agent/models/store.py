@@ -16,10 +16,14 @@ Dot-entries are never models. Every file the store writes is written to a tempor
 fsynced, renamed and its directory fsynced (`write_file_atomically`), so a crash leaves the
 old or the new content, never a torn one.
 
-**The version floor** (`ModelStore.floor`) is raised only by models whose manifest verified
-(signature, expiry, sha256 and length): an announcement, a download or a file dropped in
-cannot lift it, so versions at or below it are not fetched again, and an attacker cannot
-freeze a robot by announcing an absurd version.
+**The version floor** (`ModelStore.floor`) is the highest version the trainer has been proven
+to release: it is raised by an install once its version is in the store, and by every store
+model whose signature holds (a release key certified by a trusted root, unexpired, unrevoked,
+scoped to the manifest's channel), whether or not the manifest itself has expired or its bytes
+then pass. Expiry bounds what may serve, the floor orders what may come next, as in TUF (see
+docs/model-supply-chain.md). An announcement, a refused download or a file dropped in whose
+signature fails cannot lift it, so versions at or below it are not fetched again, and an
+attacker cannot freeze a robot by announcing an absurd version.
 
 **Quota and pruning.** The store shares its disk with the agent's state: `ensure_room` refuses
 an install that would take it over ``agent.model.store_max_bytes``, and `prune_plan` says what
