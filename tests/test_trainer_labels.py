@@ -12,20 +12,12 @@ from sklearn.metrics import average_precision_score, f1_score
 
 from agent.contract.manifest import ModelManifest
 from tests.fleets import cobot_export, small_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 from trainer.config import FlagLabels
 from trainer.labels import flag_events
 
-BASE = """
-[trainer]
-model_name = "cobot"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = 8
-max_depth = 6
-"""
+BASE = trainer_toml("cobot", trees=8, depth=6)
 
 FLAG = (
     BASE
@@ -76,14 +68,23 @@ def _train(config: Path, train: Path, test: Path, out: Path) -> int:
     return cli.main([*argv, "--no-report"])
 
 
+@pytest.fixture(scope="module", name="flag_version")
+def _flag_version(
+    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One training run with source = "flag", read (never changed) by the tests that inspect it."""
+    root = tmp_path_factory.mktemp("flag")
+    config = root / "config.toml"
+    config.write_text(FLAG)
+    assert _train(config, export[0], export[1], root / "models") == 0
+    return root / "models" / "cobot" / "1"
+
+
 def test_a_stop_flag_column_labels_the_windows_before_each_stop(
-    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
+    export: tuple[Path, Path, list[tuple[str, float, str, str]]], flag_version: Path
 ) -> None:
     """With source = "flag", the stops become events of a free-form mode with one head and an event table."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
-    assert _train(config, export[0], export[1], tmp_path / "models") == 0
-    version = tmp_path / "models" / "cobot" / "1"
+    version = flag_version
     manifest = ModelManifest.read(version)
     assert [(h.failure_mode, h.component) for h in manifest.heads] == [("protective_stop", "arm")]
     metrics = json.loads((version / "metrics.json").read_text())
@@ -131,14 +132,9 @@ def test_edges_closer_than_the_minimum_gap_are_one_event() -> None:
     assert [m.reason for m in merged] == ["event_merged"]
 
 
-def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(
-    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
-) -> None:
+def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(flag_version: Path) -> None:
     """PR-AUC and macro F1 in metrics.json equal scikit-learn's on scores.csv's labels and scores."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
-    assert _train(config, export[0], export[1], tmp_path / "models") == 0
-    version = tmp_path / "models" / "cobot" / "1"
+    version = flag_version
     metrics = json.loads((version / "metrics.json").read_text())["metrics"]
     rows = list(csv.DictReader((version / "scores.csv").read_text().splitlines()))
     labels = np.array([int(r["label"]) for r in rows])
