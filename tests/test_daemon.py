@@ -6,38 +6,24 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
-from agent.contract.streams import StreamConfig
-from agent.daemon import AgentDaemon
-from agent.seams import ModelSource
-from agent.testing import InMemoryTransport, ManualClock
+from tests.agent_config import tiny_agent
+from tests.daemon_harness import Harness, harness_fixture  # noqa: F401 (pytest fixture: harness)
 from tests.models import write_linear_model
 
 HEADER = "ts,J1,T1\n"
 
 
 def make_config(tmp_path: Path, **ingest: object) -> AgentConfig:
-    logs = tmp_path / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     write_linear_model(tmp_path / "bundled", version=1)
-    return AgentConfig(
-        robot_id="r1",
+    return tiny_agent(
+        tmp_path,
         site="lab",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
         model=ModelConfig(
             directory=tmp_path / "store",
             bundled=tmp_path / "bundled",
@@ -58,46 +44,9 @@ def lines(start: int, currents: list[float]) -> str:
 PROFILE = [0.1] * 12 + [1.0] * 12 + [0.1] * 16
 
 
-class Harness:
-    """Runs a daemon tick by tick against an in-memory transport."""
-
-    def __init__(self, config: AgentConfig, models: ModelSource | None = None) -> None:
-        self.config = config
-        self.transport = InMemoryTransport()
-        self.clock = ManualClock()
-        self.daemon = AgentDaemon(config, transport=self.transport, clock=self.clock, models=models)
-        self.daemon.startup()
-
-    def settle(self, ticks: int = 30) -> None:
-        for _ in range(ticks):
-            self.daemon.tick(0.01)
-            self.clock.advance(0.05)
-
-    def settle_until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        """Tick until `condition` holds (the model watcher works on its own thread, in real time)."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, "condition not met in time"
-            self.settle(1)
-            time.sleep(0.01)
-
-    def alerts(self) -> list[dict[str, object]]:
-        return [json.loads(m.payload) for m in self.transport.messages("alert")]
-
-    def close(self) -> None:
-        self.daemon.shutdown()
-
-
 @pytest.fixture(name="config")
 def _config(tmp_path: Path) -> AgentConfig:
     return make_config(tmp_path)
-
-
-@pytest.fixture(name="harness")
-def _harness(config: AgentConfig) -> Iterator[Harness]:
-    harness = Harness(config)
-    yield harness
-    harness.close()
 
 
 def write(config: AgentConfig, text: str, name: str = "arm1.csv") -> None:
