@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.config import OutboxConfig, PolicyConfig
+from agent.config import OutboxConfig
 from agent.contract.alerts import WindowRef
 from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
@@ -22,7 +22,7 @@ from agent.publish.telemetry import heartbeat_message, heartbeat_record
 from agent.seams import OutboundMessage
 from agent.state import StateStore
 from agent.testing import InMemoryTransport, ManualClock
-from tests.test_policy import make_manifest
+from tests.test_policy import make_manifest, make_policy
 
 BOOT_1970 = 86_400.0
 """A wall clock one day after the epoch: a controller without RTC, before NTP."""
@@ -168,15 +168,7 @@ def window_at(index: int, end: float) -> WindowRef:
 class TestPolicyDataTime:
     def _policy(self, **config: object) -> AlertPolicy:
         manifest = make_manifest(heads=tuple((f"j{i}", "wear", "higher_is_worse") for i in range(3)))
-        return AlertPolicy(
-            manifest,
-            PolicyConfig.model_validate({"on_delay_windows": 1, "off_delay_windows": 1, **config}),
-            robot_id="r1",
-            site="s1",
-            stream="arm1",
-            agent_version="0",
-            clock=ManualClock(),
-        )
+        return make_policy(manifest, **{"on_delay_windows": 1, "off_delay_windows": 1, **config})
 
     def _run(self, policy: AlertPolicy, scores: list[float], index: int, end: float) -> list[str]:
         n = len(scores)
