@@ -49,6 +49,14 @@ def _trained(fleet: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     return root / "models" / "arm-test" / "1"
 
 
+def _log_without_truth(train: Path, root: Path) -> Path:
+    """`root` holding one robot, robot-u, with a training robot's arm1.csv and no truth.csv."""
+    robot = root / "robot-u"
+    robot.mkdir(parents=True)
+    (robot / "arm1.csv").write_bytes(next(train.glob("*/arm1.csv")).read_bytes())
+    return root
+
+
 class TestTrainMinimum:
     def test_writes_model_manifest_and_metrics_into_the_registry_layout(self, trained: Path) -> None:
         """`robotpm-train --train-csv --test-csv` writes models/<name>/1/ with model, manifest, metrics."""
@@ -183,12 +191,9 @@ class TestBadInput:
         self, fleet: tuple[Path, Path], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Training logs without truth.csv fail with 'labels are absent' and write nothing."""
-        unlabelled = tmp_path / "unlabelled" / "robot-u"
-        unlabelled.mkdir(parents=True)
-        source = next(fleet[0].glob("*/arm1.csv"))
-        (unlabelled / "arm1.csv").write_bytes(source.read_bytes())
+        unlabelled = _log_without_truth(fleet[0], tmp_path / "unlabelled")
         out = tmp_path / "models"
-        assert _train(config, unlabelled.parent, fleet[1], out) == 1
+        assert _train(config, unlabelled, fleet[1], out) == 1
         assert "labels are absent" in capsys.readouterr().err
         assert not out.exists()
 

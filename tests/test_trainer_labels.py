@@ -17,15 +17,12 @@ from trainer import cli
 from trainer.config import FlagLabels
 from trainer.labels import flag_events
 
-BASE = trainer_toml("cobot", trees=8, depth=6)
+LABELS = trainer_toml("cobot", trees=8, depth=6, horizon_s=60.0) + "tolerance_s = 0.5\n"
+"""A small cobot config and the start of its [trainer.labels] table, which FLAG and EVENTS complete."""
 
 FLAG = (
-    BASE
-    + """
-[trainer.labels]
-source = "flag"
-horizon_s = 60.0
-tolerance_s = 0.5
+    LABELS
+    + """source = "flag"
 [trainer.labels.flag]
 column = "protective_stop "
 on = ["True"]
@@ -36,12 +33,8 @@ component = "arm"
 )
 
 EVENTS = (
-    BASE
-    + """
-[trainer.labels]
-source = "events"
-horizon_s = 60.0
-tolerance_s = 0.5
+    LABELS
+    + """source = "events"
 [trainer.labels.events]
 event_log = "faults.jsonl"
 time = "stamp"
@@ -66,6 +59,14 @@ def _export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
 def _train(config: Path, train: Path, test: Path, out: Path) -> int:
     argv = ["--config", str(config), "--train-csv", str(train), "--test-csv", str(test), "--out", str(out)]
     return cli.main([*argv, "--no-report"])
+
+
+@pytest.fixture(name="flag_config")
+def _flag_config(tmp_path: Path) -> Path:
+    """A config.toml with source = "flag"."""
+    config = tmp_path / "config.toml"
+    config.write_text(FLAG)
+    return config
 
 
 @pytest.fixture(scope="module", name="flag_version")
@@ -156,12 +157,12 @@ def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(flag_ve
 
 def test_train_list_and_the_gate_report_the_same_pr_auc(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]],
+    flag_config: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The PR-AUC a run stores, the one `list` prints and the one the gate measures on the same data agree."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
+    config = flag_config
     out = tmp_path / "models"
     argv = ["--config", str(config), "--train-csv", str(export[0]), "--test-csv", str(export[1])]
     assert cli.main([*argv, "--out", str(out), "--no-report", "--promote"]) == 0
@@ -176,13 +177,11 @@ def test_train_list_and_the_gate_report_the_same_pr_auc(
 
 def test_inspect_prints_what_the_trainer_will_see(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]],
-    tmp_path: Path,
+    flag_config: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`inspect` shows rows and sample rate per robot, events per mode, label balance and quarantine."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
-    assert cli.main(["inspect", str(export[0]), str(export[1]), "--config", str(config)]) == 0
+    assert cli.main(["inspect", str(export[0]), str(export[1]), "--config", str(flag_config)]) == 0
     text = capsys.readouterr().out
     assert "== train:" in text
     assert "== test:" in text
