@@ -17,6 +17,19 @@ from agent.daemon import AgentDaemon
 from agent.seams import ModelSource
 from agent.testing import InMemoryTransport, ManualClock
 
+HEADER = "ts,J1,T1\n"
+"""The header of the tiny test model's logs."""
+
+
+def write(config: AgentConfig, text: str, name: str = "arm1.csv") -> None:
+    """Append `text` to the config's first stream's log `name`, starting it with `HEADER` if new."""
+    path = config.streams[0].directory / name
+    new = not path.exists()
+    with path.open("a") as handle:
+        if new:
+            handle.write(HEADER)
+        handle.write(text)
+
 
 class Harness:
     """Runs a daemon tick by tick against an in-memory transport."""
@@ -33,6 +46,11 @@ class Harness:
             self.daemon.tick(0.01)
             self.clock.advance(0.05)
 
+    def feed(self, text: str) -> None:
+        """Append `text` to the log of the first stream, then `settle`."""
+        write(self.config, text)
+        self.settle()
+
     def settle_until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         """Tick until `condition` holds (the model watcher works on its own thread, in real time)."""
         deadline = time.monotonic() + timeout_s
@@ -47,10 +65,15 @@ class Harness:
     def close(self) -> None:
         self.daemon.shutdown()
 
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 @pytest.fixture(name="harness")
 def harness_fixture(config: AgentConfig) -> Iterator[Harness]:
     """A started `Harness` of the module's ``config`` fixture, shut down after the test."""
-    harness = Harness(config)
-    yield harness
-    harness.close()
+    with Harness(config) as harness:
+        yield harness
