@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import pytest
 
@@ -65,15 +66,9 @@ class Harness:
     def close(self) -> None:
         self.daemon.shutdown()
 
-    def __enter__(self) -> Harness:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
 
 @pytest.fixture(name="harness")
 def harness_fixture(config: AgentConfig) -> Iterator[Harness]:
     """A started `Harness` of the module's ``config`` fixture, shut down after the test."""
-    with Harness(config) as harness:
+    with closing(Harness(config)) as harness:
         yield harness

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
     ) -> None:
         """Three lines are held unparsed; the fourth completes window 0 and all four count at once."""
         config = make_config(tmp_path, max_hold_s=60.0)
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             counters = harness.daemon.streams[0].counters
             write(config, lines(0, [0.1] * 3))
             harness.daemon.tick(0.01)
@@ -169,7 +170,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
         payloads = []
         for max_hold in (0.0, 60.0):
             config = make_config(tmp_path / f"hold-{max_hold}", max_hold_s=max_hold)
-            with Harness(config) as harness:
+            with closing(Harness(config)) as harness:
                 text = lines(0, PROFILE).splitlines(keepends=True)
                 for i, line in enumerate(text):
                     write(config, line if i % 3 else line + "bad line\n")
@@ -195,7 +196,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
             }
         )
         write(config, lines(0, [0.1] * 5))  # window 0 complete; the next needs 1 more line (hop 2)
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             counters = harness.daemon.streams[0].counters
             harness.daemon.tick(0.01)
             assert 1 == counters.windows
@@ -216,7 +217,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
     def test_held_lines_are_parsed_once_max_hold_s_has_passed(self, tmp_path: Path) -> None:
         """However slow the stream, its lines (and their quarantine) wait at most max_hold_s."""
         config = make_config(tmp_path, max_hold_s=0.5)
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             write(config, lines(0, [0.1] * 2) + "oops,1,2\n")
             harness.daemon.tick(0.01)
             assert 0 == harness.daemon.streams[0].counters.lines
@@ -230,7 +231,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
     def test_a_commit_while_lines_are_held_saves_the_position_before_them(self, tmp_path: Path) -> None:
         """A heartbeat commits while lines wait: a crash then must read them again, not skip them."""
         config = make_config(tmp_path, max_hold_s=60.0).model_copy(update={"heartbeat_interval_s": 1.0})
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             write(config, lines(0, [0.1] * 4))
             harness.daemon.tick(0.01)  # window 0 complete
             harness.clock.advance(config.ingest.checkpoint_interval_s)
@@ -269,7 +270,7 @@ class TestModelSwap:
         config = make_config(tmp_path).model_copy(
             update={"ingest": IngestConfig(watch="inotify", poll_interval_s=30.0)}
         )
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             harness.daemon.tick(0.01)
             write_linear_model(config.model.directory / "v2", version=2)
             started = time.monotonic()
@@ -293,7 +294,7 @@ class TestHeartbeat:
     def test_heartbeat_reports_counters_and_drift_away_from_the_training_data(self, tmp_path: Path) -> None:
         """Temperatures 40 training stds away make the heartbeat say drifting, with the line count."""
         config = make_config(tmp_path).model_copy(update={"heartbeat_interval_s": 0.1})
-        with Harness(config) as harness:
+        with closing(Harness(config)) as harness:
             harness.settle(3)  # a heartbeat before any data
             write(config, lines(0, [0.1] * 200))  # j1_temp 40.0 against a reference of 0 ± 1
             harness.settle()
