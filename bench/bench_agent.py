@@ -226,16 +226,8 @@ def build_assets(work: Path, plan: Plan) -> Assets:
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.ensemble import RandomForestClassifier
 
+    from agent.contract import manifest as contract
     from agent.contract.features import batch_features
-    from agent.contract.manifest import (
-        AlertHead,
-        FeatureReference,
-        GoldenVector,
-        ModelManifest,
-        OnnxInterface,
-        Thresholds,
-        file_sha256,
-    )
     from robotpm_sim.faults import MODES
     from robotpm_sim.fleet import simulate_history
     from robotpm_sim.formatting import format_records
@@ -274,24 +266,24 @@ def build_assets(work: Path, plan: Plan) -> Assets:
     (model_dir / "model.onnx").write_bytes(onnx_model.SerializeToString())
     sk_model = work / "forest.pkl"
     sk_model.write_bytes(pickle.dumps(forest))
-    sha, length = file_sha256(model_dir / "model.onnx")
+    sha, length = contract.file_sha256(model_dir / "model.onnx")
     session = InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     golden_x = x[:3]
     golden_y = session.run(["probabilities"], {"features": golden_x})[0]
     classes = [int(c) for c in forest.classes_]
     heads = tuple(
-        AlertHead(
+        contract.AlertHead(
             output="probabilities",
             column=i,
             component=f"class{c}",
             failure_mode=MODES[c],
             meaning=f"probability of {MODES[c]}",
-            thresholds=Thresholds(warning=0.6, critical=0.85, clear=0.4),
+            thresholds=contract.Thresholds(warning=0.6, critical=0.85, clear=0.4),
         )
         for i, c in enumerate(classes)
         if c != 0
     )
-    manifest = ModelManifest(
+    manifest = contract.ModelManifest(
         model_id="bench-forest",
         version=1,
         created=datetime(2026, 1, 1, tzinfo=timezone.utc),
@@ -299,18 +291,18 @@ def build_assets(work: Path, plan: Plan) -> Assets:
         feature_spec=spec,
         feature_spec_hash=spec.spec_hash(),
         feature_names=spec.feature_names(),
-        onnx=OnnxInterface(
+        onnx=contract.OnnxInterface(
             input_name="features",
             input_shape=(None, spec.n_features),
             outputs=("label", "probabilities"),
             opset=17,
         ),
         heads=heads,
-        reference=FeatureReference(
+        reference=contract.FeatureReference(
             mean=tuple(float(v) for v in x.mean(axis=0)), std=tuple(float(v) + 1e-9 for v in x.std(axis=0))
         ),
         golden=tuple(
-            GoldenVector(
+            contract.GoldenVector(
                 features=tuple(float(v) for v in gx), expected={"probabilities": tuple(map(float, gy))}
             )
             for gx, gy in zip(golden_x, golden_y, strict=True)
@@ -336,7 +328,7 @@ def build_assets(work: Path, plan: Plan) -> Assets:
     bundled = REPO / "agent" / "models" / "bundled"
     if (bundled / "manifest.json").exists() and (bundled / "model.onnx").exists():
         agent_model_dir = bundled
-        label = f"agent/models/bundled ({ModelManifest.read(bundled).label})"
+        label = f"agent/models/bundled ({contract.ModelManifest.read(bundled).label})"
     else:
         agent_model_dir = model_dir
         label = "benchmark forest (agent/models/bundled absent)"

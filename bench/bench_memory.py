@@ -37,18 +37,8 @@ from bench_agent import fmt, median, table, verdict  # noqa: E402
 from robotpm_sim.fleet import simulate_history  # noqa: E402
 from robotpm_sim.formatting import format_records  # noqa: E402
 from robotpm_sim.records import header_line  # noqa: E402
+from tests import robot_install as install  # noqa: E402
 from tests.mosquitto import Broker  # noqa: E402
-from tests.robot_install import (  # noqa: E402
-    build_wheel,
-    clean_env,
-    configure_template,
-    install_venv,
-    lines_read,
-    package_dir,
-    start_agent,
-    wait_ready,
-    write_atomically,
-)
 
 TARGET_MIB = 80.0
 LOG_LINES = 3000
@@ -104,7 +94,7 @@ def waiting_interpreter(python: Path, prelude: str) -> dict[str, float]:
         [str(python), "-c", prelude + WAIT],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=clean_env(),
+        env=install.clean_env(),
         cwd="/",
     )
     try:
@@ -127,8 +117,8 @@ class Robot:
         self.agent = python.parent / "robotpm-agent"
         self.config = root / "etc" / "robotpm" / "config.toml"
         self.config.parent.mkdir(parents=True)
-        template = (package_dir(python, "agent") / "install" / "config.toml").read_text()
-        self.config.write_text(configure_template(template, root))
+        template = (install.package_dir(python, "agent") / "install" / "config.toml").read_text()
+        self.config.write_text(install.configure_template(template, root))
         credential = root / "run" / "credentials" / "robotpm-agent.service" / "mqtt"
         credential.parent.mkdir(parents=True)
         credential.write_text("robot-001:bench\n")
@@ -143,7 +133,7 @@ class Robot:
         state = self.root / "var" / "lib" / "robotpm-agent"
         subprocess.run(["rm", "-rf", str(state)], check=True)
         state.mkdir(parents=True)
-        write_atomically(self.logs / "arm1.csv", self.log_bytes)
+        install.write_atomically(self.logs / "arm1.csv", self.log_bytes)
 
     def started_agent(self, work: Path) -> tuple[dict[str, float], dict[str, float]]:
         """RSS of `robotpm-agent run` at READY=1 and after reading the whole log."""
@@ -153,15 +143,15 @@ class Robot:
         sock.bind(str(notify_path))
         sock.settimeout(1.0)
         with open(work / "agent.out", "ab") as out:
-            process = start_agent(
+            process = install.start_agent(
                 self.agent, self.config, root=self.root, port=self.port, notify=notify_path, out=out
             )
         try:
-            if not wait_ready(sock, process, 120):
+            if not install.wait_ready(sock, process, 120):
                 raise RuntimeError(f"the agent never became ready; see {work / 'agent.out'}")
             ready = status_mib(process.pid)
             deadline = time.monotonic() + 120
-            while lines_read(self.agent, self.config) < LOG_LINES:
+            while install.lines_read(self.agent, self.config) < LOG_LINES:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"the agent did not read the log; see {work / 'agent.out'}")
                 time.sleep(0.2)
@@ -188,7 +178,7 @@ def main() -> int:
         work = Path(tmp)
         if args.venv is None:
             started = time.monotonic()
-            python = install_venv(work / "opt" / "robotpm", build_wheel(work / "wheel"))
+            python = install.install_venv(work / "opt" / "robotpm", install.build_wheel(work / "wheel"))
             print(f"built the wheel and a base-only venv in {time.monotonic() - started:.0f} s")
         else:
             python = args.venv / "bin" / "python"
@@ -233,12 +223,12 @@ def main() -> int:
             ],
             note="anon: heap and Python objects; file: mapped library code and data (shared, reclaimable)",
         )
-        bundled = package_dir(python, "agent") / "models" / "bundled"
+        bundled = install.package_dir(python, "agent") / "models" / "bundled"
         steps = subprocess.run(
             [str(python), "-c", BREAKDOWN, str(bundled), *DEPENDENCY_ORDER],
             capture_output=True,
             text=True,
-            env=clean_env(),
+            env=install.clean_env(),
             cwd="/",
             check=True,
         ).stdout.splitlines()

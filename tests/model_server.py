@@ -34,7 +34,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.signing_keys import FleetKeys, fleet_keys
-from tests.test_mqtt_tls import _ca, _leaf, _write_cert, _write_key
+from tests.test_mqtt_tls import _ca, _issue, _other_ca, _write_cert
 
 USER, SECRET = "robot", "s3cr:et"
 
@@ -51,14 +51,8 @@ def make_pki(directory: Path) -> Pki:
     """A test CA, a server certificate it signed (valid for 127.0.0.1), and somebody else's CA."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca("RobotPM model server test CA")
-    cert, key = _leaf(ca, ca_key, "models.robotpm.test", server=True)
-    other, _ = _ca("Somebody else's CA")
-    return Pki(
-        ca=_write_cert(ca, directory / "ca.pem"),
-        cert=_write_cert(cert, directory / "server.pem"),
-        key=_write_key(key, directory / "server.key"),
-        other_ca=_write_cert(other, directory / "other-ca.pem"),
-    )
+    cert, key = _issue(directory, ca, ca_key, "models.robotpm.test", "server", server=True)
+    return Pki(ca=_write_cert(ca, directory / "ca.pem"), cert=cert, key=key, other_ca=_other_ca(directory))
 
 
 class ModelServer:

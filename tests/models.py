@@ -111,3 +111,21 @@ def write_linear_model(
     )
     (directory / "manifest.json").write_text(manifest.to_json())
     return manifest
+
+
+def adding_loop_body(addend: onnx.TensorProto, shape: Sequence[int | None] = (1,)) -> onnx.GraphProto:
+    """The body of an ONNX Loop that carries one float tensor of `shape`, adding `addend` each trip.
+
+    Its inputs are the trip number, the condition (passed on unchanged: the loop runs its
+    whole trip count) and the carried value; `addend` is the body's own initializer.
+    """
+    value = helper.make_tensor_value_info
+    inputs = [value("i", TensorProto.INT64, []), value("cond_in", TensorProto.BOOL, [])]
+    outputs = [value("cond_out", TensorProto.BOOL, []), value("v_out", TensorProto.FLOAT, shape)]
+    nodes = [
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        helper.make_node("Add", ["v_in", addend.name], ["v_out"]),
+    ]
+    return helper.make_graph(
+        nodes, "body", [*inputs, value("v_in", TensorProto.FLOAT, shape)], outputs, initializer=[addend]
+    )

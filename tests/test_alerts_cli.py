@@ -21,7 +21,7 @@ from agent.config import MqttConfig
 from agent.contract.alerts import AlertEvent
 from agent.contract.topics import RobotTopics
 from agent.publish.telemetry import presence
-from agent.subscriber.cli import Printer, Watcher, main, open_store
+from agent.subscriber.cli import Printer, Store, Watcher, main, open_store
 from tests.mosquitto import Broker
 from tests.test_policy import make_policy, run
 
@@ -218,20 +218,24 @@ J1 = "j1_current"
         assert "z " in row
 
 
+def json_watcher(out: io.StringIO, *, presence: bool, store: Store | None) -> Watcher:
+    """A watcher of every site and robot, printing JSON lines to `out`, without heartbeats."""
+    return Watcher(
+        MqttConfig(),
+        site=None,
+        robot=None,
+        client_id=None,
+        presence=presence,
+        heartbeats=False,
+        printer=Printer(out, as_json=True),
+        store=store,
+    )
+
+
 class TestStores:
     def _watcher(self, store_path: Path) -> tuple[Watcher, io.StringIO]:
         out = io.StringIO()
-        watcher = Watcher(
-            MqttConfig(),
-            site=None,
-            robot=None,
-            client_id=None,
-            presence=True,
-            heartbeats=False,
-            printer=Printer(out, as_json=True),
-            store=open_store(store_path),
-        )
-        return watcher, out
+        return json_watcher(out, presence=True, store=open_store(store_path)), out
 
     def test_sqlite_store_keeps_each_event_once_across_runs(self, tmp_path: Path) -> None:
         """Storing the same events in two runs leaves one row per event_id."""

@@ -11,21 +11,16 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent.contract.topics import model_announcements
+from tests import model_server
 from tests.agent_config import agent_config
 from tests.agent_runs import AgentRun, saved_samples
-from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, webroot, https, keys)
-    ModelServer,
-    Pki,
-    https_fixture,
-    keys_fixture,
-    mqtt_publish,
-    pki_fixture,
-    webroot_fixture,
-)
+from tests.model_server import https_fixture, keys_fixture, pki_fixture, webroot_fixture  # noqa: F401
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
 from tests.signing_keys import FleetKeys
@@ -62,6 +57,16 @@ class Agent(AgentRun):
             HEADER + "".join(f"{i}.0,0.1,40.0\n" for i in range(LINES))
         )
 
+    @contextmanager
+    def running(self) -> Iterator[Agent]:
+        """The agent started on its lines; SIGKILLed on the way out (a no-op once it has stopped)."""
+        self.write_lines()
+        self.start()
+        try:
+            yield self
+        finally:
+            self.kill()
+
     def sigterm(self) -> tuple[int, float]:
         """SIGTERM; (exit code, seconds to exit). Killed after TimeoutStopSec, as systemd would."""
         started = time.monotonic()
@@ -79,14 +84,10 @@ class Agent(AgentRun):
 def test_sigterm_ends_a_long_poll_at_once_with_the_final_commit(tmp_path: Path) -> None:
     """poll_interval_s = 30: the loop sleeps; SIGTERM wakes it, it commits and exits in a few seconds."""
     agent = Agent(tmp_path, poll_interval_s=30.0)
-    agent.write_lines()
-    agent.start()
-    try:
+    with agent.running():
         agent.wait(lambda: bool(agent.events("agent_started")), "the start")
         time.sleep(1.0)  # the first tick read the lines; the next one is 30 s away
         code, seconds = agent.sigterm()
-    finally:
-        agent.kill()
     assert 0 == code
     assert seconds < 10.0, f"{seconds:.1f} s to stop"
     assert LINES == agent.committed_samples()
@@ -94,24 +95,25 @@ def test_sigterm_ends_a_long_poll_at_once_with_the_final_commit(tmp_path: Path) 
 
 
 def test_sigterm_during_a_trickling_model_download_ends_in_time_with_the_final_commit(
-    tmp_path: Path, broker: Broker, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+    tmp_path: Path,
+    broker: Broker,
+    https: model_server.ModelServer,
+    webroot: Path,
+    pki: model_server.Pki,
+    keys: FleetKeys,
 ) -> None:
     """The announced bundle comes one byte every 0.2 s; SIGTERM mid-download still stops in seconds."""
     payload = published(signed_version(tmp_path, keys), https, webroot, keys)
     trickling = resigned(payload, keys, url=f"{https.base_url}/trickle/test-linear-v2.tar")
-    mqtt_publish(broker.port, model_announcements(CHANNEL), trickling)
+    model_server.mqtt_publish(broker.port, model_announcements(CHANNEL), trickling)
     agent = Agent(
         tmp_path / "agent",
         port=broker.port,
         model={"channel": CHANNEL, "download_ca_file": pki.ca, "trusted_keys": keys.trusted},
     )
-    agent.write_lines()
-    agent.start()
-    try:
+    with agent.running():
         agent.wait(lambda: https.requests["/trickle/test-linear-v2.tar"] >= 1, "the download under way")
         code, seconds = agent.sigterm()
-    finally:
-        agent.kill()
     assert 0 == code
     assert seconds < 15.0, f"{seconds:.1f} s to stop"
     assert LINES == agent.committed_samples()
@@ -124,9 +126,7 @@ def test_sigterm_while_a_model_load_hangs_in_the_watcher_exits_0_in_time_with_th
     onnxruntime. The stop does not wait for it past its budget, commits, and exits 0 (not an abort).
     """
     agent = Agent(tmp_path, model={"isolate": False})
-    agent.write_lines()
-    agent.start()
-    try:
+    with agent.running():
         agent.wait(lambda: bool(agent.events("agent_started")), "the start")
         staging = tmp_path / "staging-v2"
         write_spinning_model(staging, version=2)
@@ -136,8 +136,6 @@ def test_sigterm_while_a_model_load_hangs_in_the_watcher_exits_0_in_time_with_th
             time.sleep(0.05)
         time.sleep(0.5)
         code, seconds = agent.sigterm()
-    finally:
-        agent.kill()
     assert 0 == code, agent.output.read_text()[-2000:]
     assert seconds < TIMEOUT_STOP_S - 5.0, f"{seconds:.1f} s to stop"
     assert LINES == agent.committed_samples()

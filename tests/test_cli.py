@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent_config import agent_config
+from tests.agent_process import reaped
 from tests.agent_runs import saved_samples
 from tests.models import write_linear_model
 
@@ -101,15 +102,15 @@ def test_run_goes_on_when_its_stdout_is_closed(tmp_path: Path) -> None:
     """The agent's log reader (journald) goes away: logging fails quietly, lines are still scored."""
     config = setup(tmp_path)
     read, write = os.pipe()
-    agent = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
         cwd=REPO,
         stdout=write,
         stderr=subprocess.PIPE,
     )
-    os.close(write)
-    os.close(read)  # nobody reads the log any more: the agent's next log line meets a broken pipe
-    try:
+    with reaped(process) as agent:
+        os.close(write)
+        os.close(read)  # nobody reads the log any more: the agent's next log line meets a broken pipe
         (tmp_path / "logs" / "arm1.csv").write_text(
             "ts,J1,T1\n" + "".join(f"{i}.0,0.1,40.0\n" for i in range(40))
         )
@@ -120,9 +121,5 @@ def test_run_goes_on_when_its_stdout_is_closed(tmp_path: Path) -> None:
             time.sleep(0.1)
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=30)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait()
     assert 0 == agent.returncode
     assert b"Traceback" not in stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.config import OutboxConfig, PolicyConfig
+from agent.config import OutboxConfig
 from agent.contract.alerts import WindowRef
 from agent.contract.topics import RobotTopics
 from agent.outbox import Outbox
@@ -22,7 +22,7 @@ from agent.publish.telemetry import heartbeat_message, heartbeat_record
 from agent.seams import OutboundMessage
 from agent.state import StateStore
 from agent.testing import InMemoryTransport, ManualClock
-from tests.test_policy import make_manifest
+from tests.test_policy import make_manifest, make_policy
 
 BOOT_1970 = 86_400.0
 """A wall clock one day after the epoch: a controller without RTC, before NTP."""
@@ -72,8 +72,7 @@ class TestOutboxAge:
         clock.advance(59.0)
         assert 0 == outbox.expire()
         clock.advance(2.0)
-        assert 1 == outbox.expire()
-        assert {"heartbeat:expired": 1} == outbox.dropped()
+        assert (1, {"heartbeat:expired": 1}) == (outbox.expire(), outbox.dropped())
 
     def test_age_accumulates_across_restarts_of_the_real_file_whatever_the_wall_clock_says(
         self, tmp_path: Path
@@ -96,8 +95,7 @@ class TestOutboxAge:
         clock.set_wall(TODAY + 86_400)  # NTP again
         assert (0, 3) == (outbox.expire(), outbox.depth())
         clock.advance(15.0)
-        assert 3 == outbox.expire()
-        assert {"alert:expired": 3} == outbox.dropped()
+        assert (3, {"alert:expired": 3}) == (outbox.expire(), outbox.dropped())
 
     def test_rows_of_a_file_written_before_the_outbox_clock_start_their_age_at_the_upgrade(
         self, tmp_path: Path
@@ -168,15 +166,7 @@ def window_at(index: int, end: float) -> WindowRef:
 class TestPolicyDataTime:
     def _policy(self, **config: object) -> AlertPolicy:
         manifest = make_manifest(heads=tuple((f"j{i}", "wear", "higher_is_worse") for i in range(3)))
-        return AlertPolicy(
-            manifest,
-            PolicyConfig.model_validate({"on_delay_windows": 1, "off_delay_windows": 1, **config}),
-            robot_id="r1",
-            site="s1",
-            stream="arm1",
-            agent_version="0",
-            clock=ManualClock(),
-        )
+        return make_policy(manifest, **{"on_delay_windows": 1, "off_delay_windows": 1, **config})
 
     def _run(self, policy: AlertPolicy, scores: list[float], index: int, end: float) -> list[str]:
         n = len(scores)

@@ -38,6 +38,17 @@ port = 8883
 """
 
 
+def _agent_check(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``robotpm-agent check --config config_file *args`` run as the operator would, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "--config", str(config_file), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
 @pytest.fixture(name="config_file")
 def _config_file(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
@@ -113,13 +124,7 @@ class TestErrors:
     def test_agent_cli_exits_2_naming_the_key_on_bad_config(self, config_file: Path) -> None:
         """robotpm-agent check with a bad value exits with code 2 and names file and key on stderr."""
         config_file.write_text(MINIMAL.replace("port = 8883", "port = 70000"))
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "check", "--config", str(config_file), "--profile", "prod"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
+        result = _agent_check(config_file, "--profile", "prod")
         assert 2 == result.returncode
         assert "agent.mqtt.port" in result.stderr
         assert str(config_file) in result.stderr
@@ -127,13 +132,7 @@ class TestErrors:
 
     def test_agent_cli_exits_2_when_a_log_directory_is_missing(self, config_file: Path) -> None:
         """A stream directory that does not exist is a configuration error, not a traceback."""
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "check", "--config", str(config_file)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
+        result = _agent_check(config_file)
         assert 2 == result.returncode
         assert "agent.streams[0].directory" in result.stderr
         assert "Traceback" not in result.stderr

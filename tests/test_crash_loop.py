@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.contract.manifest import file_sha256
 from tests.agent_config import agent_config, stream
 from tests.agent_runs import AgentRun, outbox_alerts
-from tests.models import SPEC, write_linear_model
+from tests.models import SPEC, adding_loop_body, write_linear_model
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "ts,J1,T1\n"
@@ -49,23 +49,7 @@ def lines(start: int, currents: list[float]) -> str:
 
 def spinning_onnx(n_features: int) -> bytes:
     """A model taking ``features`` to ``score`` that first turns a Loop 10^15 times: it never returns."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["v_in", "zero"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [1]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
-        ],
-        initializer=[numpy_helper.from_array(np.zeros(1, np.float32), "zero")],
-    )
+    body = adding_loop_body(numpy_helper.from_array(np.zeros(1, np.float32), "zero"))
     graph = helper.make_graph(
         [
             helper.make_node("Loop", ["M", "cond", "v0"], ["v_final"], body=body),

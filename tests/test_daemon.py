@@ -6,38 +6,23 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
-from agent.contract.streams import StreamConfig
-from agent.daemon import AgentDaemon
-from agent.seams import ModelSource
-from agent.testing import InMemoryTransport, ManualClock
+from tests.agent_config import tiny_agent
+from tests.daemon_harness import HEADER, Harness, harness_fixture, write  # noqa: F401 (pytest fixture: harness)
 from tests.models import write_linear_model
-
-HEADER = "ts,J1,T1\n"
 
 
 def make_config(tmp_path: Path, **ingest: object) -> AgentConfig:
-    logs = tmp_path / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     write_linear_model(tmp_path / "bundled", version=1)
-    return AgentConfig(
-        robot_id="r1",
+    return tiny_agent(
+        tmp_path,
         site="lab",
-        state_dir=tmp_path / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
         model=ModelConfig(
             directory=tmp_path / "store",
             bundled=tmp_path / "bundled",
@@ -58,64 +43,15 @@ def lines(start: int, currents: list[float]) -> str:
 PROFILE = [0.1] * 12 + [1.0] * 12 + [0.1] * 16
 
 
-class Harness:
-    """Runs a daemon tick by tick against an in-memory transport."""
-
-    def __init__(self, config: AgentConfig, models: ModelSource | None = None) -> None:
-        self.config = config
-        self.transport = InMemoryTransport()
-        self.clock = ManualClock()
-        self.daemon = AgentDaemon(config, transport=self.transport, clock=self.clock, models=models)
-        self.daemon.startup()
-
-    def settle(self, ticks: int = 30) -> None:
-        for _ in range(ticks):
-            self.daemon.tick(0.01)
-            self.clock.advance(0.05)
-
-    def settle_until(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        """Tick until `condition` holds (the model watcher works on its own thread, in real time)."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, "condition not met in time"
-            self.settle(1)
-            time.sleep(0.01)
-
-    def alerts(self) -> list[dict[str, object]]:
-        return [json.loads(m.payload) for m in self.transport.messages("alert")]
-
-    def close(self) -> None:
-        self.daemon.shutdown()
-
-
 @pytest.fixture(name="config")
 def _config(tmp_path: Path) -> AgentConfig:
     return make_config(tmp_path)
 
 
-@pytest.fixture(name="harness")
-def _harness(config: AgentConfig) -> Iterator[Harness]:
-    harness = Harness(config)
-    yield harness
-    harness.close()
-
-
-def write(config: AgentConfig, text: str, name: str = "arm1.csv") -> None:
-    path = config.streams[0].directory / name
-    new = not path.exists()
-    with path.open("a") as handle:
-        if new:
-            handle.write(HEADER)
-        handle.write(text)
-
-
 class TestAlertsFromLogLines:
-    def test_a_fault_in_the_log_raises_then_clears_one_alert(
-        self, harness: Harness, config: AgentConfig
-    ) -> None:
+    def test_a_fault_in_the_log_raises_then_clears_one_alert(self, harness: Harness) -> None:
         """A stretch of high current raises one alert (critical) and clears it once current is back down."""
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        harness.feed(lines(0, PROFILE))
         alerts = harness.alerts()
         states = [a["state"] for a in alerts]
         assert "raised" == states[0]
@@ -126,8 +62,7 @@ class TestAlertsFromLogLines:
 
     def test_an_alert_names_its_window_source_and_model(self, harness: Harness, config: AgentConfig) -> None:
         """The raise points at the log file, byte range and window, and names the model version."""
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        harness.feed(lines(0, PROFILE))
         raised = harness.alerts()[0]
         window = raised["window"]
         assert isinstance(window, dict)
@@ -142,8 +77,7 @@ class TestAlertsFromLogLines:
         """Garbage between good lines lands in quarantine with its reason; alerts still come."""
         good = lines(0, PROFILE).splitlines(keepends=True)
         text = "".join(good[:10]) + "oops,not,numbers\n" + "5,\x00\x00,1\n" + "".join(good[10:])
-        write(config, text)
-        harness.settle()
+        harness.feed(text)
         quarantined = [
             json.loads(x) for x in (config.state_dir / "quarantine.jsonl").read_text().splitlines()
         ]
@@ -219,8 +153,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
     ) -> None:
         """Three lines are held unparsed; the fourth completes window 0 and all four count at once."""
         config = make_config(tmp_path, max_hold_s=60.0)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             counters = harness.daemon.streams[0].counters
             write(config, lines(0, [0.1] * 3))
             harness.daemon.tick(0.01)
@@ -231,22 +164,17 @@ class TestHoldingLinesUntilAWindowCanComplete:
             write(config, lines(4, [0.1]))  # one more line: window 1 needs two
             harness.daemon.tick(0.01)
             assert (4, 1) == (counters.lines, counters.windows)
-        finally:
-            harness.close()
 
     def test_holding_changes_nothing_in_the_alerts_raised(self, tmp_path: Path) -> None:
         """Lines arriving one per tick give identical alerts whether held and joined, or parsed at once."""
         payloads = []
         for max_hold in (0.0, 60.0):
             config = make_config(tmp_path / f"hold-{max_hold}", max_hold_s=max_hold)
-            harness = Harness(config)
-            try:
+            with closing(Harness(config)) as harness:
                 text = lines(0, PROFILE).splitlines(keepends=True)
                 for i, line in enumerate(text):
                     write(config, line if i % 3 else line + "bad line\n")
                     harness.daemon.tick(0.01)
-            finally:
-                harness.close()
             here = str(config.streams[0].directory)
             payloads.append(
                 [m.payload.replace(here.encode(), b"<logs>") for m in harness.transport.messages("alert")]
@@ -268,8 +196,7 @@ class TestHoldingLinesUntilAWindowCanComplete:
             }
         )
         write(config, lines(0, [0.1] * 5))  # window 0 complete; the next needs 1 more line (hop 2)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             counters = harness.daemon.streams[0].counters
             harness.daemon.tick(0.01)
             assert 1 == counters.windows
@@ -286,14 +213,11 @@ class TestHoldingLinesUntilAWindowCanComplete:
             waited = time.monotonic() - started
             assert 3 == counters.windows
             assert 0.75 < waited < 1.8, f"woke after {waited:.2f} s"
-        finally:
-            harness.close()
 
     def test_held_lines_are_parsed_once_max_hold_s_has_passed(self, tmp_path: Path) -> None:
         """However slow the stream, its lines (and their quarantine) wait at most max_hold_s."""
         config = make_config(tmp_path, max_hold_s=0.5)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             write(config, lines(0, [0.1] * 2) + "oops,1,2\n")
             harness.daemon.tick(0.01)
             assert 0 == harness.daemon.streams[0].counters.lines
@@ -303,14 +227,11 @@ class TestHoldingLinesUntilAWindowCanComplete:
                 harness.daemon.streams[0].counters.lines,
                 harness.daemon.streams[0].counters.quarantined,
             )
-        finally:
-            harness.close()
 
     def test_a_commit_while_lines_are_held_saves_the_position_before_them(self, tmp_path: Path) -> None:
         """A heartbeat commits while lines wait: a crash then must read them again, not skip them."""
         config = make_config(tmp_path, max_hold_s=60.0).model_copy(update={"heartbeat_interval_s": 1.0})
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             write(config, lines(0, [0.1] * 4))
             harness.daemon.tick(0.01)  # window 0 complete
             harness.clock.advance(config.ingest.checkpoint_interval_s)
@@ -323,8 +244,6 @@ class TestHoldingLinesUntilAWindowCanComplete:
             assert harness.transport.messages("heartbeat")
             assert committed == saved_state(config)["follower"]["files"][0]["offset"]
             assert 4 == saved_state(config)["pipeline"]["samples_seen"]
-        finally:
-            harness.close()
         after_stop = saved_state(config)
         assert 5 == after_stop["pipeline"]["samples_seen"], "a clean stop processes what was held"
         assert committed + len(lines(4, [0.1])) == after_stop["follower"]["files"][0]["offset"]
@@ -335,12 +254,10 @@ class TestModelSwap:
         self, harness: Harness, config: AgentConfig
     ) -> None:
         """Version 2 written into the store scores the later alerts; the earlier ones keep version 1."""
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        harness.feed(lines(0, PROFILE))
         write_linear_model(config.model.directory / "v2", version=2)
         harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
-        write(config, lines(100, PROFILE))
-        harness.settle()
+        harness.feed(lines(100, PROFILE))
         versions = [a["model"]["version"] for a in harness.alerts()]  # type: ignore[index]
         assert 1 == versions[0]
         assert 2 == versions[-1]
@@ -353,16 +270,13 @@ class TestModelSwap:
         config = make_config(tmp_path).model_copy(
             update={"ingest": IngestConfig(watch="inotify", poll_interval_s=30.0)}
         )
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             harness.daemon.tick(0.01)
             write_linear_model(config.model.directory / "v2", version=2)
             started = time.monotonic()
             harness.daemon.tick(10.0)
             assert 2 == harness.daemon.slot.current.manifest.version
             assert time.monotonic() - started < 5.0
-        finally:
-            harness.close()
 
     def test_a_corrupt_newer_model_is_refused_and_the_old_one_keeps_scoring(
         self, harness: Harness, config: AgentConfig
@@ -372,8 +286,7 @@ class TestModelSwap:
         (config.model.directory / "v2" / "model.onnx").write_bytes(b"garbage")
         time.sleep(0.5)  # the watcher checks the store every 10 ms: it has looked, and refused
         harness.settle(5)
-        write(config, lines(0, PROFILE))
-        harness.settle()
+        harness.feed(lines(0, PROFILE))
         assert {1} == {a["model"]["version"] for a in harness.alerts()}  # type: ignore[index]
 
 
@@ -381,13 +294,10 @@ class TestHeartbeat:
     def test_heartbeat_reports_counters_and_drift_away_from_the_training_data(self, tmp_path: Path) -> None:
         """Temperatures 40 training stds away make the heartbeat say drifting, with the line count."""
         config = make_config(tmp_path).model_copy(update={"heartbeat_interval_s": 0.1})
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             harness.settle(3)  # a heartbeat before any data
             write(config, lines(0, [0.1] * 200))  # j1_temp 40.0 against a reference of 0 ± 1
             harness.settle()
             beats = [json.loads(m.payload) for m in harness.transport.messages("heartbeat")]
-        finally:
-            harness.close()
         assert "unknown" == beats[0]["drift"]
         assert ("drifting", 200) == (beats[-1]["drift"], beats[-1]["lines"])

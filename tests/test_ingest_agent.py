@@ -30,6 +30,7 @@ from tests.agent_process import spawn_agent
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
+from tests.waiting import wait_until
 
 HEADER = "ts,J1,T1\n"
 
@@ -128,15 +129,6 @@ def alert_ids(sub: Collector, site: str) -> list[str]:
 
 def alerts(sub: Collector, site: str) -> list[dict[str, object]]:
     return [m.json() for m in sub.on("/alerts") if f"/{site}/" in m.topic]
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def settle(sub: Collector, site: str, quiet: float = 1.5, timeout: float = 60) -> None:

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,12 +38,25 @@ def harness(logs: LogDir, mode: str) -> Iterator[Harness]:
     h.close()
 
 
+def read_then_stop(logs: LogDir, harness: Harness, n: int) -> list[bytes]:
+    """`n` lines written and read, then the follower stopped (its state saved): the lines."""
+    expected = logs.append(n)
+    harness.wait_for(n)
+    harness.follower.close()
+    return expected
+
+
+def assert_reads(harness: Harness, expected: list[bytes], settle_s: float = 0.2) -> None:
+    """`expected` arrives, and `settle_s` later nothing else has: no line lost, none repeated."""
+    harness.wait_for(len(expected))
+    harness.settle(settle_s)
+    assert harness.lines == expected
+
+
 def test_appended_lines_arrive_once_in_order(logs: LogDir, harness: Harness) -> None:
     """Lines appended in several writes come out once each, in order, without the header."""
     expected = logs.append(5) + logs.append(1) + logs.append(30)
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_partial_line_across_restart_yields_exactly_one_record(logs: LogDir, harness: Harness) -> None:
@@ -143,9 +157,7 @@ def test_rename_rotation_drains_the_rotated_file_before_its_successor(logs: LogD
     expected += logs.append(4)  # unread when the rotation happens
     logs.rotate_rename()
     expected += logs.append(5)
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_rotations_faster_than_the_poll_lose_nothing(logs: LogDir, harness: Harness) -> None:
@@ -155,25 +167,19 @@ def test_rotations_faster_than_the_poll_lose_nothing(logs: LogDir, harness: Harn
         expected += logs.append(20)
         logs.rotate_rename()
     expected += logs.append(7)
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_rotation_while_stopped_resumes_the_rotated_file(logs: LogDir, harness: Harness) -> None:
     """Rotated twice while the agent was down: the rest of the old file, then the newer ones."""
-    expected = logs.append(4)
-    harness.wait_for(4)
-    harness.follower.close()
+    expected = read_then_stop(logs, harness, 4)
     expected += logs.append(3)
     logs.rotate_rename()
     expected += logs.append(2)
     logs.rotate_rename()
     expected += logs.append(6)
     harness.kill()  # starts from the state saved before the rotations
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 @pytest.mark.parametrize("new_size", ["smaller", "same", "larger"])
@@ -202,24 +208,18 @@ def test_copytruncate_reads_the_copy_tail_and_the_new_content(
     else:
         logs.create()
         expected += logs.append(body)
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_copytruncate_across_restart_reads_new_content_only(logs: LogDir, harness: Harness) -> None:
     """A copytruncate while the agent is down: the copy's unread tail, then the new content, once."""
-    expected = logs.append(8)
-    harness.wait_for(8)
-    harness.follower.close()
+    expected = read_then_stop(logs, harness, 8)
     expected += logs.append(2)
     logs.copytruncate()
     logs.create()
     expected += logs.append(20)
     harness.kill()
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_stale_writer_nul_bytes_after_copytruncate_are_skipped(logs: LogDir, harness: Harness) -> None:
@@ -233,9 +233,7 @@ def test_stale_writer_nul_bytes_after_copytruncate_are_skipped(logs: LogDir, har
         handle.seek(position)  # the stale writer's offset: bytes before it read back as NUL
         handle.write(b"".join(line + b"\n" for line in lines))
     expected += lines
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
     assert all(b"\x00" not in line for line in harness.lines)
     assert harness.follower.stats()["nul_bytes_skipped"] > 0
 
@@ -246,9 +244,7 @@ def test_deleted_file_with_unread_bytes_is_drained(logs: LogDir, harness: Harnes
     harness.wait_for(3)
     expected += logs.append(9)
     logs.current.unlink()
-    harness.wait_for(len(expected))
-    harness.settle(0.5)
-    assert harness.lines == expected
+    assert_reads(harness, expected, settle_s=0.5)
     assert harness.follower.stats()["open_files"] == 0  # released once drained and quiet
 
 
@@ -259,9 +255,7 @@ def test_delete_and_recreate_the_same_path_is_reingested(logs: LogDir, harness: 
     logs.current.unlink()
     logs.create()
     expected += logs.append(5)
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_inode_reuse_while_stopped_is_new_content(logs: LogDir, harness: Harness) -> None:
@@ -274,25 +268,19 @@ def test_inode_reuse_while_stopped_is_new_content(logs: LogDir, harness: Harness
     logs.create()
     expected += logs.append(40)  # longer than before, so the old offset would be inside it
     harness.kill()
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
     # on tmpfs and ext4 the inode is normally recycled at once; either way the content decides
     assert logs.current.stat().st_ino == old_inode or harness.lines == expected
 
 
 def test_same_inode_rewritten_while_stopped_is_new_content(logs: LogDir, harness: Harness) -> None:
     """Content replaced in place (same inode, larger) while stopped is caught by the offset marker."""
-    expected = logs.append(10)
-    harness.wait_for(10)
-    harness.follower.close()
+    expected = read_then_stop(logs, harness, 10)
     logs.truncate(0)
     logs.create()
     expected += logs.append(25)
     harness.kill()
-    harness.wait_for(len(expected))
-    harness.settle(0.2)
-    assert harness.lines == expected
+    assert_reads(harness, expected)
 
 
 def test_symlinked_current_file_that_is_re_pointed(tmp_path: Path, mode: str) -> None:
@@ -428,9 +416,7 @@ def test_plain_copy_of_a_live_file_is_not_read_twice(logs: LogDir, harness: Harn
     harness.wait_for(50)
     shutil.copyfile(logs.current, logs.rotated(1))
     expected += logs.append(5)
-    harness.wait_for(len(expected))
-    harness.settle(0.6)  # past release_after_s, when the copy is judged
-    assert harness.lines == expected
+    assert_reads(harness, expected, settle_s=0.6)  # past release_after_s, when the copy is judged
     assert harness.follower.stats()["copies_skipped"] == 1
 
 
@@ -448,13 +434,24 @@ def test_unterminated_last_line_of_a_rotated_file_is_rejected_once_quiet(
     assert [(r.reason, r.raw) for r in harness.rejected] == [("unterminated", b"3,cut-off")]
 
 
-def test_inotify_wakes_the_reader_without_polling(logs: LogDir, tmp_path: Path) -> None:
-    """With a 30 s poll, an append still sets the wakeup within a second (inotify, coalesced)."""
+@contextmanager
+def following(logs: LogDir, coalesce_ms: float = 2.0) -> Iterator[tuple[StreamFollower, threading.Event]]:
+    """A started follower of `logs` on inotify and the event it sets when there is something to read."""
     wakeup = threading.Event()
-    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=5.0), wakeup)
+    follower = StreamFollower(
+        stream_config(logs.dir), ingest_config("inotify", coalesce_ms=coalesce_ms), wakeup
+    )
     follower.restore(None)
     follower.start()
     try:
+        yield follower, wakeup
+    finally:
+        follower.close()
+
+
+def test_inotify_wakes_the_reader_without_polling(logs: LogDir, tmp_path: Path) -> None:
+    """With a 30 s poll, an append still sets the wakeup within a second (inotify, coalesced)."""
+    with following(logs, coalesce_ms=5.0) as (follower, wakeup):
         assert follower.watch_mode == "inotify"
         follower.read(1 << 20)
         wakeup.clear()
@@ -465,17 +462,11 @@ def test_inotify_wakes_the_reader_without_polling(logs: LogDir, tmp_path: Path) 
         assert time.monotonic() - started < 1.0
         got = b"".join(b.data for b in follower.read(1 << 20))
         assert got.count(b"\n") == 200
-    finally:
-        follower.close()
 
 
 def test_a_reader_that_needs_more_bytes_is_not_woken_for_fewer(logs: LogDir) -> None:
     """wake_after(n): appends short of n bytes wake nobody; the append that reaches n does, at once."""
-    wakeup = threading.Event()
-    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
-    follower.restore(None)
-    follower.start()
-    try:
+    with following(logs) as (follower, wakeup):
         follower.read(1 << 20)
         follower.wake_after(1000)
         wakeup.clear()
@@ -489,43 +480,33 @@ def test_a_reader_that_needs_more_bytes_is_not_woken_for_fewer(logs: LogDir) -> 
         assert wakeup.wait(1.0)
         assert time.monotonic() - started < 0.1
         assert follower.stats()["wakeups_gated"] > 0
-    finally:
-        follower.close()
 
 
-def gated_follower(logs: LogDir, wakeup: threading.Event) -> StreamFollower:
-    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
-    follower.restore(None)
-    follower.start()
-    logs.append(2)
-    follower.read(1 << 20)
-    return follower
+@contextmanager
+def gated_following(logs: LogDir, need: int) -> Iterator[threading.Event]:
+    """`following`, two lines read, then gated: the reader asks to be woken after `need` more bytes."""
+    with following(logs) as (follower, wakeup):
+        logs.append(2)
+        follower.read(1 << 20)
+        follower.wake_after(need)
+        wakeup.clear()
+        yield wakeup
 
 
 def test_a_rotation_amid_appends_wakes_a_gated_reader(logs: LogDir) -> None:
     """While appends keep coming the gated watcher follows the file's size; a rotation still wakes."""
-    wakeup = threading.Event()
-    follower = gated_follower(logs, wakeup)
-    try:
-        follower.wake_after(1 << 20)
-        wakeup.clear()
+    with gated_following(logs, need=1 << 20) as wakeup:
         for _ in range(20):
             logs.append(1)
             time.sleep(0.003)
         assert not wakeup.is_set()
         logs.rotate_rename()
         assert wakeup.wait(1.0)
-    finally:
-        follower.close()
 
 
 def test_after_appends_pause_a_gated_reader_is_still_woken_by_enough_bytes(logs: LogDir) -> None:
     """Appends, a pause longer than the watcher follows sizes for, then enough bytes: woken."""
-    wakeup = threading.Event()
-    follower = gated_follower(logs, wakeup)
-    try:
-        follower.wake_after(2000)
-        wakeup.clear()
+    with gated_following(logs, need=2000) as wakeup:
         for _ in range(20):
             logs.append(1)
             time.sleep(0.003)
@@ -533,25 +514,13 @@ def test_after_appends_pause_a_gated_reader_is_still_woken_by_enough_bytes(logs:
         assert not wakeup.is_set()
         logs.append_raw(b"9" * 2000 + b"\n")
         assert wakeup.wait(1.0)
-    finally:
-        follower.close()
 
 
 def test_a_new_file_wakes_a_gated_reader(logs: LogDir) -> None:
     """Directory changes are never gated: a rotation wakes the reader even while it waits for bytes."""
-    wakeup = threading.Event()
-    follower = StreamFollower(stream_config(logs.dir), ingest_config("inotify", coalesce_ms=2.0), wakeup)
-    follower.restore(None)
-    follower.start()
-    try:
-        logs.append(2)
-        follower.read(1 << 20)
-        follower.wake_after(1 << 20)
-        wakeup.clear()
+    with gated_following(logs, need=1 << 20) as wakeup:
         logs.rotate_rename()
         assert wakeup.wait(1.0)
-    finally:
-        follower.close()
 
 
 def test_state_is_json_and_restores_across_processes(logs: LogDir, harness: Harness) -> None:

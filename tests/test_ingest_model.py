@@ -120,10 +120,14 @@ class FollowerMachine(RuleBasedStateMachine):
     def rotate_rename(self, after: int) -> None:
         if not self.log.current.exists():
             return
-        self._rotate_rename()
+        self._shift_rotated()
+        self.log.rotate_rename(keep=KEEP - 1)
+        self.files[self.log.rotated(1)] = self.files.pop(self.log.current, [])
+        self.files[self.log.current] = []
         self._write(after)
 
-    def _rotate_rename(self) -> None:
+    def _shift_rotated(self) -> None:
+        """Before a rotation: the tail dropped, the oldest rotated file deleted, the others' lines one up."""
         self._drop_tail()
         oldest = self.log.rotated(KEEP)
         if oldest.exists():
@@ -132,9 +136,6 @@ class FollowerMachine(RuleBasedStateMachine):
         for n in range(KEEP - 1, 0, -1):
             if self.log.rotated(n).exists():
                 self.files[self.log.rotated(n + 1)] = self.files.pop(self.log.rotated(n), [])
-        self.log.rotate_rename(keep=KEEP - 1)
-        self.files[self.log.rotated(1)] = self.files.pop(self.log.current, [])
-        self.files[self.log.current] = []
 
     @rule(header=st.booleans(), after=line_counts)
     def copytruncate(self, header: bool, after: int) -> None:
@@ -171,14 +172,7 @@ class FollowerMachine(RuleBasedStateMachine):
         self._write(after)
 
     def _copytruncate(self, header: bool, observe: Callable[[str], None] | None = None) -> None:
-        self._drop_tail()
-        oldest = self.log.rotated(KEEP)
-        if oldest.exists():
-            self._deleting(oldest)
-            oldest.unlink()
-        for n in range(KEEP - 1, 0, -1):
-            if self.log.rotated(n).exists():
-                self.files[self.log.rotated(n + 1)] = self.files.pop(self.log.rotated(n), [])
+        self._shift_rotated()
         self.log.copytruncate(keep=KEEP - 1, observe=observe)
         self.files[self.log.rotated(1)] = list(self.files.get(self.log.current, []))
         self.files[self.log.current] = []
@@ -189,15 +183,12 @@ class FollowerMachine(RuleBasedStateMachine):
     def truncate(self, after: int) -> None:
         if not self.log.current.exists():
             return
-        self._truncate()
-        self._write(after)
-
-    def _truncate(self) -> None:
         self._drop_tail()
         self.excused |= self._unread(self.files.get(self.log.current, []))
         self.log.truncate(0)
         self.files[self.log.current] = []
         self.log.create()
+        self._write(after)
 
     @rule()
     def delete(self) -> None:

@@ -28,6 +28,13 @@ def finish(h: Harness) -> None:
     h.drain()
 
 
+def assert_each_line_once(h: Harness, expected: list[bytes]) -> None:
+    """After `finish`, the lines read are exactly `expected`: none twice, none lost, in order."""
+    finish(h)
+    assert h.duplicates() == []
+    assert h.lines == expected
+
+
 @pytest.mark.parametrize("then", ["read", "restart", "kill"])
 @pytest.mark.parametrize("seen", ["empty", "partial", "full"])
 @pytest.mark.parametrize("o_append", [True, False], ids=["o_append", "no_o_append"])
@@ -59,9 +66,7 @@ def test_a_copytruncate_copy_seen_while_it_is_written_is_read_once(
             h.read(save=False)
             h.kill()
         expected += logs.append(40)  # the logger goes on (at its old offset without O_APPEND)
-        finish(h)
-        assert h.duplicates() == []
-        assert h.lines == expected
+        assert_each_line_once(h, expected)
     finally:
         h.close()
         logs.close_writer()
@@ -93,9 +98,7 @@ def test_a_position_just_after_a_nul_hole_never_resumes_inside_a_later_longer_ho
             h.follower = h._new()
         elif then == "kill":
             h.kill()
-        finish(h)
-        assert h.duplicates() == []
-        assert h.lines == expected
+        assert_each_line_once(h, expected)
     finally:
         h.close()
         logs.close_writer()

@@ -26,23 +26,35 @@ FILES = 5
 LINES = 100_000
 ROTATE_AT = 256 * 1024
 
-WRITER = r"""
-import os, sys
-directory, files, lines, rotate_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-handles = {}
-PAD = "x" * 24
-def open_new(i):
-    h = open(os.path.join(directory, f"f{i}.log"), "a", buffering=8192)
+SHIFT_ROTATED = r"""
+import os
+def with_header(h):
     h.write("timestamp,a\n")
     return h
-def rotate(i):
-    handles[i].close()
+def shift_rotated(directory, i):
+    # f{i}.log.1 .. .n each move one number up, as logrotate does before it rotates f{i}.log
     base = os.path.join(directory, f"f{i}.log")
     n = 1
     while os.path.exists(f"{base}.{n}"):
         n += 1
     for k in range(n - 1, 0, -1):
         os.replace(f"{base}.{k}", f"{base}.{k + 1}")
+    return base
+"""
+"""The header and the rotated files' renaming, shared by the writer scripts below."""
+
+WRITER = (
+    SHIFT_ROTATED
+    + r"""
+import os, sys
+directory, files, lines, rotate_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+handles = {}
+PAD = "x" * 24
+def open_new(i):
+    return with_header(open(os.path.join(directory, f"f{i}.log"), "a", buffering=8192))
+def rotate(i):
+    handles[i].close()
+    base = shift_rotated(directory, i)
     os.replace(base, f"{base}.1")
     handles[i] = open_new(i)
 for i in range(files):
@@ -56,6 +68,7 @@ for n in range(lines):
 for h in handles.values():
     h.close()
 """
+)
 
 
 def follow_writer(logs: Path, mode: str, script: str, deadline_s: float) -> Harness:
@@ -105,23 +118,18 @@ def test_five_files_rotating_at_256k_arrive_exactly_once(tmp_path: Path, mode: s
     assert_each_line_once_in_order(h, logs)
 
 
-COPYTRUNCATE_WRITER = r"""
+COPYTRUNCATE_WRITER = (
+    SHIFT_ROTATED
+    + r"""
 import os, shutil, sys
 directory, files, lines, rotate_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 PAD = "x" * 24
 def open_new(i):
     fd = os.open(os.path.join(directory, f"f{i}.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    h = os.fdopen(fd, "w", buffering=8192)  # no O_APPEND: it writes at its own offset
-    h.write("timestamp,a\n")
-    return h
+    return with_header(os.fdopen(fd, "w", buffering=8192))  # no O_APPEND: it writes at its own offset
 def copytruncate(i):
     handles[i].flush()
-    base = os.path.join(directory, f"f{i}.log")
-    n = 1
-    while os.path.exists(f"{base}.{n}"):
-        n += 1
-    for k in range(n - 1, 0, -1):
-        os.replace(f"{base}.{k}", f"{base}.{k + 1}")
+    base = shift_rotated(directory, i)
     shutil.copyfile(base, f"{base}.1")
     os.truncate(base, 0)
 handles = {i: open_new(i) for i in range(files)}
@@ -137,6 +145,7 @@ for n in range(lines):
 for h in handles.values():
     h.close()
 """
+)
 
 
 @pytest.mark.slow

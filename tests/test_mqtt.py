@@ -42,6 +42,14 @@ def alert(i: int) -> OutboundMessage:
     )
 
 
+def deliver_one(outbox: Outbox, mqtt: MqttTransport, **options: float) -> Delivery:
+    """Enqueue alert 1 and pump a `Delivery` over `mqtt` until the outbox is empty; the delivery."""
+    delivery = Delivery(outbox, mqtt, **options)
+    outbox.enqueue_now([alert(1)])
+    pump_until(delivery, lambda: outbox.depth() == 0)
+    return delivery
+
+
 def pump_until(delivery: Delivery, done: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -181,9 +189,7 @@ class TestAgainstMosquitto:
         mqtt = transport(config(broker.port, credentials_file=str(creds)))
         mqtt.start()
         try:
-            delivery = Delivery(outbox, mqtt)
-            outbox.enqueue_now([alert(1)])
-            pump_until(delivery, lambda: outbox.depth() == 0)
+            deliver_one(outbox, mqtt)
         finally:
             mqtt.stop()
         out = capsys.readouterr()
@@ -207,9 +213,7 @@ class TestScriptedBroker:
             mqtt = transport(config(fake.port))
             mqtt.start()
             try:
-                delivery = Delivery(outbox, mqtt)
-                outbox.enqueue_now([alert(1)])
-                pump_until(delivery, lambda: outbox.depth() == 0)
+                delivery = deliver_one(outbox, mqtt)
                 for _ in range(20):  # any late duplicate ack would show up here
                     delivery.pump()
                     time.sleep(0.01)
@@ -234,9 +238,7 @@ class TestScriptedBroker:
             mqtt = transport(config(fake.port))
             mqtt.start()
             try:
-                delivery = Delivery(outbox, mqtt, reject_retry_s=0.2)
-                outbox.enqueue_now([alert(1)])
-                pump_until(delivery, lambda: outbox.depth() == 0)
+                delivery = deliver_one(outbox, mqtt, reject_retry_s=0.2)
             finally:
                 mqtt.stop()
             sent = fake.received("/alerts")
@@ -249,9 +251,7 @@ class TestScriptedBroker:
             mqtt = transport(config(fake.port, protocol="auto"))
             mqtt.start()
             try:
-                delivery = Delivery(outbox, mqtt)
-                outbox.enqueue_now([alert(1)])
-                pump_until(delivery, lambda: outbox.depth() == 0)
+                deliver_one(outbox, mqtt)
             finally:
                 mqtt.stop()
             assert [5, 4] == fake.connects[:2]

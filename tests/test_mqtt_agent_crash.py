@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from tests.agent_process import spawn_agent
 from tests.fake_broker import Collector
 from tests.models import write_linear_model
 from tests.mosquitto import Broker
+from tests.waiting import wait_until
 
 CYCLES = 30  # each cycle: 10 high lines (raise), 10 low lines (clear)
 
@@ -100,19 +101,21 @@ def ids(sub: Collector, robot: str) -> list[str]:
     return [m.json()["event_id"] for m in sub.on("/alerts") if m.json()["robot_id"] == robot]
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+OBSERVED = ("robotpm/v1/+/+/alerts", "robotpm/v1/+/+/status")
+"""What the observers of these tests subscribe to: every robot's alerts and status."""
 
 
 @pytest.fixture(name="agents")
-def _agents(tmp_path: Path) -> Iterator[list[Agent]]:
+def _agents(tmp_path: Path, broker: Broker) -> Iterator[Callable[[str, str], Agent]]:
+    """Makes agents (directory under tmp_path, robot id) on the broker; SIGKILLs any left running."""
     made: list[Agent] = []
-    yield made
+
+    def make(directory: str, robot_id: str) -> Agent:
+        agent = Agent(tmp_path / directory, robot_id, broker.port)
+        made.append(agent)
+        return agent
+
+    yield make
     for agent in made:
         if agent.process is not None and agent.process.poll() is None:
             agent.stop(signal.SIGKILL)
@@ -120,22 +123,18 @@ def _agents(tmp_path: Path) -> Iterator[list[Agent]]:
 
 @pytest.mark.slow
 def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
-    tmp_path: Path, broker: Broker, agents: list[Agent]
+    broker: Broker, agents: Callable[[str, str], Agent]
 ) -> None:
     """SIGKILL while alerts wait in the outbox during an outage; after restart missing = 0."""
-    with Collector(
-        broker.port, ("robotpm/v1/+/+/alerts", "robotpm/v1/+/+/status"), client_id="crash-observer"
-    ) as sub:
-        reference = Agent(tmp_path / "reference", "ref-robot", broker.port)
-        agents.append(reference)
+    with Collector(broker.port, OBSERVED, client_id="crash-observer") as sub:
+        reference = agents("reference", "ref-robot")
         reference.append(lines(0, CYCLES))
         reference.start()
         expected_count = 2 * CYCLES
         wait_until(lambda: len(episodes(sub, "ref-robot")) >= expected_count, 60, "the reference alerts")
         assert 0 == reference.stop()
 
-        crashed = Agent(tmp_path / "crashed", "crash-robot", broker.port)
-        agents.append(crashed)
+        crashed = agents("crashed", "crash-robot")
         crashed.start()
         wait_until(lambda: online(sub, "crash-robot"), 20, "the agent online")
         broker.stop()  # the outage begins (SIGTERM: the observer's session is saved)
@@ -162,12 +161,11 @@ def test_agent_killed_during_an_outage_delivers_every_alert_after_restart(
 
 
 def test_retained_status_reads_offline_within_one_and_a_half_keepalives_after_sigkill(
-    tmp_path: Path, broker: Broker, agents: list[Agent]
+    broker: Broker, agents: Callable[[str, str], Agent]
 ) -> None:
     """The real agent, killed with SIGKILL: its last will marks it offline within 1.5 x keepalive (5 s)."""
     with Collector(broker.port, ("robotpm/v1/+/+/status",), client_id="lwt-observer") as sub:
-        agent = Agent(tmp_path / "lwt", "lwt-robot", broker.port)
-        agents.append(agent)
+        agent = agents("lwt", "lwt-robot")
         agent.start()
         wait_until(lambda: online(sub, "lwt-robot"), 20, "the agent online")
         agent.stop(signal.SIGKILL)
@@ -180,14 +178,11 @@ def test_retained_status_reads_offline_within_one_and_a_half_keepalives_after_si
 
 @pytest.mark.slow
 def test_real_agent_through_broker_off_on_cycles_loses_no_alert(
-    tmp_path: Path, broker: Broker, agents: list[Agent]
+    broker: Broker, agents: Callable[[str, str], Agent]
 ) -> None:
     """Lines keep arriving while the broker goes off and on 3 times (1 s / 1 s): missing = 0."""
-    with Collector(
-        broker.port, ("robotpm/v1/+/+/alerts", "robotpm/v1/+/+/status"), client_id="cycle-observer"
-    ) as sub:
-        live = Agent(tmp_path / "live", "live-robot", broker.port)
-        agents.append(live)
+    with Collector(broker.port, OBSERVED, client_id="cycle-observer") as sub:
+        live = agents("live", "live-robot")
         live.append("")
         live.start()
         wait_until(lambda: online(sub, "live-robot"), 20, "the agent online")
@@ -207,8 +202,7 @@ def test_real_agent_through_broker_off_on_cycles_loses_no_alert(
         )
         assert 0 == live.stop()
 
-        reference = Agent(tmp_path / "reference", "ref-robot", broker.port)
-        agents.append(reference)
+        reference = agents("reference", "ref-robot")
         reference.log.write_bytes(live.log.read_bytes())
         reference.start()
         wait_until(lambda: len(episodes(sub, "ref-robot")) >= 2 * written, 60, "the reference alerts")

@@ -215,6 +215,12 @@ class Driver:
         return code
 
 
+def wait_online(driver: Driver, sub: Collector) -> None:
+    """Return once `driver` is connected and `sub` has seen its "online" status."""
+    driver.wait_until("connected", bool)
+    assert sub.wait_for(lambda s: any(m.json()["state"] == "online" for m in s.on("/status")), 10)
+
+
 class TestCrashes:
     def test_publisher_killed_during_an_outage_loses_nothing_after_restart(
         self, brokers: BrokerPool, tmp_path: Path
@@ -271,8 +277,7 @@ class TestCrashes:
         with Collector(broker.port, (TOPICS.status,), client_id="lwt-sub") as sub:
             driver = Driver(tmp_path / "state", broker.port, 10**9)
             try:
-                driver.wait_until("connected", bool)
-                assert sub.wait_for(lambda s: any(m.json()["state"] == "online" for m in s.on("/status")), 10)
+                wait_online(driver, sub)
             finally:
                 driver.kill()
             killed_at = time.monotonic()
@@ -300,8 +305,7 @@ class TestCrashes:
         with Collector(broker.port, (TOPICS.status,), client_id="frozen-sub") as sub:
             driver = Driver(tmp_path / "state", broker.port, 10**9)
             try:
-                driver.wait_until("connected", bool)
-                assert sub.wait_for(lambda s: any(m.json()["state"] == "online" for m in s.on("/status")), 10)
+                wait_online(driver, sub)
                 driver.process.send_signal(signal.SIGSTOP)
                 frozen_at = time.monotonic()
                 assert sub.wait_for(lambda s: s.on("/status")[-1].json()["state"] == "offline", 30)

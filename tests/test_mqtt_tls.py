@@ -53,19 +53,28 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
     return path
 
 
-def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+def _builder(
+    name: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, *, ca: bool
+) -> x509.CertificateBuilder:
+    """A certificate for `name`'s `key`, signed by `issuer`, valid from 5 minutes ago for a day."""
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+
+
+def _ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _key()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(name, subject, key, ca=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -90,16 +99,8 @@ def _leaf(
     ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str, *, server: bool
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _builder(name, ca.subject, key, ca=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
@@ -129,20 +130,39 @@ def _write_cert(cert: x509.Certificate, path: Path) -> Path:
     return path
 
 
+def _issue(
+    directory: Path,
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    name: str,
+    stem: str,
+    *,
+    server: bool,
+) -> tuple[Path, Path]:
+    """A certificate for `name` signed by the CA and its key, written as ``stem.pem`` and ``stem.key``."""
+    cert, key = _leaf(ca, ca_key, name, server=server)
+    return _write_cert(cert, directory / f"{stem}.pem"), _write_key(key, directory / f"{stem}.key")
+
+
+def _other_ca(directory: Path) -> Path:
+    """Somebody else's CA certificate, written as ``other-ca.pem``: one that signed none of ours."""
+    other, _ = _ca("Somebody else's CA")
+    return _write_cert(other, directory / "other-ca.pem")
+
+
 @pytest.fixture(name="pki", scope="module")
 def _pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     ca, ca_key = _ca("RobotPM test CA")
-    server, server_key = _leaf(ca, ca_key, "broker.robotpm.test", server=True)
-    client, client_key = _leaf(ca, ca_key, "robot1", server=False)
-    other, _ = _ca("Somebody else's CA")
+    server_cert, server_key = _issue(d, ca, ca_key, "broker.robotpm.test", "server", server=True)
+    client_cert, client_key = _issue(d, ca, ca_key, "robot1", "client", server=False)
     return Pki(
         ca=_write_cert(ca, d / "ca.pem"),
-        server_cert=_write_cert(server, d / "server.pem"),
-        server_key=_write_key(server_key, d / "server.key"),
-        client_cert=_write_cert(client, d / "client.pem"),
-        client_key=_write_key(client_key, d / "client.key"),
-        other_ca=_write_cert(other, d / "other-ca.pem"),
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=client_cert,
+        client_key=client_key,
+        other_ca=_other_ca(d),
     )
 
 
@@ -178,6 +198,16 @@ def wait_connected(mqtt: MqttTransport, seconds: float) -> bool:
     return mqtt.connected
 
 
+def connects(cfg: MqttConfig, seconds: float) -> bool:
+    """Whether a transport of `cfg` connects within `seconds` (it is stopped either way)."""
+    mqtt = transport(cfg)
+    mqtt.start()
+    try:
+        return wait_connected(mqtt, seconds)
+    finally:
+        mqtt.stop()
+
+
 class TestTls:
     def test_alerts_flow_over_verified_tls_with_a_client_certificate(
         self, tls_broker: Broker, pki: Pki, tmp_path: Path
@@ -204,12 +234,7 @@ class TestTls:
 
     def test_a_broker_certificate_from_another_ca_is_refused(self, tls_broker: Broker, pki: Pki) -> None:
         """Verification is never off: a server certificate the CA did not sign means no connection."""
-        mqtt = transport(tls_config(pki, tls_broker.port, ca_file=str(pki.other_ca)))
-        mqtt.start()
-        try:
-            assert not wait_connected(mqtt, 2.0)
-        finally:
-            mqtt.stop()
+        assert not connects(tls_config(pki, tls_broker.port, ca_file=str(pki.other_ca)), 2.0)
 
     def test_the_host_name_is_checked_and_can_be_pinned(self, tls_broker: Broker, pki: Pki) -> None:
         """A pinned server_hostname that the certificate names connects; one it does not name fails."""
@@ -229,12 +254,7 @@ class TestTls:
         cfg = MqttConfig.model_validate(
             {"port": tls_broker.port, "keepalive_s": 5, "reconnect_min_s": 1, "tls": {"ca_file": str(pki.ca)}}
         )
-        mqtt = transport(cfg)
-        mqtt.start()
-        try:
-            assert not wait_connected(mqtt, 2.0)
-        finally:
-            mqtt.stop()
+        assert not connects(cfg, 2.0)
 
     def test_unreadable_certificates_are_a_configuration_error(self, pki: Pki, tmp_path: Path) -> None:
         """A missing CA file is reported as a ConfigError naming the file."""

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from agent.config import MqttConfig, OutboxConfig
+from agent.config import OutboxConfig
 from agent.contract.alerts import OpenAlerts
 from agent.contract.topics import RobotTopics, parse_robot_topic
 from agent.outbox import Outbox
 from agent.publish.telemetry import open_alerts_message, open_alerts_state
 from agent.schemas import SCHEMA_DIR
 from agent.state import StateStore
-from agent.subscriber.cli import Printer, Watcher, main
+from agent.subscriber.cli import main
 from agent.testing import ManualClock
 from tests.mosquitto import Broker
-from tests.test_alerts_cli import Publisher, Tool, events
+from tests.test_alerts_cli import Publisher, Tool, events, json_watcher
 from tests.test_policy import make_manifest, make_policy, run
 
 NOW = 1_780_000_000.0
@@ -134,16 +134,7 @@ class TestSubscriberStartsFromIt:
 
     def test_a_robots_state_replaces_what_was_known_of_it_and_events_keep_it_current(self) -> None:
         """Events open and close alerts; a robot's state message replaces that robot's alerts only."""
-        watcher = Watcher(
-            MqttConfig(),
-            site=None,
-            robot=None,
-            client_id=None,
-            presence=False,
-            heartbeats=False,
-            printer=Printer(io.StringIO(), as_json=True),
-            store=None,
-        )
+        watcher = json_watcher(io.StringIO(), presence=False, store=None)
         raised_r1 = events("r1", "s1")[0]
         watcher.handle(TOPICS.alerts, raised_r1.model_dump_json().encode(), False)
         assert {raised_r1.alert_id} == set(watcher.open_alerts)

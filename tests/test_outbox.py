@@ -41,6 +41,25 @@ def open_outbox(path: Path, clock: ManualClock, **config: float) -> Outbox:
     return Outbox(StateStore(path / "agent.db"), OutboxConfig.model_validate(config), clock)
 
 
+def alerts(n: int) -> list[OutboundMessage]:
+    """Alerts 0 to n - 1."""
+    return [alert(i) for i in range(n)]
+
+
+def queued(
+    path: Path,
+    clock: ManualClock,
+    transport: InMemoryTransport,
+    messages: list[OutboundMessage],
+    **delivery: int,
+) -> tuple[Outbox, InMemoryTransport, Delivery]:
+    """A new outbox, a `Delivery` from it to `transport`, then `messages` enqueued: the three of them."""
+    outbox = open_outbox(path, clock)
+    pump = Delivery(outbox, transport, clock=clock, **delivery)
+    outbox.enqueue_now(messages)
+    return outbox, transport, pump
+
+
 class TestOutbox:
     def test_enqueue_is_idempotent_by_key(self, tmp_path: Path, clock: ManualClock) -> None:
         """Enqueueing the same alert twice (a replay) stores it once."""
@@ -144,10 +163,7 @@ class TestOutbox:
 class TestDelivery:
     def test_rows_are_deleted_only_after_their_ack(self, tmp_path: Path, clock: ManualClock) -> None:
         """A sent row stays until the transport reports its acknowledgement."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(auto_ack=False)
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(i) for i in range(3)])
+        outbox, transport, delivery = queued(tmp_path, clock, InMemoryTransport(auto_ack=False), alerts(3))
         assert 0 == delivery.pump()
         assert 3 == len(transport.sent)
         assert 3 == outbox.depth()
@@ -159,10 +175,7 @@ class TestDelivery:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """Once every row was handed over, pumps cost no SELECT; the next enqueue is sent at once."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport()
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(1)])
+        outbox, transport, delivery = queued(tmp_path, clock, InMemoryTransport(), [alert(1)])
         delivery.pump()
         statements: list[str] = []
         outbox.store.connection.set_trace_callback(statements.append)
@@ -177,10 +190,13 @@ class TestDelivery:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """A transport that takes only some rows gets the rest on later pumps."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(auto_ack=False, max_inflight=2)
-        delivery = Delivery(outbox, transport, max_inflight=10, clock=clock)
-        outbox.enqueue_now([alert(i) for i in range(5)])
+        outbox, transport, delivery = queued(
+            tmp_path,
+            clock,
+            InMemoryTransport(auto_ack=False, max_inflight=2),
+            [alert(i) for i in range(5)],
+            max_inflight=10,
+        )
         delivery.pump()
         assert 2 == len(transport.sent)
         while outbox.depth():
@@ -190,10 +206,9 @@ class TestDelivery:
 
     def test_in_flight_is_bounded(self, tmp_path: Path, clock: ManualClock) -> None:
         """Never more than max_inflight rows wait for an ack; the rest wait in the outbox."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(auto_ack=False)
-        delivery = Delivery(outbox, transport, max_inflight=5, clock=clock)
-        outbox.enqueue_now([alert(i) for i in range(12)])
+        _, transport, delivery = queued(
+            tmp_path, clock, InMemoryTransport(auto_ack=False), alerts(12), max_inflight=5
+        )
         for _ in range(3):
             delivery.pump()
         assert 5 == transport.inflight
@@ -205,10 +220,7 @@ class TestDelivery:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """While the link is down nothing is handed over; afterwards rows go in order."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(connected=False)
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(i) for i in range(4)])
+        outbox, transport, delivery = queued(tmp_path, clock, InMemoryTransport(connected=False), alerts(4))
         delivery.pump()
         assert [] == transport.sent
         transport.reconnect()
@@ -220,10 +232,7 @@ class TestDelivery:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """After a dropped link the transport resends with DUP; each row is deleted once."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(auto_ack=False)
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(i) for i in range(3)])
+        outbox, transport, delivery = queued(tmp_path, clock, InMemoryTransport(auto_ack=False), alerts(3))
         delivery.pump()
         transport.drop_connection()
         delivery.pump()
@@ -293,10 +302,9 @@ class TestHeartbeat:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """A PUBACK with a failure reason code does not delete the row; it is retried after a pause."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(auto_ack=False)
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(1), alert(2)])
+        outbox, transport, delivery = queued(
+            tmp_path, clock, InMemoryTransport(auto_ack=False), [alert(1), alert(2)]
+        )
         delivery.pump()
         first, second = transport.sent
         transport.reject(first.token)
@@ -316,10 +324,9 @@ class TestHeartbeat:
         self, tmp_path: Path, clock: ManualClock
     ) -> None:
         """An unpublishable row (PublishError) is dropped as '<kind>:unpublishable'; the rest flow."""
-        outbox = open_outbox(tmp_path, clock)
-        transport = InMemoryTransport(max_payload=150)
-        delivery = Delivery(outbox, transport, clock=clock)
-        outbox.enqueue_now([alert(1), alert(2, size=1000), alert(3)])
+        outbox, transport, delivery = queued(
+            tmp_path, clock, InMemoryTransport(max_payload=150), [alert(1), alert(2, size=1000), alert(3)]
+        )
         delivery.pump()
         delivery.pump()
         assert ["alert-1", "alert-3"] == [m.key for m in transport.messages()]

@@ -9,24 +9,12 @@ import pytest
 
 from agent.contract.manifest import ModelManifest
 from tests.fleets import small_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 from trainer.config import TrainerConfig
 from trainer.errors import GateError, RegistryError
 from trainer.gate import promote_version
 from trainer.registry import Registry, write_directory_atomically
-
-CONFIG = """
-[trainer]
-model_name = "arm"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = {trees}
-max_depth = {depth}
-[trainer.labels]
-horizon_s = 60.0
-"""
 
 
 @pytest.fixture(scope="module", name="fleet")
@@ -36,7 +24,7 @@ def _fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _config(tmp_path: Path, trees: int, depth: int) -> Path:
     path = tmp_path / f"config-{trees}-{depth}.toml"
-    path.write_text(CONFIG.format(trees=trees, depth=depth), encoding="utf-8")
+    path.write_text(trainer_toml(trees=trees, depth=depth, horizon_s=60.0), encoding="utf-8")
     return path
 
 

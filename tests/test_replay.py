@@ -35,6 +35,13 @@ BUNDLED = REPO / "agent" / "models" / "bundled"
 RATE_HZ = 50.0
 
 
+def _recorded(tmp_path: Path, data: bytes) -> Path:
+    """A recorded log with `data`, as a technician would copy it off the robot."""
+    recorded = tmp_path / "recorded.csv"
+    recorded.write_bytes(data)
+    return recorded
+
+
 def _config(tmp_path: Path, bundled: Path = BUNDLED) -> AgentConfig:
     logs = tmp_path / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -99,8 +106,7 @@ class TestReplayEqualsLive:
         log = _fault_log()
         live = _live_events(_config(live_dir), log)
         assert [e["state"] for e in live].count("raised") >= 1, "the fault raised nothing live"
-        recorded = tmp_path / "recorded.csv"
-        recorded.write_bytes(log)
+        recorded = _recorded(tmp_path, log)
         config = _config(replay_dir)
         model = load_replay_model(config, config.streams[0])
         replay_files(config, config.streams[0], [recorded], model, replay_dir / "out")
@@ -113,8 +119,7 @@ class TestReplayEqualsLive:
 
     def test_two_replays_of_the_same_files_write_the_same_bytes(self, tmp_path: Path) -> None:
         """Scores and alerts files are identical on a second run; emitted_at is the window's end."""
-        recorded = tmp_path / "recorded.csv"
-        recorded.write_bytes(_fault_log(seconds=60.0))
+        recorded = _recorded(tmp_path, _fault_log(seconds=60.0))
         config = _config(tmp_path)
         model = load_replay_model(config, config.streams[0])
         first = replay_files(config, config.streams[0], [recorded], model, tmp_path / "a")
@@ -136,8 +141,7 @@ class TestReplayEqualsLive:
 
     def test_the_score_table_has_one_row_per_window_with_every_heads_score(self, tmp_path: Path) -> None:
         """scores.csv: one row per window, consecutive window numbers, a finite score for each head."""
-        recorded = tmp_path / "recorded.csv"
-        recorded.write_bytes(_fault_log(seconds=40.0))
+        recorded = _recorded(tmp_path, _fault_log(seconds=40.0))
         config = _config(tmp_path)
         model = load_replay_model(config, config.streams[0])
         summary = replay_files(config, config.streams[0], [recorded], model, tmp_path / "out")
@@ -254,8 +258,7 @@ class TestReplayCommand:
         channels = dict(DEFAULT_CHANNELS)
         config = tmp_path / "config.toml"
         config.write_text(agent_config(port=1883, streams=[stream(channels=channels)]))
-        recorded = tmp_path / "recorded.csv"
-        recorded.write_bytes(_fault_log(seconds=60.0))
+        recorded = _recorded(tmp_path, _fault_log(seconds=60.0))
         result = _agent("replay", "--config", str(config), "--out", str(tmp_path / "out"), str(recorded))
         assert result.returncode == 0, result.stderr
         assert "windows" in result.stdout

@@ -24,6 +24,7 @@ from robotpm_sim.formatting import format_records, format_truth
 from robotpm_sim.live import run_live
 from robotpm_sim.records import COLUMNS, CURRENT, SPEED, TEMPERATURE, TOOL
 from robotpm_sim.rotating import iter_log_lines
+from tests.agent_process import reaped
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 10.0
@@ -403,17 +404,13 @@ class TestLive:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        try:
+        with reaped(proc):
             log = tmp_path / "arm1" / "arm1.csv"
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and (not log.exists() or log.stat().st_size < 20_000):
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode == 0, err
         data = log.read_bytes()
         assert data.endswith(b"\n")

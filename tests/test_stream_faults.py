@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from agent.ingest import StreamFollower
 from agent.streams.pipeline import StreamPipeline
 from tests.agent_config import agent_config, stream
 from tests.agent_runs import AgentRun, outbox_alerts
+from tests.daemon_harness import Harness, harness_fixture  # noqa: F401 (pytest fixture: harness)
 from tests.models import write_linear_model
-from tests.test_daemon import HEADER, PROFILE, Harness, lines
+from tests.test_daemon import HEADER, PROFILE, lines
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,13 +79,6 @@ def settle_until(harness: Harness, condition: Callable[[], bool], ticks: int = 4
 @pytest.fixture(name="config")
 def _config(tmp_path: Path) -> AgentConfig:
     return two_streams(tmp_path)
-
-
-@pytest.fixture(name="harness")
-def _harness(config: AgentConfig) -> Iterator[Harness]:
-    harness = Harness(config)
-    yield harness
-    harness.close()
 
 
 class TestOneStreamFails:

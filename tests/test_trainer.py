@@ -13,22 +13,12 @@ from agent.contract.features import batch_features
 from agent.contract.manifest import ModelManifest, file_sha256
 from robotpm_sim.fleet import simulate_fleet
 from tests.fleets import small_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 from trainer.errors import DataError, ParityError, SourceError
 from trainer.stages import trained_model
 
-SMALL_CONFIG = """
-[trainer]
-model_name = "arm-test"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = 8
-max_depth = 6
-[trainer.labels]
-horizon_s = 60.0
-"""
+SMALL_CONFIG = trainer_toml("arm-test", trees=8, depth=6, horizon_s=60.0)
 
 
 @pytest.fixture(scope="module", name="fleet")
@@ -49,14 +39,28 @@ def _train(config: Path, train: Path, test: Path, out: Path, *extra: str) -> int
     return cli.main([*argv, "--no-report", *extra])
 
 
+@pytest.fixture(scope="module", name="trained")
+def _trained(fleet: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One training run of the small config, read (never changed) by the tests that only inspect it."""
+    root = tmp_path_factory.mktemp("trained")
+    config = root / "config.toml"
+    config.write_text(SMALL_CONFIG, encoding="utf-8")
+    assert _train(config, *fleet, root / "models") == 0
+    return root / "models" / "arm-test" / "1"
+
+
+def _log_without_truth(train: Path, root: Path) -> Path:
+    """`root` holding one robot, robot-u, with a training robot's arm1.csv and no truth.csv."""
+    robot = root / "robot-u"
+    robot.mkdir(parents=True)
+    (robot / "arm1.csv").write_bytes(next(train.glob("*/arm1.csv")).read_bytes())
+    return root
+
+
 class TestTrainMinimum:
-    def test_writes_model_manifest_and_metrics_into_the_registry_layout(
-        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
-    ) -> None:
+    def test_writes_model_manifest_and_metrics_into_the_registry_layout(self, trained: Path) -> None:
         """`robotpm-train --train-csv --test-csv` writes models/<name>/1/ with model, manifest, metrics."""
-        out = tmp_path / "models"
-        assert _train(config, *fleet, out) == 0
-        version = out / "arm-test" / "1"
+        version = trained
         assert {"model.onnx", "manifest.json", "metrics.json", "config.json"} <= {
             p.name for p in version.iterdir()
         }
@@ -82,13 +86,9 @@ class TestTrainMinimum:
         assert sorted(p.name for p in (out / "arm-test").iterdir() if p.is_dir()) == ["1", "2"]
         assert ModelManifest.read(out / "arm-test" / "2").version == 2
 
-    def test_golden_vectors_reproduce_in_onnxruntime(
-        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
-    ) -> None:
+    def test_golden_vectors_reproduce_in_onnxruntime(self, trained: Path) -> None:
         """Each golden vector of the manifest gives its expected outputs in onnxruntime."""
-        out = tmp_path / "models"
-        assert _train(config, *fleet, out) == 0
-        version = out / "arm-test" / "1"
+        version = trained
         manifest = ModelManifest.read(version)
         session = ort.InferenceSession(str(version / "model.onnx"))
         assert manifest.golden
@@ -99,19 +99,17 @@ class TestTrainMinimum:
                 np.testing.assert_allclose(got, expected, atol=golden.tolerance)
 
     def test_manifest_features_are_the_agents_batch_features(
-        self, fleet: tuple[Path, Path], config: Path, tmp_path: Path
+        self, fleet: tuple[Path, Path], trained: Path
     ) -> None:
         """The model scores the agent's own batch_features of a log with the config's channel order."""
-        out = tmp_path / "models"
-        assert _train(config, *fleet, out) == 0
-        manifest = ModelManifest.read(out / "arm-test" / "1")
+        manifest = ModelManifest.read(trained)
         assert manifest.feature_spec.window == 80
         log = next(fleet[1].glob("*/arm1.csv"))
         header = log.read_text().splitlines()[0].split(",")
         table = np.loadtxt(log, delimiter=",", skiprows=1)
         columns = [header.index(f"A{j}_{k}") for k in "ITV" for j in range(1, 7)] + [header.index("TOOL_I")]
         features, _ = batch_features(table[:, columns], manifest.feature_spec)
-        session = ort.InferenceSession(str(out / "arm-test" / "1" / "model.onnx"))
+        session = ort.InferenceSession(str(trained / "model.onnx"))
         scores = session.run(["probabilities"], {"features": features.astype(np.float32)})[0]
         assert scores.shape == (len(features), len(manifest.heads) + 1)
         np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
@@ -193,12 +191,9 @@ class TestBadInput:
         self, fleet: tuple[Path, Path], config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Training logs without truth.csv fail with 'labels are absent' and write nothing."""
-        unlabelled = tmp_path / "unlabelled" / "robot-u"
-        unlabelled.mkdir(parents=True)
-        source = next(fleet[0].glob("*/arm1.csv"))
-        (unlabelled / "arm1.csv").write_bytes(source.read_bytes())
+        unlabelled = _log_without_truth(fleet[0], tmp_path / "unlabelled")
         out = tmp_path / "models"
-        assert _train(config, unlabelled.parent, fleet[1], out) == 1
+        assert _train(config, unlabelled, fleet[1], out) == 1
         assert "labels are absent" in capsys.readouterr().err
         assert not out.exists()
 

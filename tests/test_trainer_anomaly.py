@@ -12,19 +12,10 @@ import pytest
 
 from agent.contract.manifest import ModelManifest
 from tests.fleets import small_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 
-CONFIG = """
-[trainer]
-model_name = "arm"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = 40
-[trainer.labels]
-horizon_s = 60.0
-"""
+CONFIG = trainer_toml(trees=40, horizon_s=60.0)
 
 
 @pytest.fixture(scope="module", name="fleet")

@@ -12,28 +12,17 @@ from sklearn.metrics import average_precision_score, f1_score
 
 from agent.contract.manifest import ModelManifest
 from tests.fleets import cobot_export, small_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 from trainer.config import FlagLabels
 from trainer.labels import flag_events
 
-BASE = """
-[trainer]
-model_name = "cobot"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = 8
-max_depth = 6
-"""
+LABELS = trainer_toml("cobot", trees=8, depth=6, horizon_s=60.0) + "tolerance_s = 0.5\n"
+"""A small cobot config and the start of its [trainer.labels] table, which FLAG and EVENTS complete."""
 
 FLAG = (
-    BASE
-    + """
-[trainer.labels]
-source = "flag"
-horizon_s = 60.0
-tolerance_s = 0.5
+    LABELS
+    + """source = "flag"
 [trainer.labels.flag]
 column = "protective_stop "
 on = ["True"]
@@ -44,12 +33,8 @@ component = "arm"
 )
 
 EVENTS = (
-    BASE
-    + """
-[trainer.labels]
-source = "events"
-horizon_s = 60.0
-tolerance_s = 0.5
+    LABELS
+    + """source = "events"
 [trainer.labels.events]
 event_log = "faults.jsonl"
 time = "stamp"
@@ -76,14 +61,31 @@ def _train(config: Path, train: Path, test: Path, out: Path) -> int:
     return cli.main([*argv, "--no-report"])
 
 
-def test_a_stop_flag_column_labels_the_windows_before_each_stop(
-    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
-) -> None:
-    """With source = "flag", the stops become events of a free-form mode with one head and an event table."""
+@pytest.fixture(name="flag_config")
+def _flag_config(tmp_path: Path) -> Path:
+    """A config.toml with source = "flag"."""
     config = tmp_path / "config.toml"
     config.write_text(FLAG)
-    assert _train(config, export[0], export[1], tmp_path / "models") == 0
-    version = tmp_path / "models" / "cobot" / "1"
+    return config
+
+
+@pytest.fixture(scope="module", name="flag_version")
+def _flag_version(
+    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """One training run with source = "flag", read (never changed) by the tests that inspect it."""
+    root = tmp_path_factory.mktemp("flag")
+    config = root / "config.toml"
+    config.write_text(FLAG)
+    assert _train(config, export[0], export[1], root / "models") == 0
+    return root / "models" / "cobot" / "1"
+
+
+def test_a_stop_flag_column_labels_the_windows_before_each_stop(
+    export: tuple[Path, Path, list[tuple[str, float, str, str]]], flag_version: Path
+) -> None:
+    """With source = "flag", the stops become events of a free-form mode with one head and an event table."""
+    version = flag_version
     manifest = ModelManifest.read(version)
     assert [(h.failure_mode, h.component) for h in manifest.heads] == [("protective_stop", "arm")]
     metrics = json.loads((version / "metrics.json").read_text())
@@ -131,14 +133,9 @@ def test_edges_closer_than_the_minimum_gap_are_one_event() -> None:
     assert [m.reason for m in merged] == ["event_merged"]
 
 
-def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(
-    export: tuple[Path, Path, list[tuple[str, float, str, str]]], tmp_path: Path
-) -> None:
+def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(flag_version: Path) -> None:
     """PR-AUC and macro F1 in metrics.json equal scikit-learn's on scores.csv's labels and scores."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
-    assert _train(config, export[0], export[1], tmp_path / "models") == 0
-    version = tmp_path / "models" / "cobot" / "1"
+    version = flag_version
     metrics = json.loads((version / "metrics.json").read_text())["metrics"]
     rows = list(csv.DictReader((version / "scores.csv").read_text().splitlines()))
     labels = np.array([int(r["label"]) for r in rows])
@@ -160,12 +157,12 @@ def test_every_printed_test_figure_is_recomputable_from_the_saved_scores(
 
 def test_train_list_and_the_gate_report_the_same_pr_auc(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]],
+    flag_config: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The PR-AUC a run stores, the one `list` prints and the one the gate measures on the same data agree."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
+    config = flag_config
     out = tmp_path / "models"
     argv = ["--config", str(config), "--train-csv", str(export[0]), "--test-csv", str(export[1])]
     assert cli.main([*argv, "--out", str(out), "--no-report", "--promote"]) == 0
@@ -180,13 +177,11 @@ def test_train_list_and_the_gate_report_the_same_pr_auc(
 
 def test_inspect_prints_what_the_trainer_will_see(
     export: tuple[Path, Path, list[tuple[str, float, str, str]]],
-    tmp_path: Path,
+    flag_config: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`inspect` shows rows and sample rate per robot, events per mode, label balance and quarantine."""
-    config = tmp_path / "config.toml"
-    config.write_text(FLAG)
-    assert cli.main(["inspect", str(export[0]), str(export[1]), "--config", str(config)]) == 0
+    assert cli.main(["inspect", str(export[0]), str(export[1]), "--config", str(flag_config)]) == 0
     text = capsys.readouterr().out
     assert "== train:" in text
     assert "== test:" in text

@@ -9,20 +9,10 @@ import onnxruntime as ort
 
 from agent.contract.manifest import ModelManifest
 from robotpm_sim.fleet import simulate_fleet
+from tests.trainer_configs import trainer_toml
 from trainer import cli
 
-CONFIG = """
-[trainer]
-model_name = "arm"
-[trainer.features]
-window = 80
-hop = 40
-[trainer.model]
-n_estimators = 12
-max_depth = 8
-[trainer.labels]
-horizon_s = 120.0
-"""
+CONFIG = trainer_toml(trees=12, depth=8, horizon_s=120.0)
 
 
 def test_rul_regressor_learns_time_to_failure(tmp_path: Path) -> None:

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
-from agent.contract.streams import StreamConfig
+from agent.config import AgentConfig, ModelConfig
 from agent.daemon import AgentDaemon
 from agent.ingest import StreamFollower
 from agent.ingest.reader import LineBlock
 from agent.sdnotify import Notifier
 from agent.testing import InMemoryTransport
-from tests.models import write_linear_model
+from tests.test_daemon import make_config
 
 WATCHDOG_USEC = 400_000
 PING_INTERVAL_S = WATCHDOG_USEC / 2e6  # the daemon pings at half the timeout
@@ -36,26 +35,10 @@ HEADER = "ts,J1,T1\n"
 
 
 def _config(root: Path) -> AgentConfig:
-    logs = root / "logs"
-    logs.mkdir(parents=True)
-    write_linear_model(root / "bundled", version=1)
-    return AgentConfig(
-        robot_id="r1",
-        site="lab",
-        state_dir=root / "state",
-        streams=(
-            StreamConfig(
-                name="arm1",
-                directory=logs,
-                timestamp_field="ts",
-                channels={"J1": "j1_current", "T1": "j1_temp"},
-            ),
-        ),
-        model=ModelConfig(directory=root / "store", bundled=root / "bundled", check_interval_s=1.0),
-        ingest=IngestConfig(watch="poll", poll_interval_s=0.01),
-        policy=PolicyConfig(on_delay_windows=2, off_delay_windows=2),
-        heartbeat_interval_s=3600,
-    )
+    """The daemon tests' agent, its model store checked once a second."""
+    config = make_config(root)
+    model = ModelConfig(directory=root / "store", bundled=root / "bundled", check_interval_s=1.0)
+    return config.model_copy(update={"model": model})
 
 
 def _append(config: AgentConfig, first_ts: int, n: int) -> None:
