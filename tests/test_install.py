@@ -154,10 +154,69 @@ def test_the_packaged_files_come_from_the_installed_package(robot: Robot) -> Non
         "install/robotpm-agent.service",
     ):
         assert (agent_dir / name).is_file(), name
+    for name in UNITS["trainer"]:
+        assert (robot.package_dir("trainer") / "install" / name).is_file(), name
     bundled = robot.run_python(
         "-c", "from agent.config import packaged_model; print(packaged_model())"
     ).strip()
     assert Path(bundled) == agent_dir / "models" / "bundled"
+
+
+def test_the_wheels_units_are_the_units_of_the_systemd_folder(robot: Robot) -> None:
+    """systemd/ is the units' only source: the installed package carries them byte for byte."""
+    for package, names in UNITS.items():
+        for name in names:
+            installed = robot.package_dir(package) / "install" / name
+            assert installed.read_bytes() == (REPO / "systemd" / name).read_bytes(), installed
+
+
+def _named_paths(unit: Path) -> dict[str, list[Path]]:
+    """The absolute paths a unit names that must exist, by setting: documents, programs, their arguments.
+
+    Left out: paths systemd makes itself (WorkingDirectory= inside a RuntimeDirectory=), ones it
+    may miss by design (a leading ``-``), and ones inside a variable (``${…}``) or an
+    Environment= value.
+    """
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    named: dict[str, list[Path]] = {}
+    for value in settings.get("Documentation", []):
+        for uri in value.split():
+            assert uri.startswith("file://"), f"{unit.name}: Documentation={uri} is not a file: URI"
+            named.setdefault("Documentation", []).append(Path(uri.removeprefix("file://")))
+    for key, values in settings.items():
+        if key.startswith("Exec") or key in ("EnvironmentFile", "ReadOnlyPaths", "ReadWritePaths"):
+            for word in " ".join(values).split():
+                word = word.lstrip("@:+!") if key.startswith("Exec") else word
+                if word.startswith("/") and "$" not in word:
+                    named.setdefault(key, []).append(Path(word))
+    runtime = {f"/run/{d}" for d in settings.get("RuntimeDirectory", [])}
+    for directory in settings.get("WorkingDirectory", []):
+        assert directory in runtime, f"{unit.name}: WorkingDirectory={directory} is made by nothing"
+    return named
+
+
+def test_every_path_the_installed_units_name_exists_after_the_install(robot: Robot) -> None:
+    """Documentation=, the programs and their files are there: the install's under the root, the OS's here."""
+    units = robot.root / "etc" / "systemd" / "system"
+    documents = []
+    for names in UNITS.values():
+        for name in names:
+            for key, paths in _named_paths(units / name).items():
+                for path in paths:
+                    ours = path.is_relative_to("/opt/robotpm") or path.is_relative_to("/etc/robotpm")
+                    where = robot.root / path.relative_to("/") if ours else path
+                    assert where.exists(), f"{name}: {key} names {path}, which the install does not make"
+                    if key == "Documentation":
+                        documents.append(where)
+    assert documents
+    assert all(d.is_relative_to(robot.venv) for d in documents), documents
+    assert (robot.venv / "share" / "doc" / "robotpm" / "README.md").read_bytes() == (
+        REPO / "README.md"
+    ).read_bytes()
 
 
 def _system_programs(units: Path) -> set[Path]:
@@ -272,8 +331,8 @@ def _unit_settings(path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("config", ["agent/install/config.toml", "config.toml"])
 def test_the_prod_profile_uses_the_directories_the_units_create(config: str) -> None:
     """state, store, registry and work paths of the prod profile lie in the units' StateDirectory=."""
-    agent_unit = _unit_settings(REPO / "agent" / "install" / "robotpm-agent.service")
-    trainer_unit = _unit_settings(REPO / "trainer" / "install" / "robotpm-trainer.service")
+    agent_unit = _unit_settings(REPO / "systemd" / "robotpm-agent.service")
+    trainer_unit = _unit_settings(REPO / "systemd" / "robotpm-trainer.service")
     agent = load_agent_config(REPO / config, "prod", environ={})
     state = Path("/var/lib") / agent_unit["StateDirectory"]
     assert agent.state_dir == state
