@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,6 +345,23 @@ def test_the_prod_profile_uses_the_directories_the_units_create(config: str) -> 
         assert path.is_relative_to(trainer_state), path
     if config.startswith("agent/"):
         assert agent.streams[0].directory.is_relative_to(Path(agent_unit["ReadOnlyPaths"].lstrip("-")))
+
+
+def test_run_and_check_leave_the_technician_commands_unimported() -> None:
+    """The daemon's commands do not load the technician's reports and views (~0.8 MiB of its RSS)."""
+    code = (
+        "import json, sys, agent.cli, agent.daemon; "
+        "code = agent.cli.main(['check', '--config', '/nonexistent/config.toml']); "
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('agent.technician.'))]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
+    )
+    code, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert code == 2, done.stderr
+    assert "agent.technician.operations" in loaded  # the daemon's own part of the package
+    technician_only = {"commands", "render", "reports", "views"}
+    assert technician_only.isdisjoint(m.removeprefix("agent.technician.") for m in loaded), loaded
 
 
 def test_the_config_template_serves_the_bundled_model_without_naming_it() -> None:
