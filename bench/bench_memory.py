@@ -301,7 +301,8 @@ def main() -> int:
             [str(python), "-c", BREAKDOWN, str(bundled), *DEPENDENCY_ORDER],
             capture_output=True,
             text=True,
-            env=clean_env(),
+            # what agent.cli sets before onnxruntime starts (imported here before agent.cli)
+            env={**clean_env(), "ORT_DISABLE_TELEMETRY": "1"},
             cwd="/",
             check=True,
         ).stdout.splitlines()

@@ -275,6 +275,26 @@ def test_check_with_the_prod_profile_loads_the_packaged_bundled_model(robot: Rob
     assert Path(loaded[0]["source"]) == robot.package_dir("agent") / "models" / "bundled"
 
 
+def test_the_installed_agent_leaves_no_onnxruntime_telemetry_behind(robot: Robot, tmp_path: Path) -> None:
+    """Check loads the model in onnxruntime and leaves no device id, event queue or other file in HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**clean_env(), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    done = subprocess.run(
+        [str(robot.agent), "check", "--config", str(robot.config), "--profile", "prod"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=robot.root,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "model ok: robot-arm@1" in done.stdout
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
+
+
 @pytest.fixture(name="notify")
 def _notify(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
     path = tmp_path / "notify"
