@@ -1,7 +1,9 @@
 """``robotpm-agent``: run the agent, check a config, serve a technician, or replay recorded logs offline.
 
 The technician's commands (alerts, explain, status, shelve, unshelve) are in
-`agent.technician.commands`.
+`agent.technician.commands`, imported only when one of them (or the full help) is asked for:
+``run`` and ``check`` do not hold their reports and views in memory (about 0.8 MiB of a
+robot's agent; bench/bench_memory.py).
 
 Exit codes: 0 success; 1 a runtime failure (model, state, I/O), with one clear
 line on stderr; 2 a bad configuration, naming the file, key and problem. The
@@ -23,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -32,15 +34,26 @@ from agent.config import AgentConfig, load_agent_config
 from agent.contract.errors import ConfigError, RobotPMError
 from agent.logfile import configure_agent_logging
 from agent.logs import configure_logging
-from agent.technician.commands import COMMANDS, add_commands
+
+if TYPE_CHECKING:
+    from agent.technician.commands import Command
+
+# onnxruntime (1.29 and later) reports to Microsoft from Linux as well: a device id written under
+# ~/.cache, an offline SQLite queue of events and an uploader thread. The agent on a robot sends
+# nothing it is not configured to, so it opts out. The variable must be set before onnxruntime is
+# imported (the decision is latched at start); the model probe child inherits it; an operator's
+# own value wins. It also saves 2.0 MiB of RSS and a thread (bench/bench_memory.py).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+DAEMON_COMMANDS = ("run", "check")
+"""The commands that need only the daemon's modules (the parser for them alone is enough)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``robotpm-agent``."""
+def build_parser(*, daemon_only: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of ``robotpm-agent``; with `daemon_only`, only `DAEMON_COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="robotpm-agent", description="RobotPM edge agent: sensor logs → ONNX scores → MQTT alerts."
     )
@@ -51,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", "validate the configuration and load the model, then exit"),
     ):
         _config_options(sub.add_parser(name, help=text, description=text))
+    if daemon_only:
+        return parser
+    from agent.technician.commands import add_commands
+
     add_commands(sub, _config_options)
     from agent.replay import add_replay_arguments
 
@@ -178,8 +195,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
 
 
+def _technician_commands(command: str) -> dict[str, Command]:
+    """The technician commands by name, imported only for a command that is not the daemon's."""
+    if command in DAEMON_COMMANDS:
+        return {}
+    from agent.technician.commands import COMMANDS
+
+    return COMMANDS
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # the command is the first word (robotpm-agent has no options before it but --help/--version)
+    daemon_only = bool(words) and words[0] in DAEMON_COMMANDS
+    args, unknown = build_parser(daemon_only=daemon_only).parse_known_args(words)
+    if unknown:  # the full parser's own message (and exit 2), naming every command
+        args = build_parser().parse_args(words)
+    technician = _technician_commands(args.command)
     try:
         config = load_agent_config(args.config, args.profile)
     except ConfigError as exc:
@@ -187,7 +219,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_CONFIG
     if args.command == "run":
         configure_agent_logging(config)  # stdout, and the rotating file of [agent.logging]
-    elif args.command not in COMMANDS:  # the technician commands' stdout is their report alone
+    elif args.command not in technician:  # the technician commands' stdout is their report alone
         configure_logging(config.log_level, config.log_format)
     if args.command == "check":  # `run` starts anyway: a missing directory degrades its stream
         for i, stream in enumerate(config.streams):
@@ -200,8 +232,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 return EXIT_CONFIG
     commands = {"run": lambda c: _run(c, args.config, args.profile), "check": _check}
     try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](config, args)
+        if args.command in technician:
+            return technician[args.command](config, args)
         if args.command == "replay":
             from agent.replay import replay_command
 

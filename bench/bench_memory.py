@@ -11,8 +11,12 @@ run and each ``--repeats`` times (medians):
    connected to a real mosquitto, once it says READY=1 (model loaded, pipeline running) and
    again after it has read a 3,000-line controller log to its end (peak VmHWM too).
 
-Then where the memory goes: one interpreter imports the agent's dependencies one by one and
-loads one onnxruntime session of the bundled model, printing the RSS each step adds.
+Then where the memory goes: the started agent's resident memory by mapping at READY=1 (each
+shared library's pages, the malloc heap, the anonymous mappings where Python's objects live), and
+one interpreter that imports the agent's dependencies one by one and loads one onnxruntime
+session of the bundled model, printing what each step adds to the heap, to anonymous mappings
+and to mapped files. The versions of the heavy dependencies are printed: the figures move with
+them (onnxruntime's share grows with each release).
 Target: the started agent ≤ 80 MiB.
 """
 
@@ -47,20 +51,40 @@ IMPORTS = "import agent.cli, agent.daemon; "
 BREAKDOWN = """
 import sys
 def rss():
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
-steps = [("bare interpreter", None)] + [(m, m) for m in sys.argv[2:]]
+    kinds = {"[heap]": 0, "anon": 0, "file": 0}
+    kind = "anon"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0].endswith(":"):
+                if fields[0] == "Rss:":
+                    kinds[kind] += int(fields[1])
+            else:
+                name = fields[5] if len(fields) > 5 else ""
+                kind = "file" if name.startswith("/") else ("[heap]" if name == "[heap]" else "anon")
+    return {k: v / 1024 for k, v in kinds.items()}
+def show(label, now, last):
+    total = sum(now.values())
+    if last is None:
+        print("\\t".join([label, "", "", "", "", f"{total:.2f}"]))
+        return
+    adds = [f"{now[k] - last[k]:+.2f}" for k in now]
+    print("\\t".join([label, *adds, f"{total - sum(last.values()):.2f}", f"{total:.2f}"]))
 last = rss()
-for label, module in steps:
-    if module:
-        __import__(module)
+show("bare interpreter", last, None)
+for module in sys.argv[2:]:
+    __import__(module)
     now = rss()
-    print(f"{label}\\t{now - last if module else now:.2f}\\t{now:.2f}")
+    show(module, now, last)
     last = now
 from agent.models.scorer import OnnxScorer
 OnnxScorer.load(__import__("pathlib").Path(sys.argv[1])).check_golden()
-now = rss()
-print(f"one onnxruntime session of the bundled model, golden-tested\\t{now - last:.2f}\\t{now:.2f}")
+show("one onnxruntime session of the bundled model, golden-tested", rss(), last)
+"""
+VERSIONS = """
+import importlib.metadata as m, platform
+names = ("onnxruntime", "numpy", "pydantic", "pydantic-core", "paho-mqtt", "structlog")
+print(f"Python {platform.python_version()}; " + ", ".join(f"{n} {m.version(n)}" for n in names))
 """
 DEPENDENCY_ORDER = [
     "numpy",
@@ -85,6 +109,28 @@ def status_mib(pid: int) -> dict[str, float]:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+ANON = "anonymous mappings (Python's object arenas, thread stacks, large allocations)"
+HEAP = "[heap] (malloc: onnxruntime, pydantic-core, large Python objects)"
+
+
+def mappings_mib(pid: int) -> dict[str, float]:
+    """Resident MiB of a process by mapping: each file by its name, the malloc heap, the anonymous rest."""
+    out: dict[str, float] = {}
+    name = ANON
+    with open(f"/proc/{pid}/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if not fields[0].endswith(":"):
+                path = fields[5] if len(fields) > 5 else ""
+                if path.startswith("/"):
+                    name = path.rsplit("/site-packages/", 1)[-1]
+                else:
+                    name = HEAP if path == "[heap]" else ANON
+            elif fields[0] == "Rss:":
+                out[name] = out.get(name, 0.0) + int(fields[1]) / 1024
     return out
 
 
@@ -135,8 +181,8 @@ class Robot:
         state.mkdir(parents=True)
         install.write_atomically(self.logs / "arm1.csv", self.log_bytes)
 
-    def started_agent(self, work: Path) -> tuple[dict[str, float], dict[str, float]]:
-        """RSS of `robotpm-agent run` at READY=1 and after reading the whole log."""
+    def started_agent(self, work: Path) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """RSS of `robotpm-agent run` at READY=1 and after reading the whole log; mappings at READY=1."""
         self.fresh_state()
         notify_path = work / f"notify-{time.monotonic_ns()}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -150,12 +196,13 @@ class Robot:
             if not install.wait_ready(sock, process, 120):
                 raise RuntimeError(f"the agent never became ready; see {work / 'agent.out'}")
             ready = status_mib(process.pid)
+            mappings = mappings_mib(process.pid)
             deadline = time.monotonic() + 120
             while install.lines_read(self.agent, self.config) < LOG_LINES:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise RuntimeError(f"the agent did not read the log; see {work / 'agent.out'}")
                 time.sleep(0.2)
-            return ready, status_mib(process.pid)
+            return ready, status_mib(process.pid), mappings
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
@@ -182,6 +229,10 @@ def main() -> int:
             print(f"built the wheel and a base-only venv in {time.monotonic() - started:.0f} s")
         else:
             python = args.venv / "bin" / "python"
+        versions = subprocess.run(
+            [str(python), "-c", VERSIONS], capture_output=True, text=True, env=install.clean_env(), cwd="/"
+        )
+        print(versions.stdout.strip())
         broker = Broker(work / "broker").start()
         try:
             robot = Robot(work / "root", python, broker.port)
@@ -223,18 +274,31 @@ def main() -> int:
             ],
             note="anon: heap and Python objects; file: mapped library code and data (shared, reclaimable)",
         )
+        mapped = runs[-1][2]
+        largest = sorted(mapped.items(), key=lambda item: -item[1])[:12]
+        table(
+            "Where the started agent's RSS is at READY=1, by mapping (MiB; the last run)",
+            ["mapping", "RSS", "share"],
+            [
+                *[[name, fmt(mib), f"{100 * mib / sum(mapped.values()):.0f}%"] for name, mib in largest],
+                ["everything else", fmt(sum(mapped.values()) - sum(m for _, m in largest)), ""],
+            ],
+            note="a library's RSS is the pages of its code and data touched so far (clean pages are "
+            "shared with other processes and reclaimable, but count in RSS)",
+        )
         bundled = install.package_dir(python, "agent") / "models" / "bundled"
         steps = subprocess.run(
             [str(python), "-c", BREAKDOWN, str(bundled), *DEPENDENCY_ORDER],
             capture_output=True,
             text=True,
-            env=install.clean_env(),
+            # what agent.cli sets before onnxruntime starts (imported here before agent.cli)
+            env={**install.clean_env(), "ORT_DISABLE_TELEMETRY": "1"},
             cwd="/",
             check=True,
         ).stdout.splitlines()
         table(
             "Where it goes: RSS each import adds, in this order (MiB; one interpreter)",
-            ["step", "adds", "RSS"],
+            ["step", "heap", "anon", "file", "adds", "RSS"],
             [line.split("\t") for line in steps],
             note="each module is charged with what it imports first (paho brings ssl, urllib, email; "
             "structlog asyncio)",

@@ -30,7 +30,7 @@ from tests.test_model_fetch import CHANNEL, published, resigned, signed_version
 HEADER = "ts,J1,T1\n"
 LINES = 30
 TIMEOUT_STOP_S = 30.0
-"""The unit's TimeoutStopSec (agent/install/robotpm-agent.service)."""
+"""The unit's TimeoutStopSec (systemd/robotpm-agent.service)."""
 
 
 class Agent(AgentRun):

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,10 +155,69 @@ def test_the_packaged_files_come_from_the_installed_package(robot: Robot) -> Non
         "install/robotpm-agent.service",
     ):
         assert (agent_dir / name).is_file(), name
+    for name in UNITS["trainer"]:
+        assert (robot.package_dir("trainer") / "install" / name).is_file(), name
     bundled = robot.run_python(
         "-c", "from agent.config import packaged_model; print(packaged_model())"
     ).strip()
     assert Path(bundled) == agent_dir / "models" / "bundled"
+
+
+def test_the_wheels_units_are_the_units_of_the_systemd_folder(robot: Robot) -> None:
+    """systemd/ is the units' only source: the installed package carries them byte for byte."""
+    for package, names in UNITS.items():
+        for name in names:
+            installed = robot.package_dir(package) / "install" / name
+            assert installed.read_bytes() == (REPO / "systemd" / name).read_bytes(), installed
+
+
+def _named_paths(unit: Path) -> dict[str, list[Path]]:
+    """The absolute paths a unit names that must exist, by setting: documents, programs, their arguments.
+
+    Left out: paths systemd makes itself (WorkingDirectory= inside a RuntimeDirectory=), ones it
+    may miss by design (a leading ``-``), and ones inside a variable (``${…}``) or an
+    Environment= value.
+    """
+    settings: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    named: dict[str, list[Path]] = {}
+    for value in settings.get("Documentation", []):
+        for uri in value.split():
+            assert uri.startswith("file://"), f"{unit.name}: Documentation={uri} is not a file: URI"
+            named.setdefault("Documentation", []).append(Path(uri.removeprefix("file://")))
+    for key, values in settings.items():
+        if key.startswith("Exec") or key in ("EnvironmentFile", "ReadOnlyPaths", "ReadWritePaths"):
+            for word in " ".join(values).split():
+                word = word.lstrip("@:+!") if key.startswith("Exec") else word
+                if word.startswith("/") and "$" not in word:
+                    named.setdefault(key, []).append(Path(word))
+    runtime = {f"/run/{d}" for d in settings.get("RuntimeDirectory", [])}
+    for directory in settings.get("WorkingDirectory", []):
+        assert directory in runtime, f"{unit.name}: WorkingDirectory={directory} is made by nothing"
+    return named
+
+
+def test_every_path_the_installed_units_name_exists_after_the_install(robot: Robot) -> None:
+    """Documentation=, the programs and their files are there: the install's under the root, the OS's here."""
+    units = robot.root / "etc" / "systemd" / "system"
+    documents = []
+    for names in UNITS.values():
+        for name in names:
+            for key, paths in _named_paths(units / name).items():
+                for path in paths:
+                    ours = path.is_relative_to("/opt/robotpm") or path.is_relative_to("/etc/robotpm")
+                    where = robot.root / path.relative_to("/") if ours else path
+                    assert where.exists(), f"{name}: {key} names {path}, which the install does not make"
+                    if key == "Documentation":
+                        documents.append(where)
+    assert documents
+    assert all(d.is_relative_to(robot.venv) for d in documents), documents
+    assert (robot.venv / "share" / "doc" / "robotpm" / "README.md").read_bytes() == (
+        REPO / "README.md"
+    ).read_bytes()
 
 
 def _system_programs(units: Path) -> set[Path]:
@@ -213,6 +273,26 @@ def test_check_with_the_prod_profile_loads_the_packaged_bundled_model(robot: Rob
     assert "model ok: robot-arm@1" in done.stdout
     loaded = [json.loads(line) for line in done.stdout.splitlines() if '"model_loaded"' in line]
     assert Path(loaded[0]["source"]) == robot.package_dir("agent") / "models" / "bundled"
+
+
+def test_the_installed_agent_leaves_no_onnxruntime_telemetry_behind(robot: Robot, tmp_path: Path) -> None:
+    """Check loads the model in onnxruntime and leaves no device id, event queue or other file in HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**clean_env(), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")}
+    env.pop("ORT_DISABLE_TELEMETRY", None)
+    done = subprocess.run(
+        [str(robot.agent), "check", "--config", str(robot.config), "--profile", "prod"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=robot.root,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "model ok: robot-arm@1" in done.stdout
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == []
 
 
 @pytest.fixture(name="notify")
@@ -272,8 +352,8 @@ def _unit_settings(path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("config", ["agent/install/config.toml", "config.toml"])
 def test_the_prod_profile_uses_the_directories_the_units_create(config: str) -> None:
     """state, store, registry and work paths of the prod profile lie in the units' StateDirectory=."""
-    agent_unit = _unit_settings(REPO / "agent" / "install" / "robotpm-agent.service")
-    trainer_unit = _unit_settings(REPO / "trainer" / "install" / "robotpm-trainer.service")
+    agent_unit = _unit_settings(REPO / "systemd" / "robotpm-agent.service")
+    trainer_unit = _unit_settings(REPO / "systemd" / "robotpm-trainer.service")
     agent = load_agent_config(REPO / config, "prod", environ={})
     state = Path("/var/lib") / agent_unit["StateDirectory"]
     assert agent.state_dir == state
@@ -285,6 +365,23 @@ def test_the_prod_profile_uses_the_directories_the_units_create(config: str) -> 
         assert path.is_relative_to(trainer_state), path
     if config.startswith("agent/"):
         assert agent.streams[0].directory.is_relative_to(Path(agent_unit["ReadOnlyPaths"].lstrip("-")))
+
+
+def test_run_and_check_leave_the_technician_commands_unimported() -> None:
+    """The daemon's commands do not load the technician's reports and views (~0.8 MiB of its RSS)."""
+    code = (
+        "import json, sys, agent.cli, agent.daemon; "
+        "code = agent.cli.main(['check', '--config', '/nonexistent/config.toml']); "
+        "print(json.dumps([code, sorted(m for m in sys.modules if m.startswith('agent.technician.'))]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
+    )
+    code, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert code == 2, done.stderr
+    assert "agent.technician.operations" in loaded  # the daemon's own part of the package
+    technician_only = {"commands", "render", "reports", "views"}
+    assert technician_only.isdisjoint(m.removeprefix("agent.technician.") for m in loaded), loaded
 
 
 def test_the_config_template_serves_the_bundled_model_without_naming_it() -> None:

@@ -165,7 +165,5 @@ def test_a_merged_config_takes_only_the_live_parts(tmp_path: Path) -> None:
 
 def test_the_unit_reloads_with_sighup() -> None:
     """Systemctl reload sends SIGHUP to the main process."""
-    unit = (
-        Path(__file__).resolve().parent.parent / "agent" / "install" / "robotpm-agent.service"
-    ).read_text()
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "robotpm-agent.service").read_text()
     assert "ExecReload=/bin/kill -HUP $MAINPID" in unit.splitlines()

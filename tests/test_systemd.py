@@ -23,10 +23,10 @@ from tests.mosquitto import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_FILES = {
-    "robotpm-agent.service": ROOT / "agent" / "install" / "robotpm-agent.service",
-    "robotpm-trainer.service": ROOT / "trainer" / "install" / "robotpm-trainer.service",
-    "robotpm-trainer.timer": ROOT / "trainer" / "install" / "robotpm-trainer.timer",
+    name: ROOT / "systemd" / name
+    for name in ("robotpm-agent.service", "robotpm-trainer.service", "robotpm-trainer.timer")
 }
+"""The units' only copy in the tree (setup.py puts them into the wheel's packages)."""
 UNITS = tuple(UNIT_FILES)
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
 
