@@ -34,6 +34,9 @@ IntArray = npt.NDArray[np.int64]
 
 NEWLINE = 0x0A
 
+RAW_KEEP = 256
+"""A refused line keeps at most this many of its first bytes in `RejectedLine.raw`."""
+
 
 class RecordSchema(BaseModel):
     """How to read one stream's lines: format, timestamp field, channel mapping and limits.
@@ -228,9 +231,13 @@ class RecordParser:
                 result = ParseResult(
                     RecordBatch(timestamps, values, starts + base_offset, ends + base_offset)
                 )
-                return self._validate(result, last_timestamp, backwards_tolerance_s)
+                return self._validate(result, data, base_offset, last_timestamp, backwards_tolerance_s)
         return self._validate(
-            self._parse_lines(data, starts, ends, base_offset), last_timestamp, backwards_tolerance_s
+            self._parse_lines(data, starts, ends, base_offset),
+            data,
+            base_offset,
+            last_timestamp,
+            backwards_tolerance_s,
         )
 
     def _parse_csv_fast(self, data: bytes, n_lines: int) -> tuple[FloatArray, FloatArray] | None:
@@ -275,7 +282,7 @@ class RecordParser:
                 ts, row = self._parse_one(raw)
             except RecordError as exc:
                 reason, _, detail = str(exc).partition(": ")
-                rejected.append(RejectedLine(base_offset + start, len(raw), reason, detail, raw[:256]))
+                rejected.append(RejectedLine(base_offset + start, len(raw), reason, detail, raw[:RAW_KEEP]))
                 continue
             timestamps.append(ts)
             rows.append(row)
@@ -334,7 +341,12 @@ class RecordParser:
         return ts, row
 
     def _validate(
-        self, result: ParseResult, last_timestamp: float | None, backwards_tolerance_s: float
+        self,
+        result: ParseResult,
+        data: bytes,
+        base_offset: int,
+        last_timestamp: float | None,
+        backwards_tolerance_s: float,
     ) -> ParseResult:
         """Reject non-finite values, values out of range and timestamps going backwards."""
         batch = result.batch
@@ -370,12 +382,14 @@ class RecordParser:
         rejected = list(result.rejected)
         for i in np.flatnonzero(~keep).tolist():
             reason = bad_reason[i] or "invalid"
+            raw = _line_at(data, int(batch.starts[i]) - base_offset, int(batch.ends[i]) - base_offset)
             rejected.append(
                 RejectedLine(
                     int(batch.starts[i]),
-                    int(batch.ends[i] - batch.starts[i] - 1),
+                    len(raw),
                     reason,
                     _describe(reason, batch, i, newest),
+                    raw[:RAW_KEEP],
                 )
             )
         rejected.sort(key=lambda r: r.offset)
@@ -394,6 +408,12 @@ class RecordParser:
         if (timestamps < previous_max - tolerance).any():
             return False
         return None
+
+
+def _line_at(data: bytes, start: int, end: int) -> bytes:
+    """The line ``data[start:end]`` without its newline (and a CR before it)."""
+    raw = data[start : end - 1]
+    return raw[:-1] if raw.endswith(b"\r") else raw
 
 
 def _describe(reason: str, batch: RecordBatch, i: int, newest: float | None) -> str:

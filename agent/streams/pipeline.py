@@ -30,7 +30,7 @@ from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
-from agent.contract.records import RecordParser, RecordSchema, RejectedLine
+from agent.contract.records import RAW_KEEP, RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
 from agent.streams.attribution import ChannelAttribution
@@ -248,7 +248,13 @@ class StreamPipeline:
         if parser is None:
             if block.data:
                 rejected.append(
-                    RejectedLine(block.offset, len(block.data), "bad_header", "file header unusable")
+                    RejectedLine(
+                        block.offset,
+                        len(block.data),
+                        "bad_header",
+                        "file header unusable",
+                        block.data[:RAW_KEEP],
+                    )
                 )
         elif block.data:
             result = parser.parse(block.data, block.offset, self._last_ts, self._ingest.backwards_tolerance_s)
