@@ -20,6 +20,7 @@ from agent.contract.features import FeatureSpec, Statistic
 from agent.contract.records import RecordSchema
 from agent.contract.sampling import Sampling
 from agent.contract.streams import STREAM_PATH_KEYS, StreamConfig
+from agent.contract.timerule import DEFAULT_JUMP_S, DEFAULT_REBASE_LINES, DEFAULT_TOLERANCE_S, TimeRule
 
 DEFAULT_CHANNELS: dict[str, str] = {
     **{f"A{j}_I": f"j{j}_current" for j in range(1, 7)},
@@ -247,6 +248,13 @@ class TrainerConfig(_Section):
         default_factory=dict,
         description="Canonical channel → accepted range; defaults to the agent stream's.",
     )
+    backwards_tolerance_s: float | None = Field(
+        default=None, ge=0, description="Defaults to agent.ingest.backwards_tolerance_s (the agent's rule)."
+    )
+    time_jump_s: float | None = Field(default=None, gt=0, description="Defaults to agent.ingest.time_jump_s.")
+    time_rebase_lines: int | None = Field(
+        default=None, ge=2, description="Defaults to agent.ingest.time_rebase_lines."
+    )
     registry: Path = Path("models")
     work_dir: Path = Path("var/trainer")
     model_name: str = Field(default="robot-arm", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -269,6 +277,15 @@ class TrainerConfig(_Section):
             limits=self.limits,
         )
 
+    def time_rule(self) -> TimeRule:
+        """The rule the log files' times are judged by: the agent's (`agent.contract.timerule`)."""
+        return TimeRule(
+            DEFAULT_TOLERANCE_S if self.backwards_tolerance_s is None else self.backwards_tolerance_s,
+            DEFAULT_JUMP_S if self.time_jump_s is None else self.time_jump_s,
+            DEFAULT_REBASE_LINES if self.time_rebase_lines is None else self.time_rebase_lines,
+            uptime=self.record_schema().timestamp_kind == "uptime",
+        )
+
     @property
     def canonical_channels(self) -> tuple[str, ...]:
         """Canonical channel names in mapping order."""
@@ -284,7 +301,17 @@ def load_trainer_config(
     document = load_document(path, profile, environ)
     raw: dict[str, Any] = dict(document.get("trainer") or {})
     document["trainer"] = raw
+    ingest = (document.get("agent") or {}).get("ingest") or {}
+    for key in ("backwards_tolerance_s", "time_jump_s", "time_rebase_lines"):
+        if key not in raw and isinstance(ingest, dict) and key in ingest:
+            raw[key] = ingest[key]  # one time rule for both halves
     config = validate_section(document, "trainer", TrainerConfig, TRAINER_PATH_KEYS)
+    try:
+        config.time_rule()
+    except ValueError as exc:
+        raise ConfigError(
+            document.get("_meta", {}).get("path", "config"), "trainer.time_jump_s", str(exc)
+        ) from None
     if config.channels is None:
         stream = _agent_stream(document, config.stream)
         if stream is not None:

@@ -26,8 +26,10 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.contract.errors import RecordError
+from agent.contract.timerule import StreamClock, TimeRule
 
 RecordFormat = Literal["csv", "jsonl"]
+TimestampKind = Literal["epoch", "uptime"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -56,6 +58,11 @@ class RecordSchema(BaseModel):
         default_factory=dict, description="Canonical channel → (low, high) accepted range."
     )
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    timestamp_kind: TimestampKind = Field(
+        default="epoch",
+        description="epoch: wall-clock time; uptime: the controller's time since boot, where a step back "
+        "starts a new epoch (see agent.contract.timerule).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RecordSchema:
@@ -204,16 +211,23 @@ class RecordParser:
         base_offset: int = 0,
         last_timestamp: float | None = None,
         backwards_tolerance_s: float = 0.0,
+        *,
+        clock: StreamClock | None = None,
     ) -> ParseResult:
         r"""Parse `data`, a block of complete lines each ending in a newline.
 
         Args:
             data: the bytes, which must be empty or end with ``b"\\n"``.
             base_offset: byte offset of ``data[0]`` in its file.
-            last_timestamp: the newest timestamp accepted before this block, if any.
-            backwards_tolerance_s: how far a timestamp may go back before it is rejected.
+            last_timestamp: without `clock`: the newest timestamp accepted before this block, if any.
+            backwards_tolerance_s: without `clock`: how far a timestamp may go back before it is
+                rejected (no outlier rule applies).
+            clock: the stream's clock (`agent.contract.timerule`), which judges every time and
+                moves on with the accepted ones; the two arguments before are then unused.
 
         """
+        if clock is None:
+            clock = StreamClock(TimeRule(backwards_tolerance_s, jump_s=math.inf), last_timestamp)
         if data and data[-1] != NEWLINE:
             raise ValueError("parse() takes complete lines only")
         n_channels = len(self._schema.channels)
@@ -231,14 +245,8 @@ class RecordParser:
                 result = ParseResult(
                     RecordBatch(timestamps, values, starts + base_offset, ends + base_offset)
                 )
-                return self._validate(result, data, base_offset, last_timestamp, backwards_tolerance_s)
-        return self._validate(
-            self._parse_lines(data, starts, ends, base_offset),
-            data,
-            base_offset,
-            last_timestamp,
-            backwards_tolerance_s,
-        )
+                return self._validate(result, data, base_offset, clock)
+        return self._validate(self._parse_lines(data, starts, ends, base_offset), data, base_offset, clock)
 
     def _parse_csv_fast(self, data: bytes, n_lines: int) -> tuple[FloatArray, FloatArray] | None:
         """All lines at once (numpy's C tokenizer), or None when any line needs a closer look.
@@ -341,73 +349,40 @@ class RecordParser:
         return ts, row
 
     def _validate(
-        self,
-        result: ParseResult,
-        data: bytes,
-        base_offset: int,
-        last_timestamp: float | None,
-        backwards_tolerance_s: float,
+        self, result: ParseResult, data: bytes, base_offset: int, clock: StreamClock
     ) -> ParseResult:
-        """Reject non-finite values, values out of range and timestamps going backwards."""
+        """Reject non-finite values, values out of range and times the stream's clock refuses."""
         batch = result.batch
         if not len(batch):
             return result
-        bad_reason: list[str | None] = [None] * len(batch)
         finite = np.isfinite(batch.values).all(axis=1) & np.isfinite(batch.timestamps)
-        limits = self._schema.limits
         in_range = np.ones(len(batch), dtype=bool)
+        limits = self._schema.limits
         if limits:
             channels = self._schema.canonical_channels
             for name, (low, high) in limits.items():
                 column = batch.values[:, channels.index(name)]
                 in_range &= (column >= low) & (column <= high)
-        if finite.all() and in_range.all():
-            ok_mask = self._monotonic_mask(batch.timestamps, last_timestamp, backwards_tolerance_s)
-            if ok_mask is None:
-                return result
-        for i in np.flatnonzero(~finite).tolist():
-            bad_reason[i] = "not_finite"
-        for i in np.flatnonzero(finite & ~in_range).tolist():
-            bad_reason[i] = "out_of_range"
-        # timestamps going backwards, judged against the newest accepted one so far
-        newest = last_timestamp
-        for i, ts in enumerate(batch.timestamps.tolist()):
-            if bad_reason[i] is not None:
-                continue
-            if newest is not None and ts < newest - backwards_tolerance_s:
-                bad_reason[i] = "time_backwards"
-                continue
-            newest = ts if newest is None else max(newest, ts)
-        keep = np.array([r is None for r in bad_reason], dtype=bool)
+        verdict = clock.judge(batch.timestamps, ~(finite & in_range))
+        refused = [verdict.reasons[i] is not None for i in range(len(batch))]
+        keep = finite & in_range & ~np.array(refused, dtype=bool)
+        if keep.all():
+            return ParseResult(
+                RecordBatch(verdict.times, batch.values, batch.starts, batch.ends), result.rejected
+            )
         rejected = list(result.rejected)
         for i in np.flatnonzero(~keep).tolist():
-            reason = bad_reason[i] or "invalid"
+            if not finite[i]:
+                reason, detail = "not_finite", _values_detail(batch, i)
+            elif not in_range[i]:
+                reason, detail = "out_of_range", _values_detail(batch, i)
+            else:
+                reason, detail = verdict.reasons[i] or "invalid", verdict.details[i]
             raw = _line_at(data, int(batch.starts[i]) - base_offset, int(batch.ends[i]) - base_offset)
-            rejected.append(
-                RejectedLine(
-                    int(batch.starts[i]),
-                    len(raw),
-                    reason,
-                    _describe(reason, batch, i, newest),
-                    raw[:RAW_KEEP],
-                )
-            )
+            rejected.append(RejectedLine(int(batch.starts[i]), len(raw), reason, detail, raw[:RAW_KEEP]))
         rejected.sort(key=lambda r: r.offset)
-        kept = RecordBatch(batch.timestamps[keep], batch.values[keep], batch.starts[keep], batch.ends[keep])
+        kept = RecordBatch(verdict.times[keep], batch.values[keep], batch.starts[keep], batch.ends[keep])
         return ParseResult(kept, rejected)
-
-    @staticmethod
-    def _monotonic_mask(timestamps: FloatArray, last: float | None, tolerance: float) -> bool | None:
-        """None when no timestamp goes back beyond tolerance (the common case, vectorised)."""
-        running = np.maximum.accumulate(timestamps)
-        if last is not None:
-            running = np.maximum(running, last)
-            if timestamps[0] < last - tolerance:
-                return False
-        previous_max = np.concatenate(([running[0] if last is None else last], running[:-1]))
-        if (timestamps < previous_max - tolerance).any():
-            return False
-        return None
 
 
 def _line_at(data: bytes, start: int, end: int) -> bytes:
@@ -416,9 +391,7 @@ def _line_at(data: bytes, start: int, end: int) -> bytes:
     return raw[:-1] if raw.endswith(b"\r") else raw
 
 
-def _describe(reason: str, batch: RecordBatch, i: int, newest: float | None) -> str:
-    if reason == "time_backwards":
-        return f"timestamp {batch.timestamps[i]} is before {newest}"
+def _values_detail(batch: RecordBatch, i: int) -> str:
     return f"values {batch.values[i].tolist()[:8]}"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.contract.records import RecordFormat, RecordSchema
+from agent.contract.records import RecordFormat, RecordSchema, TimestampKind
 from agent.contract.topics import check_segment
 
 STREAM_PATH_KEYS = frozenset({"directory"})
@@ -27,6 +27,11 @@ class StreamConfig(BaseModel):
     patterns: tuple[str, ...] = ("*.csv",)
     format: RecordFormat = "csv"
     timestamp_field: str = "timestamp"
+    timestamp_kind: TimestampKind = Field(
+        default="epoch",
+        description="epoch: wall-clock time; uptime: the controller's seconds since boot (a reboot starts a "
+        "new epoch: see agent.contract.timerule).",
+    )
     channels: dict[str, str] = Field(
         min_length=1, description="Column name in the file → canonical channel name."
     )
@@ -51,4 +56,5 @@ class StreamConfig(BaseModel):
             timestamp_field=self.timestamp_field,
             channels=self.channels,
             limits=self.limits,
+            timestamp_kind=self.timestamp_kind,
         )

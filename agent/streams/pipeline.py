@@ -32,6 +32,7 @@ from agent.contract.features import CompletedWindows, FeaturizerState, Streaming
 from agent.contract.manifest import ModelManifest
 from agent.contract.records import RAW_KEEP, RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
+from agent.contract.timerule import StreamClock, TimeRule
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
 from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
@@ -167,7 +168,14 @@ class StreamPipeline:
         self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
         self._shadow: ShadowHook | None = None
         self._meta = _Meta.empty()
-        self._last_ts: float | None = None
+        self._clock = StreamClock(
+            TimeRule(
+                ingest.backwards_tolerance_s,
+                ingest.time_jump_s,
+                ingest.time_rebase_lines,
+                uptime=self._schema.timestamp_kind == "uptime",
+            )
+        )
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
         self.drift = DriftMonitor(scorer.manifest, drift)
@@ -257,7 +265,7 @@ class StreamPipeline:
                     )
                 )
         elif block.data:
-            result = parser.parse(block.data, block.offset, self._last_ts, self._ingest.backwards_tolerance_s)
+            result = parser.parse(block.data, block.offset, clock=self._clock)
             rejected.extend(result.rejected)
             batch = result.batch
         if rejected:
@@ -271,8 +279,6 @@ class StreamPipeline:
         shortest = int((batch.ends - batch.starts).min())
         if self._shortest_line is None or shortest < self._shortest_line:
             self._shortest_line = shortest
-        newest = float(batch.timestamps.max())
-        self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
         if self._shadow is not None:
             self._shadow.samples(self.stream, self._schema.canonical_channels, batch.timestamps, batch.values)
         timestamps, values, starts, ends = self.sampling.take(
@@ -330,7 +336,8 @@ class StreamPipeline:
             "meta_start": self._meta.start.tolist(),
             "meta_end": self._meta.end.tolist(),
             "meta_source": self._meta.source,
-            "last_ts": self._last_ts,
+            "last_ts": self._clock.newest,
+            "clock": self._clock.state(),
             "policy": self._policy.state(),
             "sampling": self.sampling.state(),
         }
@@ -342,12 +349,12 @@ class StreamPipeline:
         """
         self._featurizer = StreamingFeaturizer(self._scorer.manifest.feature_spec)
         self._meta = _Meta.empty()
-        self._last_ts = None
+        self._clock.restore(None)
         if not state:
             self._policy.restore(None)
             return
         self._policy.restore(state.get("policy"))
-        self._last_ts = state.get("last_ts")
+        self._clock.restore(state.get("clock") or {"newest": state.get("last_ts")})
         same_spec = state.get("spec_hash") == self._scorer.manifest.feature_spec_hash
         self.sampling.restore(state.get("sampling"), same_spec=same_spec)
         if not same_spec:
