@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.contract.configfile import load_document, validate_section
 from agent.contract.errors import ConfigError
@@ -244,6 +244,11 @@ class TrainerConfig(_Section):
         default=None, description="Column → canonical channel; defaults to the agent stream's mapping."
     )
     timestamp_field: str = "ts"
+    reading: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How the log files are read (delimiter, quote, decimal, timestamp_unit, timezone, "
+        "timestamp_kind), as the agent stream's keys of the same names; defaults to that stream's.",
+    )
     limits: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="Canonical channel → accepted range; defaults to the agent stream's.",
@@ -268,6 +273,15 @@ class TrainerConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     incoming: StreamTrainerConfig = StreamTrainerConfig()
 
+    @field_validator("reading")
+    @classmethod
+    def _reading_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(READING_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; known: {list(READING_KEYS)}")
+        RecordSchema(channels={"x": "x"}, **value)  # raises naming what cannot work
+        return value
+
     def record_schema(self) -> RecordSchema:
         """How the sensor log files are read."""
         return RecordSchema(
@@ -275,6 +289,7 @@ class TrainerConfig(_Section):
             timestamp_field=self.timestamp_field,
             channels=self.channels or DEFAULT_CHANNELS,
             limits=self.limits,
+            **self.reading,
         )
 
     def time_rule(self) -> TimeRule:
@@ -312,17 +327,22 @@ def load_trainer_config(
         raise ConfigError(
             document.get("_meta", {}).get("path", "config"), "trainer.time_jump_s", str(exc)
         ) from None
-    if config.channels is None:
-        stream = _agent_stream(document, config.stream)
-        if stream is not None:
-            update: dict[str, Any] = {
-                "channels": dict(stream.channels),
-                "timestamp_field": stream.timestamp_field,
-            }
-            if not config.limits:
-                update["limits"] = dict(stream.limits)
-            config = config.model_copy(update=update)
+    stream = _agent_stream(document, config.stream)
+    if stream is not None and not config.reading:
+        config = config.model_copy(update={"reading": {key: getattr(stream, key) for key in READING_KEYS}})
+    if config.channels is None and stream is not None:
+        update: dict[str, Any] = {
+            "channels": dict(stream.channels),
+            "timestamp_field": stream.timestamp_field,
+        }
+        if not config.limits:
+            update["limits"] = dict(stream.limits)
+        config = config.model_copy(update=update)
     return config
+
+
+READING_KEYS = ("delimiter", "quote", "decimal", "timestamp_unit", "timezone", "timestamp_kind")
+"""The stream keys that say how a log's lines are read: the trainer reads them as the agent does."""
 
 
 def _agent_stream(document: dict[str, Any], name: str) -> StreamConfig | None:

@@ -319,6 +319,8 @@ class StreamPipeline:
             except RecordError as exc:
                 log.warning("bad_header", stream=self.name, file=str(block.path), error=str(exc))
                 return None
+            for note in parser.notes:  # e.g. text columns no channel reads: ignored, not refused
+                log.info("record_note", stream=self.name, file=str(block.path), note=note)
         if len(self._parsers) > 64:  # forget files long gone
             self._parsers.pop(next(iter(self._parsers)))
         self._parsers[block.file_key] = parser
