@@ -209,13 +209,8 @@ def test_check_exits_2_naming_a_bad_reading_key(tmp_path: Path) -> None:
     """robotpm-agent check exits 2 and names the stream key, without a traceback."""
     path = tmp_path / "config.toml"
     path.write_text(AGENT_HEAD + STREAM_TABLE.format(extra='timezone = "Mars/Olympus"'))
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
+    command = [sys.executable, "-m", "agent.cli", "check", "--config", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     assert result.returncode == 2
     assert "agent.streams.0.timezone" in result.stderr
     assert "Traceback" not in result.stderr
@@ -259,12 +254,7 @@ hop = 10
 source = "flag"
 horizon_s = 30.0
 tolerance_s = 2.0
-[trainer.labels.flag]
-column = "protective_stop"
-on = ["True"]
-min_gap_s = 10.0
-failure_mode = "protective_stop"
-component = "arm"
+flag = { column = "protective_stop", on = ["True"], min_gap_s = 10.0, failure_mode = "stop", component = "a" }
 """
 
 
@@ -332,7 +322,7 @@ def test_robotpm_train_inspect_reads_the_same_cobot_export_with_the_same_config(
     assert trainer_cli.main(["inspect", str(tmp_path / "logs"), "--config", str(config_path)]) == 0
     text = capsys.readouterr().out
     assert re.search(r"robot cobot-1: 240 rows over 239 s, (0\.99\d|1\.00?) Hz observed", text), text
-    assert "failure events per mode: protective_stop 1" in text
+    assert "failure events per mode: stop 1" in text
     assert "quarantine by reason: none" in text
     assert (
         "note: export.csv: columns not mapped to a channel are ignored: ['protective_stop', 'program']"

@@ -499,8 +499,7 @@ class RecordParser:
                 column = batch.values[:, channels.index(name)]
                 in_range &= (column >= low) & (column <= high)
         verdict = clock.judge(batch.timestamps, ~(finite & in_range))
-        refused = [verdict.reasons[i] is not None for i in range(len(batch))]
-        keep = finite & in_range & ~np.array(refused, dtype=bool)
+        keep = finite & in_range & ~verdict.refused
         if keep.all():
             return ParseResult(
                 RecordBatch(verdict.times, batch.values, batch.starts, batch.ends), result.rejected
@@ -512,7 +511,7 @@ class RecordParser:
             elif not in_range[i]:
                 reason, detail = "out_of_range", _values_detail(batch, i)
             else:
-                reason, detail = verdict.reasons[i] or "invalid", verdict.details[i]
+                reason, detail = verdict.reasons.get(i, ("invalid", ""))
             raw = _line_at(data, int(batch.starts[i]) - base_offset, int(batch.ends[i]) - base_offset)
             rejected.append(RejectedLine(int(batch.starts[i]), len(raw), reason, detail, raw[:RAW_KEEP]))
         rejected.sort(key=lambda r: r.offset)

@@ -64,10 +64,10 @@ class Verdict:
 
     times: FloatArray
     """The times as the stream counts them (uptime streams: with their epoch offset)."""
-    reasons: list[str | None]
-    """None (accepted, or not judged) or ``time_backwards`` / ``time_outlier``."""
-    details: list[str]
-    """A human-readable detail per refused row."""
+    refused: npt.NDArray[np.bool_]
+    """Per row, whether the clock refused its time."""
+    reasons: dict[int, tuple[str, str]]
+    """Refused row → (``time_backwards`` or ``time_outlier``, a human-readable detail)."""
 
 
 class StreamClock:
@@ -89,14 +89,16 @@ class StreamClock:
 
     def judge(self, times: FloatArray, skip: npt.NDArray[np.bool_]) -> Verdict:
         """Judge `times` in order (rows in `skip` are refused already and ignored); the clock moves on."""
-        out = times + self._offset if self._rule.uptime else times.copy()
-        verdict = Verdict(out, [None] * len(times), [""] * len(times))
+        out = times + self._offset if self._rule.uptime and self._offset else times
+        verdict = Verdict(out, np.zeros(len(times), dtype=bool), {})
         if not len(times):
             return verdict
         if not skip.any() and self._all_in_bounds(out):
             self.newest = float(out.max()) if self.newest is None else max(self.newest, float(out.max()))
             self._pending.clear()
             return verdict
+        out = verdict.times.copy()
+        verdict = Verdict(out, verdict.refused, {})
         for i in range(len(times)):
             if skip[i]:
                 continue
@@ -106,8 +108,8 @@ class StreamClock:
             if reason is None:
                 out[i] = raw + self._offset
             else:
-                verdict.reasons[i] = reason
-                verdict.details[i] = self._detail(reason, raw + self._offset, before)
+                verdict.refused[i] = True
+                verdict.reasons[i] = (reason, self._detail(reason, raw + self._offset, before))
         return verdict
 
     def _all_in_bounds(self, times: FloatArray) -> bool:
