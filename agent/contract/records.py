@@ -24,9 +24,10 @@ Records are read as controllers write them:
 
 `RecordParser.parse` takes a block of complete lines and returns a `RecordBatch`
 of the good records (numpy arrays, in canonical channel order) plus a list of
-`RejectedLine`s, each with its reason and byte offset, for quarantine. A block of
-clean CSV is parsed in one vectorised pass; a block with any bad line falls back
-to line-by-line parsing so that only the bad lines are rejected.
+`RejectedLine`s, each with its reason, byte offset and raw bytes, for quarantine. A
+block of plain CSV (no quote characters, only numbers in the mapped columns) is parsed
+in one vectorised pass; any other block is read line by line, so that only the bad lines
+are rejected. Times are then judged by the stream's clock (`agent.contract.timerule`).
 """
 
 from __future__ import annotations
