@@ -12,7 +12,8 @@ time (the baseline: last timestamp and tolerance; today: the stream's clock). Ro
 * a cobot export (quoted ISO times, booleans): today's line path only (the baseline refuses
   every row), for scale.
 
-Prints medians of ``--repeats`` runs (wall time of parsing every block) and the ratio.
+Prints medians of ``--repeats`` runs of each, alternated (wall time of parsing every block), and
+the ratio.
 Nothing asserts on timing. Usage: .venv/bin/python bench/bench_records.py [--lines N] [--repeats R]
 """
 
@@ -135,6 +136,26 @@ def timed(fn: Callable[[], int], repeats: int) -> tuple[float, int]:
     return statistics.median(times), good
 
 
+def paired(
+    base: Callable[[], int], new: Callable[[], int], repeats: int
+) -> tuple[tuple[float, int], tuple[float, int]]:
+    """Medians of `base` and `new`, run alternately so that a change of load hits both alike."""
+    base(), new()  # warm
+    base_s: list[float] = []
+    new_s: list[float] = []
+    base_ok = new_ok = 0
+    for _ in range(repeats):
+        for fn, out in ((base, base_s), (new, new_s)):
+            started = time.perf_counter()
+            ok = fn()
+            out.append(time.perf_counter() - started)
+            if fn is base:
+                base_ok = ok
+            else:
+                new_ok = ok
+    return (statistics.median(base_s), base_ok), (statistics.median(new_s), new_ok)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=200_000)
@@ -145,8 +166,9 @@ def main() -> int:
     rows: list[tuple[str, Any, Any, int]] = []
     for name, text_column in (("plain lines", False), ("plain lines + text column", True)):
         header, data = plain_log(args.lines, text_column)
-        base = timed(run_baseline(old, header, data, CHANNELS), args.repeats)
-        new = timed(run_today(header, data, CHANNELS), args.repeats)
+        base, new = paired(
+            run_baseline(old, header, data, CHANNELS), run_today(header, data, CHANNELS), args.repeats
+        )
         rows.append((name, base, new, args.lines))
     header, data = cobot_log(args.lines // 4)
     cobot = timed(run_today(header, data, {**CHANNELS, "grip": "grip"}), args.repeats)

@@ -259,7 +259,17 @@ class RecordParser:
     every block of one file.
     """
 
-    __slots__ = ("_columns", "_header", "_n_fields", "_schema", "_trimmed", "_ts_column", "_used", "notes")
+    __slots__ = (
+        "_columns",
+        "_header",
+        "_n_fields",
+        "_only_used",
+        "_schema",
+        "_trimmed",
+        "_ts_column",
+        "_used",
+        "notes",
+    )
 
     def __init__(self, schema: RecordSchema) -> None:
         self._schema = schema
@@ -267,6 +277,7 @@ class RecordParser:
         self._trimmed: tuple[str, ...] = ()
         self._columns: IntArray = np.empty(0, dtype=np.int64)
         self._used: list[int] = []
+        self._only_used = False
         self._ts_column = -1
         self._n_fields = 0
         self.notes: list[str] = []
@@ -380,26 +391,40 @@ class RecordParser:
             return None  # quoted cells: the line path reads them per RFC 4180
         if schema.decimal != ".":
             data = data.replace(schema.decimal.encode(), b".")
-        try:  # data holds at least one line here, so loadtxt has no "empty input" warning to give
-            table = np.loadtxt(
-                io.BytesIO(data),
-                delimiter=schema.delimiter,
-                comments=None,
-                dtype=np.float64,
-                ndmin=2,
-                encoding="latin-1",
-                usecols=self._used,
-            )
-        except (ValueError, UnicodeError):
+        table = self._load(data)
+        if table is None and not self._only_used and len(self._used) < self._n_fields:
+            # maybe an unmapped column is text: read only the mapped ones from now on (a little slower)
+            self._only_used = True
+            table = self._load(data)
+            if table is None:
+                self._only_used = False
+        if table is None:
             return None
-        if table.shape != (n_lines, len(self._used)):
+        columns = self._used if self._only_used else list(range(self._n_fields))
+        if table.shape != (n_lines, len(columns)):
             return None
-        position = {column: i for i, column in enumerate(self._used)}
+        position = {column: i for i, column in enumerate(columns)}
         timestamps = _epoch_array(
             np.ascontiguousarray(table[:, position[self._ts_column]]), schema.timestamp_unit
         )
         values = np.ascontiguousarray(table[:, [position[c] for c in self._columns.tolist()]])
         return timestamps, values
+
+    def _load(self, data: bytes) -> FloatArray | None:
+        """The block through numpy's C tokenizer: every column, or only the used ones; None if it fails."""
+        try:  # data holds at least one line here, so loadtxt has no "empty input" warning to give
+            table: FloatArray = np.loadtxt(
+                io.BytesIO(data),
+                delimiter=self._schema.delimiter,
+                comments=None,
+                dtype=np.float64,
+                ndmin=2,
+                encoding="latin-1",
+                usecols=self._used if self._only_used else None,
+            )
+        except (ValueError, UnicodeError):
+            return None
+        return table
 
     def _parse_lines(self, data: bytes, starts: IntArray, ends: IntArray, base_offset: int) -> ParseResult:
         n_channels = len(self._schema.channels)
