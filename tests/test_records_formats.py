@@ -19,13 +19,15 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from agent.config import load_agent_config
+from agent.config import IngestConfig, PolicyConfig, load_agent_config
 from agent.contract.errors import ConfigError, RecordError
 from agent.contract.records import RecordParser, RecordSchema, epoch_seconds, parse_timestamp
 from agent.contract.timerule import StreamClock, TimeRule
 from agent.daemon import AgentDaemon
 from agent.testing import InMemoryTransport, ManualClock
+from tests.agent_config import tiny_agent
 from tests.models import write_linear_model
+from tests.ticking import tick_until_judged
 from trainer import cli as trainer_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,12 +300,8 @@ def test_a_cobot_export_is_read_whole_by_the_agent_and_alerts_on_its_real_times(
     transport, clock = InMemoryTransport(), ManualClock()
     daemon = AgentDaemon(config, transport=transport, clock=clock)
     daemon.startup()
+    tick_until_judged(daemon, clock, len(times))
     counters = daemon.streams[0].counters
-    for _ in range(500):
-        if counters.lines + counters.quarantined >= len(times):
-            break
-        daemon.tick(0.0)
-        clock.advance(0.5)
     daemon.shutdown()
     assert counters.by_reason == {}
     assert counters.lines == len(times)
@@ -328,3 +326,42 @@ def test_robotpm_train_inspect_reads_the_same_cobot_export_with_the_same_config(
         "note: export.csv: columns not mapped to a channel are ignored: ['protective_stop', 'program']"
         in text
     )
+
+
+def test_the_new_refusals_keep_their_raw_line_byte_exact() -> None:
+    """bad_quoting and time_outlier lines carry the line itself, as every other refusal does."""
+    parser = _parser("ts,A", {"A": "a"})
+    quoting, outlier = b'1646128801,"2', b"32503680000.0,3"
+    data = b"1646128800,1\n" + quoting + b"\n" + outlier + b"\r\n1646128802,4\n"
+    result = parser.parse(data, base_offset=50, clock=StreamClock(TimeRule()))
+    assert [(r.reason, r.raw, r.offset, r.length) for r in result.rejected] == [
+        ("bad_quoting", quoting, 50 + 13, len(quoting)),
+        ("time_outlier", outlier, 50 + 13 + len(quoting) + 1, len(outlier)),
+    ]
+
+
+def test_an_uptime_stream_goes_on_alerting_after_a_controller_reboot(tmp_path: Path) -> None:
+    """The daemon on an uptime log (ms): quiet lines, a reboot (uptime back to 1 s), an over-current."""
+    write_linear_model(tmp_path / "bundled")
+    config = tiny_agent(
+        tmp_path,
+        stream_options={"timestamp_kind": "uptime", "timestamp_unit": "ms"},
+        ingest=IngestConfig(watch="poll", poll_interval_s=0.01),
+        policy=PolicyConfig(on_delay_windows=1, off_delay_windows=1),
+        heartbeat_interval_s=3600,
+    )
+    quiet = "".join(f"{50_000 + 1000 * i},0.1,40.0\n" for i in range(12))
+    hot = "".join(f"{1000 + 1000 * i},2.0,40.0\n" for i in range(10))
+    (tmp_path / "logs" / "arm1.csv").write_text("ts,J1,T1\n" + quiet + hot)
+    transport, clock = InMemoryTransport(), ManualClock()
+    daemon = AgentDaemon(config, transport=transport, clock=clock)
+    daemon.startup()
+    tick_until_judged(daemon, clock, 22)
+    counters = daemon.streams[0].counters
+    daemon.shutdown()
+    assert counters.by_reason == {}
+    assert counters.lines == 22
+    raised = [json.loads(m.payload) for m in transport.messages("alert")]
+    assert raised
+    assert raised[0]["state"] == "raised"
+    assert raised[0]["window"]["end"] > 61.0  # after the first epoch's last time (61 s): a new epoch

@@ -23,6 +23,7 @@ from agent.daemon import AgentDaemon
 from agent.testing import InMemoryTransport, ManualClock
 from tests.agent_config import tiny_agent
 from tests.models import write_linear_model
+from tests.ticking import tick_until_judged
 from trainer.stages.extraction import parse_log_bytes
 
 START = 1_767_225_600.0  # 2026-01-01
@@ -155,17 +156,6 @@ def _start(root: Path) -> tuple[AgentDaemon, InMemoryTransport, ManualClock]:
     return daemon, transport, clock
 
 
-def _read(daemon: AgentDaemon, clock: ManualClock, seen: int) -> None:
-    """Tick until the stream has judged `seen` lines (accepted or refused; a bound on ticks, not time)."""
-    counters = daemon.streams[0].counters
-    for _ in range(500):
-        if counters.lines + counters.quarantined >= seen:
-            return
-        daemon.tick(0.0)
-        clock.advance(0.5)
-    raise AssertionError(f"judged {counters.lines + counters.quarantined} of {seen} lines")
-
-
 @pytest.mark.parametrize("outlier", [YEAR_3000, YEAR_1970], ids=["year-3000", "year-1970"])
 def test_after_an_outlier_line_and_a_restart_the_daemon_still_raises_alerts(
     tmp_path: Path, outlier: float
@@ -177,14 +167,14 @@ def test_after_an_outlier_line_and_a_restart_the_daemon_still_raises_alerts(
     quiet = [_line(START + i) for i in range(12)]
     log.write_text("ts,J1,T1\n" + "".join(quiet[:6]) + _line(outlier) + "".join(quiet[6:]))
     first, first_sent, clock = _start(tmp_path)
-    _read(first, clock, 13)
+    tick_until_judged(first, clock, 13)
     assert first.streams[0].counters.by_reason == {"time_outlier": 1}
     first.shutdown()
     assert not first_sent.messages("alert")
     with log.open("a") as handle:
         handle.write("".join(_line(START + 12 + i, current=2.0) for i in range(10)))
     second, second_sent, clock = _start(tmp_path)
-    _read(second, clock, 10)
+    tick_until_judged(second, clock, 10)
     counters = second.streams[0].counters
     second.shutdown()
     assert counters.by_reason == {}
