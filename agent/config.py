@@ -28,6 +28,7 @@ from agent.contract.announcement import BUNDLE_OVERHEAD_BYTES
 from agent.contract.configfile import ConfigSection as _Section
 from agent.contract.configfile import load_section
 from agent.contract.streams import StreamConfig
+from agent.contract.timerule import DEFAULT_JUMP_S, DEFAULT_REBASE_LINES, DEFAULT_TOLERANCE_S
 from agent.contract.topics import check_segment
 from agent.technician.settings import ControlConfig, JournalConfig, LoggingConfig, ShelvingConfig
 
@@ -45,8 +46,38 @@ class IngestConfig(_Section):
     coalesce_ms: float = Field(default=5.0, ge=0, le=1000, description="Batch file events over this long.")
     read_chunk_bytes: int = Field(default=1 << 20, ge=4096)
     max_line_bytes: int = Field(default=64 * 1024, ge=64)
-    backwards_tolerance_s: float = Field(default=1.0, ge=0)
+    backwards_tolerance_s: float = Field(
+        default=DEFAULT_TOLERANCE_S,
+        ge=0,
+        le=3600,
+        description="A record time this far before the stream's newest is still accepted; further back it is "
+        "refused as time_backwards (see agent.contract.timerule).",
+    )
+    time_jump_s: float = Field(
+        default=DEFAULT_JUMP_S,
+        gt=0,
+        le=100 * 365 * 86400,
+        description="A record time further than this from the stream's newest (either way) is refused as "
+        "time_outlier and does not move the stream's clock (a year-3000 line cannot silence the stream).",
+    )
+    time_rebase_lines: int = Field(
+        default=DEFAULT_REBASE_LINES,
+        ge=2,
+        le=10_000,
+        description="This many time_outlier lines in a row that agree with each other are a genuine clock "
+        "step: the stream's clock follows them from the last of them on.",
+    )
     rescan_interval_s: float = Field(default=1.0, gt=0, le=300)
+
+    @field_validator("time_jump_s")
+    @classmethod
+    def _jump_beyond_tolerance(cls, value: float, info: ValidationInfo) -> float:
+        # backwards_tolerance_s is declared first, so it is validated (and in info.data) by now.
+        tolerance = info.data.get("backwards_tolerance_s", DEFAULT_TOLERANCE_S)
+        if value <= tolerance:
+            raise ValueError(f"must be larger than backwards_tolerance_s ({tolerance})")
+        return value
+
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=60)
     max_hold_s: float = Field(
         default=0.5,

@@ -88,7 +88,7 @@ def quarantined(path: Path) -> list[dict[str, Any]]:
 
 
 def test_each_bad_line_of_the_corpus_is_quarantined_with_its_reason(tmp_path: Path) -> None:
-    """Every refused line is in the quarantine once, with the right reason, file and byte offset."""
+    """Every refused line is in the quarantine once, with its reason, file, byte offset and raw bytes."""
     logs = tmp_path / "logs"
     logs.mkdir()
     content = HEADER + b"\n" + b"".join(line + b"\n" for line, _ in CORPUS)
@@ -107,6 +107,8 @@ def test_each_bad_line_of_the_corpus_is_quarantined_with_its_reason(tmp_path: Pa
         start = record["offset"]
         assert content[start : start + record["length"]] == line.rstrip(b"\r")
         assert content[start - 1 : start] == b"\n"
+        # every reason keeps the line itself (its first 256 bytes), byte-exact
+        assert record["raw"] == line.rstrip(b"\r")[:256].decode("utf-8", "backslashreplace"), record["reason"]
     assert sum(counts.values()) == len(expected)
     assert records[3]["raw"] == "5.0,\\xff\\xfe,40.0"  # undecodable bytes escaped, not lost
 

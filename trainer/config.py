@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.contract.configfile import ConfigSection as _Section
 from agent.contract.configfile import load_document, validate_section
@@ -21,6 +21,7 @@ from agent.contract.features import FeatureSpec, Statistic
 from agent.contract.records import RecordSchema
 from agent.contract.sampling import Sampling
 from agent.contract.streams import STREAM_PATH_KEYS, StreamConfig
+from agent.contract.timerule import DEFAULT_JUMP_S, DEFAULT_REBASE_LINES, DEFAULT_TOLERANCE_S, TimeRule
 
 DEFAULT_CHANNELS: dict[str, str] = {
     **{f"A{j}_I": f"j{j}_current" for j in range(1, 7)},
@@ -240,9 +241,21 @@ class TrainerConfig(_Section):
         default=None, description="Column → canonical channel; defaults to the agent stream's mapping."
     )
     timestamp_field: str = "ts"
+    reading: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How the log files are read (delimiter, quote, decimal, timestamp_unit, timezone, "
+        "timestamp_kind), as the agent stream's keys of the same names; defaults to that stream's.",
+    )
     limits: dict[str, tuple[float, float]] = Field(
         default_factory=dict,
         description="Canonical channel → accepted range; defaults to the agent stream's.",
+    )
+    backwards_tolerance_s: float | None = Field(
+        default=None, ge=0, description="Defaults to agent.ingest.backwards_tolerance_s (the agent's rule)."
+    )
+    time_jump_s: float | None = Field(default=None, gt=0, description="Defaults to agent.ingest.time_jump_s.")
+    time_rebase_lines: int | None = Field(
+        default=None, ge=2, description="Defaults to agent.ingest.time_rebase_lines."
     )
     registry: Path = Path("models")
     work_dir: Path = Path("var/trainer")
@@ -257,6 +270,15 @@ class TrainerConfig(_Section):
     bundle: BundleConfig = BundleConfig()
     incoming: StreamTrainerConfig = StreamTrainerConfig()
 
+    @field_validator("reading")
+    @classmethod
+    def _reading_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(READING_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; known: {list(READING_KEYS)}")
+        RecordSchema(channels={"x": "x"}, **value)  # raises naming what cannot work
+        return value
+
     def record_schema(self) -> RecordSchema:
         """How the sensor log files are read."""
         return RecordSchema(
@@ -264,6 +286,16 @@ class TrainerConfig(_Section):
             timestamp_field=self.timestamp_field,
             channels=self.channels or DEFAULT_CHANNELS,
             limits=self.limits,
+            **self.reading,
+        )
+
+    def time_rule(self) -> TimeRule:
+        """The rule the log files' times are judged by: the agent's (`agent.contract.timerule`)."""
+        return TimeRule(
+            DEFAULT_TOLERANCE_S if self.backwards_tolerance_s is None else self.backwards_tolerance_s,
+            DEFAULT_JUMP_S if self.time_jump_s is None else self.time_jump_s,
+            DEFAULT_REBASE_LINES if self.time_rebase_lines is None else self.time_rebase_lines,
+            uptime=self.record_schema().timestamp_kind == "uptime",
         )
 
     @property
@@ -281,18 +313,33 @@ def load_trainer_config(
     document = load_document(path, profile, environ)
     raw: dict[str, Any] = dict(document.get("trainer") or {})
     document["trainer"] = raw
+    ingest = (document.get("agent") or {}).get("ingest") or {}
+    for key in ("backwards_tolerance_s", "time_jump_s", "time_rebase_lines"):
+        if key not in raw and isinstance(ingest, dict) and key in ingest:
+            raw[key] = ingest[key]  # one time rule for both halves
     config = validate_section(document, "trainer", TrainerConfig, TRAINER_PATH_KEYS)
-    if config.channels is None:
-        stream = _agent_stream(document, config.stream)
-        if stream is not None:
-            update: dict[str, Any] = {
-                "channels": dict(stream.channels),
-                "timestamp_field": stream.timestamp_field,
-            }
-            if not config.limits:
-                update["limits"] = dict(stream.limits)
-            config = config.model_copy(update=update)
+    try:
+        config.time_rule()
+    except ValueError as exc:
+        raise ConfigError(
+            document.get("_meta", {}).get("path", "config"), "trainer.time_jump_s", str(exc)
+        ) from None
+    stream = _agent_stream(document, config.stream)
+    if stream is not None and not config.reading:
+        config = config.model_copy(update={"reading": {key: getattr(stream, key) for key in READING_KEYS}})
+    if config.channels is None and stream is not None:
+        update: dict[str, Any] = {
+            "channels": dict(stream.channels),
+            "timestamp_field": stream.timestamp_field,
+        }
+        if not config.limits:
+            update["limits"] = dict(stream.limits)
+        config = config.model_copy(update=update)
     return config
+
+
+READING_KEYS = ("delimiter", "quote", "decimal", "timestamp_unit", "timezone", "timestamp_kind")
+"""The stream keys that say how a log's lines are read: the trainer reads them as the agent does."""
 
 
 def _agent_stream(document: dict[str, Any], name: str) -> StreamConfig | None:

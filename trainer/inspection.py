@@ -87,6 +87,7 @@ def _split(
         )
     else:
         lines.append("windows per label: no labels for some robots (failure and rul tasks need them)")
+    lines.extend(f"note: {note}" for note in dict.fromkeys(dataset.notes))
     reasons = Counter(row.reason for row in dataset.quarantine)
     lines.append(
         "quarantine by reason: " + (", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none")

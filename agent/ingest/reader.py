@@ -51,6 +51,7 @@ class LineReader:
         self._csv = stream.format == "csv"
         schema = stream.record_schema()
         self._delimiter = schema.delimiter.encode()
+        self._quote = schema.quote.encode()
         self._ts_name = stream.timestamp_field.encode()
         self._max_line = ingest.max_line_bytes
         self.chunk = max(ingest.read_chunk_bytes, self._max_line + 2)
@@ -165,7 +166,8 @@ class LineReader:
         return True
 
     def _looks_like_header(self, line: bytes) -> bool:
-        return self._ts_name in (field.strip() for field in line.split(self._delimiter))
+        wanted = self._ts_name.strip()  # cells may be quoted (RFC 4180) and padded
+        return wanted in (field.strip().strip(self._quote).strip() for field in line.split(self._delimiter))
 
     def _take_header(self, f: TrackedFile, data: bytes, out: list[LineBlock]) -> bool:
         """Take the CSV header line at the file's start; False while it is incomplete."""

@@ -30,8 +30,9 @@ from agent.contract.alerts import AlertEvent, WindowRef
 from agent.contract.errors import RecordError
 from agent.contract.features import CompletedWindows, FeaturizerState, StreamingFeaturizer
 from agent.contract.manifest import ModelManifest
-from agent.contract.records import RecordParser, RecordSchema, RejectedLine
+from agent.contract.records import RAW_KEEP, RecordParser, RecordSchema, RejectedLine
 from agent.contract.streams import StreamConfig
+from agent.contract.timerule import StreamClock, TimeRule
 from agent.seams import Block, Policy, QuarantineSink, Scorer, ShadowHook
 from agent.streams.attribution import ChannelAttribution
 from agent.streams.drift import DriftMonitor
@@ -167,7 +168,14 @@ class StreamPipeline:
         self._featurizer = StreamingFeaturizer(scorer.manifest.feature_spec)
         self._shadow: ShadowHook | None = None
         self._meta = _Meta.empty()
-        self._last_ts: float | None = None
+        self._clock = StreamClock(
+            TimeRule(
+                ingest.backwards_tolerance_s,
+                ingest.time_jump_s,
+                ingest.time_rebase_lines,
+                uptime=self._schema.timestamp_kind == "uptime",
+            )
+        )
         self._shortest_line: int | None = None
         self.counters = StreamCounters()
         self.drift = DriftMonitor(scorer.manifest, drift)
@@ -248,10 +256,16 @@ class StreamPipeline:
         if parser is None:
             if block.data:
                 rejected.append(
-                    RejectedLine(block.offset, len(block.data), "bad_header", "file header unusable")
+                    RejectedLine(
+                        block.offset,
+                        len(block.data),
+                        "bad_header",
+                        "file header unusable",
+                        block.data[:RAW_KEEP],
+                    )
                 )
         elif block.data:
-            result = parser.parse(block.data, block.offset, self._last_ts, self._ingest.backwards_tolerance_s)
+            result = parser.parse(block.data, block.offset, clock=self._clock)
             rejected.extend(result.rejected)
             batch = result.batch
         if rejected:
@@ -265,8 +279,6 @@ class StreamPipeline:
         shortest = int((batch.ends - batch.starts).min())
         if self._shortest_line is None or shortest < self._shortest_line:
             self._shortest_line = shortest
-        newest = float(batch.timestamps.max())
-        self._last_ts = newest if self._last_ts is None else max(self._last_ts, newest)
         if self._shadow is not None:
             self._shadow.samples(self.stream, self._schema.canonical_channels, batch.timestamps, batch.values)
         timestamps, values, starts, ends = self.sampling.take(
@@ -307,6 +319,8 @@ class StreamPipeline:
             except RecordError as exc:
                 log.warning("bad_header", stream=self.name, file=str(block.path), error=str(exc))
                 return None
+            for note in parser.notes:  # e.g. text columns no channel reads: ignored, not refused
+                log.info("record_note", stream=self.name, file=str(block.path), note=note)
         if len(self._parsers) > 64:  # forget files long gone
             self._parsers.pop(next(iter(self._parsers)))
         self._parsers[block.file_key] = parser
@@ -324,7 +338,8 @@ class StreamPipeline:
             "meta_start": self._meta.start.tolist(),
             "meta_end": self._meta.end.tolist(),
             "meta_source": self._meta.source,
-            "last_ts": self._last_ts,
+            "last_ts": self._clock.newest,
+            "clock": self._clock.state(),
             "policy": self._policy.state(),
             "sampling": self.sampling.state(),
         }
@@ -336,12 +351,12 @@ class StreamPipeline:
         """
         self._featurizer = StreamingFeaturizer(self._scorer.manifest.feature_spec)
         self._meta = _Meta.empty()
-        self._last_ts = None
+        self._clock.restore(None)
         if not state:
             self._policy.restore(None)
             return
         self._policy.restore(state.get("policy"))
-        self._last_ts = state.get("last_ts")
+        self._clock.restore(state.get("clock") or {"newest": state.get("last_ts")})
         same_spec = state.get("spec_hash") == self._scorer.manifest.feature_spec_hash
         self.sampling.restore(state.get("sampling"), same_spec=same_spec)
         if not same_spec:

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from agent.contract.errors import RecordError
 from agent.contract.records import RecordParser, RecordSchema
+from agent.contract.timerule import StreamClock, TimeRule
 from trainer.config import LabelConfig, TrainerConfig
 from trainer.errors import DataError, SourceError
 from trainer.labels import (
@@ -73,6 +74,8 @@ class Dataset:
     sources: list[str] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
     """The snapshot: every file read, with its own sha256 and size (the data version is `data_hash`)."""
+    notes: list[str] = field(default_factory=list)
+    """What the parser let pass and says so, e.g. ``arm1.csv: columns not mapped … are ignored``."""
 
     @property
     def n_rows(self) -> int:
@@ -176,15 +179,18 @@ class DataExtractionAnalysis:
         dataset = DataExtractionAnalysis(config.record_schema()).extract(Path("sim/train"))
     """
 
-    def __init__(self, schema: RecordSchema, labels: LabelConfig | None = None) -> None:
+    def __init__(
+        self, schema: RecordSchema, labels: LabelConfig | None = None, time_rule: TimeRule | None = None
+    ) -> None:
         self._schema = schema
+        self._time_rule = time_rule or TimeRule(uptime=schema.timestamp_kind == "uptime")
         self._labels = labels or LabelConfig()
         self._files: list[dict[str, Any]] = []
 
     @classmethod
     def for_config(cls, config: TrainerConfig) -> DataExtractionAnalysis:
         """The extraction a trainer config describes: its record schema and its label source."""
-        return cls(config.record_schema(), config.labels)
+        return cls(config.record_schema(), config.labels, config.time_rule())
 
     @property
     def schema(self) -> RecordSchema:
@@ -220,7 +226,9 @@ class DataExtractionAnalysis:
                     for e in by_robot.pop(robot)
                 )
         for robot, log_files in files:
-            series, rejected = self._read_robot(robot, log_files, digest, by_robot.get(robot, []))
+            series, rejected = self._read_robot(
+                robot, log_files, digest, by_robot.get(robot, []), dataset.notes
+            )
             dataset.quarantine.extend(rejected)
             dataset.sources.extend(str(f) for f in log_files)
             if len(series):
@@ -238,7 +246,12 @@ class DataExtractionAnalysis:
         digest.update(f"{path.parent.name}/{path.name}\0{file_hash}\0".encode())
 
     def _read_robot(
-        self, robot: str, log_files: Sequence[Path], digest: Any, events: Sequence[FailureEvent]
+        self,
+        robot: str,
+        log_files: Sequence[Path],
+        digest: Any,
+        events: Sequence[FailureEvent],
+        notes: list[str],
     ) -> tuple[RobotSeries, list[QuarantinedRow]]:
         stamps: list[FloatArray] = []
         values: list[FloatArray] = []
@@ -248,7 +261,7 @@ class DataExtractionAnalysis:
         for log in log_files:
             data = _read_bytes(log)
             self._snapshot(log, data, digest)
-            ts, vals, bad, starts = parse_log_bytes(data, self._schema, str(log))
+            ts, vals, bad, starts = parse_log_bytes(data, self._schema, str(log), self._time_rule, notes)
             stamps.append(ts)
             values.append(vals)
             rejected.extend(bad)
@@ -342,9 +355,17 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def parse_log_bytes(
-    data: bytes, schema: RecordSchema, source: str
+    data: bytes,
+    schema: RecordSchema,
+    source: str,
+    time_rule: TimeRule | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[FloatArray, FloatArray, list[QuarantinedRow], npt.NDArray[np.int64]]:
-    """Parse a whole log with the agent's parser; bad lines are quarantined.
+    """Parse a whole log with the agent's parser and the agent's time rule; bad lines are quarantined.
+
+    The file's times are judged by one `StreamClock` (`time_rule`, default: the agent's defaults),
+    as the agent judges a stream's: an outlier time is quarantined and moves nothing. What the
+    parser notes (columns it ignores) is added to `notes`, prefixed with the source.
 
     Returns timestamps, values, the quarantined rows and the byte offset of each good row's line.
 
@@ -367,6 +388,9 @@ def parse_log_bytes(
         except (RecordError, UnicodeDecodeError) as exc:
             raise DataError(f"{source}: {exc}") from None
         body_start = header_end + 1 if header_end >= 0 else len(data)
+        if notes is not None:
+            notes.extend(f"{Path(source).name}: {note}" for note in parser.notes)
+    clock = StreamClock(time_rule or TimeRule(uptime=schema.timestamp_kind == "uptime"))
     rejected: list[QuarantinedRow] = []
     last_newline = data.rfind(b"\n")
     if last_newline + 1 < len(data) and last_newline >= header_end:
@@ -383,7 +407,7 @@ def parse_log_bytes(
         if end <= position:
             end = data.find(b"\n", position) + 1
         block = data[position:end]
-        result = parser.parse(block, base_offset=position)
+        result = parser.parse(block, base_offset=position, clock=clock)
         stamps.append(result.batch.timestamps)
         values.append(result.batch.values)
         offsets.append(result.batch.starts)
