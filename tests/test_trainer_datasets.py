@@ -14,8 +14,11 @@ import pytest
 from agent.contract.manifest import ModelManifest
 from trainer.config import TrainerConfig
 from trainer.datasets import (
+    AI4I_FEATURES,
+    AI4I_MODES,
     DEFAULT_DATA,
     load_ai4i,
+    load_ai4i_modes,
     load_cmapss,
     read_data_file,
     read_data_text,
@@ -33,16 +36,32 @@ class TestAi4i:
     def test_physics_features_follow_the_documented_formulas(self) -> None:
         """Power is torque × angular speed and the temperature difference is process − air."""
         features, label = load_ai4i(AI4I / "ai4i2020.csv")
-        assert features.shape == (10_000, 12)
+        assert features.shape == (10_000, len(AI4I_FEATURES))
         assert int(label.sum()) == 339
         first = features[0]  # M, 298.1 K, 308.6 K, 1551 rpm, 42.8 Nm, 0 min
         assert first[8] == pytest.approx(42.8 * 1551 * 2 * np.pi / 60)
         assert first[9] == pytest.approx(10.5)
 
+    def test_each_rule_margin_crosses_zero_exactly_where_the_data_flags_its_mode(self) -> None:
+        """Heat-dissipation and power margins are negative, overstrain positive, exactly on flagged rows."""
+        path = AI4I / "ai4i2020.csv"
+        features, _ = load_ai4i(path)
+        modes = load_ai4i_modes(path)
+        column = {name: features[:, AI4I_FEATURES.index(name)] for name in AI4I_FEATURES}
+        flagged = {mode: modes[:, AI4I_MODES.index(mode)] == 1 for mode in ("HDF", "PWF", "OSF")}
+        assert np.array_equal(column["heat_dissipation_margin"] < 0, flagged["HDF"])
+        assert np.array_equal(column["power_margin"] < 0, flagged["PWF"])
+        assert np.array_equal(column["overstrain_margin"] > 0, flagged["OSF"])
+        # trees cannot split values closer than 1e-7: the two sides stay a resolution step apart
+        heat = column["heat_dissipation_margin"]
+        assert heat[~flagged["HDF"]].min() - heat[flagged["HDF"]].max() > 1e-3
+
     @pytest.mark.slow
     def test_trains_exports_with_parity_and_registers(self, tmp_path: Path) -> None:
         """The AI4I run writes an ONNX model that reproduces scikit-learn, with F1 and per-mode recall."""
-        summary = run_ai4i(TrainerConfig(), AI4I, tmp_path, seed=7, report=True, folds=3)
+        summary = run_ai4i(
+            TrainerConfig(), AI4I, tmp_path, seed=7, report=True, folds=3, candidates=[("rule_margins", 1)]
+        )
         version = Path(summary["version_dir"])
         metrics = json.loads((version / "metrics.json").read_text())["metrics"]
         assert metrics["f1"] > 0.8
@@ -53,7 +72,8 @@ class TestAi4i:
         card = json.loads((version / "card.json").read_text())
         session = ort.InferenceSession(str(version / "model.onnx"))
         features, _ = load_ai4i(AI4I / "ai4i2020.csv")
-        out = session.run([card["output"]["name"]], {"features": features[:5].astype(np.float32)})[0]
+        inputs = features[:5, [AI4I_FEATURES.index(c) for c in card["input"]["columns"]]]
+        out = session.run([card["output"]["name"]], {"features": inputs.astype(np.float32)})[0]
         assert out.shape == (5, 2)
 
     def test_missing_column_is_named(self, tmp_path: Path) -> None:
