@@ -48,13 +48,11 @@ import structlog
 from agent import __version__, reload
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
-from agent.contract.errors import ConfigError
 from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
 from agent.errors import PublishError, StateError
 from agent.health import HEALTH_FILE, AgentState, Health
 from agent.ingest import Quarantine, StreamFollower
-from agent.logfile import configure_agent_logging
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
@@ -431,34 +429,12 @@ class AgentDaemon:
 
     def _reload(self) -> None:
         """Apply the live parts of the config file as it is now; keep everything if it does not load."""
-        if self._reload_config is None:
-            log.warning("config_reload_refused", reason="this agent was started without a config file")
-            return
-        try:
-            new = self._reload_config()
-        except ConfigError as exc:
-            log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
-            return
-        reload_keys = getattr(getattr(self.models.source, "slot", None), "reload_trusted_keys", None)
-        keys_live = callable(reload_keys)
-        changed = reload.changed_keys(self.config, new)
-        live = [k for k in changed if reload.is_live(k, trusted_keys_live=keys_live)]
-        later = [k for k in changed if k not in live]
-        if "model.trusted_keys" in live and callable(reload_keys):
-            try:
-                reload_keys(new.model)
-            except ConfigError as exc:
-                log.error("config_reload_refused", reason=str(exc), key=exc.key, kept="the running config")
-                return
-        self.config = reload.merged(self.config, new, trusted_keys_live=keys_live)
-        configure_agent_logging(self.config)
+        reload.apply(self.config, self._reload_config, self.models.source, self._use_config)
+
+    def _use_config(self, config: AgentConfig) -> None:
+        self.config = config
         assert self.fieldops is not None
-        self.fieldops.use_config(self.config)
-        log.info("config_reloaded", changed=live)
-        if later:
-            log.warning(
-                "config_restart_needed", keys=later, detail="kept at their running values until a restart"
-            )
+        self.fieldops.use_config(config)
 
     def _broker_status(self) -> BrokerStatus:
         mqtt = self.config.mqtt
