@@ -50,19 +50,18 @@ from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent, ModelRef
 from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
-from agent.errors import PublishError, StateError
+from agent.errors import PublishError, StartAbandoned
 from agent.health import HEALTH_FILE, AgentState, Health
-from agent.ingest import Quarantine, StreamFollower
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
 from agent.models.slot import ModelSlot
 from agent.outbox import Outbox
-from agent.policy import AlertPolicy
 from agent.publish import Delivery, MqttTransport, telemetry
 from agent.sdnotify import Notifier
 from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transport
-from agent.state import DiskSpace, StateStore, is_disk_full, open_state
+from agent.startup import open_state_store, stream_runners
+from agent.state import DiskSpace, StateStore, is_disk_full
 from agent.stopping import StopBudget
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
@@ -71,14 +70,9 @@ from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 log = structlog.get_logger("robotpm.agent")
 
-QUARANTINE_FILE = "quarantine.jsonl"
 T = TypeVar("T")
 FLUSH_ON_STOP_S = 2.0
 """How long a stop waits for the broker to take what the outbox holds."""
-
-
-class StartAbandoned(Exception):
-    """A stop was requested while the start was waiting (e.g. for disk space)."""
 
 
 class AgentDaemon:
@@ -148,38 +142,16 @@ class AgentDaemon:
         for component, reason in self.guard.blamed.items():
             self.health.standing(component, f"skipped at start: {reason}")
         self.health.update("starting", {}, self.clock.wall(), force=True)
-        self.store, self.outbox = self._open_state()
+        self.store, self.outbox = open_state_store(
+            cfg, self.clock, self.disk, self.health, self.notifier, self._stop
+        )
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
         self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
-        quarantine = Quarantine(
-            cfg.state_dir / QUARANTINE_FILE, cfg.ingest.quarantine_max_bytes, clock=self.clock.wall
+        runners = stream_runners(
+            cfg, scorer, self.fieldops, saved, wakeup=self._wakeup, clock=self.clock, guard=self.guard
         )
-        for stream in cfg.streams:
-            policy = self.fieldops.wrap(
-                AlertPolicy(
-                    scorer.manifest,
-                    cfg.policy,
-                    robot_id=stream.robot_id or cfg.robot_id,
-                    site=cfg.site,
-                    stream=stream.name,
-                    agent_version=__version__,
-                    clock=self.clock,
-                )
-            )
-            pipeline = StreamPipeline(stream, cfg.ingest, scorer, policy, quarantine, drift=cfg.drift)
-            pipeline.on_scored = self.fieldops.inference.observe
-            runner = StreamRunner(
-                pipeline,
-                StreamFollower(stream, cfg.ingest, self._wakeup, clock=self.clock.monotonic),
-                cfg.ingest,
-                self._wakeup,
-            )
-            skip = self.guard.stream_skip(stream.name, self.clock.wall())
-            if skip is not None:
-                runner.skip(self.clock.monotonic(), *skip)
-            else:
-                self._guarded(runner, "restoring its position", partial(runner.restore, saved[stream.name]))
+        for runner in runners:  # one by one: a failed restore leaves those built before it to close
             self._streams.append(runner)
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
@@ -203,33 +175,6 @@ class AgentDaemon:
             model=scorer.manifest.label,
             version=__version__,
         )
-
-    def _open_state(self) -> tuple[StateStore, Outbox]:
-        """The state store and its outbox; waits while the disk is full, moves a damaged file aside."""
-        while True:
-            store: StateStore | None = None
-            try:
-                store, moved = open_state(self.config.state_dir, wall=self.clock.wall())
-                outbox = Outbox(store, self.config.outbox, self.clock)
-            except StateError as exc:
-                if store is not None:
-                    store.close()
-                if not is_disk_full(exc, self.config.state_dir):
-                    raise
-                wait = self.disk.failed(self.clock.monotonic(), exc)
-                self.notifier.extend_timeout(int((wait + 30.0) * 1e6))  # waiting is not failing to start
-                self.health.update("waiting", {"disk": self.disk.describe()}, self.clock.wall())
-                if self._stop.wait(wait):
-                    raise StartAbandoned("stopped while waiting for disk space") from exc
-                continue
-            self.disk.recovered(self.clock.monotonic())
-            if moved is not None:
-                reason = (
-                    f"agent.db was damaged; moved aside to {moved.name}, started afresh (streams re-read)"
-                )
-                log.error("state_damaged_moved_aside", path=str(store.path), moved_to=str(moved))
-                self.health.standing("state", reason)
-            return store, outbox
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Run ticks until `stop` is set (or `stop()` is called), then shut down within the stop budget."""
@@ -375,11 +320,7 @@ class AgentDaemon:
 
     def _guarded(self, runner: StreamRunner, doing: str, step: Callable[[], T]) -> T:
         """Run a step of a stream inside a crash-guard breadcrumb."""
-        self.guard.enter("loop", stream_component(runner.name), doing)
-        try:
-            return step()
-        finally:
-            self.guard.leave("loop")
+        return self.guard.guarded("loop", stream_component(runner.name), doing, step)
 
     def _commit(
         self,
