@@ -33,11 +33,15 @@ aside (`agent.state.open_state`); what the agent was doing when it died is
 remembered (`agent.crashguard`) so the next start skips it. Faults are logged, put
 in every heartbeat and in ``health.json`` for ``robotpm-agent status``. A stop is
 bounded (`agent.stopping`): the final commit first, then every wait on one budget.
+
+The daemon decides when; its parts do the work: `agent.startup` opens the state
+store and builds the stream runners, `agent.reporting` says what the agent tells
+the world about itself (heartbeat, ``health.json``, the status file), and
+`agent.reload` applies a SIGHUP.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -47,17 +51,17 @@ import structlog
 
 from agent import __version__, reload
 from agent.config import AgentConfig
-from agent.contract.alerts import AlertEvent, ModelRef
+from agent.contract.alerts import AlertEvent
 from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
-from agent.errors import PublishError, StartAbandoned
-from agent.health import HEALTH_FILE, AgentState, Health
+from agent.errors import StartAbandoned
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
 from agent.models.slot import ModelSlot
 from agent.outbox import Outbox
-from agent.publish import Delivery, MqttTransport, telemetry
+from agent.publish import Delivery, MqttTransport
+from agent.reporting import Reporter
 from agent.sdnotify import Notifier
 from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transport
 from agent.startup import open_state_store, stream_runners
@@ -65,8 +69,7 @@ from agent.state import DiskSpace, StateStore, is_disk_full
 from agent.stopping import StopBudget
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
-from agent.technician.operations import FieldOperations, model_view
-from agent.technician.statusfile import BrokerStatus, ModelStatusView
+from agent.technician.operations import FieldOperations
 
 log = structlog.get_logger("robotpm.agent")
 
@@ -113,11 +116,19 @@ class AgentDaemon:
         self.fieldops: FieldOperations | None = None
         self.guard = CrashGuard(config.state_dir, hang_report_s=config.hang_report_s)
         self.disk = DiskSpace(config.state_dir)
-        self.health = Health(
-            config.state_dir / HEALTH_FILE, self.notifier, refresh_s=config.heartbeat_interval_s
-        )
         source = models or StoreModels(config.model, wakeup=self._wakeup, guard=GuardedLoads(self.guard))
         self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
+        self.reporter = Reporter(
+            config,
+            self.topics,
+            self.clock,
+            self.notifier,
+            guard=self.guard,
+            disk=self.disk,
+            models=self.models,
+            streams=self._streams,
+        )
+        self.health = self.reporter.health
 
     # -- startup and shutdown ----------------------------------------------------------------------
 
@@ -138,10 +149,7 @@ class AgentDaemon:
         self._started_at = self.clock.monotonic()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.guard.open(self.clock.wall())
-        self.health.open()
-        for component, reason in self.guard.blamed.items():
-            self.health.standing(component, f"skipped at start: {reason}")
-        self.health.update("starting", {}, self.clock.wall(), force=True)
+        self.reporter.open(self._started_at)
         self.store, self.outbox = open_state_store(
             cfg, self.clock, self.disk, self.health, self.notifier, self._stop
         )
@@ -156,6 +164,7 @@ class AgentDaemon:
         self.transport = self._transport_arg or MqttTransport(
             cfg.mqtt, robot_id=cfg.robot_id, site=cfg.site, agent_version=__version__, clock=self.clock
         )
+        self.reporter.attach(self.outbox, self.fieldops, self.transport)
         self.delivery = Delivery(
             self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight, clock=self.clock
         )
@@ -166,7 +175,7 @@ class AgentDaemon:
         statuses, self._pending = [*self._pending, self.fieldops.open_alerts_message()], []
         self._commit(force=True, messages=statuses, streams=False)  # the model status goes out at once
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
-        self._report("running", force=True)
+        self.reporter.report("running", force=True)
         log.info(
             "agent_started",
             robot=cfg.robot_id,
@@ -223,32 +232,19 @@ class AgentDaemon:
                 log.error(
                     "final_commit_not_made", reason="disk full", unsaved_events=len(self._unsaved_events)
                 )
-            if self.transport is not None:
-                self.fieldops.stopped(
-                    streams=self._streams,
-                    broker=self._broker_status(),
-                    model=self._model_status(),
-                    uptime_s=self.clock.monotonic() - self._started_at,
-                )
+            if self.reporter.attached:
+                self.reporter.stopped()
         closing = [budget.start(f"stream-{s.name}", s.close) for s in self._streams]
         if self.delivery is not None and self.transport is not None:
             self._flush_outbox(min(FLUSH_ON_STOP_S, budget.left() / 2))
-            offline = telemetry.presence(
-                self.config.robot_id,
-                self.config.site,
-                "offline",
-                __version__,
-                since=self.clock.wall(),
-                reason="stopped",
-            )
-            farewell = [telemetry.presence_message(self.topics, offline)]
+            farewell = self.reporter.farewell()
             budget.run("transport", lambda: self.transport.stop(farewell) if self.transport else None)
         for step in [*closing, models_stopping]:
             budget.wait(step)
         if self.store is not None:
             self.store.close()
         self.guard.close()
-        self.health.close(self.clock.wall())
+        self.reporter.close()
         self.notifier.close()
         log.info("agent_stopped", robot=self.config.robot_id)
 
@@ -290,7 +286,7 @@ class AgentDaemon:
         self.fieldops.bind_model(self.models.current.manifest.label)
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
-            self._heartbeat()
+            self._pending.extend(self.reporter.heartbeat())
         messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
@@ -299,17 +295,10 @@ class AgentDaemon:
         self._commit(force=bool(messages or events), messages=messages, events=events)
         if not self.disk.full:  # shelving requests and the status file need the disk
             self.fieldops.step(now)
-            self.fieldops.refresh_status(
-                now,
-                streams=self._streams,
-                broker=self._broker_status(),
-                model=self._model_status(),
-                uptime_s=now - self._started_at,
-                drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
-            )
+            self.reporter.refresh_status(now)
         assert self.delivery is not None
         self.delivery.pump()
-        self._report("running")
+        self.reporter.report("running")
         interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
         # Ping a little early: a tick ends at most poll_interval_s late, and the gap must stay
         # under half of WatchdogSec even on a loaded machine.
@@ -376,90 +365,11 @@ class AgentDaemon:
         self.config = config
         assert self.fieldops is not None
         self.fieldops.use_config(config)
-
-    def _broker_status(self) -> BrokerStatus:
-        mqtt = self.config.mqtt
-        transport = self.transport
-        return BrokerStatus(
-            connected=bool(transport is not None and transport.connected),
-            host=mqtt.host,
-            port=mqtt.port,
-            last_error=str(getattr(transport, "last_error", "") or ""),
-        )
-
-    def _model_status(self) -> ModelStatusView:
-        manifest = self.models.current.manifest
-        ref = ModelRef(id=manifest.model_id, version=manifest.version)
-        return model_view(ref, manifest.label, self.probation, self.config.model.probation_windows)
+        self.reporter.use_config(config)
 
     @property
     def _interval(self) -> float:
         return self.config.ingest.checkpoint_interval_s
-
-    def _faults(self) -> dict[str, str]:
-        """What the agent runs degraded under now (besides the standing faults of `health`)."""
-        faults = {stream_component(s.name): reason for s in self._streams if (reason := s.degraded_reason())}
-        if self.disk.full:
-            faults["disk"] = self.disk.describe()
-        for component, doing in self.guard.stuck().items():
-            faults[component] = f"stuck {doing}"
-        return faults
-
-    def _report(self, state: AgentState, *, force: bool = False) -> None:
-        self.health.update(state, self._faults(), self.clock.wall(), force=force)
-        remembered = self.guard.remembered()
-        for s in self._streams:  # a stream the agent died in earlier that has worked since
-            if s.healthy_steps and stream_component(s.name) in remembered:
-                self.guard.forget(stream_component(s.name))
-
-    def _heartbeat(self) -> None:
-        """Queue a heartbeat; on a full disk, hand it to the transport directly (best effort)."""
-        assert self.outbox is not None
-        assert self.fieldops is not None
-        counters = [s.pipeline.counters for s in self._streams]
-        suppressed: dict[str, int] = {}
-        for s in self._streams:
-            for reason, count in s.pipeline.policy_counters().get("suppressed", {}).items():
-                suppressed[reason] = suppressed.get(reason, 0) + int(count)
-        manifest = self.models.current.manifest
-        probation = self.models.probation
-        candidate = probation.candidate.manifest if probation is not None else None
-        record = telemetry.heartbeat_record(
-            robot_id=self.config.robot_id,
-            site=self.config.site,
-            now=self.clock.wall(),
-            uptime_s=self.clock.monotonic() - self._started_at,
-            counters={
-                "lines": sum(c.lines for c in counters),
-                "windows": sum(c.windows for c in counters),
-                "alerts": sum(c.alerts for c in counters),
-                "quarantined": sum(c.quarantined for c in counters),
-            },
-            outbox=self.outbox,
-            model=ModelRef(id=manifest.model_id, version=manifest.version),
-            agent_version=__version__,
-            suppressed=suppressed,
-            drift=_worst_drift([s.pipeline.drift.state for s in self._streams]),
-            model_candidate=(
-                ModelRef(id=candidate.model_id, version=candidate.version) if candidate is not None else None
-            ),
-            model_events=self.models.events,
-            drift_streams=self.fieldops.drift_summaries(self._streams),
-            faults={**self.health.faults, **self._faults()},
-        )
-        followers = self.fieldops.on_heartbeat(
-            record,
-            streams=self._streams,
-            broker_connected=bool(self.transport is not None and self.transport.connected),
-            model=ModelRef(id=manifest.model_id, version=manifest.version),
-        )
-        message = telemetry.heartbeat_message(self.topics, record)
-        self.health.update("running", self._faults(), self.clock.wall(), force=True)
-        if not self.disk.full:
-            self._pending.extend([*followers, message])
-        elif self.transport is not None and self.transport.connected:
-            with contextlib.suppress(PublishError):  # the outbox cannot take it: straight out, unawaited
-                self.transport.send(message)
 
     # -- for status and tests ----------------------------------------------------------------------
 
@@ -490,10 +400,3 @@ class AgentDaemon:
     def faults(self) -> dict[str, str]:
         """What the agent runs degraded under, as last reported."""
         return dict(self.health.faults)
-
-
-def _worst_drift(states: Sequence[str]) -> str:
-    """Drifting if any stream drifts, else ok if any stream knows, else unknown."""
-    if "drifting" in states:
-        return "drifting"
-    return "ok" if "ok" in states else "unknown"
