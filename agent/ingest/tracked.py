@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from typing import TYPE_CHECKING
 
+from agent.ingest.copies import Pending
 from agent.ingest.identity import (
     HEAD_BYTES,
     MARKER_MAX_BYTES,
@@ -16,9 +16,6 @@ from agent.ingest.identity import (
     meaningful_head,
     pread_exact,
 )
-
-if TYPE_CHECKING:
-    from agent.ingest.rotation import Pending
 
 
 class TrackedFile:
