@@ -43,13 +43,14 @@ the world about itself (heartbeat, ``health.json``, the status file), and
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
 import structlog
 
 from agent import __version__, reload
+from agent.commits import Committer
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent
 from agent.contract.topics import RobotTopics
@@ -65,7 +66,7 @@ from agent.reporting import Reporter
 from agent.sdnotify import Notifier
 from agent.seams import Clock, ModelSource, OutboundMessage, SystemClock, Transport
 from agent.startup import open_state_store, stream_runners
-from agent.state import DiskSpace, StateStore, is_disk_full
+from agent.state import DiskSpace, StateStore
 from agent.stopping import StopBudget
 from agent.streams.pipeline import StreamPipeline
 from agent.streams.runner import StreamRunner
@@ -102,18 +103,15 @@ class AgentDaemon:
         self._stop = threading.Event()
         self._shut_down = False
         self._streams: list[StreamRunner] = []
-        self._last_commit = 0.0
         self._last_heartbeat = 0.0
-        self._last_watchdog = 0.0
         self._started_at = 0.0
         self._pending: list[OutboundMessage] = []  # telemetry to commit with the next tick
-        self._unsaved: list[OutboundMessage] = []  # messages of a commit the full disk refused
-        self._unsaved_events: list[AlertEvent] = []  # and its alert events
         self.store: StateStore | None = None
         self.outbox: Outbox | None = None
         self.delivery: Delivery | None = None
         self.transport: Transport | None = None
         self.fieldops: FieldOperations | None = None
+        self.committer: Committer | None = None
         self.guard = CrashGuard(config.state_dir, hang_report_s=config.hang_report_s)
         self.disk = DiskSpace(config.state_dir)
         source = models or StoreModels(config.model, wakeup=self._wakeup, guard=GuardedLoads(self.guard))
@@ -156,6 +154,9 @@ class AgentDaemon:
         saved = {stream.name: self.store.load_stream_state(stream.name) for stream in cfg.streams}
         scorer = self.models.load_initial(saved.values())
         self.fieldops = FieldOperations(cfg, self.store, self.outbox, self.topics, self.clock)
+        self.committer = Committer(
+            cfg, self.store, self.outbox, self.fieldops, self._streams, self.clock, self.disk
+        )
         runners = stream_runners(
             cfg, scorer, self.fieldops, saved, wakeup=self._wakeup, clock=self.clock, guard=self.guard
         )
@@ -168,12 +169,13 @@ class AgentDaemon:
         self.delivery = Delivery(
             self.outbox, self.transport, max_inflight=cfg.mqtt.max_inflight, clock=self.clock
         )
+        self.committer.delivery = self.delivery
         self._pending.extend(self.models.start([s.pipeline for s in self._streams], self.transport))
         self.transport.start()
         for s in self._streams:
             self._guarded(s, "starting to watch it", partial(s.start, self.clock.monotonic()))
         statuses, self._pending = [*self._pending, self.fieldops.open_alerts_message()], []
-        self._commit(force=True, messages=statuses, streams=False)  # the model status goes out at once
+        self.committer.commit(force=True, messages=statuses, streams=False)  # model status: at once
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         self.reporter.report("running", force=True)
         log.info(
@@ -226,11 +228,11 @@ class AgentDaemon:
         for s in self._streams:
             events.extend(s.flush())
         messages, self._pending = self._pending, []
-        if self.store is not None and self.fieldops is not None:
-            self._commit(force=True, messages=messages, events=events)
+        if self.committer is not None:
+            self.committer.commit(force=True, messages=messages, events=events)
             if self.disk.full:
                 log.error(
-                    "final_commit_not_made", reason="disk full", unsaved_events=len(self._unsaved_events)
+                    "final_commit_not_made", reason="disk full", unsaved_events=self.committer.unsaved_events
                 )
             if self.reporter.attached:
                 self.reporter.stopped()
@@ -290,72 +292,22 @@ class AgentDaemon:
         messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.
-        if self._pending and (events or now - self._last_commit >= self._interval):
+        assert self.committer is not None
+        if self._pending and (events or self.committer.due(now)):
             messages, self._pending = self._pending, []
-        self._commit(force=bool(messages or events), messages=messages, events=events)
+        self.committer.commit(force=bool(messages or events), messages=messages, events=events)
         if not self.disk.full:  # shelving requests and the status file need the disk
             self.fieldops.step(now)
             self.reporter.refresh_status(now)
         assert self.delivery is not None
         self.delivery.pump()
         self.reporter.report("running")
-        interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
-        # Ping a little early: a tick ends at most poll_interval_s late, and the gap must stay
-        # under half of WatchdogSec even on a loaded machine.
-        if interval is not None and now - self._last_watchdog >= 0.75 * interval:
-            self._last_watchdog = now
-            self.notifier.watchdog()
+        self.reporter.alive(now)
         return lines
 
     def _guarded(self, runner: StreamRunner, doing: str, step: Callable[[], T]) -> T:
         """Run a step of a stream inside a crash-guard breadcrumb."""
         return self.guard.guarded("loop", stream_component(runner.name), doing, step)
-
-    def _commit(
-        self,
-        *,
-        force: bool,
-        messages: Sequence[OutboundMessage] = (),
-        events: Sequence[AlertEvent] = (),
-        streams: bool = True,
-    ) -> None:
-        """Commit the streams' states (unless not `streams`), `events` and `messages`; kept on a full disk."""
-        now = self.clock.monotonic()
-        messages, self._unsaved = [*self._unsaved, *messages], []
-        events, self._unsaved_events = [*self._unsaved_events, *events], []
-        dirty = any(s.unsaved for s in self._streams)
-        due = force or self.disk.full or now - self._last_commit >= self._interval
-        if not self.disk.due(now) or not (messages or events or (dirty and due)):
-            self._unsaved, self._unsaved_events = messages, events
-            return
-        assert self.store is not None
-        assert self.outbox is not None
-        assert self.fieldops is not None
-        overlap = False
-        try:
-            with self.store.transaction() as conn:
-                for s in self._streams if streams else ():
-                    StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
-                # Journaled with their outbox rows; a shelve withholds some from the broker.
-                rows = [*self.fieldops.admit(conn, events), *messages]
-                if rows:
-                    self.outbox.enqueue(conn, rows)
-                    overlap = not self.disk.full and any(m.kind == "alert" for m in rows)
-                    if overlap and self.delivery is not None:
-                        self.delivery.send_pending()  # overlap the network trip with the fsync
-        except Exception as exc:
-            if overlap and self.delivery is not None:
-                self.delivery.rewind()  # row ids handed over may be reused after the rollback
-            if not is_disk_full(exc, self.config.state_dir):
-                raise
-            self.disk.failed(now, exc)
-            self._unsaved, self._unsaved_events = messages, events  # tried again once there is room
-            return
-        self.disk.recovered(now)
-        if streams:
-            self._last_commit = now
-            for s in self._streams:
-                s.saved()
 
     def _reload(self) -> None:
         """Apply the live parts of the config file as it is now; keep everything if it does not load."""
@@ -366,10 +318,6 @@ class AgentDaemon:
         assert self.fieldops is not None
         self.fieldops.use_config(config)
         self.reporter.use_config(config)
-
-    @property
-    def _interval(self) -> float:
-        return self.config.ingest.checkpoint_interval_s
 
     # -- for status and tests ----------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ cycle, the disk, the crash guard, the transport) and turns them into:
   queued with the next commit, or on a full disk handed straight to the transport
   (`Reporter.heartbeat`);
 * the status file ``robotpm-agent status`` reads, while running and at the stop
-  (`Reporter.refresh_status`, `Reporter.stopped`).
+  (`Reporter.refresh_status`, `Reporter.stopped`);
+* the systemd watchdog's food, once a tick (`Reporter.alive`), and the offline
+  farewell to the broker at the stop (`Reporter.farewell`).
 
 It decides nothing about the loop: the daemon says when.
 """
@@ -61,7 +63,9 @@ class Reporter:
         self.models = models
         self.streams = streams
         self.health = Health(config.state_dir / HEALTH_FILE, notifier, refresh_s=config.heartbeat_interval_s)
+        self.notifier = notifier
         self.started_at = 0.0
+        self._last_watchdog = 0.0
         self._running: tuple[Outbox, FieldOperations, Transport] | None = None
 
     def open(self, started_at: float) -> None:
@@ -195,6 +199,15 @@ class Reporter:
     def drift(self) -> str:
         """The agent's drift state over all its streams."""
         return worst_drift([s.pipeline.drift.state for s in self.streams])
+
+    def alive(self, now: float) -> None:
+        """Feed systemd's watchdog when due: the loop calls it once a tick, so a stalled loop starves it."""
+        interval = self.notifier.watchdog_interval_s  # half of WatchdogSec
+        # Ping a little early: a tick ends at most poll_interval_s late, and the gap must stay
+        # under half of WatchdogSec even on a loaded machine.
+        if interval is not None and now - self._last_watchdog >= 0.75 * interval:
+            self._last_watchdog = now
+            self.notifier.watchdog()
 
     def farewell(self) -> list[OutboundMessage]:
         """The last word to the broker: this robot's agent went offline because it stopped."""
