@@ -1,43 +1,35 @@
-"""The agent daemon: startup → tick loop → graceful shutdown.
+"""The agent daemon: startup → tick loop → graceful shutdown. It decides when; its parts do the work.
 
-One thread does the pipeline work (uvicorn's shape): each tick waits for file
-activity (or the safety-net poll period), lets every stream runner read and
-score its new lines, takes one step of the model life cycle
-(`agent.models.lifecycle.ModelLifecycle`: probation, rollback, swap, between
-windows), commits the streams' positions together with the resulting outbox rows
-in one SQLite transaction, hands pending outbox rows to the transport, and feeds
-the systemd watchdog, so the watchdog stops being fed when the loop stalls.
+One thread does the pipeline work (uvicorn's shape). Each tick waits for file
+activity (or the safety-net poll period), then:
 
-Each stream is a `agent.streams.runner.StreamRunner`: it holds lines too few to
-complete a window (read, not parsed) and gates the file watcher's wake-ups the
-same way, so at 1 kHz appends and a hop of 100 lines the loop wakes about 10 times
-a second instead of 200, without adding latency to alerts.
+1. every stream runner (`agent.streams.runner.StreamRunner`) reads and processes
+   what is due: it holds lines too few to complete a window and gates the file
+   watcher's wake-ups the same way, so at 1 kHz appends and a hop of 100 lines the
+   loop wakes about 10 times a second instead of 200, without adding latency;
+2. the model life cycle takes one step (`agent.models.lifecycle.ModelLifecycle`:
+   probation, rollback, swap, between windows);
+3. the heartbeat is built when due (`agent.reporting`);
+4. the streams' positions and the resulting outbox rows are committed in one SQLite
+   transaction (`agent.commits`): a tick with alerts commits at once, otherwise at
+   most every ``ingest.checkpoint_interval_s``, and telemetry rides on that commit;
+   after a crash what was read since is read again and yields the same event ids;
+5. the field operations step (shelving) and the status file is refreshed;
+6. pending outbox rows are handed to the transport;
+7. ``health.json`` is written and the systemd watchdog fed (`agent.reporting`), so
+   the watchdog starves when the loop stalls.
 
-Commit rule: a tick that produced alert rows commits at once (alerts are not
-held back); otherwise a tick commits at most every ``ingest.checkpoint_interval_s``,
-and telemetry (heartbeats, model status) waits for that commit rather than paying
-an fsync of its own. After a crash, whatever was read after the last
-commit is read again and, being deterministic, yields the same event ids.
-
-Alert rows are handed to the transport inside their transaction, just before the
-COMMIT, so the broker round trip overlaps the fsync (~3 ms). A crash in between
-cannot lose an alert (nothing was committed, the lines are read again); it can
-only repeat one, with the same ``event_id``.
+A start (`agent.startup`) opens the state store and builds the runners; a SIGHUP
+is applied between ticks (`agent.reload`).
 
 Bad luck degrades the agent, it never ends it (docs/fault-model.md): a stream that
 fails is degraded and retried by its runner while the others go on; on a full disk
 the loop stops reading (nothing is committed, so nothing is lost), keeps
 delivering, sends its heartbeat straight to the broker, and retries the commit
 until there is room; a start on a full disk waits; a damaged state file is moved
-aside (`agent.state.open_state`); what the agent was doing when it died is
-remembered (`agent.crashguard`) so the next start skips it. Faults are logged, put
-in every heartbeat and in ``health.json`` for ``robotpm-agent status``. A stop is
-bounded (`agent.stopping`): the final commit first, then every wait on one budget.
-
-The daemon decides when; its parts do the work: `agent.startup` opens the state
-store and builds the stream runners, `agent.reporting` says what the agent tells
-the world about itself (heartbeat, ``health.json``, the status file), and
-`agent.reload` applies a SIGHUP.
+aside; what the agent was doing when it died is remembered (`agent.crashguard`) so
+the next start skips it. A stop is bounded (`agent.stopping`): the final commit
+first, then every wait on one budget.
 """
 
 from __future__ import annotations
