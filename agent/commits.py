@@ -18,6 +18,7 @@ commit for the daemon:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent
@@ -29,36 +30,28 @@ from agent.streams.runner import StreamRunner
 from agent.technician.operations import FieldOperations
 
 
+@dataclass(eq=False)
 class Committer:
     """Commits for one running agent; `delivery` is set once the transport is up."""
 
-    def __init__(
-        self,
-        config: AgentConfig,
-        store: StateStore,
-        outbox: Outbox,
-        fieldops: FieldOperations,
-        streams: Sequence[StreamRunner],
-        clock: Clock,
-        disk: DiskSpace,
-    ) -> None:
-        self._store = store
-        self._outbox = outbox
-        self._fieldops = fieldops
-        self._streams = streams
-        self._clock = clock
-        self._disk = disk
-        self._interval_s = config.ingest.checkpoint_interval_s
-        self._state_dir = config.state_dir
-        self.delivery: Delivery | None = None
-        self.last = 0.0
-        """When the streams' states were last committed (the daemon's monotonic clock)."""
-        self._unsaved: list[OutboundMessage] = []  # messages of a commit the full disk refused
-        self._unsaved_events: list[AlertEvent] = []  # and its alert events
+    config: AgentConfig
+    store: StateStore
+    outbox: Outbox
+    fieldops: FieldOperations
+    streams: Sequence[StreamRunner]
+    clock: Clock
+    disk: DiskSpace
+    delivery: Delivery | None = None
+    last: float = 0.0
+    """When the streams' states were last committed (the daemon's monotonic clock)."""
+    _unsaved: list[OutboundMessage] = field(default_factory=list)
+    """Messages of a commit the full disk refused, tried again once there is room."""
+    _unsaved_events: list[AlertEvent] = field(default_factory=list)
+    """And that commit's alert events."""
 
     def due(self, now: float) -> bool:
         """Whether a checkpoint interval has passed since the streams' states were last committed."""
-        return now - self.last >= self._interval_s
+        return now - self.last >= self.config.ingest.checkpoint_interval_s
 
     @property
     def unsaved_events(self) -> int:
@@ -74,36 +67,36 @@ class Committer:
         streams: bool = True,
     ) -> None:
         """Commit the streams' states (unless not `streams`), `events` and `messages`; kept on a full disk."""
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         messages, self._unsaved = [*self._unsaved, *messages], []
         events, self._unsaved_events = [*self._unsaved_events, *events], []
-        dirty = any(s.unsaved for s in self._streams)
-        due = force or self._disk.full or self.due(now)
-        if not self._disk.due(now) or not (messages or events or (dirty and due)):
+        dirty = any(s.unsaved for s in self.streams)
+        due = force or self.disk.full or self.due(now)
+        if not self.disk.due(now) or not (messages or events or (dirty and due)):
             self._unsaved, self._unsaved_events = messages, events
             return
         overlap = False
         try:
-            with self._store.transaction() as conn:
-                for s in self._streams if streams else ():
-                    StateStore.save_stream_state(conn, s.name, s.state(), self._clock.wall())
+            with self.store.transaction() as conn:
+                for s in self.streams if streams else ():
+                    StateStore.save_stream_state(conn, s.name, s.state(), self.clock.wall())
                 # Journaled with their outbox rows; a shelve withholds some from the broker.
-                rows = [*self._fieldops.admit(conn, events), *messages]
+                rows = [*self.fieldops.admit(conn, events), *messages]
                 if rows:
-                    self._outbox.enqueue(conn, rows)
-                    overlap = not self._disk.full and any(m.kind == "alert" for m in rows)
+                    self.outbox.enqueue(conn, rows)
+                    overlap = not self.disk.full and any(m.kind == "alert" for m in rows)
                     if overlap and self.delivery is not None:
                         self.delivery.send_pending()  # overlap the network trip with the fsync
         except Exception as exc:
             if overlap and self.delivery is not None:
                 self.delivery.rewind()  # row ids handed over may be reused after the rollback
-            if not is_disk_full(exc, self._state_dir):
+            if not is_disk_full(exc, self.config.state_dir):
                 raise
-            self._disk.failed(now, exc)
+            self.disk.failed(now, exc)
             self._unsaved, self._unsaved_events = messages, events  # tried again once there is room
             return
-        self._disk.recovered(now)
+        self.disk.recovered(now)
         if streams:
             self.last = now
-            for s in self._streams:
+            for s in self.streams:
                 s.saved()

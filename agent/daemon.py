@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import structlog
 
@@ -67,6 +67,8 @@ from agent.technician.operations import FieldOperations
 log = structlog.get_logger("robotpm.agent")
 
 T = TypeVar("T")
+SYSTEM_CLOCK: Final = SystemClock()
+"""The clock the agent runs on unless it is given another (stateless, so shared)."""
 FLUSH_ON_STOP_S = 2.0
 """How long a stop waits for the broker to take what the outbox holds."""
 
@@ -79,7 +81,7 @@ class AgentDaemon:
         config: AgentConfig,
         *,
         transport: Transport | None = None,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         notifier: Notifier | None = None,
         models: ModelSource | None = None,
         reload_config: Callable[[], AgentConfig] | None = None,
@@ -87,7 +89,7 @@ class AgentDaemon:
         self.config = config
         self._reload_config = reload_config
         self._reload_requested = False
-        self.clock: Clock = clock or SystemClock()
+        self.clock = clock
         self.topics = RobotTopics(config.site, config.robot_id)
         self.notifier = notifier or Notifier.from_env()
         self._transport_arg = transport
@@ -109,14 +111,7 @@ class AgentDaemon:
         source = models or StoreModels(config.model, wakeup=self._wakeup, guard=GuardedLoads(self.guard))
         self.models = ModelLifecycle(config, self.topics, source, clock=self.clock, notifier=self.notifier)
         self.reporter = Reporter(
-            config,
-            self.topics,
-            self.clock,
-            self.notifier,
-            guard=self.guard,
-            disk=self.disk,
-            models=self.models,
-            streams=self._streams,
+            config, self.topics, self.clock, self.notifier, self.guard, self.disk, self.models, self._streams
         )
         self.health = self.reporter.health
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -40,33 +41,28 @@ from agent.technician.operations import FieldOperations, model_view
 from agent.technician.statusfile import BrokerStatus, ModelStatusView
 
 
+@dataclass(eq=False)
 class Reporter:
     """The agent's account of itself. `open` it at the start, `attach` the parts the start opened."""
 
-    def __init__(
-        self,
-        config: AgentConfig,
-        topics: RobotTopics,
-        clock: Clock,
-        notifier: Notifier,
-        *,
-        guard: CrashGuard,
-        disk: DiskSpace,
-        models: ModelLifecycle,
-        streams: Sequence[StreamRunner],
-    ) -> None:
-        self.config = config
-        self.topics = topics
-        self.clock = clock
-        self.guard = guard
-        self.disk = disk
-        self.models = models
-        self.streams = streams
-        self.health = Health(config.state_dir / HEALTH_FILE, notifier, refresh_s=config.heartbeat_interval_s)
-        self.notifier = notifier
-        self.started_at = 0.0
-        self._last_watchdog = 0.0
-        self._running: tuple[Outbox, FieldOperations, Transport] | None = None
+    config: AgentConfig
+    topics: RobotTopics
+    clock: Clock
+    notifier: Notifier
+    guard: CrashGuard
+    disk: DiskSpace
+    models: ModelLifecycle
+    streams: Sequence[StreamRunner]
+    """The daemon's stream runners (the list it fills at the start)."""
+    started_at: float = 0.0
+    health: Health = field(init=False)
+    """``health.json``, written through this reporter."""
+    _last_watchdog: float = field(default=0.0, init=False)
+    _running: tuple[Outbox, FieldOperations, Transport] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        refresh_s = self.config.heartbeat_interval_s
+        self.health = Health(self.config.state_dir / HEALTH_FILE, self.notifier, refresh_s=refresh_s)
 
     def open(self, started_at: float) -> None:
         """Say the agent is starting, and what the crash guard skips at this start."""
