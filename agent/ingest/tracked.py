@@ -45,12 +45,8 @@ class TrackedFile:
     )
 
     def __init__(self, fd: int, dev: int, ino: int, path: str, rank: int, csv: bool, now: float) -> None:
-        self.fd = fd
-        self.dev = dev
-        self.ino = ino
-        self.path = path
-        self.rank = rank
-        self.key = new_key(dev, ino)
+        self.fd, self.dev, self.ino, self.key = fd, dev, ino, new_key(dev, ino)
+        self.path, self.rank = path, rank
         self.offset = 0
         self.head = b""
         """The first ≤ 1 KiB consumed from `head_at` on: the leading NUL hole is not part of it."""
