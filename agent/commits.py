@@ -44,9 +44,9 @@ class Committer:
     delivery: Delivery | None = None
     last: float = 0.0
     """When the streams' states were last committed (the daemon's monotonic clock)."""
-    _unsaved: list[OutboundMessage] = field(default_factory=list)
+    _unsaved: list[OutboundMessage] = field(default_factory=list, init=False)
     """Messages of a commit the full disk refused, tried again once there is room."""
-    _unsaved_events: list[AlertEvent] = field(default_factory=list)
+    _unsaved_events: list[AlertEvent] = field(default_factory=list, init=False)
     """And that commit's alert events."""
 
     def due(self, now: float) -> bool:
