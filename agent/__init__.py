@@ -12,7 +12,8 @@ The package is laid out by job (docs/architecture.md draws it):
 - `agent/models/bundled` and `agent/install`: package data, the bundled model and the config template
   and systemd unit an install copies out (README.md, "Install on a robot");
 - `agent.subscriber`: the operators' alert subscriber (`robotpm-alerts`), not part of the daemon;
-- top-level modules: the daemon's loop, config, state, outbox, policy, seams and their twins.
+- top-level modules: the daemon's loop and the parts it steps (`startup`, `commits`, `reporting`,
+  `reload`), config, state, outbox, policy, seams and their twins.
 
 It must never import scikit-learn, pandas or the trainer: it is what ships to robots.
 """

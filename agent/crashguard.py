@@ -34,8 +34,9 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, TypeVar
 
 import structlog
 
@@ -43,6 +44,7 @@ from agent.atomicfile import write_atomically
 from agent.contract.manifest import MANIFEST_FILE
 
 log = structlog.get_logger("robotpm.agent")
+T = TypeVar("T")
 
 BREADCRUMB_FILE: Final = "inflight"
 FATAL_FILE: Final = "fatal.log"
@@ -160,6 +162,14 @@ class CrashGuard:
             self._entered[slot] = (component, doing, now)
             self._stuck.discard(slot)
             self._write(slot, {"component": component, "doing": doing})
+
+    def guarded(self, slot: str, component: str, doing: str, step: Callable[[], T]) -> T:
+        """Run `step` between `enter` and `leave`: a death inside it blames `component`."""
+        self.enter(slot, component, doing)
+        try:
+            return step()
+        finally:
+            self.leave(slot)
 
     def leave(self, slot: str) -> None:
         """The step in `slot` ended (whatever its outcome)."""

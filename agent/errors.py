@@ -21,7 +21,8 @@ that talks to the library.
      │    ├── DiskFullError     no space left for it (waits, never deletes anything)
      │    └── StateDamagedError the file is not a sound SQLite database (moved aside)
      ├── PublishError           alerts cannot be handed to the transport
-     └── NotAllowedError        a local user may not change the agent (shelving: not in its group)
+     ├── NotAllowedError        a local user may not change the agent (shelving: not in its group)
+     └── StartAbandoned         a stop came while the start was waiting (for disk space)
 """
 
 from __future__ import annotations
@@ -83,3 +84,7 @@ class PublishError(RobotPMError):
 
 class NotAllowedError(RobotPMError):
     """A local user may not change the running agent (e.g. shelve): not root, not in its group."""
+
+
+class StartAbandoned(RobotPMError):
+    """A stop was requested while the start was waiting (e.g. for disk space)."""

@@ -8,7 +8,8 @@ there after a restart. Refused lines (the follower's and the parser's) go to a
 Modules, one job each: `follower` (the stream's files together, the public API),
 `discovery` (which files belong, in what order), `identity` (recognising content),
 `tracked` (one open file), `rotation` (truncation, copytruncate, copies),
-`checkpoint` (the saved position), `reader` (complete lines out of a file),
+`copies` (the ghosts and pending files rotation keeps, shared by rotation, tracked
+and checkpoint), `checkpoint` (the saved position), `reader` (complete lines out of a file),
 `quarantine` (the file of refused lines).
 """
 

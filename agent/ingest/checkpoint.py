@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
 from agent.ingest.identity import ContentMark, meaningful_head
-from agent.ingest.rotation import Ghost
 from agent.ingest.tracked import TrackedFile, open_file
 
 STATE_VERSION = 1

@@ -26,8 +26,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Final
 
 HEAD_BYTES = 1024
 """How much of a file's head its fingerprint covers."""
@@ -113,6 +113,10 @@ def meaningful_head(fd: int, size: int) -> tuple[int, bytes] | None:
     return None
 
 
+_SAVED_AS: Final = {"head_sha": "head", "marker_sha": "marker"}
+"""`ContentMark` fields saved under another name (the rest under their own)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ContentMark:
     """What we consumed from a file, as hashes: enough to re-find and verify it."""
@@ -151,14 +155,7 @@ class ContentMark:
 
     def to_json(self) -> dict[str, Any]:
         """The mark as the JSON fields of a saved state."""
-        return {
-            "offset": self.offset,
-            "head_at": self.head_at,
-            "head_len": self.head_len,
-            "head": self.head_sha,
-            "marker_len": self.marker_len,
-            "marker": self.marker_sha,
-        }
+        return {_SAVED_AS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> ContentMark:

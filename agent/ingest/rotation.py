@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from agent.ingest.identity import ContentMark, digest, meaningful_head, same_bytes
+from agent.ingest.copies import Ghost, Pending
+from agent.ingest.identity import digest, meaningful_head, same_bytes
 from agent.ingest.tracked import TrackedFile
 
 GHOST_TTL_S = 60.0
@@ -38,32 +38,6 @@ MAX_GHOSTS = 64
 
 FileTable = Mapping[tuple[int, int], TrackedFile]
 """The stream's open files by (device, inode)."""
-
-
-@dataclass(slots=True)
-class Ghost:
-    """The identity of content that vanished from its inode, waiting for a copy to claim it."""
-
-    mark: ContentMark
-    header: bytes | None
-    born: float
-    data_start: int = 0
-    """Where the data lines began (after the file's own header line, if it had one)."""
-    head: bytes | None = None
-    """The consumed head itself, when known: a copy still shorter than it is recognised by it."""
-
-
-@dataclass(slots=True)
-class Pending:
-    """A new file that may be a copy of known content: not read until that is decided."""
-
-    kind: str  # "empty" | "ghost" | "copy"
-    ghost: Ghost | None
-    source_key: str | None
-    size: int
-    since: float
-    verified: int = 0
-    """For a copy: its first bytes known equal to the source's."""
 
 
 class RotationTracker:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from typing import TYPE_CHECKING
 
+from agent.ingest.copies import Pending
 from agent.ingest.identity import (
     HEAD_BYTES,
     MARKER_MAX_BYTES,
@@ -16,9 +16,6 @@ from agent.ingest.identity import (
     meaningful_head,
     pread_exact,
 )
-
-if TYPE_CHECKING:
-    from agent.ingest.rotation import Pending
 
 
 class TrackedFile:
@@ -48,12 +45,8 @@ class TrackedFile:
     )
 
     def __init__(self, fd: int, dev: int, ino: int, path: str, rank: int, csv: bool, now: float) -> None:
-        self.fd = fd
-        self.dev = dev
-        self.ino = ino
-        self.path = path
-        self.rank = rank
-        self.key = new_key(dev, ino)
+        self.fd, self.dev, self.ino, self.key = fd, dev, ino, new_key(dev, ino)
+        self.path, self.rank = path, rank
         self.offset = 0
         self.head = b""
         """The first ≤ 1 KiB consumed from `head_at` on: the leading NUL hole is not part of it."""
