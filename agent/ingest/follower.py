@@ -117,8 +117,8 @@ class StreamFollower:
         self._parked = ParkedFiles(self.counters)
         self._refusals = Refusals(stream.name, self.counters)
         self._max_open = ingest.max_open_files
-        self._deferred = 0
-        """Files listed but not opened at the last scan: the open-file bound was reached."""
+        self._waiting: list[Candidate] = []
+        """Files listed but not opened yet, oldest first: the open-file bound was reached."""
         self._last_scan = float("-inf")
         self._scan_due = True
         self._watcher: FileWatcher | None = None
@@ -138,6 +138,7 @@ class StreamFollower:
         self._rotation.ghosts.clear()
         self._saved.entries.clear()
         self._parked.entries.clear()
+        self._waiting = []
         self._reader.last_header = None
         self._scan_due = True
         if not state:
@@ -232,8 +233,8 @@ class StreamFollower:
         if self._reader.changed_under_us:
             self._reader.changed_under_us = False
             self._wakeup.set()
-        if self._deferred and any(_drained(f) for f in self._files.values()):
-            self._scan_due = True  # room can be made: park what was read, open what waits
+        if self._waiting and any(_drained(f) for f in self._files.values()):
+            self._open_waiting(now)  # room can be made: park what was read, open what waits
             self._wakeup.set()
         return out
 
@@ -270,7 +271,7 @@ class StreamFollower:
             **self.counters,
             "open_files": len(self._files),
             "parked_files": len(self._parked.entries),
-            "files_deferred": self._deferred,
+            "files_deferred": len(self._waiting),
             "files_refused": len(self._refusals.standing),
             "ghosts": len(self._rotation.ghosts),
             "file_events": watcher.events if watcher is not None else 0,
@@ -334,8 +335,9 @@ class StreamFollower:
         # live names first: a copy is recognised by the file it was copied from (reading order is
         # decided later, by order_key)
         new.sort(key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path)))
-        for c in new:
-            self._add_new(c, now, refused)
+        with self._rotation.one_listing():
+            for c in new:
+                self._add_new(c, now, refused)
         self._refusals.update(refused)
         if self._watcher is not None:
             self._watcher.watch_extra(discovery.symlink_dirs(self._directory, candidates))
@@ -356,18 +358,29 @@ class StreamFollower:
                 self._parked.park(f)
             room = self._max_open - len(self._files)
         new.sort(key=lambda c: order_key(c.mtime_ns, c.rank, c.path))
-        deferred = max(0, len(new) - max(0, room))
-        if deferred and not self._deferred:
+        opening = max(0, room)
+        if len(new) > opening and not self._waiting:
             log.warning(
                 "open_files_bound_reached",
                 stream=self._stream.name,
                 max_open_files=self._max_open,
-                files_waiting=deferred,
+                files_waiting=len(new) - opening,
             )
-        elif self._deferred and not deferred:
+        elif self._waiting and len(new) <= opening:
             log.info("open_files_backlog_opened", stream=self._stream.name)
-        self._deferred = deferred
-        return new[: len(new) - deferred]
+        self._waiting = new[opening:]
+        return new[:opening]
+
+    def _open_waiting(self, now: float) -> None:
+        """Open what waits for room, as far as the bound allows, without listing the directory again."""
+        batch = self._within_bound(self._waiting)
+        if self._saved.entries:
+            batch = self._saved.match(batch, now)
+        refused: dict[str, str] = dict(self._refusals.standing)
+        with self._rotation.one_listing():
+            for c in sorted(batch, key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path))):
+                self._add_new(c, now, refused)
+        self._refusals.update(refused)
 
     def _add_new(self, c: Candidate, now: float, refused: dict[str, str]) -> None:
         # by identity: a file renamed since the listing would otherwise be found only after its
