@@ -7,8 +7,11 @@ and bound the descriptors it holds.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -236,3 +239,48 @@ def test_a_rotated_file_read_to_its_end_is_closed(logs: LogDir) -> None:
         assert h.follower.stats()["open_files"] == 1
     finally:
         h.close()
+
+
+WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+"""Root without the capabilities that let it read any file: file modes bind it as they bind the unit."""
+
+FOLLOW_ONCE = """
+import json, sys, threading
+from pathlib import Path
+from agent.ingest import StreamFollower
+from tests.strategies import ingest_config, stream_config
+stream = stream_config(Path(sys.argv[1]), patterns=("*.csv",))
+follower = StreamFollower(stream, ingest_config(), threading.Event())
+lines = sum(block.data.count(b"\\n") for block in follower.read(1 << 20))
+print(json.dumps({"lines": lines, "refused": follower.refused(), "counters": follower.counters}))
+"""
+
+
+def test_an_unreadable_file_and_a_dangling_symlink_are_refused_with_their_reasons_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    """A mode-000 file (file modes binding, as for the unit's user) and a symlink to nothing: each is
+    refused with its reason and counted; the readable file beside them is read.
+    """
+    good = LogDir(tmp_path, "good.csv")
+    good.create()
+    good.append(3)
+    locked = tmp_path / "locked.csv"
+    locked.write_bytes(HEADER + b"\n1,1\n")
+    locked.chmod(0o000)
+    (tmp_path / "gone.csv").symlink_to(tmp_path / "nowhere.csv")
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [*WITHOUT_DAC_OVERRIDE, sys.executable, "-c", FOLLOW_ONCE, str(tmp_path)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert 3 == seen["lines"]
+    assert f"{locked} (permission_denied)" in seen["refused"]
+    assert f"{tmp_path / 'gone.csv'} (dangling_symlink)" in seen["refused"]
+    assert 1 == seen["counters"]["refused_permission_denied"]
+    assert 1 == seen["counters"]["refused_dangling_symlink"]
