@@ -225,18 +225,14 @@ def test_a_rotated_file_read_to_its_end_is_closed(logs: LogDir) -> None:
     try:
         expected = logs.append(3)
         logs.rotate_rename()
-        expected += logs.append(2)
-        h.wait_for(len(expected))
-        h.settle(0.3)
-        assert h.lines == expected
-        assert h.follower.stats()["open_files"] == 1
-        assert h.follower.stats()["parked_files"] == 1
-        h.restart()
-        expected += logs.append(1)
-        h.wait_for(len(expected))
-        h.settle(0.2)
-        assert h.lines == expected
-        assert h.follower.stats()["open_files"] == 1
+        for restart in (False, True):
+            if restart:
+                h.restart()
+            expected += logs.append(2)
+            h.wait_for(len(expected))
+            h.settle(0.3)
+            assert h.lines == expected
+            assert (1, 1) == (h.follower.stats()["open_files"], h.follower.stats()["parked_files"])
     finally:
         h.close()
 
