@@ -35,6 +35,11 @@ Guarantees, for files the stream can see:
   unterminated last line of a rotated file that stayed unchanged for
   ``release_after_s`` is rejected as ``unterminated``.
 
+* **Open files bounded**: at most ``max_open_files`` descriptors; files read to their end
+  are parked (closed, see `agent.ingest.parking`) and waiting files opened oldest first.
+* **Refused paths** (a FIFO or device node in a log file's place, an unreadable file) are
+  never opened blocking; counted, logged once and reported (`agent.ingest.refusals`).
+
 What cannot be saved: bytes of a file deleted while the agent was stopped, or
 destroyed by truncation before they were read. Such losses are counted
 (``lost_bytes``) where they can be seen.
@@ -435,7 +440,7 @@ class StreamFollower:
                 continue
             if f.gone and f.offset >= f.last_size:
                 self._release(ident, f)
-            elif not f.gone and _drained(f):  # a rotated file read to its end: no descriptor kept
+            elif _drained(f):  # a rotated file read to its end: no descriptor kept
                 del self._files[ident]
                 self._parked.park(f)
 
@@ -452,5 +457,9 @@ class StreamFollower:
 
 
 def _drained(f: TrackedFile) -> bool:
-    """Whether an open file was read to its end as last stat'ed (it can be parked)."""
-    return f.pending is None and not f.skipping and f.offset >= f.last_size
+    """Whether an open file was read to its end as last stat'ed (it can be parked).
+
+    Not one that left the directory: a writer may still add to it, and only the open
+    descriptor can reach it (it is released after ``release_after_s`` unchanged).
+    """
+    return f.pending is None and not f.skipping and not f.gone and f.offset >= f.last_size
