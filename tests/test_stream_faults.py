@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, IngestConfig, ModelConfig, PolicyConfig
+from agent.config import AgentConfig, IngestConfig, MetricsConfig, ModelConfig, PolicyConfig
 from agent.contract.streams import StreamConfig
 from agent.ingest import StreamFollower
 from agent.streams.pipeline import StreamPipeline
@@ -113,6 +113,36 @@ class TestOneStreamFails:
         settle_until(harness, lambda: "stream:arm1" not in harness.daemon.faults)
         settle_until(harness, lambda: harness.daemon.streams[0].counters.lines >= 10 + len(PROFILE))
         assert "raised" in [a["state"] for a in harness.alerts() if a["stream"] == "arm1"]
+
+    def test_a_fifo_in_a_log_files_place_is_in_the_heartbeat_faults_and_the_metrics_while_arm2_alerts(
+        self, tmp_path: Path
+    ) -> None:
+        """arm1.csv renamed away and a FIFO made in its place: the heartbeat's faults and the metrics file
+        name arm1 refused (not_regular_file), arm2 still alerts; a log file back clears it.
+        """
+        config = two_streams(tmp_path)
+        config = config.model_copy(update={"metrics": MetricsConfig(textfile=tmp_path / "robotpm.prom")})
+        harness = Harness(config)
+        try:
+            append(config, "arm1", lines(0, [0.1] * 8))
+            harness.settle(5)
+            arm1 = tmp_path / "arm1" / "arm1.csv"
+            arm1.rename(tmp_path / "arm1" / "arm1.old")
+            os.mkfifo(arm1)
+            append(config, "arm2", lines(0, PROFILE))
+            harness.settle(40)
+            assert "raised" in [a["state"] for a in harness.alerts() if a["stream"] == "arm2"]
+            beat = json.loads(harness.transport.messages("heartbeat")[-1].payload)
+            assert "not_regular_file" in beat["faults"]["stream:arm1"]
+            assert "stream:arm2" not in beat["faults"]
+            metrics = (tmp_path / "robotpm.prom").read_text()
+            assert 'robotpm_stream_degraded{stream="arm1"} 1' in metrics
+            assert "not_regular_file" in metrics
+            arm1.unlink()
+            append(config, "arm1", lines(8, [0.1] * 2))
+            settle_until(harness, lambda: "stream:arm1" not in harness.daemon.faults)
+        finally:
+            harness.close()
 
     def test_too_many_open_files_degrades_the_stream_with_growing_back_off_then_it_catches_up(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
