@@ -53,7 +53,7 @@ from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
 from agent.errors import PublishError, StateError
 from agent.health import HEALTH_FILE, AgentState, Health
-from agent.ingest import Quarantine, StreamFollower
+from agent.ingest import Quarantine, StreamFollower, limits
 from agent.logfile import configure_agent_logging
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
@@ -205,6 +205,7 @@ class AgentDaemon:
             model=scorer.manifest.label,
             version=__version__,
         )
+        limits.warn_if_short(len(self._streams), cfg.ingest.max_open_files)
 
     def _open_state(self) -> tuple[StateStore, Outbox]:
         """The state store and its outbox; waits while the disk is full, moves a damaged file aside."""

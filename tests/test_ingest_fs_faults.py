@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import structlog
 
 from agent.ingest import discovery as discovery_module
+from agent.ingest import limits
 from agent.ingest.discovery import Candidate
 from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
 
@@ -280,3 +282,21 @@ def test_an_unreadable_file_and_a_dangling_symlink_are_refused_with_their_reason
     assert f"{tmp_path / 'gone.csv'} (dangling_symlink)" in seen["refused"]
     assert 1 == seen["counters"]["refused_permission_denied"]
     assert 1 == seen["counters"]["refused_dangling_symlink"]
+
+
+def test_an_open_file_limit_below_what_the_streams_may_hold_is_said_at_start() -> None:
+    """Under a soft RLIMIT_NOFILE of 512, eight streams at the default bound (256) would not fit: the
+    warning names the limit and what is needed; under a limit that leaves room nothing is said.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        with structlog.testing.capture_logs() as captured:
+            limits.warn_if_short(8, 256)
+        assert [(e["event"], e["limit"], e["needed"]) for e in captured] == [
+            ("open_file_limit_low", 512, 8 * 256 + limits.RESERVE)
+        ]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (8 * 256 + limits.RESERVE, hard))  # just enough
+        assert limits.descriptor_shortfall(8, 256) is None
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig, IngestConfig
+from agent.ingest import limits
 from agent.sdnotify import Notifier
 from tests.agent_config import agent_config
 from tests.models import write_linear_model
@@ -138,7 +139,7 @@ class TestUnits:
         # a bounded open-file limit of its own, not the inherited default (1024), with room for the
         # files eight streams may hold open by default and the rest of the agent
         assert settings["LimitNOFILE"] == ["4096"]
-        assert 8 * IngestConfig.model_fields["max_open_files"].default + 1024 <= 4096
+        assert 8 * IngestConfig.model_fields["max_open_files"].default + limits.RESERVE <= 4096
         # the agent's own stop budget ends well before systemd's SIGKILL
         stop_budget = AgentConfig.model_fields["stop_timeout_s"].default
         assert settings["TimeoutStopSec"] == ["30s"]

@@ -8,8 +8,9 @@ there after a restart. Refused lines (the follower's and the parser's) go to a
 Modules, one job each: `follower` (the stream's files together, the public API),
 `discovery` (which files belong, in what order), `identity` (recognising content),
 `tracked` (one open file), `rotation` (truncation, copytruncate, copies),
-`checkpoint` (the saved position), `parking` (files read to their end, closed: the open-file
-bound), `refusals` (paths that cannot be followed, and why), `reader` (complete lines out of a
+`checkpoint` (the saved position), `parking` (files read to their end, closed: the
+open-file bound), `limits` (the process's descriptor limit against that bound),
+`refusals` (paths that cannot be followed, and why), `reader` (complete lines out of a
 file), `quarantine` (the file of refused lines).
 """
 
