@@ -14,6 +14,10 @@ content exactly as after a restart (appended: read on from its offset; rewritten
 read from 0, its old content kept as a ghost for a copy to claim). One that left
 the directory is forgotten: it was read to its end.
 
+A parked file's growth is found by a scan of the directory (each ``rescan_interval_s``, or
+when the watcher sees the directory change), not by its descriptor: its new lines may wait
+that long.
+
 Parked files are part of the checkpoint (``"parked": true``), so a restart leaves
 them closed too.
 """
