@@ -94,6 +94,14 @@ class IngestConfig(_Section):
         description="A stream that failed (permission, vanished directory, I/O error, too many open files)"
         " is reported degraded and retried after 1 s, then twice as long each time, at most this long.",
     )
+    max_open_files: int = Field(
+        default=256,
+        ge=4,
+        le=65536,
+        description="Log files one stream holds open at most. Files read to their end are closed (rotated"
+        " ones once unchanged for release_after_s); files past the bound wait, oldest read first. Keep"
+        " streams x this well under the unit's LimitNOFILE (4096).",
+    )
     release_after_s: float = Field(
         default=5.0,
         gt=0,

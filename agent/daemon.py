@@ -48,6 +48,7 @@ from agent.contract.alerts import AlertEvent
 from agent.contract.topics import RobotTopics
 from agent.crashguard import CrashGuard, GuardedLoads, stream_component
 from agent.errors import StartAbandoned
+from agent.ingest import limits
 from agent.models.fetch import ModelFetcher
 from agent.models.lifecycle import ModelLifecycle, StoreModels
 from agent.models.probation import Probation
@@ -173,6 +174,7 @@ class AgentDaemon:
             model=scorer.manifest.label,
             version=__version__,
         )
+        limits.warn_if_short(len(self._streams), cfg.ingest.max_open_files)
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Run ticks until `stop` is set (or `stop()` is called), then shut down within the stop budget."""

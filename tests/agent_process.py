@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def spawn_agent(config: Path, output: Path) -> subprocess.Popen[bytes]:
+def spawn_agent(
+    config: Path, output: Path, *, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen[bytes]:
     """``robotpm-agent run --config config`` in our own interpreter, its output appended to `output`.
 
     The environment is this one without ``ROBOTPM*`` overrides (the config file alone decides),
-    and unbuffered, so the agent's log lines survive a SIGKILL.
+    and unbuffered, so the agent's log lines survive a SIGKILL. `preexec_fn` runs in the child
+    before the agent starts (e.g. to lower a resource limit).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOTPM")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -27,6 +30,7 @@ def spawn_agent(config: Path, output: Path) -> subprocess.Popen[bytes]:
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
 

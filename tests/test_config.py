@@ -94,6 +94,14 @@ class TestErrors:
             (('robot_id = "r1"', 'robot_id = "r 1"'), "agent.robot_id", "letters, digits"),
             (('name = "arm1"', 'name = "arm1"\ncolour = "red"'), "agent.streams.0.colour", "unknown key"),
             (('[agent.model]\ndirectory = "models"', ""), "agent.model", "required"),
+            (
+                (
+                    '[agent.model]\ndirectory = "models"',
+                    '[agent.ingest]\nmax_open_files = 2\n[agent.model]\ndirectory = "models"',
+                ),
+                "agent.ingest.max_open_files",
+                "greater than or equal to 4",
+            ),
         ],
     )
     def test_a_bad_value_is_reported_with_file_key_and_problem(

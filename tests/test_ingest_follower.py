@@ -98,14 +98,16 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
         real_list = discovery_module.list_candidates
         rotated = False
 
-        def list_after_a_rotation(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
+        def list_after_a_rotation(
+            directory: str, patterns: tuple[str, ...], refused: dict[str, str] | None = None
+        ) -> list[Candidate]:
             nonlocal rotated, expected
             if not rotated:
                 rotated = True
                 expected += logs.append(4)  # the old file's last lines, after its size was checked
                 logs.rotate_rename()
                 expected += logs.append(5)
-            return real_list(directory, patterns)
+            return real_list(directory, patterns, refused)
 
         monkeypatch.setattr(discovery_module, "list_candidates", list_after_a_rotation)
         h.drain()
@@ -133,9 +135,11 @@ def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_suc
         real_list = discovery_module.list_candidates
         hidden = False
 
-        def list_missing_the_middle_file_once(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
+        def list_missing_the_middle_file_once(
+            directory: str, patterns: tuple[str, ...], refused: dict[str, str] | None = None
+        ) -> list[Candidate]:
             nonlocal hidden
-            listing = real_list(directory, patterns)
+            listing = real_list(directory, patterns, refused)
             if not hidden:
                 hidden = True
                 return [c for c in listing if not c.path.endswith(".csv.1")]

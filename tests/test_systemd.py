@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, IngestConfig
+from agent.ingest import limits
 from agent.sdnotify import Notifier
 from tests.agent_config import agent_config
 from tests.models import write_linear_model
@@ -135,8 +136,10 @@ class TestUnits:
         assert settings["WorkingDirectory"] == ["/run/robotpm-agent"]
         assert settings["RuntimeDirectory"] == ["robotpm-agent"]
         assert settings["RuntimeDirectoryMode"] == ["0500"]
-        # a bounded open-file limit of its own, not the inherited default (1024)
+        # a bounded open-file limit of its own, not the inherited default (1024), with room for the
+        # files eight streams may hold open by default and the rest of the agent
         assert settings["LimitNOFILE"] == ["4096"]
+        assert 8 * IngestConfig.model_fields["max_open_files"].default + limits.RESERVE <= 4096
         # the agent's own stop budget ends well before systemd's SIGKILL
         stop_budget = AgentConfig.model_fields["stop_timeout_s"].default
         assert settings["TimeoutStopSec"] == ["30s"]

@@ -9,8 +9,10 @@ Modules, one job each: `follower` (the stream's files together, the public API),
 `discovery` (which files belong, in what order), `identity` (recognising content),
 `tracked` (one open file), `rotation` (truncation, copytruncate, copies),
 `copies` (the ghosts and pending files rotation keeps, shared by rotation, tracked
-and checkpoint), `checkpoint` (the saved position), `reader` (complete lines out of a file),
-`quarantine` (the file of refused lines).
+and checkpoint), `checkpoint` (the saved position), `parking` (files read to their end, closed: the
+open-file bound), `limits` (the process's descriptor limit against that bound),
+`refusals` (paths that cannot be followed, and why), `reader` (complete lines out of a
+file), `quarantine` (the file of refused lines).
 """
 
 from agent.contract.records import RejectedLine

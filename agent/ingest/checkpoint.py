@@ -62,25 +62,11 @@ def write_checkpoint(
     ghosts: Iterable[Ghost],
     last_header: bytes | None,
 ) -> dict[str, Any]:
-    """A JSON-serialisable state: the open files, saved entries not matched yet, the ghosts."""
-    entries = []
-    for f in files:
-        if f.pending is not None:
-            continue
-        entry = f.mark().to_json()
-        entry.update(
-            key=f.key,
-            dev=f.dev,
-            ino=f.ino,
-            path=f.path,
-            rank=f.rank,
-            header=header_to(f.header),
-            header_pending=f.header_pending,
-            skipping=f.skipping,
-            data_start=f.data_start,
-            gone=f.gone,
-        )
-        entries.append(entry)
+    """A JSON-serialisable state: the open files, saved entries not matched yet, the ghosts.
+
+    Parked files (see `agent.ingest.parking`) are among the saved entries.
+    """
+    entries = [file_entry(f) for f in files if f.pending is None]
     entries.extend(unmatched)
     return {
         "v": STATE_VERSION,
@@ -96,6 +82,24 @@ def write_checkpoint(
         ],
         "last_header": header_to(last_header),
     }
+
+
+def file_entry(f: TrackedFile) -> dict[str, Any]:
+    """The saved position of one open file (also what a parked file is remembered by)."""
+    entry = f.mark().to_json()
+    entry.update(
+        key=f.key,
+        dev=f.dev,
+        ino=f.ino,
+        path=f.path,
+        rank=f.rank,
+        header=header_to(f.header),
+        header_pending=f.header_pending,
+        skipping=f.skipping,
+        data_start=f.data_start,
+        gone=f.gone,
+    )
+    return entry
 
 
 class SavedPositions:
@@ -117,29 +121,35 @@ class SavedPositions:
         CSV header, or only NULs, identifies nothing: the file is read as new (from 0, which
         returns no line twice), so that a copy of it, or a reused inode, is recognised as such.
         """
-        opened: dict[str, tuple[int, os.stat_result]] = {}
         scored: list[tuple[tuple[int, bool], int, Candidate, Identity]] = []
-        for c in candidates:
+        for c in candidates:  # one file open at a time: a directory of many files cannot exhaust fds
             handle = open_file(c.path)
             if handle is None:
                 continue
-            opened[c.path] = handle
             fd, st = handle
-            for ident, saved in self.entries.items():
-                mark = ContentMark.from_json(saved)
-                if _identifies(mark, saved) and mark.matches(fd, st.st_size):
-                    same = (st.st_dev, st.st_ino) == ident
-                    scored.append(((mark.offset, same), len(scored), c, ident))
+            try:
+                for ident, saved in self.entries.items():
+                    mark = ContentMark.from_json(saved)
+                    if _identifies(mark, saved) and mark.matches(fd, st.st_size):
+                        same = (st.st_dev, st.st_ino) == ident
+                        scored.append(((mark.offset, same), len(scored), c, ident))
+            finally:
+                os.close(fd)
         scored.sort(key=lambda item: (item[0], -item[1]), reverse=True)
         taken: set[str] = set()
         for _, _, c, ident in scored:
             if c.path in taken or ident not in self.entries:
                 continue
-            fd, st = opened.pop(c.path)
+            reopened = open_file(c.path)
+            if reopened is None:
+                continue
+            fd, st = reopened
+            mark = ContentMark.from_json(self.entries[ident])
+            if (st.st_dev, st.st_ino) != (c.dev, c.ino) or not mark.matches(fd, st.st_size):
+                os.close(fd)  # replaced or rewritten since it was scored: the next scan looks again
+                continue
             self._adopt_open(self.entries.pop(ident), fd, st, c.path, c.rank, now)
             taken.add(c.path)
-        for fd, _ in opened.values():
-            os.close(fd)
         return [c for c in candidates if c.path not in taken]
 
     def place_rest(self, now: float, add_ghost: Callable[[Ghost], None], listed: set[Identity]) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.filewatch.watcher import Signature
+from agent.ingest.tracked import NOT_REGULAR, VANISHED, refusal_reason
 
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".z", ".lzma", ".br", ".7z")
 """Rotated files with these suffixes are ignored."""
@@ -73,8 +74,15 @@ def rotation_rank(name: str, patterns: tuple[str, ...]) -> int | None:
     return None
 
 
-def list_candidates(directory: str, patterns: tuple[str, ...]) -> list[Candidate]:
-    """The stream's regular files in `directory` (symlinks followed); vanished files are skipped."""
+def list_candidates(
+    directory: str, patterns: tuple[str, ...], refused: dict[str, str] | None = None
+) -> list[Candidate]:
+    """The stream's regular files in `directory` (symlinks followed); vanished files are skipped.
+
+    The stream's names that are not regular files or cannot be stat'ed are left out; with
+    `refused`, each is put there with its reason (``not_regular_file``, ``dangling_symlink``,
+    ``permission_denied`` … see `agent.ingest.tracked.refusal_reason`).
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -87,30 +95,45 @@ def list_candidates(directory: str, patterns: tuple[str, ...]) -> list[Candidate
         path = os.path.join(directory, name)
         try:
             st = os.stat(path)
-        except OSError:  # vanished, broken symlink, permission
+        except OSError as exc:  # vanished, broken symlink, permission
+            reason = refusal_reason(exc)
+            if reason == VANISHED and os.path.islink(path):
+                reason = "dangling_symlink"
+            if refused is not None and reason != VANISHED:
+                refused[path] = reason
             continue
         if not stat.S_ISREG(st.st_mode):
+            if refused is not None:
+                refused[path] = NOT_REGULAR
             continue
         out.append(Candidate(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, rank))
     return out
 
 
-def stable_listing(directory: str, patterns: tuple[str, ...]) -> tuple[list[Candidate], int]:
+def stable_listing(
+    directory: str, patterns: tuple[str, ...], refused: dict[str, str] | None = None
+) -> tuple[list[Candidate], int]:
     """The stream's files, listed until two listings in a row name the same files.
 
-    Returns the listing and how many listings were repeated. Listing a directory is
+    Returns the listing and how many listings were repeated; `refused` gets the refusals
+    of the listing returned (see `list_candidates`). Listing a directory is
     not atomic: a rotation's renames during it can hide a file (its name listed before
     the rename and stat'ed after it finds its successor). A file missed that way would
     be found by the next scan, after its successor's lines.
     """
-    listing = list_candidates(directory, patterns)
+    found: dict[str, str] = {}
+    listing = list_candidates(directory, patterns, found)
     repeated = 0
     for _ in range(MAX_LISTINGS - 1):
-        again = list_candidates(directory, patterns)
-        if _names(again) == _names(listing):
-            return again, repeated
+        again: dict[str, str] = {}
+        listed = list_candidates(directory, patterns, again)
+        if _names(listed) == _names(listing):
+            listing, found = listed, again
+            break
         repeated += 1
-        listing = again
+        listing, found = listed, again
+    if refused is not None:
+        refused.update(found)
     return listing, repeated
 
 

@@ -35,6 +35,11 @@ Guarantees, for files the stream can see:
   unterminated last line of a rotated file that stayed unchanged for
   ``release_after_s`` is rejected as ``unterminated``.
 
+* **Open files bounded**: at most ``max_open_files`` descriptors; files read to their end
+  are parked (closed, see `agent.ingest.parking`) and waiting files opened oldest first.
+* **Refused paths** (a FIFO or device node in a log file's place, an unreadable file) are
+  never opened blocking; counted, logged once and reported (`agent.ingest.refusals`).
+
 What cannot be saved: bytes of a file deleted while the agent was stopped, or
 destroyed by truncation before they were read. Such losses are counted
 (``lost_bytes``) where they can be seen.
@@ -53,6 +58,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agent.config import IngestConfig
 from agent.contract.streams import StreamConfig
 from agent.errors import IngestError, WatchError
@@ -60,9 +67,13 @@ from agent.filewatch.watcher import FileWatcher, Signature
 from agent.ingest import discovery
 from agent.ingest.checkpoint import SavedPositions, read_checkpoint, write_checkpoint
 from agent.ingest.discovery import Candidate, order_key
+from agent.ingest.parking import ParkedFiles, unchanged
 from agent.ingest.reader import LineBlock, LineReader
+from agent.ingest.refusals import Refusals
 from agent.ingest.rotation import RotationTracker
-from agent.ingest.tracked import TrackedFile, open_file
+from agent.ingest.tracked import TrackedFile, open_checked
+
+log = structlog.get_logger("robotpm.agent")
 
 
 class StreamFollower:
@@ -99,12 +110,20 @@ class StreamFollower:
             "scans": 0,
             "state_discarded": 0,
             "listings_repeated": 0,
+            "files_parked": 0,
+            "files_unparked": 0,
+            "vanished_before_open": 0,
         }
         """Monotonic counts, for status and metrics."""
         self._files: dict[tuple[int, int], TrackedFile] = {}
         self._rotation = RotationTracker(self._files, self._csv, self._release_after, self.counters)
         self._saved = SavedPositions(self._files, self._csv, self.counters)
         self._reader = LineReader(stream, ingest, self.counters)
+        self._parked = ParkedFiles(self.counters)
+        self._refusals = Refusals(stream.name, self.counters)
+        self._max_open = ingest.max_open_files
+        self._waiting: list[Candidate] = []
+        """Files listed but not opened yet, oldest first: the open-file bound was reached."""
         self._last_scan = float("-inf")
         self._scan_due = True
         self._watcher: FileWatcher | None = None
@@ -123,6 +142,8 @@ class StreamFollower:
         self._close_files()
         self._rotation.ghosts.clear()
         self._saved.entries.clear()
+        self._parked.entries.clear()
+        self._waiting = []
         self._reader.last_header = None
         self._scan_due = True
         if not state:
@@ -217,6 +238,9 @@ class StreamFollower:
         if self._reader.changed_under_us:
             self._reader.changed_under_us = False
             self._wakeup.set()
+        if self._waiting and any(_drained(f) for f in self._files.values()):
+            self._open_waiting(now)  # room can be made: park what was read, open what waits
+            self._wakeup.set()
         return out
 
     def state(self) -> dict[str, Any]:
@@ -224,7 +248,7 @@ class StreamFollower:
         # saved entries not matched yet (restore() then state() before any read) stay as they were
         return write_checkpoint(
             self._files.values(),
-            self._saved.entries.values(),
+            [*self._saved.entries.values(), *self._parked.entries.values()],
             self._rotation.ghosts,
             self._reader.last_header,
         )
@@ -237,6 +261,10 @@ class StreamFollower:
         self._close_files()
         self._closed = True
 
+    def refused(self) -> str | None:
+        """Why some of the stream's files are not followed (see `agent.ingest.refusals`); None: all are."""
+        return self._refusals.describe()
+
     def open_identities(self) -> set[tuple[int, int]]:
         """(device, inode) of every file held open: these can still be drained if deleted."""
         return set(self._files)
@@ -247,6 +275,9 @@ class StreamFollower:
         return {
             **self.counters,
             "open_files": len(self._files),
+            "parked_files": len(self._parked.entries),
+            "files_deferred": len(self._waiting),
+            "files_refused": len(self._refusals.standing),
             "ghosts": len(self._rotation.ghosts),
             "file_events": watcher.events if watcher is not None else 0,
             "wakeups": watcher.wakeups if watcher is not None else 0,
@@ -273,7 +304,8 @@ class StreamFollower:
         self._scan_due = False
         self._last_scan = now
         self.counters["scans"] += 1
-        candidates, repeated = discovery.stable_listing(self._directory, self._patterns)
+        refused: dict[str, str] = {}
+        candidates, repeated = discovery.stable_listing(self._directory, self._patterns, refused)
         self.counters["listings_repeated"] += repeated
         candidates.sort(key=lambda c: (c.rank != 0, c.path))  # a name that matches itself wins for hardlinks
         seen: set[tuple[int, int]] = set()
@@ -287,27 +319,90 @@ class StreamFollower:
             if known is not None:
                 known.path, known.rank, known.gone = c.path, c.rank, False
                 continue
+            if ident in self._parked.entries:
+                changed = self._parked.sort_out(c)
+                if changed is None:
+                    continue
+                self._saved.entries[ident] = changed  # verified by inode and content, as after a restart
+            elif unchanged(self._saved.entries.get(ident, {}), c):
+                self._parked.entries[ident] = self._saved.entries.pop(ident)  # parked before a restart
+                continue
             new.append(c)
         for ident, f in self._files.items():
             if ident not in seen and not f.gone:
                 f.gone = True
                 f.last_change = now
+        self._parked.forget_unlisted(seen)
+        new = self._within_bound(new)
         if self._saved.entries:
             new = self._saved.match(new, now)
         self._saved.place_rest(now, self._rotation.add_ghost, seen)
         # live names first: a copy is recognised by the file it was copied from (reading order is
         # decided later, by order_key)
         new.sort(key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path)))
-        for c in new:
-            self._add_new(c, now)
+        with self._rotation.one_listing():
+            for c in new:
+                self._add_new(c, now, refused)
+        self._refusals.update(refused)
         if self._watcher is not None:
             self._watcher.watch_extra(discovery.symlink_dirs(self._directory, candidates))
 
-    def _add_new(self, c: Candidate, now: float) -> None:
+    def _within_bound(self, new: list[Candidate]) -> list[Candidate]:
+        """The new files to open now, oldest first, within ``max_open_files``; the rest wait.
+
+        Room is made first by parking files read to their end (longest unchanged first).
+        """
+        room = self._max_open - len(self._files)
+        if len(new) > room:
+            drained = sorted(
+                ((ident, f) for ident, f in self._files.items() if _drained(f)),
+                key=lambda item: item[1].last_change,
+            )
+            for ident, f in drained[: len(new) - room]:
+                del self._files[ident]
+                self._parked.park(f)
+            room = self._max_open - len(self._files)
+        new.sort(key=lambda c: order_key(c.mtime_ns, c.rank, c.path))
+        opening = max(0, room)
+        if len(new) > opening and not self._waiting:
+            log.warning(
+                "open_files_bound_reached",
+                stream=self._stream.name,
+                max_open_files=self._max_open,
+                files_waiting=len(new) - opening,
+            )
+        elif self._waiting and len(new) <= opening:
+            log.info("open_files_backlog_opened", stream=self._stream.name)
+        self._waiting = new[opening:]
+        return new[:opening]
+
+    def _open_waiting(self, now: float) -> None:
+        """Open what waits for room, as far as the bound allows, without listing the directory again."""
+        batch = self._within_bound(self._waiting)
+        if self._saved.entries:
+            batch = self._saved.match(batch, now)
+        refused: dict[str, str] = dict(self._refusals.standing)
+        with self._rotation.one_listing():
+            for c in sorted(batch, key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path))):
+                self._add_new(c, now, refused)
+        self._refusals.update(refused)
+
+    def _add_new(self, c: Candidate, now: float, refused: dict[str, str]) -> None:
         # by identity: a file renamed since the listing would otherwise be found only after its
         # successor's lines are read
-        opened = discovery.open_listed(self._directory, self._patterns, c, open_file)
+        failure: list[str] = []
+
+        def opener(path: str) -> tuple[int, os.stat_result] | None:
+            opened = open_checked(path)
+            if isinstance(opened, str):
+                failure.append(opened)
+                return None
+            return opened
+
+        opened = discovery.open_listed(self._directory, self._patterns, c, opener)
         if opened is None:
+            if failure:
+                self._refusals.note_open_failure(refused, c.path, failure[-1])
             return
         fd, st, c = opened
         ident = (st.st_dev, st.st_ino)
@@ -345,6 +440,9 @@ class StreamFollower:
                 continue
             if f.gone and f.offset >= f.last_size:
                 self._release(ident, f)
+            elif _drained(f):  # a rotated file read to its end: no descriptor kept
+                del self._files[ident]
+                self._parked.park(f)
 
     def _release(self, ident: tuple[int, int], f: TrackedFile) -> None:
         os.close(f.fd)
@@ -356,3 +454,12 @@ class StreamFollower:
             with contextlib.suppress(OSError):
                 os.close(f.fd)
         self._files.clear()
+
+
+def _drained(f: TrackedFile) -> bool:
+    """Whether an open file was read to its end as last stat'ed (it can be parked).
+
+    Not one that left the directory: a writer may still add to it, and only the open
+    descriptor can reach it (it is released after ``release_after_s`` unchanged).
+    """
+    return f.pending is None and not f.skipping and not f.gone and f.offset >= f.last_size

@@ -25,11 +25,12 @@ once, whenever the follower happens to look at it (`RotationTracker.resolve_pend
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from agent.ingest.copies import Ghost, Pending
-from agent.ingest.identity import digest, meaningful_head, same_bytes
+from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes
 from agent.ingest.tracked import TrackedFile
 
 GHOST_TTL_S = 60.0
@@ -51,6 +52,7 @@ class RotationTracker:
         self.ghosts: list[Ghost] = []
         self.unread_replaced = False
         """Set by `check_open_files` when an unread file's content was replaced: list again."""
+        self._heads: dict[str, tuple[int, bytes] | None] | None = None
 
     def add_ghost(self, ghost: Ghost) -> None:
         """Remember vanished content (the oldest ghosts beyond `MAX_GHOSTS` are forgotten).
@@ -155,16 +157,39 @@ class RotationTracker:
             # a copy is made under a rotated name: a file is never taken for a copy of a more rotated one
             if other is f or other.pending is not None or other.rank > f.rank:
                 continue
-            theirs = other.source_head(len(head))
+            theirs = self._source_head(other, len(head))
             if theirs is None or theirs[0] != head_at:
                 continue
-            n = min(len(head), len(theirs[1]))
+            known = theirs[1]  # may be longer than `head`: they agree on min(len) bytes or differ
+            if not (known.startswith(head) or head.startswith(known)):
+                continue
+            n = min(len(head), len(known))
             # sharing no more than the header line says nothing (every file of the stream has it),
             # unless all of `f` so far is a prefix of the other (a copy being written, or cut short)
             telling = n == len(head) or head_at + n > other.data_start
-            if n > best_n and telling and head[:n] == theirs[1][:n]:
+            if n > best_n and telling:
                 best, best_n = other, n
         return best
+
+    @contextlib.contextmanager
+    def one_listing(self) -> Iterator[None]:
+        """Classify the new files of one scan: each open file's head is read once for all of them.
+
+        A scan of many new files would otherwise read every open file's head once per new file.
+        """
+        self._heads = {}
+        try:
+            yield
+        finally:
+            self._heads = None
+
+    def _source_head(self, other: TrackedFile, length: int) -> tuple[int, bytes] | None:
+        """`other.source_head(length)`; within `one_listing`, possibly longer (read once per listing)."""
+        if self._heads is None:
+            return other.source_head(length)
+        if other.key not in self._heads:
+            self._heads[other.key] = other.source_head(HEAD_BYTES)
+        return self._heads[other.key]
 
     def _claim(self, f: TrackedFile, ghost: Ghost) -> None:
         f.resume_at(ghost.mark)

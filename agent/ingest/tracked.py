@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -179,19 +180,53 @@ def new_key(dev: int, ino: int) -> str:
 def open_file(path: str) -> tuple[int, os.stat_result] | None:
     """Open a regular file for reading and stat it; None if it vanished, cannot be read or is not regular.
 
+    See `open_checked` for why it cannot block; this form drops the reason.
+    """
+    opened = open_checked(path)
+    return None if isinstance(opened, str) else opened
+
+
+def open_checked(path: str) -> tuple[int, os.stat_result] | str:
+    """Open a regular file for reading and stat it, or say why not (a `refusal_reason`).
+
     Opened with O_NONBLOCK, so a FIFO or device node in place of a log file cannot block the
-    loop in ``open()``; it is refused after fstat (the next scan looks again).
+    loop in ``open()``; it is refused after fstat (``not_regular_file``; the next scan looks again).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
+    except OSError as exc:
+        return refusal_reason(exc)
     try:
         status = os.fstat(fd)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        return None
+        return refusal_reason(exc)
     if not stat.S_ISREG(status.st_mode):
         os.close(fd)
-        return None
+        return NOT_REGULAR
     return fd, status
+
+
+NOT_REGULAR = "not_regular_file"
+VANISHED = "vanished"
+"""A path gone between its listing and its open: rotation's ordinary race, counted but not a fault."""
+
+_REASONS = {
+    errno.ENOENT: VANISHED,
+    errno.ENOTDIR: VANISHED,
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.EMFILE: "too_many_open_files",
+    errno.ENFILE: "too_many_open_files",
+    errno.ELOOP: "symlink_loop",
+    errno.EIO: "io_error",
+}
+
+
+def refusal_reason(exc: OSError) -> str:
+    """The snake_case reason a path is refused for, from the error opening or stat'ing it."""
+    known = _REASONS.get(exc.errno or 0)
+    if known is not None:
+        return known
+    name = errno.errorcode.get(exc.errno or 0, "unknown")
+    return f"os_error_{name.lower()}"

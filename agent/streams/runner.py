@@ -94,10 +94,11 @@ class StreamRunner:
     def degraded_reason(self) -> str | None:
         """Why the stream is degraded (None: it is not).
 
-        Failing, skipped, its directory missing, or its pipeline's reason (a rate the model
-        was not trained for).
+        Failing, skipped, its directory missing, some of its files refused (a FIFO or device
+        node in a log file's place, an unreadable file), or its pipeline's reason (a rate the
+        model was not trained for).
         """
-        return self._failure or self._missing or self.pipeline.degraded_reason()
+        return self._failure or self._missing or self.follower.refused() or self.pipeline.degraded_reason()
 
     def restore(self, saved: dict[str, Any] | None) -> None:
         """Resume follower and pipeline from the state committed last (None: a fresh stream).
