@@ -13,15 +13,13 @@ import pytest
 
 from agent.contract.manifest import ModelManifest
 from trainer.config import TrainerConfig
+from trainer.datafiles import DEFAULT_DATA, read_data_file, read_data_text
 from trainer.datasets import (
     AI4I_FEATURES,
     AI4I_MODES,
-    DEFAULT_DATA,
     load_ai4i,
     load_ai4i_modes,
     load_cmapss,
-    read_data_file,
-    read_data_text,
     run_ai4i,
     run_cmapss,
 )

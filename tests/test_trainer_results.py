@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from trainer.config import TrainerConfig
-from trainer.datasets import DEFAULT_DATA, run_ai4i, run_cmapss
+from trainer.datafiles import DEFAULT_DATA
+from trainer.datasets import run_ai4i, run_cmapss
 from trainer.results import RESULTS_FILE, readme_block, render_rows
 from trainer.robot_failures import run_robot_failures
 

@@ -24,10 +24,8 @@ file plain or, when only ``<name>.xz`` exists, decompressed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import lzma
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,17 +37,16 @@ import numpy.typing as npt
 from agent.contract.features import FeatureSpec, Statistic, batch_features
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead, Thresholds
 from trainer.config import TrainerConfig
-from trainer.errors import DataError, SourceError
+from trainer.datafiles import DEFAULT_DATA, data_files_hash, read_data_text
+from trainer.errors import DataError
 from trainer.registry import METRICS_FILE, Registry
+from trainer.robot_failures import run_robot_failures
 from trainer.run import json_bytes, lineage
 from trainer.stages.evaluation import regression_metrics
 from trainer.stages.trained_model import TrainedMLModel
 from trainer.stages.training import FittedModel
 
 FloatArray = npt.NDArray[np.float64]
-
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data"
-"""The public data sets that travel with the repository (``data/<set>/``)."""
 
 AI4I_COLUMNS = (
     "Type",
@@ -116,43 +113,9 @@ def run_dataset(
     if name == "cmapss":
         return run_cmapss(config, (data_dir or DEFAULT_DATA / "cmapss_fd001"), root, seed=seed, report=report)
     if name == "robot-failures":
-        from trainer.robot_failures import run_robot_failures
-
         directory = data_dir or DEFAULT_DATA / "robot_execution_failures"
         return run_robot_failures(config, directory, root, seed=seed, report=report)
     raise DataError(f"unknown dataset {name!r}; choose ai4i, cmapss or robot-failures")
-
-
-def read_data_file(path: Path) -> bytes:
-    """The bytes of a data file: `path` itself, or ``<path>.xz`` decompressed when only that exists."""
-    packed = path.with_name(path.name + ".xz")
-    try:
-        if path.is_file():
-            return path.read_bytes()
-        if packed.is_file():
-            return lzma.decompress(packed.read_bytes())
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror}") from exc
-    except lzma.LZMAError as exc:
-        raise DataError(f"{packed}: not a valid xz file ({exc})") from exc
-    raise SourceError(f"{path}: no such file (nor {packed.name})")
-
-
-def read_data_text(path: Path) -> str:
-    """A data file as text (UTF-8), plain or xz-compressed; see `read_data_file`."""
-    try:
-        return read_data_file(path).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
-
-
-def data_files_hash(*paths: Path) -> str:
-    """sha256 over the names and decompressed bytes of data files (the data version)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        digest.update(read_data_file(path))
-    return digest.hexdigest()
 
 
 # -- AI4I 2020 ---------------------------------------------------------------------------------

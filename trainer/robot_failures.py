@@ -27,7 +27,7 @@ import numpy.typing as npt
 from agent.contract.features import FeatureSpec, batch_features
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, AlertHead
 from trainer.config import TrainerConfig
-from trainer.datasets import data_files_hash, read_data_text
+from trainer.datafiles import data_files_hash, read_data_text
 from trainer.errors import DataError
 from trainer.registry import METRICS_FILE, Registry
 from trainer.run import json_bytes, lineage
