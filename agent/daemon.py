@@ -41,7 +41,7 @@ from typing import Final, TypeVar
 
 import structlog
 
-from agent import __version__, reload
+from agent import __version__, memory, reload
 from agent.commits import Committer
 from agent.config import AgentConfig
 from agent.contract.alerts import AlertEvent
@@ -164,6 +164,7 @@ class AgentDaemon:
             self._guarded(s, "starting to watch it", partial(s.start, self.clock.monotonic()))
         statuses, self._pending = [*self._pending, self.fieldops.open_alerts_message()], []
         self.committer.commit(force=True, messages=statuses, streams=False)  # model status: at once
+        memory.trim()  # what startup freed goes back before READY=1 (agent/memory.py)
         self.notifier.ready(f"scoring {len(self._streams)} stream(s) with {scorer.manifest.label}")
         self.reporter.report("running", force=True)
         log.info(
@@ -278,6 +279,7 @@ class AgentDaemon:
         if now - self._last_heartbeat >= self.config.heartbeat_interval_s:
             self._last_heartbeat = now
             self._pending.extend(self.reporter.heartbeat())
+            memory.trim()
         messages: list[OutboundMessage] = []
         # Telemetry (heartbeats, model status) rides on the next commit that happens anyway: one
         # with alerts, or the checkpoint. A commit of its own would cost the loop an fsync.

@@ -16,7 +16,8 @@ shared library's pages, the malloc heap, the anonymous mappings where Python's o
 one interpreter that imports the agent's dependencies one by one and loads one onnxruntime
 session of the bundled model, printing what each step adds to the heap, to anonymous mappings
 and to mapped files. The versions of the heavy dependencies are printed: the figures move with
-them (onnxruntime's share grows with each release).
+them (onnxruntime's share grows with each release, which is why pyproject.toml pins it to 1.20:
+the comment there says when to lift it).
 Target: the started agent ≤ 80 MiB.
 """
 

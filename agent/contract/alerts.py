@@ -45,7 +45,9 @@ def derive_event_id(
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    # defer_build: a message's validator is built when first used, so the kinds this agent never
+    # sends or reads (most of them, on a quiet robot) cost no memory (bench/bench_memory.py).
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), defer_build=True)
 
 
 class FeatureContribution(_Message):

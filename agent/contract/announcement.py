@@ -37,7 +37,8 @@ A bundle is never larger than the model cap plus this."""
 class ModelAnnouncement(BaseModel):
     """One model version offered to the agents following a channel."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: built on the first announcement, so an agent following no channel pays nothing.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     schema_version: Literal[1] = ANNOUNCEMENT_SCHEMA_VERSION
     model_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

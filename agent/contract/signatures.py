@@ -175,7 +175,8 @@ def _b64(value: bytes, what: str) -> bytes:
 
 
 class _Signed(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: built on first use, so an agent without trusted keys pays no memory for these.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class ReleaseKeyCertificate(_Signed):

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from trainer.stages.trained_model import TARGET_IR_VERSION, TARGET_OPSET
+
 FloatArray = npt.NDArray[np.float64]
 OUTPUT = "scores"
 
@@ -118,9 +120,9 @@ def isolation_forest_onnx(estimator: Any, n_features: int, input_name: str = "fe
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+        opset_imports=[helper.make_opsetid(domain, version) for domain, version in TARGET_OPSET.items()],
         producer_name="robotpm-trainer",
     )
-    model.ir_version = 8
+    model.ir_version = TARGET_IR_VERSION
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())

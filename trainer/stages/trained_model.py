@@ -33,7 +33,11 @@ from trainer.stages.training import FittedModel
 FloatArray = npt.NDArray[np.float64]
 
 INPUT_NAME = "features"
+# The ONNX ceiling every export targets, whatever skl2onnx and onnx default to: opset 17 (ai.onnx.ml
+# 3) at IR version 8, which the onnxruntime the robots run (pyproject.toml pins 1.20: at most IR 10,
+# opset 21) and every release since 1.14 load. Raise it only with that pin, never past it.
 TARGET_OPSET: dict[str, int] = {"": 17, "ai.onnx.ml": 3}
+TARGET_IR_VERSION = 8
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 
@@ -82,6 +86,7 @@ def to_onnx(fitted: FittedModel) -> bytes:
     except Exception as exc:  # skl2onnx raises many unrelated types
         raise ExportError(f"skl2onnx could not export {fitted.kind}: {exc}") from exc
     model.graph.name = f"robotpm_{fitted.kind}"  # skl2onnx names graphs with a random uuid
+    model.ir_version = TARGET_IR_VERSION  # stated, not left to skl2onnx and the installed onnx
     canonical_opsets(model)
     domains = {node.domain for node in model.graph.node} - ALLOWED_DOMAINS
     if domains:
