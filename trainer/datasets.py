@@ -100,6 +100,8 @@ CMAPSS_SENSORS = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
 RUL_CAP = 125.0
 CMAPSS_EXTRA_TREES_SHARES = (0.0, 0.3, 0.4, 0.5)
 """Candidate weights of extra trees in the average with gradient boosting, chosen by grouped CV."""
+CMAPSS_BOOSTING: dict[str, Any] = {"max_iter": 1600, "max_leaf_nodes": 7, "min_samples_leaf": 40}
+"""The boosting's size, from an engine-grouped CV grid (learning rate 0.05, l2 1.0 beside it)."""
 
 
 def run_dataset(
@@ -546,13 +548,7 @@ def _cmapss_boosting(seed: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     return HistGradientBoostingRegressor(
-        max_iter=1600,
-        learning_rate=0.05,
-        max_leaf_nodes=7,
-        min_samples_leaf=40,
-        l2_regularization=1.0,
-        early_stopping=False,
-        random_state=seed,
+        **CMAPSS_BOOSTING, learning_rate=0.05, l2_regularization=1.0, early_stopping=False, random_state=seed
     )
 
 
