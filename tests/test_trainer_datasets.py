@@ -95,9 +95,15 @@ class TestCmapss:
         assert len(np.unique(test[:, 0])) == 100
 
     def test_one_window_candidate_reaches_a_useful_rmse_with_an_agent_manifest(self, tmp_path: Path) -> None:
-        """A single 30-cycle candidate scores RMSE < 16 and writes a remaining-life manifest."""
+        """A 30-cycle boosting + extra-trees blend scores RMSE < 16 and writes a remaining-life manifest."""
         summary = run_cmapss(
-            TrainerConfig(), CMAPSS, tmp_path, seed=7, report=True, candidates=[(30, ("mean", "slope"))]
+            TrainerConfig(),
+            CMAPSS,
+            tmp_path,
+            seed=7,
+            report=True,
+            candidates=[(30, ("mean", "slope"))],
+            shares=[0.4],
         )
         assert summary["metrics"]["rmse"] < 16.0
         report = Path(summary["version_dir"]) / "report"

@@ -45,16 +45,19 @@ def test_the_selected_candidate_gives_the_stored_figures_within_tolerance(
     """AI4I's F1/precision/recall and C-MAPSS's RMSE/PHM, re-measured, are within the stored tolerances.
 
     The candidate search itself is not repeated here (it is each command's slowest part);
-    the stored cross-validated figure of the selected candidate is checked instead.
+    the stored cross-validated figure of the selected candidate (for C-MAPSS, its window,
+    statistics and extra-trees share) is checked instead.
     """
     stored = results["sets"][name]
     selected = stored["selected"]
     run: Any
     candidate: tuple[Any, ...]
+    extra: dict[str, Any] = {}
     if name == "ai4i":
         run, candidate = run_ai4i, (str(selected["features"]), int(selected["min_samples_leaf"]))
     else:
         run, candidate = run_cmapss, (int(selected["window"]), tuple(selected["statistics"]))
+        extra = {"shares": [float(selected["extra_trees_share"])]}
     summary = run(
         TrainerConfig(),
         DEFAULT_DATA / folder,
@@ -62,6 +65,7 @@ def test_the_selected_candidate_gives_the_stored_figures_within_tolerance(
         seed=results["seed"],
         report=False,
         candidates=[candidate],
+        **extra,
     )
     key, tolerance = cross_validated
     _within(summary["metrics"], stored["metrics"], {**results["tolerances"][name], key: tolerance})

@@ -90,7 +90,8 @@ def render_rows(results: dict[str, Any]) -> str:
         "| C-MAPSS FD001 (**simulated**), remaining life on the official test truth "
         f"| `{sets['cmapss']['command']}` | RMSE **{cmapss['rmse']:.2f}**, PHM score "
         f"**{cmapss['phm_score']:.1f}** (window {selected['window']}, {'/'.join(selected['statistics'])}, "
-        f"engine-grouped CV RMSE {cmapss['cv_rmse']:.2f}) | {_goal('cmapss', cmapss)} |"
+        f"{_blend(float(selected.get('extra_trees_share', 0.0)))}, engine-grouped CV RMSE "
+        f"{cmapss['cv_rmse']:.2f}) | {_goal('cmapss', cmapss)} |"
     )
     problems = sets["robot-failures"]["problems"]
     per_problem = ", ".join(f"{k} {v['f1_macro']:.2f}" for k, v in problems.items())
@@ -104,6 +105,12 @@ def render_rows(results: dict[str, Any]) -> str:
     rows.append("")
     rows.append(f"Measured with seed {results['seed']}; {versions}.")
     return "\n".join(rows)
+
+
+def _blend(share: float) -> str:
+    if share <= 0:
+        return "gradient boosting"
+    return f"gradient boosting {1 - share:.1f} + extra trees {share:.1f}"
 
 
 def _goal(name: str, metrics: dict[str, float]) -> str:
