@@ -66,6 +66,7 @@ from agent.errors import IngestError, WatchError
 from agent.filewatch.watcher import FileWatcher, Signature
 from agent.ingest import discovery
 from agent.ingest.checkpoint import SavedPositions, read_checkpoint, write_checkpoint
+from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate, order_key
 from agent.ingest.parking import ParkedFiles, unchanged
 from agent.ingest.reader import LineBlock, LineReader
@@ -142,7 +143,7 @@ class StreamFollower:
         self._close_files()
         self._rotation.ghosts.clear()
         self._saved.entries.clear()
-        self._parked.entries.clear()
+        self._parked.clear()
         self._waiting = []
         self._reader.last_header = None
         self._scan_due = True
@@ -320,10 +321,15 @@ class StreamFollower:
                 known.path, known.rank, known.gone = c.path, c.rank, False
                 continue
             if ident in self._parked.entries:
-                changed = self._parked.sort_out(c)
+                changed = self._parked.sort_out(c, now)
                 if changed is None:
                     continue
-                self._saved.entries[ident] = changed  # verified by inode and content, as after a restart
+                if isinstance(changed, Ghost):
+                    # its content is gone, as for an open file: a copy of it is claimed from the
+                    # ghost, known before any file of this listing is classified; it reads as new
+                    self._rotation.add_ghost(changed)
+                else:
+                    self._saved.entries[ident] = changed  # appended to: resumes at its offset
             elif unchanged(self._saved.entries.get(ident, {}), c):
                 self._parked.entries[ident] = self._saved.entries.pop(ident)  # parked before a restart
                 continue
