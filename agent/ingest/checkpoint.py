@@ -167,6 +167,14 @@ class SavedPositions:
             if _identifies(mark, saved):
                 add_ghost(Ghost(mark, header_from(saved.get("header")), now, int(saved.get("data_start", 0))))
 
+    def reopen(self, saved: dict[str, Any], now: float) -> TrackedFile | None:
+        """Open the file of `saved` where it is and resume at its position, if it still holds it."""
+        ident = (int(saved["dev"]), int(saved["ino"]))
+        path = str(saved.get("path", ""))
+        if not path or not self._adopt(saved, path, int(saved.get("rank", 0)), now):
+            return None
+        return self._files[ident]
+
     def _adopt_by_path(self, saved: dict[str, Any], ident: Identity, now: float) -> bool:
         path = str(saved.get("path", ""))
         if not path or ident in self._files:

@@ -23,6 +23,12 @@ judged as if it had stayed open, by its own inode, at once:
 
 One that left the directory is forgotten: it was read to its end.
 
+A parked file can also be the source of a copy before it changes (logrotate copies, then
+truncates): a new file whose meaningful head is that of a parked file (see
+`ParkedFiles.source_for`) wakes it, so that it is reopened at its position and the copy
+is judged against it as against any open file (`agent.ingest.rotation`). This costs a
+descriptor only while such a copy is being decided.
+
 A parked file's growth is found by a scan of the directory (each ``rescan_interval_s``, or
 when the watcher sees the directory change), not by its descriptor: its new lines may wait
 that long.
@@ -88,6 +94,50 @@ class ParkedFiles:
         self._counters["truncations"] += 1
         mark = ContentMark.from_json(entry)
         return Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+
+    def source_for(self, head_at: int, head: bytes) -> Identity | None:
+        """The parked file a new file starting with `head` at `head_at` may be a copy of, if any.
+
+        The one sharing the longest head with it, by the rule for open files: sharing no more than
+        the CSV header says nothing, unless all of the new file so far is a prefix of it.
+        """
+        best, best_n = None, 0
+        for ident, known in self._heads.items():
+            entry = self.entries[ident]
+            if int(entry.get("head_at", 0)) != head_at or not (
+                known.startswith(head) or head.startswith(known)
+            ):
+                continue
+            n = min(len(head), len(known))
+            if n > best_n and (n == len(head) or head_at + n > int(entry.get("data_start", 0))):
+                best, best_n = ident, n
+        return best
+
+    def wake(self, ident: Identity, now: float) -> dict[str, Any] | Ghost:
+        """Stop parking `ident`, a copy of it being made: its saved position to reopen it at.
+
+        The ghost of its content instead if that is gone already (see `sort_out`).
+        """
+        entry = self.entries.pop(ident)
+        head = self._heads.pop(ident, None)
+        self._counters["files_unparked"] += 1
+        path = str(entry.get("path", ""))
+        opened = open_file(path) if path else None
+        if opened is not None:
+            fd, st = opened
+            try:
+                if (st.st_dev, st.st_ino) == ident and ContentMark.from_json(entry).matches(fd, st.st_size):
+                    return entry
+            finally:
+                os.close(fd)
+        self._counters["truncations"] += 1
+        return Ghost(
+            ContentMark.from_json(entry),
+            header_from(entry.get("header")),
+            now,
+            int(entry.get("data_start", 0)),
+            head,
+        )
 
     def forget_unlisted(self, listed: set[Identity]) -> None:
         """Forget the parked files that left the directory (they were read to their end)."""
