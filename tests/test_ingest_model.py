@@ -46,6 +46,8 @@ class FollowerMachine(RuleBasedStateMachine):
 
     release_after_s = 3600.0
     o_append = True
+    max_open_files: int | None = None
+    """The open-file bound; None: the default (never reached by the few files here)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,8 +55,9 @@ class FollowerMachine(RuleBasedStateMachine):
         root = self.root / "logs"
         self.log = LogDir(root, o_append=self.o_append)
         self.log.create()
+        bound = {} if self.max_open_files is None else {"max_open_files": self.max_open_files}
         self.harness = Harness(
-            stream_config(root), ingest_config("poll", release_after_s=self.release_after_s)
+            stream_config(root), ingest_config("poll", release_after_s=self.release_after_s, **bound)
         )
         self.stopped = False
         self.written: set[bytes] = set()
@@ -288,6 +291,12 @@ class QuickReleaseMachine(FollowerMachine):
     release_after_s = 1e-6
 
 
+class BoundedQuickReleaseMachine(QuickReleaseMachine):
+    """The same under the smallest open-file bound: the live file itself is parked when files wait."""
+
+    max_open_files = 4
+
+
 class StaleWriterMachine(FollowerMachine):
     """The same with a logger that writes without O_APPEND: NUL holes after every copytruncate."""
 
@@ -334,5 +343,24 @@ def test_a_copy_claims_the_live_files_ghost_not_a_parked_header_whose_inode_was_
     assert machine.harness.follower.stats()["parked_files"] > 0  # the sequence still parks
     machine.copytruncate(after=0, header=False)
     machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.nothing_twice_nothing_invented()
+    machine.teardown()
+
+
+def test_a_live_file_is_never_taken_for_a_copy_of_a_more_rotated_parked_file() -> None:
+    """Found by the machine under the bound while parked files became copy sources: the recreated
+    live file (header + lines) was taken for a copy of a parked header-only ``.3``, and its lines
+    came out twice. A parked file, like an open one, is only the source of a file as rotated.
+    """
+    machine = BoundedQuickReleaseMachine()
+    machine.read(budget=1, save=False)
+    machine.delete()
+    machine.recreate()
+    machine.copytruncate_observed(after=1, header=False, seen="empty", then="read")
+    machine.copytruncate_observed(after=5, header=True, seen="empty", then="read")
+    machine.delete()
+    machine.read(budget=1, save=False)
+    machine.write(n=7, then_read=None)
+    machine.copytruncate_observed(after=0, header=False, seen="partial", then="read")
     machine.nothing_twice_nothing_invented()
     machine.teardown()

@@ -433,20 +433,22 @@ class StreamFollower:
             self._rotation.unread_replaced = False
             self._scan_due = True
 
-    def _wake_parked(self, head_at: int, head: bytes, now: float) -> TrackedFile | Ghost | None:
-        """A parked file a new file may be a copy of, reopened at its position (or its ghost)."""
-        ident = self._parked.source_for(head_at, head)
+    def _wake_parked(
+        self, f: TrackedFile, head_at: int, head: bytes, now: float
+    ) -> TrackedFile | Ghost | None:
+        """A parked file new file `f` may be a copy of, reopened at its position (or its ghost)."""
+        ident = self._parked.source_for(head_at, head, f.rank)
         if ident is None:
             return None
         woken = self._parked.wake(ident, now)
         if isinstance(woken, Ghost):
             self._scan_due = True  # its new content is listed and read as a new file's
             return woken
-        f = self._saved.reopen(woken, now)
-        if f is None:  # changed since it was verified: the next scan sorts it out
+        source = self._saved.reopen(woken, now)
+        if source is None:  # changed since it was verified: the next scan sorts it out
             self._saved.entries[ident] = woken
             self._scan_due = True
-        return f
+        return source
 
     def _expire(self, now: float, out: list[LineBlock]) -> None:
         """Drop old ghosts; settle quiet rotated files; close drained files that left the directory."""

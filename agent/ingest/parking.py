@@ -95,18 +95,19 @@ class ParkedFiles:
         mark = ContentMark.from_json(entry)
         return Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
 
-    def source_for(self, head_at: int, head: bytes) -> Identity | None:
-        """The parked file a new file starting with `head` at `head_at` may be a copy of, if any.
+    def source_for(self, head_at: int, head: bytes, rank: int) -> Identity | None:
+        """The parked file a new file of `rank` starting with `head` at `head_at` may be a copy of.
 
-        The one sharing the longest head with it, by the rule for open files: sharing no more than
-        the CSV header says nothing, unless all of the new file so far is a prefix of it.
+        The one sharing the longest head with it, by the rules for open files: never one more
+        rotated than it; sharing no more than the CSV header says nothing, unless all of the new
+        file so far is a prefix of it. None: no such parked file.
         """
         best, best_n = None, 0
         for ident, known in self._heads.items():
             entry = self.entries[ident]
-            if int(entry.get("head_at", 0)) != head_at or not (
-                known.startswith(head) or head.startswith(known)
-            ):
+            if int(entry.get("rank", 0)) > rank or int(entry.get("head_at", 0)) != head_at:
+                continue
+            if not (known.startswith(head) or head.startswith(known)):
                 continue
             n = min(len(head), len(known))
             if n > best_n and (n == len(head) or head_at + n > int(entry.get("data_start", 0))):

@@ -53,7 +53,7 @@ class RotationTracker:
         self.unread_replaced = False
         """Set by `check_open_files` when an unread file's content was replaced: list again."""
         self._heads: dict[str, tuple[int, bytes] | None] | None = None
-        self.wake_parked: Callable[[int, bytes, float], TrackedFile | Ghost | None] | None = None
+        self.wake_parked: Callable[[TrackedFile, int, bytes, float], TrackedFile | Ghost | None] | None = None
         """Set by the follower: the parked file a new file with this head may be a copy of, reopened
         (or, its content gone already, its ghost); see `agent.ingest.parking`."""
 
@@ -151,7 +151,7 @@ class RotationTracker:
             return
         source = self._copy_source(f, head_at, head)
         if source is None and self.wake_parked is not None:
-            woken = self.wake_parked(head_at, head, now)
+            woken = self.wake_parked(f, head_at, head, now)
             if isinstance(woken, Ghost):
                 self.add_ghost(woken)
                 self.classify(f, size, now)  # it may be the copy that claims it
