@@ -364,3 +364,22 @@ def test_a_live_file_is_never_taken_for_a_copy_of_a_more_rotated_parked_file() -
     machine.copytruncate_observed(after=0, header=False, seen="partial", then="read")
     machine.nothing_twice_nothing_invented()
     machine.teardown()
+
+
+def test_a_copy_in_the_reused_inode_of_a_parked_header_only_file_is_not_taken_for_its_append() -> None:
+    """Found by the machine: logrotate deletes the oldest rotation (parked, only its header read),
+    then copies the live file (header + a line read) into the same inode; that looked like the
+    parked file grown, read on after the header, and the line came out twice.
+    """
+    machine = QuickReleaseMachine()
+    machine.rotate_rename(after=0)
+    machine.rotate_rename(after=0)
+    machine.rotate_rename(after=1)
+    machine.copytruncate(after=1, header=True)
+    machine.read(budget=1, save=False)
+    machine.read(budget=1, save=False)
+    assert machine.harness.follower.stats()["parked_files"] > 0  # the sequence still parks
+    machine.copytruncate(after=0, header=False)
+    machine.read(budget=1, save=False)
+    machine.nothing_twice_nothing_invented()
+    machine.teardown()

@@ -322,7 +322,7 @@ class StreamFollower:
                 known.path, known.rank, known.gone = c.path, c.rank, False
                 continue
             if ident in self._parked.entries:
-                changed = self._parked.sort_out(c, now)
+                changed = self._parked.sort_out(c, now, self._reader.last_header)
                 if changed is None:
                     continue
                 if isinstance(changed, Ghost):

@@ -19,7 +19,10 @@ judged as if it had stayed open, by its own inode, at once:
   (in this listing or a later one) claims it; the file itself is read as a new one.
   Its content is never matched by content against the other files of the listing: a
   shorter position (a CSV header only) could otherwise take a copy that the ghost of
-  a longer one owns, and return its lines twice.
+  a longer one owns, and return its lines twice;
+* a position covering nothing past the CSV header cannot tell an append from a new
+  file in its reused inode (logrotate deleting the oldest rotation, then copying): the
+  file is read from 0, which returns no line twice.
 
 One that left the directory is forgotten: it was read to its end.
 
@@ -42,7 +45,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agent.ingest.checkpoint import Identity, file_entry, header_from
+from agent.ingest.checkpoint import Identity, file_entry, header_from, identifies
 from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
 from agent.ingest.identity import ContentMark
@@ -74,12 +77,13 @@ class ParkedFiles:
             self._heads[(f.dev, f.ino)] = f.head
         self._counters["files_parked"] += 1
 
-    def sort_out(self, c: Candidate, now: float) -> dict[str, Any] | Ghost | None:
+    def sort_out(self, c: Candidate, now: float, last_header: bytes | None) -> dict[str, Any] | Ghost | None:
         """A listed parked file: None if unchanged (it stays parked), else it is no longer parked.
 
         Its saved position if it still holds what was consumed (appended to; it is opened
         and resumed like a restored file), else the ghost of what it held (counted as a
-        truncation, as for an open file); see the module docstring.
+        truncation, as for an open file); see the module docstring. `last_header`: the stream's
+        CSV header, for a file saved without its own.
         """
         ident = (c.dev, c.ino)
         entry = self.entries[ident]
@@ -89,11 +93,14 @@ class ParkedFiles:
         del self.entries[ident]
         head = self._heads.pop(ident, None)
         self._counters["files_unparked"] += 1
+        mark = ContentMark.from_json(entry)
+        ghost = Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+        if not identifies(mark, entry) or _only_header(entry, head, last_header):
+            return ghost  # nothing past the header: read from 0 (its inode may hold another file now)
         if _still_holds(entry, c):
             return entry
         self._counters["truncations"] += 1
-        mark = ContentMark.from_json(entry)
-        return Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+        return ghost
 
     def source_for(self, head_at: int, head: bytes, rank: int) -> Identity | None:
         """The parked file a new file of `rank` starting with `head` at `head_at` may be a copy of.
@@ -151,6 +158,17 @@ class ParkedFiles:
 def unchanged(entry: dict[str, Any], c: Candidate) -> bool:
     """Whether a listed file still has the size and mtime its parked entry was saved with."""
     return bool(entry.get("parked")) and entry.get("size") == c.size and entry.get("mtime_ns") == c.mtime_ns
+
+
+def _only_header(entry: dict[str, Any], head: bytes | None, last_header: bytes | None) -> bool:
+    """Whether all that was consumed of a parked file is its CSV header line.
+
+    (A file skipped as a copy before its header was read is saved without header, ``data_start`` 0.)
+    """
+    header = header_from(entry.get("header")) or last_header
+    if head is None or header is None or head.rstrip(b"\r\n") != header:
+        return False
+    return int(entry.get("offset", -1)) == int(entry.get("head_at", 0)) + len(head)
 
 
 def _still_holds(entry: dict[str, Any], c: Candidate) -> bool:
