@@ -218,6 +218,34 @@ class TestOpenFilesBounded:
         finally:
             h.close()
 
+    @pytest.mark.parametrize("looked", ["after", "empty", "partial", "full", "truncated"])
+    @pytest.mark.parametrize("grown", [False, True], ids=["as_parked", "grown_while_parked"])
+    def test_a_parked_live_file_copytruncated_has_every_line_read_once(
+        self, many: tuple[Path, list[bytes]], looked: str, grown: bool
+    ) -> None:
+        """A live file parked (closed under the bound) is copytruncated, the follower looking while the
+        copy is empty, partly or fully written, just truncated, or only after: the copy resumes where
+        the parked file was, nothing is read twice, the lines written after it are read once.
+        """
+        directory, expected = many
+        h = Harness(stream_config(directory, patterns=("*.csv",)), ingest_config("poll", max_open_files=8))
+        try:
+            h.wait_for(len(expected))
+            live = LogDir(directory, "f000.csv")
+            live.seq = 10_000  # lines of its own, unlike the fixture's
+            st = live.current.stat()
+            assert (st.st_dev, st.st_ino) not in h.follower.open_identities()  # parked
+            if grown:
+                expected += live.append(2)  # not read yet when the copy is made
+            live.copytruncate(keep=1, observe=lambda step: h.read() if step == looked else None)
+            expected += live.append(2)
+            h.wait_for(len(expected))
+            h.settle(0.1)
+            assert not h.duplicates()
+            assert h.lines == expected
+        finally:
+            h.close()
+
 
 def test_a_rotated_file_read_to_its_end_is_closed(logs: LogDir) -> None:
     """arm1.csv.1 read to its end and unchanged for release_after_s holds no descriptor; nothing is lost

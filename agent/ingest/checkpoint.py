@@ -130,7 +130,7 @@ class SavedPositions:
             try:
                 for ident, saved in self.entries.items():
                     mark = ContentMark.from_json(saved)
-                    if _identifies(mark, saved) and mark.matches(fd, st.st_size):
+                    if identifies(mark, saved) and mark.matches(fd, st.st_size):
                         same = (st.st_dev, st.st_ino) == ident
                         scored.append(((mark.offset, same), len(scored), c, ident))
             finally:
@@ -164,8 +164,16 @@ class SavedPositions:
             if ident not in listed and self._adopt_by_path(saved, ident, now):
                 continue
             mark = ContentMark.from_json(saved)
-            if _identifies(mark, saved):
+            if identifies(mark, saved):
                 add_ghost(Ghost(mark, header_from(saved.get("header")), now, int(saved.get("data_start", 0))))
+
+    def reopen(self, saved: dict[str, Any], now: float) -> TrackedFile | None:
+        """Open the file of `saved` where it is and resume at its position, if it still holds it."""
+        ident = (int(saved["dev"]), int(saved["ino"]))
+        path = str(saved.get("path", ""))
+        if not path or not self._adopt(saved, path, int(saved.get("rank", 0)), now):
+            return None
+        return self._files[ident]
 
     def _adopt_by_path(self, saved: dict[str, Any], ident: Identity, now: float) -> bool:
         path = str(saved.get("path", ""))
@@ -214,8 +222,12 @@ class SavedPositions:
         self._counters["files_opened"] += 1
 
 
-def _identifies(mark: ContentMark, saved: dict[str, Any]) -> bool:
-    """Whether a saved position covers meaningful content past the CSV header."""
+def identifies(mark: ContentMark, saved: dict[str, Any]) -> bool:
+    """Whether a saved position covers meaningful content past the CSV header.
+
+    One that does not cannot tell its file from another starting alike (a reused inode, a copy):
+    such a file is read from 0, which returns no line twice.
+    """
     return mark.identifies_content and mark.offset > int(saved.get("data_start", 0))
 
 

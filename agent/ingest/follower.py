@@ -66,6 +66,7 @@ from agent.errors import IngestError, WatchError
 from agent.filewatch.watcher import FileWatcher, Signature
 from agent.ingest import discovery
 from agent.ingest.checkpoint import SavedPositions, read_checkpoint, write_checkpoint
+from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate, order_key
 from agent.ingest.parking import ParkedFiles, unchanged
 from agent.ingest.reader import LineBlock, LineReader
@@ -120,6 +121,7 @@ class StreamFollower:
         self._saved = SavedPositions(self._files, self._csv, self.counters)
         self._reader = LineReader(stream, ingest, self.counters)
         self._parked = ParkedFiles(self.counters)
+        self._rotation.wake_parked = self._wake_parked
         self._refusals = Refusals(stream.name, self.counters)
         self._max_open = ingest.max_open_files
         self._waiting: list[Candidate] = []
@@ -142,7 +144,7 @@ class StreamFollower:
         self._close_files()
         self._rotation.ghosts.clear()
         self._saved.entries.clear()
-        self._parked.entries.clear()
+        self._parked.clear()
         self._waiting = []
         self._reader.last_header = None
         self._scan_due = True
@@ -320,10 +322,15 @@ class StreamFollower:
                 known.path, known.rank, known.gone = c.path, c.rank, False
                 continue
             if ident in self._parked.entries:
-                changed = self._parked.sort_out(c)
+                changed = self._parked.sort_out(c, now, self._reader.last_header)
                 if changed is None:
                     continue
-                self._saved.entries[ident] = changed  # verified by inode and content, as after a restart
+                if isinstance(changed, Ghost):
+                    # its content is gone, as for an open file: a copy of it is claimed from the
+                    # ghost, known before any file of this listing is classified; it reads as new
+                    self._rotation.add_ghost(changed)
+                else:
+                    self._saved.entries[ident] = changed  # appended to: resumes at its offset
             elif unchanged(self._saved.entries.get(ident, {}), c):
                 self._parked.entries[ident] = self._saved.entries.pop(ident)  # parked before a restart
                 continue
@@ -425,6 +432,23 @@ class StreamFollower:
         if self._rotation.unread_replaced:
             self._rotation.unread_replaced = False
             self._scan_due = True
+
+    def _wake_parked(
+        self, f: TrackedFile, head_at: int, head: bytes, now: float
+    ) -> TrackedFile | Ghost | None:
+        """A parked file new file `f` may be a copy of, reopened at its position (or its ghost)."""
+        ident = self._parked.source_for(head_at, head, f.rank)
+        if ident is None:
+            return None
+        woken = self._parked.wake(ident, now)
+        if isinstance(woken, Ghost):
+            self._scan_due = True  # its new content is listed and read as a new file's
+            return woken
+        source = self._saved.reopen(woken, now)
+        if source is None:  # changed since it was verified: the next scan sorts it out
+            self._saved.entries[ident] = woken
+            self._scan_due = True
+        return source
 
     def _expire(self, now: float, out: list[LineBlock]) -> None:
         """Drop old ghosts; settle quiet rotated files; close drained files that left the directory."""

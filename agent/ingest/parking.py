@@ -9,10 +9,28 @@ when files wait to be opened.
 
 A parked file that is listed again unchanged (same inode, size and mtime) is left
 closed: nothing of it is read twice and no descriptor is spent. One that changed is
-handed back as a saved position, so it is re-found by inode and verified by
-content exactly as after a restart (appended: read on from its offset; rewritten:
-read from 0, its old content kept as a ghost for a copy to claim). One that left
-the directory is forgotten: it was read to its end.
+judged as if it had stayed open, by its own inode, at once:
+
+* still holding what was consumed (appended to): handed back as a saved position, so
+  it reads on from its offset (re-found and verified exactly as after a restart);
+* anything else (truncated, copytruncated, rewritten, NUL-filled by a writer without
+  O_APPEND, its inode reused by a new file): what it held becomes a *ghost*, known
+  before any new file of the same listing is classified, so that copytruncate's copy
+  (in this listing or a later one) claims it; the file itself is read as a new one.
+  Its content is never matched by content against the other files of the listing: a
+  shorter position (a CSV header only) could otherwise take a copy that the ghost of
+  a longer one owns, and return its lines twice;
+* a position covering nothing past the CSV header cannot tell an append from a new
+  file in its reused inode (logrotate deleting the oldest rotation, then copying): the
+  file is read from 0, which returns no line twice.
+
+One that left the directory is forgotten: it was read to its end.
+
+A parked file can also be the source of a copy before it changes (logrotate copies, then
+truncates): a new file whose meaningful head is that of a parked file (see
+`ParkedFiles.source_for`) wakes it, so that it is reopened at its position and the copy
+is judged against it as against any open file (`agent.ingest.rotation`). This costs a
+descriptor only while such a copy is being decided.
 
 A parked file's growth is found by a scan of the directory (each ``rescan_interval_s``, or
 when the watcher sees the directory change), not by its descriptor: its new lines may wait
@@ -27,9 +45,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from agent.ingest.checkpoint import Identity, file_entry
+from agent.ingest.checkpoint import Identity, file_entry, header_from, identifies
+from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
-from agent.ingest.tracked import TrackedFile
+from agent.ingest.identity import ContentMark
+from agent.ingest.tracked import TrackedFile, open_file
 
 
 class ParkedFiles:
@@ -38,6 +58,14 @@ class ParkedFiles:
     def __init__(self, counters: dict[str, int]) -> None:
         self._counters = counters
         self.entries: dict[Identity, dict[str, Any]] = {}
+        self._heads: dict[Identity, bytes] = {}
+        """The consumed head of each file parked since the start (not saved: a ghost made of
+        its entry recognises a copy still shorter than it only while the head is known)."""
+
+    def clear(self) -> None:
+        """Forget every parked file (a restore brings its own)."""
+        self.entries.clear()
+        self._heads.clear()
 
     def park(self, f: TrackedFile) -> None:
         """Close `f` (read to its end) and remember its position."""
@@ -45,12 +73,17 @@ class ParkedFiles:
         entry.update(parked=True, size=f.last_size, mtime_ns=f.last_mtime)
         os.close(f.fd)
         self.entries[(f.dev, f.ino)] = entry
+        if f.head:
+            self._heads[(f.dev, f.ino)] = f.head
         self._counters["files_parked"] += 1
 
-    def sort_out(self, c: Candidate) -> dict[str, Any] | None:
-        """A listed parked file: None if unchanged (it stays parked), else its saved position.
+    def sort_out(self, c: Candidate, now: float, last_header: bytes | None) -> dict[str, Any] | Ghost | None:
+        """A listed parked file: None if unchanged (it stays parked), else it is no longer parked.
 
-        A changed one is no longer parked: it is opened and verified like a restored file.
+        Its saved position if it still holds what was consumed (appended to; it is opened
+        and resumed like a restored file), else the ghost of what it held (counted as a
+        truncation, as for an open file); see the module docstring. `last_header`: the stream's
+        CSV header, for a file saved without its own.
         """
         ident = (c.dev, c.ino)
         entry = self.entries[ident]
@@ -58,16 +91,99 @@ class ParkedFiles:
         if unchanged(entry, c):
             return None
         del self.entries[ident]
+        head = self._heads.pop(ident, None)
         self._counters["files_unparked"] += 1
-        return entry
+        mark = ContentMark.from_json(entry)
+        ghost = Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+        if not identifies(mark, entry) or _only_header(entry, head, last_header):
+            return ghost  # nothing past the header: read from 0 (its inode may hold another file now)
+        if _still_holds(entry, c):
+            return entry
+        self._counters["truncations"] += 1
+        return ghost
+
+    def source_for(self, head_at: int, head: bytes, rank: int) -> Identity | None:
+        """The parked file a new file of `rank` starting with `head` at `head_at` may be a copy of.
+
+        The one sharing the longest head with it, by the rules for open files: never one more
+        rotated than it; sharing no more than the CSV header says nothing, unless all of the new
+        file so far is a prefix of it. None: no such parked file.
+        """
+        best, best_n = None, 0
+        for ident, known in self._heads.items():
+            entry = self.entries[ident]
+            if int(entry.get("rank", 0)) > rank or int(entry.get("head_at", 0)) != head_at:
+                continue
+            if not (known.startswith(head) or head.startswith(known)):
+                continue
+            n = min(len(head), len(known))
+            if n > best_n and (n == len(head) or head_at + n > int(entry.get("data_start", 0))):
+                best, best_n = ident, n
+        return best
+
+    def wake(self, ident: Identity, now: float) -> dict[str, Any] | Ghost:
+        """Stop parking `ident`, a copy of it being made: its saved position to reopen it at.
+
+        The ghost of its content instead if that is gone already (see `sort_out`).
+        """
+        entry = self.entries.pop(ident)
+        head = self._heads.pop(ident, None)
+        self._counters["files_unparked"] += 1
+        path = str(entry.get("path", ""))
+        opened = open_file(path) if path else None
+        if opened is not None:
+            fd, st = opened
+            try:
+                if (st.st_dev, st.st_ino) == ident and ContentMark.from_json(entry).matches(fd, st.st_size):
+                    return entry
+            finally:
+                os.close(fd)
+        self._counters["truncations"] += 1
+        return Ghost(
+            ContentMark.from_json(entry),
+            header_from(entry.get("header")),
+            now,
+            int(entry.get("data_start", 0)),
+            head,
+        )
 
     def forget_unlisted(self, listed: set[Identity]) -> None:
         """Forget the parked files that left the directory (they were read to their end)."""
         for ident in [i for i in self.entries if i not in listed]:
             del self.entries[ident]
+            self._heads.pop(ident, None)
             self._counters["files_released"] += 1
 
 
 def unchanged(entry: dict[str, Any], c: Candidate) -> bool:
     """Whether a listed file still has the size and mtime its parked entry was saved with."""
     return bool(entry.get("parked")) and entry.get("size") == c.size and entry.get("mtime_ns") == c.mtime_ns
+
+
+def _only_header(entry: dict[str, Any], head: bytes | None, last_header: bytes | None) -> bool:
+    """Whether all that was consumed of a parked file is its CSV header line.
+
+    (A file skipped as a copy before its header was read is saved without header, ``data_start`` 0.)
+    """
+    header = header_from(entry.get("header")) or last_header
+    if head is None or header is None or head.rstrip(b"\r\n") != header:
+        return False
+    return int(entry.get("offset", -1)) == int(entry.get("head_at", 0)) + len(head)
+
+
+def _still_holds(entry: dict[str, Any], c: Candidate) -> bool:
+    """Whether the listed file is still the parked inode and holds everything consumed from it.
+
+    One that cannot be opened now (it vanished since the listing) is taken as holding it: its
+    saved position is then placed like a restored one (adopted where it is, or kept as a ghost).
+    """
+    opened = open_file(c.path)
+    if opened is None:
+        return True
+    fd, st = opened
+    try:
+        if (st.st_dev, st.st_ino) != (c.dev, c.ino):
+            return True  # replaced since the listing: the saved position finds its file by content
+        return ContentMark.from_json(entry).matches(fd, st.st_size)
+    finally:
+        os.close(fd)

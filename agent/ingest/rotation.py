@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from agent.ingest.copies import Ghost, Pending
 from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes
@@ -53,6 +53,9 @@ class RotationTracker:
         self.unread_replaced = False
         """Set by `check_open_files` when an unread file's content was replaced: list again."""
         self._heads: dict[str, tuple[int, bytes] | None] | None = None
+        self.wake_parked: Callable[[TrackedFile, int, bytes, float], TrackedFile | Ghost | None] | None = None
+        """Set by the follower: the parked file a new file with this head may be a copy of, reopened
+        (or, its content gone already, its ghost); see `agent.ingest.parking`."""
 
     def add_ghost(self, ghost: Ghost) -> None:
         """Remember vanished content (the oldest ghosts beyond `MAX_GHOSTS` are forgotten).
@@ -147,6 +150,13 @@ class RotationTracker:
             f.pending = Pending("ghost", ghost, None, size, now)
             return
         source = self._copy_source(f, head_at, head)
+        if source is None and self.wake_parked is not None:
+            woken = self.wake_parked(f, head_at, head, now)
+            if isinstance(woken, Ghost):
+                self.add_ghost(woken)
+                self.classify(f, size, now)  # it may be the copy that claims it
+                return
+            source = woken
         if source is not None:
             f.pending = Pending("copy", None, source.key, size, now)
 
@@ -249,7 +259,12 @@ class RotationTracker:
         if size > source_size or not same_bytes(f.fd, source.fd, pending.verified, upto):
             if source_size < source.offset or not source.content_intact():
                 return  # the source changed under us (truncated): its change check comes first
-            f.pending = None  # bytes its source does not have: not a copy, new content
+            # bytes its source does not have: not a copy of it. Of another file (one sharing only
+            # a header with it was taken while the copy held no more), or of a parked one?
+            self.classify(f, size, now)
+            again = f.pending
+            if again is not None and again.kind == "copy" and again.source_key == pending.source_key:
+                f.pending = None  # of nothing known: new content
             return
         pending.verified = upto
         if size != pending.size:
