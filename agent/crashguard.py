@@ -282,7 +282,9 @@ class CrashGuard:
     def _start_breadcrumbs(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         size = _SLOT_BYTES * len(SLOTS)
-        fd = os.open(self._dir / BREADCRUMB_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(
+            self._dir / BREADCRUMB_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600
+        )
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)

@@ -43,7 +43,7 @@ class HealthFile:
 
     def open(self) -> None:
         """Create and allocate the file (raises `OSError`, e.g. on a full disk at the first start)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
         try:
             if os.fstat(fd).st_size < _SIZE:
                 os.pwrite(fd, b" " * _SIZE, 0)
