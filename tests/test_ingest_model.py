@@ -383,3 +383,22 @@ def test_a_copy_in_the_reused_inode_of_a_parked_header_only_file_is_not_taken_fo
     machine.read(budget=1, save=False)
     machine.nothing_twice_nothing_invented()
     machine.teardown()
+
+
+def test_a_saved_header_only_position_does_not_resume_a_copy_in_its_reused_inode() -> None:
+    """Found by the machine: a copy skipped before its header was read is saved holding only
+    the header (without it, ``data_start`` 0); after a kill logrotate deletes it and the next
+    copy (header + a line, half written) reuses its inode. The saved position resumed that copy
+    after its header, and the line came out twice (once more from the live file).
+    """
+    machine = QuickReleaseMachine()
+    machine.copytruncate(after=1, header=False)
+    machine.rotate_rename(after=0)
+    machine.read(budget=1, save=False)
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.kill()
+    machine.rotate_rename(after=9)
+    machine.copytruncate_observed(after=0, header=False, seen="partial", then="read")
+    machine.nothing_twice_nothing_invented()
+    machine.teardown()
+
