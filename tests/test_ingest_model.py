@@ -402,3 +402,16 @@ def test_a_saved_header_only_position_does_not_resume_a_copy_in_its_reused_inode
     machine.nothing_twice_nothing_invented()
     machine.teardown()
 
+
+def test_a_recreated_live_file_is_not_skipped_as_a_copy_of_the_deleted_header_only_file() -> None:
+    """Found by the machine: the recreated live file (header only) was pending as a copy of the
+    deleted one, its bytes found equal; copytruncate then truncated it and wrote lines of the
+    same size. The bytes compared before were trusted, the file skipped as a copy and its lines
+    lost. A pending copy rewritten since it was compared is compared again from its start.
+    """
+    machine = QuickReleaseMachine()
+    machine.read(budget=1, save=False)
+    machine.delete()
+    machine.recreate()
+    machine.copytruncate_observed(after=3, header=False, seen="empty", then="read")
+    machine.teardown()

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 
 from agent.ingest.copies import Ghost, Pending
-from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes
+from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes, same_ends
 from agent.ingest.tracked import TrackedFile
 
 GHOST_TTL_S = 60.0
@@ -256,6 +256,8 @@ class RotationTracker:
         except OSError:
             return
         upto = min(size, source_size)
+        if pending.verified > upto or not same_ends(f.fd, source.fd, pending.verified):
+            pending.verified = 0  # rewritten since it was compared (e.g. truncated, then written to)
         if size > source_size or not same_bytes(f.fd, source.fd, pending.verified, upto):
             if source_size < source.offset or not source.content_intact():
                 return  # the source changed under us (truncated): its change check comes first
