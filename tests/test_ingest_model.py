@@ -415,3 +415,20 @@ def test_a_recreated_live_file_is_not_skipped_as_a_copy_of_the_deleted_header_on
     machine.recreate()
     machine.copytruncate_observed(after=3, header=False, seen="empty", then="read")
     machine.teardown()
+
+
+def test_a_live_file_pending_as_a_shorter_copy_of_a_ghost_is_read_when_rewritten_to_the_same_size() -> None:
+    """Same class as the one above, for a ghost: the recreated live file (header only) is pending
+    as a shorter copy of the truncated content's ghost; copytruncate truncates it and writes lines
+    of the same size. It must be classified again, not skipped with its lines.
+    """
+    machine = QuickReleaseMachine()
+    machine.write(n=2, then_read=True)
+    machine.truncate(after=0)
+    machine.read(budget=1 << 20, save=True)
+    machine.delete()
+    machine.recreate()
+    machine.read(budget=1, save=False)
+    assert machine.harness.follower.stats()["ghosts"] > 0  # the sequence still leaves the ghost
+    machine.copytruncate(after=3, header=False)
+    machine.teardown()
