@@ -383,3 +383,52 @@ def test_a_copy_in_the_reused_inode_of_a_parked_header_only_file_is_not_taken_fo
     machine.read(budget=1, save=False)
     machine.nothing_twice_nothing_invented()
     machine.teardown()
+
+
+def test_a_saved_header_only_position_does_not_resume_a_copy_in_its_reused_inode() -> None:
+    """Found by the machine: a copy skipped before its header was read is saved holding only
+    the header (without it, ``data_start`` 0); after a kill logrotate deletes it and the next
+    copy (header + a line, half written) reuses its inode. The saved position resumed that copy
+    after its header, and the line came out twice (once more from the live file).
+    """
+    machine = QuickReleaseMachine()
+    machine.copytruncate(after=1, header=False)
+    machine.rotate_rename(after=0)
+    machine.read(budget=1, save=False)
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.kill()
+    machine.rotate_rename(after=9)
+    machine.copytruncate_observed(after=0, header=False, seen="partial", then="read")
+    machine.nothing_twice_nothing_invented()
+    machine.teardown()
+
+
+def test_a_recreated_live_file_is_not_skipped_as_a_copy_of_the_deleted_header_only_file() -> None:
+    """Found by the machine: the recreated live file (header only) was pending as a copy of the
+    deleted one, its bytes found equal; copytruncate then truncated it and wrote lines of the
+    same size. The bytes compared before were trusted, the file skipped as a copy and its lines
+    lost. A pending copy rewritten since it was compared is compared again from its start.
+    """
+    machine = QuickReleaseMachine()
+    machine.read(budget=1, save=False)
+    machine.delete()
+    machine.recreate()
+    machine.copytruncate_observed(after=3, header=False, seen="empty", then="read")
+    machine.teardown()
+
+
+def test_a_live_file_pending_as_a_shorter_copy_of_a_ghost_is_read_when_rewritten_to_the_same_size() -> None:
+    """Same class as the one above, for a ghost: the recreated live file (header only) is pending
+    as a shorter copy of the truncated content's ghost; copytruncate truncates it and writes lines
+    of the same size. It must be classified again, not skipped with its lines.
+    """
+    machine = QuickReleaseMachine()
+    machine.write(n=2, then_read=True)
+    machine.truncate(after=0)
+    machine.read(budget=1 << 20, save=True)
+    machine.delete()
+    machine.recreate()
+    machine.read(budget=1, save=False)
+    assert machine.harness.follower.stats()["ghosts"] > 0  # the sequence still leaves the ghost
+    machine.copytruncate(after=3, header=False)
+    machine.teardown()

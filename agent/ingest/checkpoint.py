@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
-from agent.ingest.identity import ContentMark, meaningful_head
+from agent.ingest.identity import ContentMark, digest, meaningful_head
 from agent.ingest.tracked import TrackedFile, open_file
 
 STATE_VERSION = 1
@@ -113,7 +113,9 @@ class SavedPositions:
         self._counters = counters
         self.entries: dict[Identity, dict[str, Any]] = {}
 
-    def match(self, candidates: list[Candidate], now: float) -> list[Candidate]:
+    def match(
+        self, candidates: list[Candidate], now: float, last_header: bytes | None = None
+    ) -> list[Candidate]:
         """Give saved positions to the listed files that hold their content; returns the others.
 
         The longest verified match wins (a saved file renamed, or copied by copytruncate,
@@ -130,7 +132,7 @@ class SavedPositions:
             try:
                 for ident, saved in self.entries.items():
                     mark = ContentMark.from_json(saved)
-                    if identifies(mark, saved) and mark.matches(fd, st.st_size):
+                    if identifies(mark, saved, last_header) and mark.matches(fd, st.st_size):
                         same = (st.st_dev, st.st_ino) == ident
                         scored.append(((mark.offset, same), len(scored), c, ident))
             finally:
@@ -152,7 +154,13 @@ class SavedPositions:
             taken.add(c.path)
         return [c for c in candidates if c.path not in taken]
 
-    def place_rest(self, now: float, add_ghost: Callable[[Ghost], None], listed: set[Identity]) -> None:
+    def place_rest(
+        self,
+        now: float,
+        add_ghost: Callable[[Ghost], None],
+        listed: set[Identity],
+        last_header: bytes | None = None,
+    ) -> None:
         """Place the saved files `match` found no file for.
 
         One that is not in the directory (`listed`) is adopted where it was (e.g. an old
@@ -164,7 +172,7 @@ class SavedPositions:
             if ident not in listed and self._adopt_by_path(saved, ident, now):
                 continue
             mark = ContentMark.from_json(saved)
-            if identifies(mark, saved):
+            if identifies(mark, saved, last_header):
                 add_ghost(Ghost(mark, header_from(saved.get("header")), now, int(saved.get("data_start", 0))))
 
     def reopen(self, saved: dict[str, Any], now: float) -> TrackedFile | None:
@@ -222,13 +230,28 @@ class SavedPositions:
         self._counters["files_opened"] += 1
 
 
-def identifies(mark: ContentMark, saved: dict[str, Any]) -> bool:
+def identifies(mark: ContentMark, saved: dict[str, Any], last_header: bytes | None = None) -> bool:
     """Whether a saved position covers meaningful content past the CSV header.
 
     One that does not cannot tell its file from another starting alike (a reused inode, a copy):
-    such a file is read from 0, which returns no line twice.
+    such a file is read from 0, which returns no line twice. That includes a position saved
+    without its header (a file skipped as a copy before its header was read: ``data_start`` 0)
+    whose consumed bytes are exactly the stream's CSV header line, `last_header`.
     """
-    return mark.identifies_content and mark.offset > int(saved.get("data_start", 0))
+    if not mark.identifies_content or mark.offset <= int(saved.get("data_start", 0)):
+        return False
+    header = header_from(saved.get("header")) or last_header
+    return header is None or not _only_header_line(mark, header)
+
+
+def _only_header_line(mark: ContentMark, header: bytes) -> bool:
+    """Whether all that `mark` consumed (after any NUL hole) is the line `header`."""
+    if mark.offset != mark.head_at + mark.head_len:
+        return False
+    return any(
+        mark.head_len == len(header) + len(end) and mark.head_sha == digest(header + end)
+        for end in (b"\n", b"\r\n")
+    )
 
 
 def header_to(header: bytes | None) -> str | None:

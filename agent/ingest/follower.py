@@ -342,8 +342,8 @@ class StreamFollower:
         self._parked.forget_unlisted(seen)
         new = self._within_bound(new)
         if self._saved.entries:
-            new = self._saved.match(new, now)
-        self._saved.place_rest(now, self._rotation.add_ghost, seen)
+            new = self._saved.match(new, now, self._reader.last_header)
+        self._saved.place_rest(now, self._rotation.add_ghost, seen, self._reader.last_header)
         # live names first: a copy is recognised by the file it was copied from (reading order is
         # decided later, by order_key)
         new.sort(key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path)))
@@ -387,7 +387,7 @@ class StreamFollower:
         """Open what waits for room, as far as the bound allows, without listing the directory again."""
         batch = self._within_bound(self._waiting)
         if self._saved.entries:
-            batch = self._saved.match(batch, now)
+            batch = self._saved.match(batch, now, self._reader.last_header)
         refused: dict[str, str] = dict(self._refusals.standing)
         with self._rotation.one_listing():
             for c in sorted(batch, key=lambda c: (c.rank, order_key(c.mtime_ns, c.rank, c.path))):

@@ -80,6 +80,18 @@ def same_bytes(fd_a: int, fd_b: int, start: int, end: int) -> bool:
     return True
 
 
+def same_ends(fd_a: int, fd_b: int, end: int) -> bool:
+    """Whether two files still agree on the head and the last bytes of ``[0, end)``.
+
+    The cheap re-check of a prefix found equal before: a file rewritten since (truncated,
+    then written again to any size) differs there, as the head and offset marker tell.
+    """
+    head_end = min(HEAD_BYTES, end)
+    return same_bytes(fd_a, fd_b, 0, head_end) and same_bytes(
+        fd_a, fd_b, max(head_end, end - MARKER_MAX_BYTES), end
+    )
+
+
 def data_after(fd: int, offset: int, size: int) -> int:
     """Where data may start at or after `offset`: past a sparse hole at once, else `offset`.
 

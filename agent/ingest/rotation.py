@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 
 from agent.ingest.copies import Ghost, Pending
-from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes
+from agent.ingest.identity import HEAD_BYTES, digest, meaningful_head, same_bytes, same_ends
 from agent.ingest.tracked import TrackedFile
 
 GHOST_TTL_S = 60.0
@@ -239,8 +239,8 @@ class RotationTracker:
     def _resolve_ghost(self, f: TrackedFile, pending: Pending, size: int, now: float) -> None:
         ghost = pending.ghost
         assert ghost is not None
-        if ghost not in self.ghosts or size != pending.size:
-            self.classify(f, size, now)  # grown: it may now reach the offset, or differ
+        if ghost not in self.ghosts or size != pending.size or not _starts_as(f, ghost, size):
+            self.classify(f, size, now)  # grown (it may now reach the offset), or rewritten
         elif now - pending.since >= self._release_after:
             # a shorter copy of content we consumed in full: nothing new in it
             f.pending = None
@@ -256,6 +256,8 @@ class RotationTracker:
         except OSError:
             return
         upto = min(size, source_size)
+        if pending.verified > upto or not same_ends(f.fd, source.fd, pending.verified):
+            pending.verified = 0  # rewritten since it was compared (e.g. truncated, then written to)
         if size > source_size or not same_bytes(f.fd, source.fd, pending.verified, upto):
             if source_size < source.offset or not source.content_intact():
                 return  # the source changed under us (truncated): its change check comes first
@@ -274,3 +276,18 @@ class RotationTracker:
             # a plain copy: its lines come from the source
             f.skip_to(size, source.header, source.data_start)
             self._counters["copies_skipped"] += 1
+
+
+def _starts_as(f: TrackedFile, ghost: Ghost, size: int) -> bool:
+    """Whether pending `f` still starts as the ghost's content did (a shorter copy of it).
+
+    A file rewritten to the same size since it was classified (truncated, then written to)
+    does not: it is classified again rather than skipped with its new lines.
+    """
+    found = meaningful_head(f.fd, size)
+    if found is None or found[0] != ghost.mark.head_at:
+        return False
+    head, mark = found[1], ghost.mark
+    if len(head) < mark.head_len:
+        return ghost.head is not None and ghost.head.startswith(head)
+    return digest(head[: mark.head_len]) == mark.head_sha
