@@ -10,7 +10,8 @@ The package is laid out by job (docs/architecture.md draws it):
 - `agent.models`: the model life cycle: store, verify, score, watch, fetch, probation, swap;
 - `agent.publish`: the outbox's delivery over MQTT and the messages it sends;
 - `agent/models/bundled` and `agent/install`: package data, the bundled model and the config template
-  and systemd unit an install copies out (README.md, "Install on a robot");
+  an install copies out, and in the wheel the systemd unit too (its source is the top-level
+  `systemd/`; README.md, "Install on a robot");
 - `agent.subscriber`: the operators' alert subscriber (`robotpm-alerts`), not part of the daemon;
 - top-level modules: the daemon's loop and the parts it steps (`startup`, `commits`, `reporting`,
   `reload`), config, state, outbox, policy, seams and their twins.
