@@ -31,6 +31,28 @@ INDEX_FILE = "registry.json"
 METRICS_FILE = "metrics.json"
 
 
+def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> Path:
+    """Replace `path` with `data` (file mode `mode`, whatever the umask) in one rename; returns `path`.
+
+    The bytes go to a hidden temporary sibling, are fsynced, and only then renamed over
+    `path`, so a reader (a web server, an agent, the next trainer run) sees the old
+    content or the new, never a part; the temporary is removed again when a step fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_directory_atomically(target: Path, files: Mapping[str, bytes]) -> Path:
     """Write `files` (relative path → bytes) as directory `target`, replacing it in one rename.
 
@@ -261,8 +283,4 @@ class Registry:
         return previous
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / INDEX_FILE
-        tmp = path.with_name(f".{INDEX_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_file_atomically(self.directory / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
