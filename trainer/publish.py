@@ -28,9 +28,10 @@ from agent.contract.announcement import ModelAnnouncement, bundle_name
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
 from agent.contract.signatures import REVOCATIONS_FILE
 from agent.contract.topics import model_announcements
+from trainer.atomicfile import write_file_atomically
 from trainer.broker import BrokerSettings, connect, disconnect
 from trainer.errors import TrainerError
-from trainer.registry import METRICS_FILE, Registry, verified_manifest, write_file_atomically
+from trainer.registry import METRICS_FILE, Registry, verified_manifest
 from trainer.signing import ReleaseSigner, sign_model_dir
 
 INDEX_DIR = "channels"

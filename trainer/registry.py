@@ -25,32 +25,11 @@ from typing import Any
 
 from agent.contract.errors import ManifestError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, file_sha256
+from trainer.atomicfile import write_file_atomically
 from trainer.errors import GateError, RegistryError, TrainerError
 
 INDEX_FILE = "registry.json"
 METRICS_FILE = "metrics.json"
-
-
-def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    """Replace `path` with `data` (file mode `mode`, whatever the umask) in one rename; returns `path`.
-
-    The bytes go to a hidden temporary sibling, are fsynced, and only then renamed over
-    `path`, so a reader (a web server, an agent, the next trainer run) sees the old
-    content or the new, never a part; the temporary is removed again when a step fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_directory_atomically(target: Path, files: Mapping[str, bytes]) -> Path:

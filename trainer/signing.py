@@ -41,8 +41,9 @@ from agent.contract.signatures import (
     SignedDocument,
     signing_input,
 )
+from trainer.atomicfile import write_file_atomically
 from trainer.errors import TrainerError
-from trainer.registry import verified_manifest, write_file_atomically
+from trainer.registry import verified_manifest
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
