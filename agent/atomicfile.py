@@ -1,15 +1,18 @@
 """Files replaced whole or not at all: written beside their path, fsynced, renamed over it.
 
 A reader (node_exporter, the technician CLI, the next start of the agent) sees the old
-content or the new, never a part. The temporary file is hidden (``.<name>.<pid>.tmp``,
-so no glob for the real name matches it) and removed again when the write fails.
-Failures raise `OSError`; what a failure means is the caller's to say.
+content or the new, never a part. The temporary file is hidden (``.<name>.<random>.tmp``,
+so no glob for the real name matches it), made anew for each write (``O_EXCL``: two
+threads writing one path never share it, and nothing planted under its name is opened),
+and removed again when the write fails. Failures raise `OSError`; what a failure means
+is the caller's to say.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -18,9 +21,7 @@ def write_atomically(path: Path, data: bytes, mode: int, *, sync_directory: bool
 
     With `sync_directory` the rename itself is made durable too (an fsync of the directory).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)  # the unit's UMask=0077 would hide it from the group
         view = memoryview(data)

@@ -54,7 +54,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from agent.config import PolicyConfig
+from agent import __version__
+from agent.config import AgentConfig, PolicyConfig
 from agent.contract.alerts import (
     AlertEvent,
     AlertState,
@@ -66,6 +67,7 @@ from agent.contract.alerts import (
 )
 from agent.contract.errors import ContractError
 from agent.contract.manifest import AlertHead, ModelManifest, Severity
+from agent.contract.streams import StreamConfig
 from agent.seams import Clock
 
 STATE_VERSION: Final = 1
@@ -248,6 +250,25 @@ class AlertPolicy:
         self._recent: deque[float] = deque()
         self._counters = _Counters()
         self._reset_heads(manifest)
+
+    @classmethod
+    def for_stream(
+        cls, manifest: ModelManifest, stream: StreamConfig, config: AgentConfig, clock: Clock
+    ) -> AlertPolicy:
+        """The policy the agent runs on `stream`, the daemon's and a replay's alike.
+
+        Its events name the stream's robot (``robot_id`` of the stream, else of the agent),
+        the agent's site and this agent's version.
+        """
+        return cls(
+            manifest,
+            config.policy,
+            robot_id=stream.robot_id or config.robot_id,
+            site=config.site,
+            stream=stream.name,
+            agent_version=__version__,
+            clock=clock,
+        )
 
     # -- public surface -------------------------------------------------------
 

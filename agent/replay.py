@@ -306,15 +306,7 @@ def replay_files(
         stale.unlink(missing_ok=True)  # refused lines of an earlier replay into the same directory
     quarantine = Quarantine(out_dir / QUARANTINE_FILE, config.ingest.quarantine_max_bytes)
     with _Staged(out_dir / SCORES_FILE) as scores_file, _Staged(out_dir / ALERTS_FILE) as alerts_file:
-        policy = AlertPolicy(
-            manifest,
-            config.policy,
-            robot_id=stream.robot_id or config.robot_id,
-            site=config.site,
-            stream=stream.name,
-            agent_version=__version__,
-            clock=SystemClock(),
-        )
+        policy = AlertPolicy.for_stream(manifest, stream, config, SystemClock())
         recording: Policy = _RecordingPolicy(policy, _ScoreTable(scores_file, manifest))
         pipeline = StreamPipeline(stream, config.ingest, model.scorer, recording, quarantine)
         pipeline.restore(None)

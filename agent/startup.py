@@ -18,7 +18,6 @@ from typing import Any, Final
 
 import structlog
 
-from agent import __version__
 from agent.config import AgentConfig
 from agent.contract.streams import StreamConfig
 from agent.crashguard import CrashGuard, stream_component
@@ -111,17 +110,7 @@ def stream_runner(
     clock: Clock,
 ) -> StreamRunner:
     """One stream's runner: its follower, and its pipeline scoring with `scorer` under the field policy."""
-    policy = fieldops.wrap(
-        AlertPolicy(
-            scorer.manifest,
-            config.policy,
-            robot_id=stream.robot_id or config.robot_id,
-            site=config.site,
-            stream=stream.name,
-            agent_version=__version__,
-            clock=clock,
-        )
-    )
+    policy = fieldops.wrap(AlertPolicy.for_stream(scorer.manifest, stream, config, clock))
     pipeline = StreamPipeline(stream, config.ingest, scorer, policy, quarantine, drift=config.drift)
     pipeline.on_scored = fieldops.inference.observe
     follower = StreamFollower(stream, config.ingest, wakeup, clock=clock.monotonic)

@@ -39,13 +39,7 @@ def score_manifest(
     if manifest.task != "failure_classifier":
         raise GateError(f"{manifest.label}: the gate compares failure classifiers, not {manifest.task}")
     classes = (HEALTHY, *dict.fromkeys(head.failure_mode for head in manifest.heads))
-    preparation = DataPreparation(
-        manifest.feature_spec,
-        config.labels,
-        classes,
-        resample_hz=config.features.resample_hz,
-        max_gap_s=config.features.max_gap_s,
-    )
+    preparation = DataPreparation.for_config(manifest.feature_spec, config, classes)
     windows = preparation.windows(dataset)
     onnx_bytes = model_path.read_bytes()
     full = np.zeros((len(windows), len(windows.classes)))

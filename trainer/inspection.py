@@ -72,13 +72,7 @@ def _split(
         "failure events per mode: " + (", ".join(f"{m} {n}" for m, n in sorted(events.items())) or "none")
     )
     if dataset.has_truth:
-        preparation = DataPreparation(
-            spec,
-            config.labels,
-            classes,
-            resample_hz=config.features.resample_hz,
-            max_gap_s=config.features.max_gap_s,
-        )
+        preparation = DataPreparation.for_config(spec, config, classes)
         windows = preparation.windows(dataset)
         counts = Counter(windows.classes[i] for i in windows.label.tolist())
         balance = ", ".join(f"{c} {counts.get(c, 0)}" for c in windows.classes)

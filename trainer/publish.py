@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from agent.contract.announcement import ModelAnnouncement, bundle_name
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE, ModelManifest
 from agent.contract.signatures import REVOCATIONS_FILE
 from agent.contract.topics import model_announcements
+from trainer.atomicfile import write_file_atomically
 from trainer.broker import BrokerSettings, connect, disconnect
 from trainer.errors import TrainerError
 from trainer.registry import METRICS_FILE, Registry, verified_manifest
@@ -75,7 +74,7 @@ def write_bundle(
             info.mode = 0o644
             info.mtime = int(manifest.created.timestamp())
             tar.addfile(info, io.BytesIO(data))
-    _write_public(target, buffer.getvalue())
+    write_file_atomically(target, buffer.getvalue())
     return target, manifest
 
 
@@ -147,7 +146,7 @@ def publish(
     except ValueError as exc:
         raise PublishError(f"cannot announce {manifest.label}: {exc}") from exc
     payload = announcement_payload(announcement, signer)
-    _write_public(index_path(webroot, channel), payload)
+    write_file_atomically(index_path(webroot, channel), payload)
     if broker is not None:
         announce(payload, channel, broker)
     return announcement
@@ -189,19 +188,3 @@ def rollback_to(
     directory = registry.write(target, files)
     sign_model_dir(directory, signer_key, certificate=certificate)
     return directory
-
-
-def _write_public(target: Path, data: bytes) -> None:
-    """Write a world-readable file atomically (a web server serves it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

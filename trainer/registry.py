@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.contract.errors import ManifestError
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, ModelManifest, file_sha256
+from trainer.atomicfile import write_file_atomically
 from trainer.errors import GateError, RegistryError, TrainerError
 
 INDEX_FILE = "registry.json"
@@ -261,8 +262,4 @@ class Registry:
         return previous
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / INDEX_FILE
-        tmp = path.with_name(f".{INDEX_FILE}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_file_atomically(self.directory / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())

@@ -11,13 +11,12 @@ README to that file and re-measures the figures within those tolerances.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from trainer.atomicfile import write_file_atomically
 from trainer.config import TrainerConfig
 from trainer.errors import DataError
 
@@ -133,13 +132,6 @@ def write_results(results: dict[str, Any], readme: Path, results_file: Path) -> 
     text = readme.read_text(encoding="utf-8")
     readme_block(text, str(readme))
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    _replace(results_file, json.dumps(results, indent=2) + "\n")
-    _replace(readme, text[:start] + "\n" + render_rows(results) + "\n" + text[end:])
-
-
-def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(staging, path)
+    rewritten = text[:start] + "\n" + render_rows(results) + "\n" + text[end:]
+    write_file_atomically(results_file, (json.dumps(results, indent=2) + "\n").encode("utf-8"))
+    write_file_atomically(readme, rewritten.encode("utf-8"))

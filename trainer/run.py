@@ -157,13 +157,7 @@ def prepare_windows(
     )
     test_data = test if isinstance(test, Dataset) else timer.run("extract", lambda: extraction.extract(test))
     spec = config.features.spec(config.canonical_channels, training_rate(config, train_data))
-    preparation = DataPreparation(
-        spec,
-        config.labels,
-        label_classes(train_data, test_data),
-        resample_hz=config.features.resample_hz,
-        max_gap_s=config.features.max_gap_s,
-    )
+    preparation = DataPreparation.for_config(spec, config, label_classes(train_data, test_data))
     train_windows: WindowSet = timer.run(
         "prepare", lambda: preparation.windows(train_data, require_truth=require_truth)
     )

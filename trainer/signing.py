@@ -41,6 +41,7 @@ from agent.contract.signatures import (
     SignedDocument,
     signing_input,
 )
+from trainer.atomicfile import write_file_atomically
 from trainer.errors import TrainerError
 from trainer.registry import verified_manifest
 
@@ -88,7 +89,7 @@ def generate_key_pair(key_id: str, out_dir: Path) -> tuple[Path, Path]:
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private_pem)
-    _write_atomically(public_path, public_pem, 0o644)
+    write_file_atomically(public_path, public_pem)
     return private_path, public_path
 
 
@@ -167,7 +168,7 @@ def certify_release_key(
         raise SigningError(f"cannot certify {key_id}: {exc}") from exc
     document = sign_document(root, root_key_id or root_key.stem, "release-key", certificate.to_json())
     target = out or release_public.with_name(f"{key_id}{CERTIFICATE_SUFFIX}")
-    _write_atomically(target, document.to_bytes(), 0o644)
+    write_file_atomically(target, document.to_bytes())
     return target
 
 
@@ -194,7 +195,7 @@ def write_revocations(
     except ValueError as exc:
         raise SigningError(f"cannot write the revocation list: {exc}") from exc
     document = sign_document(root, root_key_id or root_key.stem, "revocations", revocations.to_json())
-    _write_atomically(out, document.to_bytes(), 0o644)
+    write_file_atomically(out, document.to_bytes())
     return revocations
 
 
@@ -279,23 +280,6 @@ def sign_model_dir(
     if signer.certificate.expired(datetime.now(timezone.utc) + timedelta(seconds=1)):
         raise SigningError(f"the certificate of {signer.key_id!r} expired at {signer.certificate.expires}")
     data = signed.to_json().encode()
-    _write_atomically(
-        model_dir / SIGNATURE_FILE, signer.sign("manifest", data, detached=True).to_bytes(), 0o644
-    )
-    _write_atomically(model_dir / MANIFEST_FILE, data, 0o644)
+    write_file_atomically(model_dir / SIGNATURE_FILE, signer.sign("manifest", data, detached=True).to_bytes())
+    write_file_atomically(model_dir / MANIFEST_FILE, data)
     return signed
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

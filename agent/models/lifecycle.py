@@ -462,14 +462,7 @@ class ModelLifecycle:
         return self._status(candidate.manifest)
 
     def _status(self, manifest: ModelManifest, detail: str = "") -> OutboundMessage:
-        return telemetry.model_status_message(
-            self._topics,
-            self._config.robot_id,
-            self._config.site,
-            manifest,
-            since=self._clock.wall(),
-            detail=detail,
-        )
+        return telemetry.model_status_message(self._topics, manifest, since=self._clock.wall(), detail=detail)
 
     def _event(
         self,
@@ -481,8 +474,6 @@ class ModelLifecycle:
         self.events[state] = self.events.get(state, 0) + 1
         return telemetry.model_event_message(
             self._topics,
-            self._config.robot_id,
-            self._config.site,
             manifest,
             state=state,
             since=self._clock.wall(),

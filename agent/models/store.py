@@ -46,6 +46,7 @@ from typing import Final
 
 import structlog
 
+from agent import atomicfile
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from agent.errors import ModelStoreError
 
@@ -285,30 +286,19 @@ def prune_plan(
 
 
 def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` through a temporary file: fsync, rename, fsync of the directory."""
+    """Write `data` to `path` through a temporary file: fsync, rename, fsync of the directory.
+
+    `agent.atomicfile.write_atomically`, with the directory made first and its fsync best effort.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomicfile.write_atomically(path, data, mode, sync_directory=False)
     fsync_directory(path.parent)
 
 
 def fsync_directory(path: Path) -> None:
     """Make a file, or the renames and creations in a directory, durable (best effort where refused)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomicfile.fsync_directory(path)
 
 
 def stamps_of(

@@ -312,23 +312,18 @@ def model_status(
 
 
 def model_status_message(
-    topics: RobotTopics,
-    robot_id: str,
-    site: str,
-    manifest: ModelManifest,
-    *,
-    since: float | None = None,
-    detail: str = "",
+    topics: RobotTopics, manifest: ModelManifest, *, since: float | None = None, detail: str = ""
 ) -> OutboundMessage:
-    """The active model's status, retained QoS 1 on ``…/model``; the newest replaces older rows."""
-    body = model_status(robot_id, site, manifest, state="active", since=since, detail=detail)
+    """The active model's status, retained QoS 1 on ``…/model``; the newest replaces older rows.
+
+    The robot id and site in it are those `topics` names.
+    """
+    body = model_status(topics.robot, topics.site, manifest, state="active", since=since, detail=detail)
     return _body_message("model", topics.model, body, retain=True)
 
 
 def model_event_message(
     topics: RobotTopics,
-    robot_id: str,
-    site: str,
     manifest: ModelManifest | None,
     *,
     state: Literal["probation", "rolled_back", "rejected", "expired"],
@@ -338,10 +333,13 @@ def model_event_message(
 ) -> OutboundMessage:
     """A probation / rolled_back / rejected / expired status: QoS 1, NOT retained, on ``…/model``.
 
-    The retained message on that topic keeps naming the model the robot runs. The key
-    is unique per event (state, model or source, time), so the outbox neither replaces
-    the retained "model" row with it nor collapses two events into one row.
+    The robot id and site in it are those `topics` names. The retained message on that
+    topic keeps naming the model the robot runs. The key is unique per event (state,
+    model or source, time), so the outbox neither replaces the retained "model" row with
+    it nor collapses two events into one row.
     """
-    body = model_status(robot_id, site, manifest, state=state, since=since, detail=detail, source=source)
+    body = model_status(
+        topics.robot, topics.site, manifest, state=state, since=since, detail=detail, source=source
+    )
     who = manifest.label if manifest is not None else (source or "?")
     return _body_message(f"model:{state}:{who}:{since:.6f}", topics.model, body, retain=False)

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from agent.contract.features import FeatureSpec, batch_features
 from agent.contract.sampling import Sampling
 from agent.contract.sampling import resample as resample_samples
-from trainer.config import LabelConfig
+from trainer.config import LabelConfig, TrainerConfig
 from trainer.errors import DataError
 from trainer.stages.extraction import Dataset, RobotSeries
 from trainer.stages.truth import HEALTHY, Truth
@@ -125,6 +125,17 @@ class DataPreparation:
         self._classes = tuple(classes)
         self._resample_hz = resample_hz
         self._max_gap_s = max_gap_s
+
+    @classmethod
+    def for_config(cls, spec: FeatureSpec, config: TrainerConfig, classes: Sequence[str]) -> DataPreparation:
+        """The preparation a trainer config describes: its labels, resampling and gap limit."""
+        return cls(
+            spec,
+            config.labels,
+            classes,
+            resample_hz=config.features.resample_hz,
+            max_gap_s=config.features.max_gap_s,
+        )
 
     @property
     def spec(self) -> FeatureSpec:
