@@ -97,6 +97,12 @@ def published(version_dir: Path, server: ModelServer, webroot: Path, keys: Fleet
     return index_path(webroot, CHANNEL).read_bytes()
 
 
+@pytest.fixture
+def announced_v2(tmp_path: Path, https: ModelServer, webroot: Path, keys: FleetKeys) -> bytes:
+    """A signed v2 published on the HTTPS server by the trainer's function: its signed announcement."""
+    return published(signed_version(tmp_path, keys), https, webroot, keys)
+
+
 def announce_file(
     path: Path,
     server: ModelServer,
@@ -239,10 +245,9 @@ class TestAnnouncements:
         assert 0 == sum(https.requests.values())
 
     def test_an_edited_signed_announcement_is_refused(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
-        edited = payload.replace(b'"version":2', b'"version":9')
+        edited = announced_v2.replace(b'"version":2', b'"version":9')
         assert "bad signature" in refused_why(tmp_path, pki, keys, edited)
         assert 0 == sum(https.requests.values())
 
@@ -261,30 +266,28 @@ class TestAnnouncements:
         assert 0 == sum(https.requests.values())
 
     def test_an_announcement_not_newer_than_the_version_floor_is_not_downloaded(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """Once v2 is installed the floor is 2: v2 and v1 announced again are ignored, unrequested."""
         config = model_config(tmp_path, pki, keys)
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
-        assert "installed" == fetcher_for(config).process(payload).outcome
+        assert "installed" == fetcher_for(config).process(announced_v2).outcome
         for version in (2, 1):
-            result = fetcher_for(config).process(resigned(payload, keys, version=version))
+            result = fetcher_for(config).process(resigned(announced_v2, keys, version=version))
             assert "ignored" == result.outcome
             assert "not newer than 2" in result.detail
         assert 1 == sum(https.requests.values())
 
     def test_the_same_announcement_delivered_again_is_downloaded_once(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """A retained announcement comes again on every reconnect; the fetcher thread settles it once."""
         config = model_config(tmp_path, pki, keys)
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         fetcher = fetcher_for(config)
         fetcher.start()
         try:
-            fetcher.offer(payload)
+            fetcher.offer(announced_v2)
             wait_until(lambda: any(r.outcome == "installed" for r in fetcher.results()))
-            fetcher.offer(payload)
+            fetcher.offer(announced_v2)
             wait_until(lambda: len(fetcher.results()) >= 2)
         finally:
             fetcher.stop()
@@ -380,55 +383,53 @@ class TestRefusals:
 
     def test_a_redirect_from_https_to_http_is_refused(
         self,
+        announced_v2: bytes,
         tmp_path: Path,
         https: ModelServer,
         plain_http: ModelServer,
-        webroot: Path,
         pki: Pki,
         keys: FleetKeys,
     ) -> None:
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         https.redirect_target = plain_http.base_url
-        redirected = resigned(payload, keys, url=f"{https.base_url}/to-http/test-linear-v2.tar")
+        redirected = resigned(announced_v2, keys, url=f"{https.base_url}/to-http/test-linear-v2.tar")
         assert "'http' refused" in refused_why(tmp_path, pki, keys, redirected)
         assert 0 == sum(plain_http.requests.values())
 
     def test_a_redirect_to_another_host_is_refused_and_one_on_the_same_origin_is_followed(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """https://127.0.0.1:P → https://localhost:P is another origin (same machine, other name)."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         config = model_config(tmp_path, pki, keys)
         https.redirect_target = f"https://localhost:{https.port}"
-        elsewhere = resigned(payload, keys, url=f"{https.base_url}/to-http/test-linear-v2.tar")
+        elsewhere = resigned(announced_v2, keys, url=f"{https.base_url}/to-http/test-linear-v2.tar")
         result = fetcher_for(config).process(elsewhere)
         assert "refused" == result.outcome
         assert "redirect to another origin refused" in result.detail
         assert 0 == https.requests["/test-linear-v2.tar"]
-        same = resigned(payload, keys, url=f"{https.base_url}/same/test-linear-v2.tar")
+        same = resigned(announced_v2, keys, url=f"{https.base_url}/same/test-linear-v2.tar")
         result = fetcher_for(config).process(same)
         assert "installed" == result.outcome, result.detail
         assert 1 == https.requests["/test-linear-v2.tar"]
 
     def test_a_missing_bundle_and_a_redirect_loop_fail_and_are_retried(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         config = model_config(tmp_path, pki, keys)
-        missing = fetcher_for(config).process(resigned(payload, keys, url=f"{https.base_url}/nothing.tar"))
+        missing = fetcher_for(config).process(
+            resigned(announced_v2, keys, url=f"{https.base_url}/nothing.tar")
+        )
         assert ("failed", "HTTP 404 Not Found") == (missing.outcome, missing.detail)
         loop = f"{https.base_url}{'/same' * 7}/test-linear-v2.tar"
-        looping = fetcher_for(config).process(resigned(payload, keys, url=loop))
+        looping = fetcher_for(config).process(resigned(announced_v2, keys, url=loop))
         assert ("failed", "more than 5 redirects") == (looping.outcome, looping.detail)
         assert [] == store_entries(config)
 
     def test_a_server_certificate_from_another_ca_fails_and_is_retried(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """A certificate the trust store refuses may be fixed on the server: failed (retried), not refused."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         config = model_config(tmp_path, pki, keys, download_ca_file=pki.other_ca)
-        result = fetcher_for(config).process(payload)
+        result = fetcher_for(config).process(announced_v2)
         assert "failed" == result.outcome
         assert "certificate" in result.detail
         assert [] == store_entries(config)
@@ -477,11 +478,10 @@ class TestRefusals:
 
 class TestConvergence:
     def test_a_trickling_server_is_cut_off_at_the_download_deadline(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """One byte every 0.2 s keeps every read alive; the total deadline of 1 s ends it."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
-        trickling = resigned(payload, keys, url=f"{https.base_url}/trickle/test-linear-v2.tar")
+        trickling = resigned(announced_v2, keys, url=f"{https.base_url}/trickle/test-linear-v2.tar")
         config = model_config(tmp_path, pki, keys, download_deadline_s=1.0)
         started = time.monotonic()
         result = fetcher_for(config).process(trickling)
@@ -491,13 +491,12 @@ class TestConvergence:
         assert ["v2"] != store_entries(config)
 
     def test_stopping_the_agent_interrupts_a_trickling_download(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """stop() returns promptly although the server would take minutes and the deadline is 10 minutes."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         fetcher = fetcher_for(model_config(tmp_path, pki, keys))
         fetcher.start()
-        fetcher.offer(resigned(payload, keys, url=f"{https.base_url}/trickle/test-linear-v2.tar"))
+        fetcher.offer(resigned(announced_v2, keys, url=f"{https.base_url}/trickle/test-linear-v2.tar"))
         wait_until(lambda: https.requests["/trickle/test-linear-v2.tar"] >= 1)
         started = time.monotonic()
         fetcher.stop()
@@ -505,11 +504,10 @@ class TestConvergence:
         assert "stopping" in fetcher.results()[-1].detail
 
     def test_a_broken_download_is_resumed_with_a_range_request(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """The first response breaks off after 1 KiB; the retry asks for the rest and installs it."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
-        cut = resigned(payload, keys, url=f"{https.base_url}/cut/test-linear-v2.tar")
+        cut = resigned(announced_v2, keys, url=f"{https.base_url}/cut/test-linear-v2.tar")
         config = model_config(tmp_path, pki, keys)
         result = fetcher_for(config).process(cut, attempts=2)
         assert "installed" == result.outcome, result.detail
@@ -519,31 +517,29 @@ class TestConvergence:
         assert ["v2"] == store_entries(config)
 
     def test_user_info_in_the_url_becomes_basic_authentication_over_https_only(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """https://robot:s3cr%3Aet@host/… authenticates; http://… with a password is refused, unsent."""
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         config = model_config(tmp_path, pki, keys, allow_http=True)
         url = f"https://{USER}:{SECRET.replace(':', '%3A')}@127.0.0.1:{https.port}/auth/test-linear-v2.tar"
-        clear = resigned(payload, keys, url=url.replace("https://", "http://"))
+        clear = resigned(announced_v2, keys, url=url.replace("https://", "http://"))
         result = fetcher_for(config).process(clear)
         assert "refused" == result.outcome
         assert "in clear text" in result.detail
         assert 0 == sum(https.requests.values())
-        result = fetcher_for(config).process(resigned(payload, keys, url=url))
+        result = fetcher_for(config).process(resigned(announced_v2, keys, url=url))
         assert "installed" == result.outcome, result.detail
         assert SECRET not in json.dumps([r.detail for r in fetcher_for(config).results()])
 
     def test_the_fetcher_never_gives_up_on_a_failing_server(
-        self, tmp_path: Path, https: ModelServer, webroot: Path, pki: Pki, keys: FleetKeys
+        self, announced_v2: bytes, tmp_path: Path, https: ModelServer, pki: Pki, keys: FleetKeys
     ) -> None:
         """Eight 503s in a row (the old fetcher gave up after four attempts); then it installs."""
         https.fail_first = 8
-        payload = published(signed_version(tmp_path, keys), https, webroot, keys)
         fetcher = fetcher_for(model_config(tmp_path, pki, keys))
         fetcher.start()
         try:
-            fetcher.offer(resigned(payload, keys, url=f"{https.base_url}/flaky/test-linear-v2.tar"))
+            fetcher.offer(resigned(announced_v2, keys, url=f"{https.base_url}/flaky/test-linear-v2.tar"))
             wait_until(lambda: any(r.outcome == "installed" for r in fetcher.results()), timeout_s=60)
         finally:
             fetcher.stop()

@@ -27,7 +27,7 @@ from agent.daemon import AgentDaemon
 from agent.testing import InMemoryTransport, ManualClock
 from tests.agent_config import tiny_agent
 from tests.models import write_linear_model
-from tests.ticking import tick_until_judged
+from tests.ticking import judge_and_stop
 from trainer import cli as trainer_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,12 +300,9 @@ def test_a_cobot_export_is_read_whole_by_the_agent_and_alerts_on_its_real_times(
     transport, clock = InMemoryTransport(), ManualClock()
     daemon = AgentDaemon(config, transport=transport, clock=clock)
     daemon.startup()
-    tick_until_judged(daemon, clock, len(times))
-    counters = daemon.streams[0].counters
-    daemon.shutdown()
+    counters, raised = judge_and_stop(daemon, transport, clock, len(times))
     assert counters.by_reason == {}
     assert counters.lines == len(times)
-    raised = [json.loads(m.payload) for m in transport.messages("alert")]
     first = next(e for e in raised if e["state"] == "raised")
     assert first["window"]["end"] in [pytest.approx(t, abs=1e-6) for t in times[-40:]]
 
@@ -356,12 +353,9 @@ def test_an_uptime_stream_goes_on_alerting_after_a_controller_reboot(tmp_path: P
     transport, clock = InMemoryTransport(), ManualClock()
     daemon = AgentDaemon(config, transport=transport, clock=clock)
     daemon.startup()
-    tick_until_judged(daemon, clock, 22)
-    counters = daemon.streams[0].counters
-    daemon.shutdown()
+    counters, raised = judge_and_stop(daemon, transport, clock, 22)
     assert counters.by_reason == {}
     assert counters.lines == 22
-    raised = [json.loads(m.payload) for m in transport.messages("alert")]
     assert raised
     assert raised[0]["state"] == "raised"
     assert raised[0]["window"]["end"] > 61.0  # after the first epoch's last time (61 s): a new epoch

@@ -23,7 +23,7 @@ from agent.daemon import AgentDaemon
 from agent.testing import InMemoryTransport, ManualClock
 from tests.agent_config import tiny_agent
 from tests.models import write_linear_model
-from tests.ticking import tick_until_judged
+from tests.ticking import judge_and_stop, tick_until_judged
 from trainer.stages.extraction import parse_log_bytes
 
 START = 1_767_225_600.0  # 2026-01-01
@@ -174,12 +174,9 @@ def test_after_an_outlier_line_and_a_restart_the_daemon_still_raises_alerts(
     with log.open("a") as handle:
         handle.write("".join(_line(START + 12 + i, current=2.0) for i in range(10)))
     second, second_sent, clock = _start(tmp_path)
-    tick_until_judged(second, clock, 10)
-    counters = second.streams[0].counters
-    second.shutdown()
+    counters, raised = judge_and_stop(second, second_sent, clock, 10)
     assert counters.by_reason == {}
     assert counters.lines == 10
-    raised = [json.loads(m.payload) for m in second_sent.messages("alert")]
     assert [(e["state"], e["severity"]) for e in raised][:1] == [("raised", "critical")]
 
 
