@@ -127,12 +127,9 @@ class TestRestarts:
             state["follower"]["v"] = 999
             db.execute("UPDATE stream_state SET state = ? WHERE stream = 'arm1'", (json.dumps(state),))
         db.close()
-        second = Harness(config)
-        try:
+        with closing(Harness(config)) as second:
             second.settle()
             assert len(PROFILE) == second.daemon.streams[0].state()["samples_seen"]
-        finally:
-            second.close()
 
 
 def saved_state(config: AgentConfig) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,8 +91,7 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
     a read is between checking the open files and listing the directory: the old file's last lines
     still come first (Fluent Bit-style stress caught this as an occasional reorder).
     """
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(3)
         h.drain()
         real_list = discovery_module.list_candidates
@@ -113,8 +112,6 @@ def test_a_rotation_between_the_size_check_and_the_scan_keeps_the_old_files_last
         h.drain()
         assert rotated
         assert h.lines == expected
-    finally:
-        h.close()
 
 
 def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_successor(
@@ -123,8 +120,7 @@ def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_suc
     """Two rotations between scans; the first listing misses the middle file (a name listed before
     a rename and stat'ed after it): the follower lists again and reads the files in order.
     """
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(3)
         h.drain()
         expected += logs.append(2)
@@ -150,8 +146,6 @@ def test_a_file_hidden_from_one_listing_by_a_rename_is_still_read_before_its_suc
         assert hidden
         assert h.lines == expected
         assert h.follower.counters["listings_repeated"] >= 1
-    finally:
-        h.close()
 
 
 def test_rename_rotation_drains_the_rotated_file_before_its_successor(logs: LogDir, harness: Harness) -> None:
@@ -295,8 +289,7 @@ def test_symlinked_current_file_that_is_re_pointed(tmp_path: Path, mode: str) ->
     logs.mkdir()
     link = logs / "arm1.csv"
     link.symlink_to(data.current)
-    h = Harness(stream_config(logs), ingest_config(mode, poll_interval_s=0.05), watch=True)
-    try:
+    with closing(Harness(stream_config(logs), ingest_config(mode, poll_interval_s=0.05), watch=True)) as h:
         expected = data.append(4)
         h.wait_for(4)
         expected += data.append(2)
@@ -309,16 +302,13 @@ def test_symlinked_current_file_that_is_re_pointed(tmp_path: Path, mode: str) ->
         h.wait_for(len(expected))
         h.settle(0.2)
         assert h.lines == expected
-    finally:
-        h.close()
 
 
 def test_over_long_lines_are_rejected_and_reading_goes_on(tmp_path: Path, mode: str) -> None:
     """A line over max_line_bytes is refused as too_long (also one still without newline); the rest flows."""
     logs = LogDir(tmp_path / "logs")
     logs.create()
-    h = Harness(stream_config(logs.dir), ingest_config(mode, max_line_bytes=100), watch=True)
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config(mode, max_line_bytes=100), watch=True)) as h:
         expected = logs.append(2)
         logs.append_raw(b"9," + b"9" * 500 + b"\n")
         expected += logs.append(2)
@@ -333,8 +323,6 @@ def test_over_long_lines_are_rejected_and_reading_goes_on(tmp_path: Path, mode: 
         assert [r.reason for r in h.rejected] == ["too_long", "too_long"]
         assert h.rejected[0].length == 502
         assert h.rejected[0].raw.startswith(b"9,999")
-    finally:
-        h.close()
 
 
 def test_crlf_and_non_utf8_lines_pass_through_unchanged(logs: LogDir, harness: Harness) -> None:
@@ -349,8 +337,7 @@ def test_empty_and_tiny_files_and_a_header_that_arrives_late(tmp_path: Path, mod
     """Files below the 1 KiB fingerprint size, an empty file, and a header written in pieces."""
     logs = LogDir(tmp_path / "logs")
     logs.current.write_bytes(b"")
-    h = Harness(stream_config(logs.dir), ingest_config(mode), watch=True)
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config(mode), watch=True)) as h:
         h.settle(0.1)
         logs.append_raw(b"timest")
         h.settle(0.1)
@@ -362,8 +349,6 @@ def test_empty_and_tiny_files_and_a_header_that_arrives_late(tmp_path: Path, mod
         h.wait_for(2)
         h.settle(0.15)
         assert h.lines == expected
-    finally:
-        h.close()
 
 
 @pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "wrong_version"])
@@ -547,16 +532,15 @@ def test_slow_catch_up_of_a_quiet_rotated_file_never_skips_lines(tmp_path: Path)
     expected = logs.append(300)
     logs.rotate_rename()
     expected += logs.append(5)
-    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=64))
-    try:
+    with closing(
+        Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=64))
+    ) as h:
         for _ in range(400):
             h.read(max_bytes=100)
             time.sleep(0.001 if len(h.lines) % 50 else 0.08)  # now and then longer than release_after_s
             if len(h.lines) == len(expected):
                 break
         assert h.lines == expected
-    finally:
-        h.close()
 
 
 def test_a_vanished_file_ending_in_an_over_long_line_is_released(tmp_path: Path) -> None:
@@ -565,8 +549,9 @@ def test_a_vanished_file_ending_in_an_over_long_line_is_released(tmp_path: Path)
     logs.create()
     expected = logs.append(2)
     logs.append_raw(b"9," + b"9" * 500)
-    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=100))
-    try:
+    with closing(
+        Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.05, max_line_bytes=100))
+    ) as h:
         h.read()
         logs.current.unlink()
         h.read()  # sees it gone
@@ -575,8 +560,6 @@ def test_a_vanished_file_ending_in_an_over_long_line_is_released(tmp_path: Path)
         assert h.lines == expected
         assert [r.reason for r in h.rejected] == ["too_long"]
         assert h.follower.stats()["open_files"] == 0
-    finally:
-        h.close()
 
 
 def test_auto_mode_degrades_to_polling_when_inotify_cannot_be_set_up(

@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,7 @@ def test_a_followed_file_replaced_by_a_non_regular_file_is_refused_once_and_repo
     returns at once, the refusal is counted and logged once over many scans and is the stream's reason;
     a regular file back in its place is read and the refusal cleared.
     """
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(3)
         h.drain()
         logs.close_writer()
@@ -90,8 +90,6 @@ def test_a_followed_file_replaced_by_a_non_regular_file_is_refused_once_and_repo
         assert h.lines == expected
         assert h.follower.refused() is None
         assert ["file_refusal_cleared"] == [e["event"] for e in captured if "refus" in e["event"]]
-    finally:
-        h.close()
 
 
 def test_a_fifo_in_a_saved_files_place_at_restart_is_refused_and_never_opened_blocking(logs: LogDir) -> None:
@@ -251,8 +249,7 @@ def test_a_rotated_file_read_to_its_end_is_closed(logs: LogDir) -> None:
     """arm1.csv.1 read to its end and unchanged for release_after_s holds no descriptor; nothing is lost
     or read twice, and a restart keeps it closed.
     """
-    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.1))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=0.1))) as h:
         expected = logs.append(3)
         logs.rotate_rename()
         for restart in (False, True):
@@ -263,8 +260,6 @@ def test_a_rotated_file_read_to_its_end_is_closed(logs: LogDir) -> None:
             h.settle(0.3)
             assert h.lines == expected
             assert (1, 1) == (h.follower.stats()["open_files"], h.follower.stats()["parked_files"])
-    finally:
-        h.close()
 
 
 WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]

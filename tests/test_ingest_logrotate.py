@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,7 @@ def test_real_logrotate_with_compression_loses_and_repeats_nothing(
     config.write_text(
         f"{logs.current} {{\n  rotate 3\n  {method}\n  compress\n  delaycompress\n  missingok\n}}\n"
     )
-    h = Harness(stream_config(logs.dir), ingest_config(mode), watch=True)
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config(mode), watch=True)) as h:
         expected: list[bytes] = []
         for round_ in range(10):
             expected += logs.append(40)
@@ -51,8 +51,6 @@ def test_real_logrotate_with_compression_loses_and_repeats_nothing(
         h.settle(0.3)
         assert h.lines == expected
         assert any(p.name.endswith(".gz") for p in logs.dir.iterdir())
-    finally:
-        h.close()
 
 
 WRITER = r"""

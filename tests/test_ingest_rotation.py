@@ -8,6 +8,7 @@ follower looks and whether or not it restarts or is killed in between.
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,7 @@ def test_a_copytruncate_copy_seen_while_it_is_written_is_read_once(
     whole; after the truncation the follower reads on, restarts, or is killed.
     """
     logs = logs_at(tmp_path, o_append=o_append)
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(lines)
         h.drain()
         expected += logs.append(lines // 4 + 1)  # written before the copy, unread
@@ -67,8 +67,6 @@ def test_a_copytruncate_copy_seen_while_it_is_written_is_read_once(
             h.kill()
         expected += logs.append(40)  # the logger goes on (at its old offset without O_APPEND)
         assert_each_line_once(h, expected)
-    finally:
-        h.close()
         logs.close_writer()
 
 
@@ -80,8 +78,7 @@ def test_a_position_just_after_a_nul_hole_never_resumes_inside_a_later_longer_ho
     the lines between (now in the copy) are read once, and so is the live file's new content.
     """
     logs = logs_at(tmp_path, o_append=False)
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(100)
         h.drain()
         logs.copytruncate()
@@ -99,8 +96,6 @@ def test_a_position_just_after_a_nul_hole_never_resumes_inside_a_later_longer_ho
         elif then == "kill":
             h.kill()
         assert_each_line_once(h, expected)
-    finally:
-        h.close()
         logs.close_writer()
 
 
@@ -110,8 +105,7 @@ def test_after_a_restart_a_nul_headed_live_file_is_read_while_it_grows(tmp_path:
     is not taken for a copy of the other one (it would not be read while it grows).
     """
     logs = logs_at(tmp_path, o_append=False)
-    h = Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=3600.0))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll", release_after_s=3600.0))) as h:
         expected = logs.append(200)
         h.drain()
         logs.copytruncate()
@@ -127,8 +121,6 @@ def test_after_a_restart_a_nul_headed_live_file_is_read_while_it_grows(tmp_path:
             h.read()
             assert len(h.lines) == len(expected), "lines held back while the live file grows"
         assert h.lines == expected
-    finally:
-        h.close()
         logs.close_writer()
 
 
@@ -138,8 +130,7 @@ def test_a_copy_that_is_a_prefix_of_the_live_head_is_not_read(tmp_path: Path, cu
     ending inside a line) holds nothing new: it is neither read nor quarantined.
     """
     logs = logs_at(tmp_path)
-    h = Harness(stream_config(logs.dir), ingest_config("poll"))
-    try:
+    with closing(Harness(stream_config(logs.dir), ingest_config("poll"))) as h:
         expected = logs.append(60)
         h.drain()
         head = logs.current.read_bytes()
@@ -150,5 +141,3 @@ def test_a_copy_that_is_a_prefix_of_the_live_head_is_not_read(tmp_path: Path, cu
         finish(h)
         assert h.lines == expected
         assert h.rejected == []
-    finally:
-        h.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
@@ -36,12 +36,9 @@ def expire(model_dir: Path) -> None:
 def run_v2_then_expire_it(config: AgentConfig) -> Path:
     """A first run that starts on store model v2 (the newest; v1 bundled); then v2 expires."""
     v2 = into_store(config, "v2", lambda d: write_linear_model(d, version=2))
-    first = Harness(config)
-    try:
+    with closing(Harness(config)) as first:
         assert 2 == first.daemon.slot.current.manifest.version
         first.settle(30)
-    finally:
-        first.close()
     expire(v2)
     return v2
 
@@ -53,12 +50,9 @@ def restarted_after_v2_expired(
     """The second start after `run_v2_then_expire_it`, settled so its status telemetry went out."""
     config = expiry_config(tmp_path, on_expiry)
     run_v2_then_expire_it(config)
-    second = Harness(config)
-    try:
+    with closing(Harness(config)) as second:
         second.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
         yield second
-    finally:
-        second.close()
 
 
 def test_an_expired_running_model_keeps_serving_after_a_restart_and_says_so(tmp_path: Path) -> None:
@@ -92,8 +86,7 @@ def test_a_newer_model_that_has_expired_is_refused_and_reported_not_served(tmp_p
     """keep_serving keeps only the running version: an expired v3 arriving later is refused, v2 stays."""
     config = expiry_config(tmp_path, "keep_serving")
     into_store(config, "v2", lambda d: write_linear_model(d, version=2))
-    harness = Harness(config)
-    try:
+    with closing(Harness(config)) as harness:
         assert 2 == harness.daemon.slot.current.manifest.version
 
         def expired_v3(directory: Path) -> None:
@@ -106,8 +99,6 @@ def test_a_newer_model_that_has_expired_is_refused_and_reported_not_served(tmp_p
         assert harness.daemon.probation is None
         rejected = [s for s in statuses(harness) if s["state"] == "rejected"]
         assert "expired at" in rejected[0]["detail"]
-    finally:
-        harness.close()
 
 
 def test_a_model_that_expires_while_running_keeps_serving_and_is_reported_once(tmp_path: Path) -> None:
@@ -121,12 +112,9 @@ def test_a_model_that_expires_while_running_keeps_serving_and_is_reported_once(t
         (directory / "manifest.json").write_text(json.dumps(manifest))
 
     into_store(config, "v2", soon_expiring_v2)
-    harness = Harness(config)
-    try:
+    with closing(Harness(config)) as harness:
         assert 2 == harness.daemon.slot.current.manifest.version
         harness.settle_until(lambda: any(s["state"] == "expired" for s in statuses(harness)), timeout_s=60.0)
         harness.settle(30)
         assert 1 == len([s for s in statuses(harness) if s["state"] == "expired"])
         assert 2 == harness.daemon.slot.current.manifest.version
-    finally:
-        harness.close()

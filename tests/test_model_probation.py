@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,7 @@ class TestPromotion:
     def test_probation_windows_0_swaps_a_newer_model_in_at_once(self, tmp_path: Path) -> None:
         """With probation off, v2 is active as soon as it is verified; no probation status is sent."""
         config = probation_config(tmp_path, windows=0)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2)
             assert harness.daemon.probation is None
@@ -170,8 +170,6 @@ class TestPromotion:
             sent = statuses(harness)
             assert {"active"} == {s["state"] for s in sent}
             assert (2, True) == (sent[-1]["model"]["version"], sent[-1]["retain"])
-        finally:
-            harness.close()
 
 
 class TestRollback:
@@ -221,8 +219,7 @@ class TestRollback:
     def test_the_heartbeat_names_the_model_on_probation_and_counts_the_rollback(self, tmp_path: Path) -> None:
         """Events on …/model are not retained; the retained heartbeat keeps the tally for late readers."""
         config = probation_config(tmp_path).model_copy(update={"heartbeat_interval_s": 1.0})
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
             harness.settle_until(lambda: on_probation(harness, 2))
             harness.clock.advance(2.0)
@@ -238,8 +235,6 @@ class TestRollback:
             assert after["model_candidate"] is None
             assert {"probation": 1, "rolled_back": 1} == after["model_events"]
             assert {"id": "test-linear", "version": 1} == after["model"]
-        finally:
-            harness.close()
 
 
 class TestRejectedModels:
@@ -273,8 +268,7 @@ class TestRejectedModels:
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"trusted_keys": keys.trusted})}
         )
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
             into_store(
@@ -288,8 +282,6 @@ class TestRejectedModels:
             assert (str(config.model.directory / "v2"), False) == (rejected["source"], rejected["retain"])
             assert "signature" in rejected["detail"]
             assert [1] == [s["model"]["version"] for s in retained(harness)]
-        finally:
-            harness.close()
 
     def test_a_model_needing_a_channel_the_streams_lack_is_rejected_before_probation(
         self, harness: Harness, config: AgentConfig
@@ -330,61 +322,46 @@ class TestRestart:
     ) -> None:
         """After a restart v1 runs again and v2 is verified and goes on probation again (not live)."""
         config = probation_config(tmp_path, windows=1000)
-        first = Harness(config)
-        try:
+        with closing(Harness(config)) as first:
             write(config, lines(0, PROFILE))
             first.settle()
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             first.settle_until(lambda: on_probation(first, 2))
-        finally:
-            first.close()
-        second = Harness(config)
-        try:
+        with closing(Harness(config)) as second:
             assert 1 == second.daemon.slot.current.manifest.version
             second.settle_until(lambda: on_probation(second, 2))
             second.settle(30)  # status telemetry rides on the next checkpoint commit (1 s)
             assert [("active", 1), ("probation", 2)] == [
                 (s["state"], s["model"]["version"]) for s in statuses(second)
             ]
-        finally:
-            second.close()
 
     def test_a_model_rolled_back_before_a_restart_goes_through_probation_again_after_it(
         self, tmp_path: Path
     ) -> None:
         """Rollbacks are remembered in memory only: after a restart the storm model is judged again."""
         config = probation_config(tmp_path)
-        first = Harness(config)
-        try:
+        with closing(Harness(config)) as first:
             into_store(config, "v2", lambda d: hot_temperature_model(d, version=2))
             first.settle_until(lambda: on_probation(first, 2))
             write(config, lines(0, PROFILE))
             first.settle()
             assert ["rolled_back"] == [s["state"] for s in statuses(first) if s["state"] == "rolled_back"]
-        finally:
-            first.close()
-        second = Harness(config)
-        try:
+        with closing(Harness(config)) as second:
             assert 1 == second.daemon.slot.current.manifest.version
             second.settle_until(lambda: on_probation(second, 2))
             write(config, lines(100, PROFILE))
             second.settle()
             assert 1 == second.daemon.slot.current.manifest.version
             assert ["active", "probation", "rolled_back"] == [s["state"] for s in statuses(second)]
-        finally:
-            second.close()
 
     def test_a_first_start_loads_the_newest_store_model_without_probation(self, tmp_path: Path) -> None:
         """With no saved state there is no model to compare with: the newest verified one is active."""
         config = probation_config(tmp_path)
         into_store(config, "v2", lambda d: write_linear_model(d, version=2))
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             harness.settle(3)
             assert 2 == harness.daemon.slot.current.manifest.version
             assert harness.daemon.probation is None
-        finally:
-            harness.close()
 
     def test_a_newest_store_model_the_streams_cannot_feed_is_passed_over_at_start(
         self, tmp_path: Path
@@ -394,8 +371,7 @@ class TestRestart:
         into_store(config, "v2", lambda d: write_linear_model(d, version=2))
         spec = FeatureSpec(channels=("j1_current", "j2_current"), window=4, hop=2, statistics=("mean", "max"))
         into_store(config, "v3", lambda d: write_linear_model(d, version=3, spec=spec))
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             assert 2 == harness.daemon.slot.current.manifest.version
             harness.settle_until(lambda: any(s["state"] == "rejected" for s in statuses(harness)))
             (rejected,) = [s for s in statuses(harness) if s["state"] == "rejected"]
@@ -403,8 +379,6 @@ class TestRestart:
             write(config, lines(0, PROFILE))
             harness.settle()
             assert {2} == set(alert_versions(harness))
-        finally:
-            harness.close()
 
 
 def two_models(tmp_path: Path, watch: str = "j1_current__mean") -> tuple[OnnxScorer, OnnxScorer]:
@@ -534,8 +508,7 @@ class TestProbationAcrossRestarts:
     ) -> None:
         """v2 scored 19 windows before the stop; after the restart its probation goes on from 19."""
         config = probation_config(tmp_path, windows=30)
-        first = Harness(config)
-        try:
+        with closing(Harness(config)) as first:
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             first.settle_until(lambda: on_probation(first, 2))
             write(config, lines(0, PROFILE))
@@ -543,11 +516,8 @@ class TestProbationAcrossRestarts:
             probation = first.daemon.probation
             assert probation is not None
             assert 19 == probation.windows
-        finally:
-            first.close()
         assert 19 == json.loads((config.state_dir / PROBATION_FILE).read_text())["windows"]
-        second = Harness(config)
-        try:
+        with closing(Harness(config)) as second:
             assert 1 == second.daemon.slot.current.manifest.version
             second.settle_until(lambda: on_probation(second, 2))
             resumed = second.daemon.probation
@@ -556,8 +526,6 @@ class TestProbationAcrossRestarts:
             write(config, lines(100, PROFILE))  # 19 more: 38 >= 30, the probation ends
             second.settle_until(lambda: second.daemon.slot.current.manifest.version == 2)
             assert not (config.state_dir / PROBATION_FILE).exists()
-        finally:
-            second.close()
 
     def test_a_saved_probation_of_another_model_is_not_resumed(self, tmp_path: Path) -> None:
         """The saved counts name their model and hash: a changed v2 starts its probation from zero."""
@@ -568,15 +536,12 @@ class TestProbationAcrossRestarts:
                 {"model": "test-linear@2", "sha256": "0" * 64, "against": "test-linear@1", "windows": 29}
             )
         )
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             into_store(config, "v2", lambda d: write_linear_model(d, version=2))
             harness.settle_until(lambda: on_probation(harness, 2))
             probation = harness.daemon.probation
             assert probation is not None
             assert 0 == probation.windows
-        finally:
-            harness.close()
 
 
 class TestProbationMinimums:

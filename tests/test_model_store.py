@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -374,10 +375,7 @@ class TestInbox:
         stick = tmp_path / "usb"
         stick.mkdir()
         model = base.model.model_copy(update={"trusted_keys": keys.trusted, "inbox": stick})
-        harness = Harness(base.model_copy(update={"model": model}))
-        try:
+        with closing(Harness(base.model_copy(update={"model": model}))) as harness:
             write_bundle(signed_version(tmp_path, keys, 2), tmp_path / "staging-web")
             os.rename(tmp_path / "staging-web" / "test-linear-v2.tar", stick / "test-linear-v2.tar")
             harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2, timeout_s=60)
-        finally:
-            harness.close()

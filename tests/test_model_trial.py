@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -146,11 +147,8 @@ def test_a_clean_stop_right_after_a_swap_ends_the_trial_without_a_verdict(tmp_pa
     config, harness = on_trial_with_v2(tmp_path, confirm_windows=1000)
     harness.close()
     assert not (config.state_dir / TRIAL_FILE).exists()
-    again = Harness(config)
-    try:
+    with closing(Harness(config)) as again:
         assert 2 == again.daemon.slot.current.manifest.version
-    finally:
-        again.close()
 
 
 def test_a_model_is_confirmed_once_it_scored_confirm_windows(tmp_path: Path) -> None:
@@ -174,12 +172,9 @@ def test_a_trial_left_by_another_boot_blames_no_model(tmp_path: Path) -> None:
     manifest = json.loads((config.model.directory / "v2" / "manifest.json").read_text())
     trial = {"model": "test-linear@2", "version": 2, "sha256": manifest["sha256"], "boot": "another-boot"}
     (config.state_dir / TRIAL_FILE).write_text(json.dumps(trial))
-    harness = Harness(config)
-    try:
+    with closing(Harness(config)) as harness:
         assert 2 == harness.daemon.slot.current.manifest.version
         assert not (config.state_dir / TRIAL_FILE).exists()
-    finally:
-        harness.close()
 
 
 def test_a_trial_left_by_this_boot_marks_the_model_bad(tmp_path: Path) -> None:
@@ -190,12 +185,9 @@ def test_a_trial_left_by_this_boot_marks_the_model_bad(tmp_path: Path) -> None:
     manifest = json.loads((config.model.directory / "v2" / "manifest.json").read_text())
     trial = {"model": "test-linear@2", "version": 2, "sha256": manifest["sha256"], "boot": boot_id()}
     (config.state_dir / TRIAL_FILE).write_text(json.dumps(trial))
-    harness = Harness(config)
-    try:
+    with closing(Harness(config)) as harness:
         assert 1 == harness.daemon.slot.current.manifest.version
         harness.settle(30)
         rejected = [m for m in harness.transport.messages("model") if b'"rejected"' in m.payload]
         assert 1 == len(rejected)
         assert b"took the agent down" in rejected[0].payload
-    finally:
-        harness.close()

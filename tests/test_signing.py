@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -599,8 +600,7 @@ class TestDaemon:
             update={"model": base.model.model_copy(update={"trusted_keys": keys.trusted})}
         )
         assert isinstance(config, AgentConfig)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             for i, (tamper, _) in enumerate(TAMPERED):
                 tamper(tmp_path / "build" / f"t{i}", keys, 3 + i)
                 os.rename(tmp_path / "build" / f"t{i}", config.model.directory / f"t{i}")
@@ -616,8 +616,6 @@ class TestDaemon:
             harness.settle()
             assert 2 == harness.alerts()[-1]["model"]["version"]  # type: ignore[index]
             assert {1, 2} == {a["model"]["version"] for a in harness.alerts()}  # type: ignore[index]
-        finally:
-            harness.close()
 
 
 def _wait_for_line(

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,7 @@ class TestOneStreamFails:
         """
         config = two_streams(tmp_path)
         config = config.model_copy(update={"metrics": MetricsConfig(textfile=tmp_path / "robotpm.prom")})
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             append(config, "arm1", lines(0, [0.1] * 8))
             harness.settle(5)
             arm1 = tmp_path / "arm1" / "arm1.csv"
@@ -135,19 +135,14 @@ class TestOneStreamFails:
             arm1.unlink()
             append(config, "arm1", lines(8, [0.1] * 2))
             settle_until(harness, lambda: "stream:arm1" not in harness.daemon.faults)
-        finally:
-            harness.close()
 
     def test_too_many_open_files_degrades_the_stream_with_growing_back_off_then_it_catches_up(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """EMFILE from arm1's follower: retried after 1, 2, 4 s (capped), arm2 goes on; no line is lost."""
         config = two_streams(tmp_path, retry_max_s=4.0)
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             self._emfile(harness, config, monkeypatch)
-        finally:
-            harness.close()
 
     @staticmethod
     def _emfile(harness: Harness, config: AgentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,16 +170,12 @@ class TestOneStreamFails:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The pipeline fails after part of a read: it rewinds to its last commit; ids equal a clean run."""
-        clean = Harness(two_streams(tmp_path / "clean"))
-        try:
+        with closing(Harness(two_streams(tmp_path / "clean"))) as clean:
             append(clean.config, "arm1", lines(0, PROFILE))
             clean.settle(20)
             expected = alert_ids(clean, "arm1")
-        finally:
-            clean.close()
         config = two_streams(tmp_path / "faulty")
-        harness = Harness(config)
-        try:
+        with closing(Harness(config)) as harness:
             real = StreamPipeline.process
             failures = {"left": 1}
 
@@ -204,8 +195,6 @@ class TestOneStreamFails:
             harness.settle(60)
             assert 0 == failures["left"], "the fault was injected"
             assert expected == alert_ids(harness, "arm1")
-        finally:
-            harness.close()
 
 
 class FailingRead:

@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agent.contract.errors import RecordError
 from agent.contract.timerule import StreamClock, TimeRule
@@ -67,7 +67,67 @@ RAW_KEEP = 256
 """A refused line keeps at most this many of its first bytes in `RejectedLine.raw`."""
 
 
-class RecordSchema(BaseModel):
+class RecordReading(BaseModel):
+    """How a stream's lines are read: the keys a `RecordSchema` and an agent stream's table share.
+
+    Declared once, so a stream in config.toml and the schema built from it cannot drift
+    apart; each setting that cannot work with another is refused naming its own key.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: RecordFormat = "csv"
+    timestamp_field: str = "timestamp"
+    channels: dict[str, str] = Field(
+        min_length=1, description="Column name in the file → canonical channel name."
+    )
+    limits: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Canonical channel → (low, high) accepted range."
+    )
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="CSV cell separator.")
+    quote: str = Field(
+        default='"', min_length=1, max_length=1, description="RFC 4180 quote character of CSV cells."
+    )
+    decimal: Literal[".", ","] = Field(default=".", description="Decimal separator of numbers.")
+    timestamp_unit: TimestampUnit = Field(
+        default="s",
+        description="Unit of an epoch or uptime number: s, ms, us, ns, or auto (by magnitude; epochs only).",
+    )
+    timezone: str = Field(
+        default="UTC", description="IANA zone (e.g. Europe/Berlin) of ISO 8601 times written without a zone."
+    )
+    timestamp_kind: TimestampKind = Field(
+        default="epoch",
+        description="epoch: wall-clock time; uptime: the controller's time since boot (a reboot starts a "
+        "new epoch: see agent.contract.timerule).",
+    )
+
+    @field_validator("quote", "decimal")
+    @classmethod
+    def _not_the_delimiter(cls, value: str, info: ValidationInfo) -> str:
+        # delimiter is declared first, so it is validated (and in info.data) by now.
+        delimiter = info.data.get("delimiter", ",")
+        if value == delimiter or value in "\r\n":
+            raise ValueError(f"{value!r} cannot be both {info.field_name} and the delimiter (or a line end)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone_of(value)
+        return value
+
+    @field_validator("timestamp_kind")
+    @classmethod
+    def _uptime_unit(cls, value: str, info: ValidationInfo) -> str:
+        if value == "uptime" and info.data.get("timestamp_unit") == "auto":
+            raise ValueError(
+                "an uptime's unit cannot be told by magnitude: set timestamp_unit to s, ms, us or ns"
+            )
+        return value
+
+
+class RecordSchema(RecordReading):
     """How to read one stream's lines: format, timestamp field, channel mapping and limits.
 
     Example::
@@ -75,27 +135,6 @@ class RecordSchema(BaseModel):
         RecordSchema(format="csv", timestamp_field="ts",
                      channels={"J1_I": "j1_current", "J1_T": "j1_temp"})
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format: RecordFormat = "csv"
-    timestamp_field: str = "timestamp"
-    channels: dict[str, str] = Field(min_length=1, description="Name in the file → canonical channel name.")
-    limits: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="Canonical channel → (low, high) accepted range."
-    )
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-    quote: str = Field(default='"', min_length=1, max_length=1, description="RFC 4180 quote character.")
-    decimal: Literal[".", ","] = Field(default=".", description="Decimal separator of numbers.")
-    timestamp_unit: TimestampUnit = Field(
-        default="s", description="Unit of an epoch (or uptime) number; auto: by magnitude (epochs only)."
-    )
-    timezone: str = Field(default="UTC", description="IANA zone of ISO 8601 times written without a zone.")
-    timestamp_kind: TimestampKind = Field(
-        default="epoch",
-        description="epoch: wall-clock time; uptime: the controller's time since boot, where a step back "
-        "starts a new epoch (see agent.contract.timerule).",
-    )
 
     @model_validator(mode="after")
     def _check(self) -> RecordSchema:
