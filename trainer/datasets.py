@@ -500,7 +500,12 @@ def run_cmapss(
         "version_dir": str(where),
         "metrics": metrics,
         "command": command,
-        "selected": {"window": window, "statistics": list(stats), "extra_trees_share": share},
+        "selected": {
+            "window": window,
+            "statistics": list(stats),
+            "extra_trees_share": share,
+            "boostings": CMAPSS_BOOSTINGS,
+        },
     }
 
 
