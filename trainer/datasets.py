@@ -16,12 +16,12 @@ file plain or, when only ``<name>.xz`` exists, decompressed.
   counter, computed per engine with the agent's `batch_features` (the first cycles are
   padded with the mean of the engine's first readings so every cycle has a window), a
   RUL target capped at 125, five histogram gradient boostings (each on a random half of
-  the features per split) averaged with extra trees; window, statistics and the extra
-  trees' weight chosen by cross-validation grouped by engine, scored at test-like end
-  points (each validation engine cut at the official test engines' lengths, which are
-  inputs); scored on the official test set at each engine's last cycle (RMSE and the
-  PHM08 score). Its manifest is an agent manifest (task ``remaining_life``) with a
-  lower-is-worse head.
+  the features per split) averaged, extra trees in the average at a weight that may be
+  zero; window, statistics and that weight chosen by cross-validation grouped by
+  engine, scored at test-like end points (each validation engine cut at the official
+  test engines' lengths, which are inputs); scored on the official test set at each
+  engine's last cycle (RMSE and the PHM08 score). Its manifest is an agent manifest
+  (task ``remaining_life``) with a lower-is-worse head.
 """
 
 from __future__ import annotations
