@@ -11,12 +11,21 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from agent.contract.features import FeatureSpec
 from agent.contract.manifest import ModelManifest
 from trainer.config import TrainerConfig
 from trainer.datafiles import DEFAULT_DATA, read_data_file, read_data_text
 from trainer.datasets import (
     AI4I_FEATURES,
     AI4I_MODES,
+    CMAPSS_BOOSTINGS,
+    CMAPSS_PAD_READINGS,
+    CMAPSS_SENSORS,
+    _cmapss_model,
+    cmapss_channels,
+    cmapss_end_points,
+    cmapss_selection,
+    cmapss_windows,
     load_ai4i,
     load_ai4i_modes,
     load_cmapss,
@@ -119,6 +128,49 @@ class TestCmapss:
         for golden in manifest.golden:
             got = session.run(["variable"], {"features": np.array([golden.features], dtype=np.float32)})[0][0]
             np.testing.assert_allclose(got, golden.expected["variable"], rtol=1e-5, atol=golden.tolerance)
+
+    def test_the_first_windows_are_padded_with_the_mean_of_the_first_readings(self) -> None:
+        """Before its first cycle an engine reads as the mean of its first readings, at its first cycle."""
+        train = load_cmapss(CMAPSS / "train_FD001.txt")
+        spec = FeatureSpec(channels=cmapss_channels(), window=5, hop=1, statistics=("mean", "last"))
+        x, unit, cycle = cmapss_windows(train, spec)
+        first = train[train[:, 0] == 1][:, [1, *(4 + s for s in CMAPSS_SENSORS)]]
+        pad = first[:CMAPSS_PAD_READINGS].mean(axis=0)
+        pad[0] = first[0, 0]
+        means = x[0, 0::2]
+        np.testing.assert_allclose(means, (4 * pad + first[0]) / 5)
+        np.testing.assert_allclose(x[0, 1::2], first[0])
+        assert (unit[0], cycle[0]) == (1.0, 1.0)
+
+    def test_end_points_cut_each_engine_at_every_test_length_it_outlives(self) -> None:
+        """A length shared by two test engines counts twice; one an engine does not outlive, never."""
+        unit = np.array([1.0] * 5 + [2.0] * 3)
+        cycle = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 1.0, 2.0, 3.0])
+        ends = cmapss_end_points(unit, cycle, np.array([2, 2, 4, 5, 9]))
+        expected = [(1.0, 2.0), (1.0, 2.0), (1.0, 4.0), (2.0, 2.0), (2.0, 2.0)]
+        assert expected == [(unit[i], cycle[i]) for i in ends]
+
+    def test_the_model_averages_the_boostings_and_the_extra_trees_by_share(self) -> None:
+        """The boostings split 1 - share equally, the extra trees get share; at share 0 they are left out."""
+        blend = _cmapss_model(0.3, seed=7)
+        assert len(blend.estimators) == CMAPSS_BOOSTINGS + 1
+        np.testing.assert_allclose(blend.weights, [0.7 / CMAPSS_BOOSTINGS] * CMAPSS_BOOSTINGS + [0.3])
+        seeds = [member.random_state for _, member in blend.estimators[:CMAPSS_BOOSTINGS]]
+        assert seeds == list(range(7, 7 + CMAPSS_BOOSTINGS))
+        assert [name for name, _ in _cmapss_model(0.0, seed=7).estimators] == [
+            f"boosting_{k}" for k in range(CMAPSS_BOOSTINGS)
+        ]
+
+    def test_the_selection_ranks_candidates_by_end_point_rmse_without_the_truth(self) -> None:
+        """The ranking reads only the training table and the test lengths, lowest end-point RMSE first."""
+        train = load_cmapss(CMAPSS / "train_FD001.txt")
+        train = train[train[:, 0] <= 30]
+        ranking = cmapss_selection(
+            train, np.array([31, 60, 90]), seed=7, candidates=[(30, ("mean", "slope"))], shares=[0.0, 1.0]
+        )
+        assert [r[0] for r in ranking] == sorted(r[0] for r in ranking)
+        assert {r[4] for r in ranking} == {0.0, 1.0}
+        assert all(0.0 < r[0] < 60.0 and 0.0 < r[1] < 60.0 for r in ranking)
 
     def test_bad_files_are_clear_errors(self, tmp_path: Path) -> None:
         """A missing file and a table with the wrong column count name the file."""
