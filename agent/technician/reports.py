@@ -25,6 +25,7 @@ from agent.journal import (
     read_open_alerts,
     resolve_id,
 )
+from agent.ownfiles import not_regular
 from agent.state import STATE_FILE
 from agent.technician.operations import control_dir
 from agent.technician.shelving import Shelf
@@ -62,6 +63,10 @@ def read_only(config: AgentConfig) -> Iterator[sqlite3.Connection | None]:
     if not path.exists():
         yield None
         return
+    for node in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        kind = not_regular(node)  # SQLite would block reading a FIFO: say so instead
+        if kind is not None:
+            raise RobotPMError(f"{node}: cannot read the agent's state: not a regular file but a {kind}")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         conn.execute("PRAGMA query_only=1")
