@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ class TestOpenOwn:
         with pytest.raises(NotRegularFileError) as caught:
             read_own(path)
         assert "symlink" == caught.value.kind
+
+    def test_a_device_node_is_refused_before_a_byte_is_read(self, tmp_path: Path) -> None:
+        """A zero device node of its own (mknod, as root): refused as a character device."""
+        path = tmp_path / "skip.json"
+        zero_device(path)
+        with pytest.raises(NotRegularFileError) as caught:
+            read_own(path)
+        assert "character device" == caught.value.kind
 
     def test_a_directory_is_refused_for_reading_and_writing(self, tmp_path: Path) -> None:
         """A directory in a file's place: refused as a directory."""
@@ -136,6 +145,9 @@ READ_AT_START = ("state/skip.json", "state/model-trial.json")
 NOT_YET_READ = ("state/probation.json", "store/.floor.json", "store/.refused.json")
 """Files read only when a candidate model arrives: the agent must come up all the same."""
 
+CONTROL = ("state/control", "state/control/requests", "state/control/results")
+"""The technician's control directory and its two: a FIFO there leaves requests refused, reported."""
+
 REFUSAL_LOGGED = set(WRITTEN) - {"state/control/status.json"} | set(READ_AT_START)
 """Where ``own_file_refused`` must be logged (status.json is replaced atomically, never opened)."""
 
@@ -203,7 +215,7 @@ def status_text(config: Path) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", WRITTEN + READ_AT_START + NOT_YET_READ)
+@pytest.mark.parametrize("name", WRITTEN + READ_AT_START + NOT_YET_READ + CONTROL)
 def test_a_fifo_in_place_of_an_own_file_neither_blocks_nor_kills_the_agent(tmp_path: Path, name: str) -> None:
     """A FIFO planted before the start where the agent keeps `name`: it starts, stores the
     over-current alert, reports running in health.json and status, logs the refusal where it
@@ -230,20 +242,40 @@ def test_a_fifo_in_place_of_an_own_file_neither_blocks_nor_kills_the_agent(tmp_p
         assert {"fifo"} == {e["found"] for e in refused}
     if name in WRITTEN:
         assert regular_or_absent(planted), f"the FIFO at {name} was replaced"
+    if name in CONTROL:
+        problems = [e["problem"] for e in run.events("control_directory_problem")]
+        assert any(p.startswith(f"{planted}:") for p in problems), problems
 
 
+def zero_symlink(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def zero_device(path: Path) -> None:
+    os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers: a read never ends
+
+
+NEVER_ENDING: dict[str, tuple[Callable[[Path], None], str]] = {
+    "zero-symlink": (zero_symlink, "symlink"),
+    "zero-device-node": (zero_device, "character device"),
+}
+"""What a never-ending read could be planted as (``mknod`` needs root, as CI runs), and what it is."""
+
+
+@pytest.mark.parametrize("node", NEVER_ENDING.keys())
 @pytest.mark.parametrize("name", ["state/fatal.log", "state/inflight", "state/health.json", "state/agent.db"])
-def test_a_symlink_to_dev_zero_in_place_of_an_own_file_is_moved_aside_at_start(
-    tmp_path: Path, name: str
+def test_a_never_ending_node_in_place_of_an_own_file_is_moved_aside_at_start(
+    tmp_path: Path, name: str, node: str
 ) -> None:
-    """A symlink to /dev/zero (a read that never ends) where the agent writes `name`: moved aside
-    (logged), a regular file made instead, the alert stored, and SIGTERM exits 0 within 10 s.
+    """A symlink to /dev/zero, or a zero device node of its own, where the agent writes `name`: moved
+    aside (logged as what it is), a regular file made instead, the alert stored, SIGTERM exits 0 in 10 s.
     """
+    make, kind = NEVER_ENDING[node]
     run = own_file_agent(tmp_path)
     state = tmp_path / "state"
     planted = tmp_path / name
     planted.parent.mkdir(parents=True, exist_ok=True)
-    planted.symlink_to("/dev/zero")
+    make(planted)
     run.start()
     try:
         run.wait(lambda: any(a["stream"] == "arm1" for a in stored_alerts(state)), "the alert stored")
@@ -252,9 +284,10 @@ def test_a_symlink_to_dev_zero_in_place_of_an_own_file_is_moved_aside_at_start(
     finally:
         run.kill()
     assert "Traceback" not in run.log()
-    assert {"symlink"} == {e["found"] for e in run.events("own_file_refused") if e["path"] == str(planted)}
-    assert not planted.is_symlink()
-    assert any(p.is_symlink() for p in planted.parent.glob(f"{planted.name}.*")), "kept aside, not lost"
+    assert {kind} == {e["found"] for e in run.events("own_file_refused") if e["path"] == str(planted)}
+    assert not_regular(planted) is None, "a regular file in its place"
+    kept = [p for p in planted.parent.glob(f"{planted.name}.*") if not_regular(p) == kind]
+    assert kept, "the planted node kept aside, not lost"
 
 
 def test_an_own_file_open_error_other_than_a_node_is_raised_as_it_was(tmp_path: Path) -> None:
