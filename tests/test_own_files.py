@@ -23,11 +23,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.ownfiles import NotRegularFileError, move_aside, not_regular, open_own, read_own
+from agent.technician.commands import _wait_result
+from agent.technician.control import write_atomic
+from agent.technician.shelving import ShelveResult
 from tests.agent_config import agent_config, stream
 from tests.agent_process import REPO
 from tests.agent_runs import AgentRun
 from tests.models import write_linear_model
 from tests.test_daemon import HEADER, PROFILE, lines
+from tests.test_model_store import within
 
 
 class TestOpenOwn:
@@ -123,6 +127,19 @@ class TestMoveAside:
         path.write_text("{}")
         assert move_aside(path) is None
         assert "{}" == path.read_text()
+
+
+class TestShelveAnswer:
+    def test_a_fifo_under_the_answers_name_is_waited_past_then_the_answer_read(self, tmp_path: Path) -> None:
+        """The technician CLI waits for results/<id>.json: a FIFO planted there is not read (no answer
+        yet, within the wait), and the agent's atomic answer that replaces it is read.
+        """
+        path = tmp_path / "r1.json"
+        os.mkfifo(path)
+        assert within(10, lambda: _wait_result(path, 0.2)) is None
+        answer = ShelveResult(request_id="r1", action="shelve", ok=True, detail="shelved")
+        write_atomic(path, answer.model_dump_json().encode())
+        assert answer == within(10, lambda: _wait_result(path, 5.0))
 
 
 # -- the real agent --------------------------------------------------------------------------------
