@@ -264,6 +264,30 @@ def test_a_fifo_in_place_of_an_own_file_neither_blocks_nor_kills_the_agent(tmp_p
         assert any(p.startswith(f"{planted}:") for p in problems), problems
 
 
+def test_a_fifo_as_the_configured_log_file_is_moved_aside_and_the_log_written_there(tmp_path: Path) -> None:
+    """[agent.logging] file is a FIFO at start: moved aside (logged), a regular log file made that
+    holds the agent's lines, the alert stored, and SIGTERM exits 0 within 10 s.
+    """
+    run = own_file_agent(tmp_path)
+    log_file = tmp_path / "log" / "agent.log"
+    with run.config.open("a") as config:
+        config.write(f'[agent.logging]\nfile = "{log_file}"\n')
+    log_file.parent.mkdir()
+    os.mkfifo(log_file)
+    run.start()
+    try:
+        run.wait(
+            lambda: any(a["stream"] == "arm1" for a in stored_alerts(run.config.parent / "state")), "alert"
+        )
+        assert 0 == run.stop(timeout=10)
+    finally:
+        run.kill()
+    assert "Traceback" not in run.log()
+    assert ["fifo"] == [e["found"] for e in run.events("own_file_refused") if e["path"] == str(log_file)]
+    assert not_regular(log_file) is None
+    assert '"agent_started"' in log_file.read_text()
+
+
 def zero_symlink(path: Path) -> None:
     path.symlink_to("/dev/zero")
 
