@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from agent.ownfiles import NotRegularFileError, move_aside, not_regular, open_own, read_own
 from agent.technician.commands import _wait_result
 from agent.technician.control import write_atomic
+from agent.technician.reports import read_source
 from agent.technician.shelving import ShelveResult
 from tests.agent_config import agent_config, stream
 from tests.agent_process import REPO
@@ -360,3 +361,21 @@ def test_status_and_alerts_with_fifos_in_a_stopped_agents_state_answer_at_once(t
     assert "Traceback" not in status + alerts.stdout + alerts.stderr
     assert "not a regular file but a fifo" in alerts.stdout + alerts.stderr
     assert 0 != alerts.returncode
+
+
+class TestExplainSource:
+    def test_a_fifo_where_an_alerts_log_file_was_is_named_not_read(self, tmp_path: Path) -> None:
+        """``explain`` shows an alert's source lines: a FIFO now in the log file's place is named, at once."""
+        path = tmp_path / "arm1.csv"
+        os.mkfifo(path)
+        view = within(10, lambda: read_source(str(path), 0, 10))
+        assert not view.present
+        assert "it is no regular file now but a fifo" == view.note
+
+    def test_the_lines_of_a_regular_log_file_are_shown_as_before(self, tmp_path: Path) -> None:
+        """A regular file still holding the range: its lines."""
+        path = tmp_path / "arm1.csv"
+        path.write_text("ts,J1\n0.0,1.0\n")
+        view = read_source(str(path), 6, 14)
+        assert view.present
+        assert ("0.0,1.0",) == view.lines
