@@ -1,9 +1,11 @@
 """A FIFO, a symlink or a directory in place of one of the agent's own files never blocks or kills it.
 
-First `agent.ownfiles` itself, on real nodes (``os.mkfifo``, a symlink to ``/dev/zero``).
-Then the real agent, with a FIFO planted before its start in place of each file it keeps
-in its state directory and model store: it starts, alerts on an over-current stream,
-reports running, logs the refusal, and SIGTERM ends it with exit 0 within 10 s.
+First `agent.ownfiles` itself, on real nodes (``os.mkfifo``, a symlink to ``/dev/zero``, a
+zero device node of its own), and the technician CLI's readers (a shelve answer, an alert's
+source lines). Then the real agent, with a FIFO planted before its start in place of each
+file it keeps in its state directory, model store and control directory, or its log file:
+it starts, alerts on an over-current stream, reports running, logs the refusal, and SIGTERM
+ends it with exit 0 within 10 s. Every wait is bounded (a blocked read fails the test).
 """
 
 from __future__ import annotations
