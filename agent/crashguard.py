@@ -42,6 +42,7 @@ import structlog
 
 from agent.atomicfile import write_atomically
 from agent.contract.manifest import MANIFEST_FILE
+from agent.ownfiles import move_aside, open_own, read_own
 
 log = structlog.get_logger("robotpm.agent")
 T = TypeVar("T")
@@ -239,7 +240,7 @@ class CrashGuard:
 
     def _load_memory(self) -> dict[str, dict[str, Any]]:
         try:
-            data = json.loads((self._dir / MEMORY_FILE).read_text())
+            data = json.loads(read_own(self._dir / MEMORY_FILE))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -258,7 +259,7 @@ class CrashGuard:
 
     def _read_breadcrumbs(self) -> dict[str, dict[str, Any]]:
         try:
-            raw = (self._dir / BREADCRUMB_FILE).read_bytes()
+            raw = read_own(self._dir / BREADCRUMB_FILE, _SLOT_BYTES * len(SLOTS))
         except OSError:
             return {}
         out: dict[str, dict[str, Any]] = {}
@@ -274,17 +275,15 @@ class CrashGuard:
 
     def _read_fatal(self) -> str:
         try:
-            with (self._dir / FATAL_FILE).open("rb") as handle:
-                return handle.read(_FATAL_MAX_BYTES).decode("utf-8", "replace").strip()
+            return read_own(self._dir / FATAL_FILE, _FATAL_MAX_BYTES).decode("utf-8", "replace").strip()
         except OSError:
             return ""
 
     def _start_breadcrumbs(self) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
         size = _SLOT_BYTES * len(SLOTS)
-        fd = os.open(
-            self._dir / BREADCRUMB_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600
-        )
+        move_aside(self._dir / BREADCRUMB_FILE)  # a FIFO or device planted there: a regular file instead
+        fd = open_own(self._dir / BREADCRUMB_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size != size:
                 os.ftruncate(fd, size)
@@ -297,7 +296,9 @@ class CrashGuard:
         self._map[:] = b" " * size
 
     def _start_fatal_record(self) -> None:
-        record = (self._dir / FATAL_FILE).open("wb")  # emptied: it speaks of this run only
+        move_aside(self._dir / FATAL_FILE)
+        fd = open_own(self._dir / FATAL_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        record = os.fdopen(fd, "wb")  # emptied: it speaks of this run only
         if faulthandler.is_enabled():  # someone else's (PYTHONFAULTHANDLER, a test runner): leave it
             record.close()
             return

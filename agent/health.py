@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 import structlog
 
+from agent.ownfiles import move_aside, open_own, read_own
 from agent.sdnotify import Notifier
 
 log = structlog.get_logger("robotpm.agent")
@@ -42,8 +43,12 @@ class HealthFile:
         self._fd: int | None = None
 
     def open(self) -> None:
-        """Create and allocate the file (raises `OSError`, e.g. on a full disk at the first start)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+        """Create and allocate the file (raises `OSError`, e.g. on a full disk at the first start).
+
+        A FIFO, device or symlink in its place is moved aside first (logged) and a file made instead.
+        """
+        move_aside(self.path)
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if os.fstat(fd).st_size < _SIZE:
                 os.pwrite(fd, b" " * _SIZE, 0)
@@ -159,7 +164,7 @@ def read_health(path: Path) -> dict[str, Any] | None:
     """The last record the agent wrote, or None (no file, or unreadable after a few tries)."""
     for _ in range(5):
         try:
-            raw = path.read_bytes()
+            raw = read_own(path, _SIZE, report=False)  # a FIFO there: None, at once
         except OSError:
             return None
         with contextlib.suppress(ValueError):

@@ -19,6 +19,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.logs import configure_logging
+from agent.ownfiles import move_aside
 
 _handler: logging.handlers.RotatingFileHandler | None = None
 
@@ -49,6 +50,7 @@ def configure_agent_logging(config: AgentConfig) -> None:
         return
     try:
         settings.file.parent.mkdir(parents=True, exist_ok=True)
+        move_aside(settings.file)  # a FIFO there would block the open for appending: a regular file instead
         handler = logging.handlers.RotatingFileHandler(
             settings.file,
             maxBytes=settings.file_max_bytes,

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import structlog
 
+from agent import ownfiles
 from agent.atomicfile import fsync_directory
 from agent.errors import DiskFullError, StateDamagedError, StateError
 
@@ -229,8 +230,20 @@ def open_state(state_dir: Path, *, wall: float) -> tuple[StateStore, Path | None
 
     Returns the store and where a damaged file went (None if there was none). Raises
     `DiskFullError` while the file system is full (nothing is moved or deleted then).
+    A FIFO, device or symlink in the state file's place (SQLite would block reading it)
+    counts as damaged; one in place of a WAL file is moved aside alone (it held no data).
     """
     path = state_dir / STATE_FILE
+    for suffix in _SIDE_FILES:
+        try:
+            ownfiles.move_aside(Path(f"{path}{suffix}"), wall)
+        except OSError as exc:
+            raise StateError(f"{path}{suffix}: cannot move a non-regular file aside: {exc}") from exc
+    kind = ownfiles.not_regular(path)
+    if kind is not None:
+        log.error("own_file_refused", path=str(path), found=kind, action="moved aside as damaged")
+        moved = move_aside(path, wall)
+        return StateStore(path, check=True), moved
     try:
         return StateStore(path, check=True), None
     except StateDamagedError:
@@ -250,7 +263,7 @@ def move_aside(path: Path, wall: float) -> Path:
     try:
         for suffix in ("", *_SIDE_FILES):
             source = Path(f"{path}{suffix}")
-            if source.exists():
+            if os.path.lexists(source):  # a dangling symlink too
                 os.replace(source, Path(f"{target}{suffix}"))
         fsync_directory(path.parent)
     except OSError as exc:

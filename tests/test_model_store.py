@@ -13,12 +13,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from onnx import TensorProto, helper
+from structlog.testing import capture_logs
 
 from agent.config import ModelConfig
 from agent.contract.signatures import REVOCATIONS_FILE
@@ -26,7 +30,7 @@ from agent.models.inbox import Inbox
 from agent.models.install import INSTALL_STEPS, BundleInstaller
 from agent.models.keys import Keyring
 from agent.models.slot import ModelSlot
-from agent.models.store import ModelStore
+from agent.models.store import Fingerprint, ModelStore
 from agent.models.verify import ModelVerifier
 from tests.model_server import (  # noqa: F401 (pytest fixtures: pki, webroot, https, keys)
     ModelServer,
@@ -52,6 +56,7 @@ from trainer.signing import sign_model_dir, write_revocations
 
 REPO = Path(__file__).resolve().parent.parent
 FREEZE = 2**53
+T = TypeVar("T")
 
 
 def unsigned_bundle(tmp_path: Path, webroot: Path, version: int) -> Path:
@@ -379,3 +384,59 @@ class TestInbox:
             write_bundle(signed_version(tmp_path, keys, 2), tmp_path / "staging-web")
             os.rename(tmp_path / "staging-web" / "test-linear-v2.tar", stick / "test-linear-v2.tar")
             harness.settle_until(lambda: harness.daemon.slot.current.manifest.version == 2, timeout_s=60)
+
+
+def within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()`'s result, which must come within `seconds` (a blocking open would never return)."""
+    done: list[T] = []
+    worker = threading.Thread(target=lambda: done.append(work()), daemon=True)
+    worker.start()
+    worker.join(timeout=seconds)
+    assert done, f"still blocked after {seconds} s"
+    return done[0]
+
+
+class TestNonRegularFiles:
+    def test_fifos_in_the_inbox_are_refused_at_once_and_the_signed_bundle_beside_them_installed(
+        self, tmp_path: Path, pki: Pki, keys: FleetKeys
+    ) -> None:
+        """A FIFO named like a bundle and one named revocations.signed: refused as fifos, not read."""
+        stick = tmp_path / "usb"
+        config = model_config(tmp_path, pki, keys, inbox=stick)
+        write_bundle(signed_version(tmp_path, keys, 2), stick)
+        os.mkfifo(stick / "test-linear-v3.tar")
+        os.mkfifo(stick / REVOCATIONS_FILE)
+        inbox = TestInbox()._inbox(config, keys)
+        results = {r.path.name: (r.outcome, r.detail) for r in within(30, inbox.scan)}
+        assert ("refused", "not a regular file but a fifo") == results["test-linear-v3.tar"]
+        assert ("refused", "not a regular file but a fifo") == results[REVOCATIONS_FILE]
+        assert ("installed", "test-linear@2 as v2") == results["test-linear-v2.tar"]
+
+    def test_fifos_as_the_stores_floor_and_refusals_read_as_absent(self, tmp_path: Path) -> None:
+        """.floor.json and .refused.json as FIFOs: floor 0, nothing refused, no wait; a refusal written
+        then replaces the FIFO with a regular file that holds it.
+        """
+        store_dir = tmp_path / "store"
+        store_dir.mkdir()
+        os.mkfifo(store_dir / ".floor.json")
+        os.mkfifo(store_dir / ".refused.json")
+        store = ModelStore(store_dir)
+        fingerprint = Fingerprint(store_dir / "v2", ((1, 2, 3),))
+        assert 0 == within(10, lambda: store.floor)
+        assert within(10, lambda: store.remembered_refusal(fingerprint)) is None
+        within(10, lambda: store.remember_refusal(fingerprint, "golden test failed"))
+        assert (store_dir / ".refused.json").is_file()
+        assert "golden test failed" == store.remembered_refusal(fingerprint)
+
+    def test_a_fifo_as_the_stored_revocation_list_is_ignored_with_a_warning(
+        self, tmp_path: Path, keys: FleetKeys
+    ) -> None:
+        """The store's .revocations.signed a FIFO: the keyring loads without it, at once, and says so."""
+        state_file = tmp_path / ".revocations.signed"
+        os.mkfifo(state_file)
+        with capture_logs() as logs:
+            ring = within(10, lambda: Keyring.load(keys.trusted, state_file))
+        assert ring.revocations is None
+        assert ["revocations_state_ignored"] == [
+            e["event"] for e in logs if e["event"] == "revocations_state_ignored"
+        ]

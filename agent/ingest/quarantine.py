@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.contract.records import RejectedLine
+from agent.ownfiles import move_aside, open_own
 
 RAW_LIMIT = 256
 """At most this many bytes of a refused line are kept."""
@@ -74,7 +75,9 @@ class Quarantine:
                     size = 0
                 if size and size + len(payload) > self.max_bytes:
                     os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-                with open(self.path, "ab") as handle:
+                move_aside(self.path)  # a FIFO there would block the write: a regular file instead
+                fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                with os.fdopen(fd, "ab") as handle:
                     handle.write(payload)
             except OSError:
                 self.write_failed += len(rejected)

@@ -22,6 +22,7 @@ from agent.errors import FetchRefusedError, ModelError
 from agent.models.install import BundleInstaller
 from agent.models.store import stamps_of
 from agent.models.verify import ModelVerifier
+from agent.ownfiles import not_regular, read_own
 
 log = structlog.get_logger("robotpm.model")
 
@@ -65,7 +66,13 @@ class Inbox:
                 continue
             self._seen[name] = (size, mtime)
             path = self._directory / name
-            result = self._revocations(path) if name == REVOCATIONS_FILE else self._bundle(path)
+            kind = not_regular(path)  # a FIFO would block the read of a bundle, a device never end it
+            if kind is not None:
+                result = InboxResult(path, "refused", f"not a regular file but a {kind}")
+            elif name == REVOCATIONS_FILE:
+                result = self._revocations(path)
+            else:
+                result = self._bundle(path)
             level = log.info if result.outcome == "installed" else log.warning
             level("model_inbox", path=str(path), outcome=result.outcome, detail=result.detail)
             results.append(result)
@@ -86,8 +93,8 @@ class Inbox:
         if keys is None:
             return InboxResult(path, "refused", "no trusted_keys: revocations mean nothing here")
         try:
-            with path.open("rb") as handle:
-                taken = keys.accept_revocations(handle.read(MAX_SIGNED_DOCUMENT_BYTES + 1), source=str(path))
+            data = read_own(path, MAX_SIGNED_DOCUMENT_BYTES + 1)
+            taken = keys.accept_revocations(data, source=str(path))
         except (ModelError, OSError) as exc:
             return InboxResult(path, "refused", str(exc))
         return InboxResult(path, "installed" if taken else "refused", "taken" if taken else "not newer")

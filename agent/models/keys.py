@@ -23,6 +23,7 @@ verifies (the model slot, the fetcher) one keyring per directory, so one reload 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from agent.contract.signatures import (
 )
 from agent.errors import ModelRejectedError
 from agent.models.store import write_file_atomically
+from agent.ownfiles import read_own
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -121,10 +123,11 @@ class Keyring:
                 ring.accept_revocations(_read_capped(own), source=str(own), persist=False)
             except ModelRejectedError as exc:
                 raise ConfigError(str(own), _CONFIG_KEY, str(exc)) from None
-        if state_file is not None and state_file.exists():
+        if state_file is not None and os.path.lexists(state_file):
             try:
-                ring.accept_revocations(_read_capped(state_file), source=str(state_file), persist=False)
-            except ModelRejectedError as exc:  # a list by a root no longer trusted: forget it
+                data = read_own(state_file, MAX_SIGNED_DOCUMENT_BYTES + 1)  # a FIFO there: refused, at once
+                ring.accept_revocations(data, source=str(state_file), persist=False)
+            except (ModelRejectedError, OSError) as exc:  # a list by a root no longer trusted: forget it
                 log.warning("revocations_state_ignored", source=str(state_file), reason=str(exc))
         return ring
 

@@ -66,6 +66,7 @@ from agent.models.slot import ModelSlot, Refusal
 from agent.models.store import write_file_atomically
 from agent.models.verify import check_expiry
 from agent.models.watch import ModelWatcher
+from agent.ownfiles import read_own
 from agent.publish import telemetry
 from agent.sdnotify import Notifier
 from agent.seams import Clock, LoadGuard, ModelSource, OutboundMessage, Scorer, Transport
@@ -258,7 +259,7 @@ class ModelLifecycle:
 
     def _saved_probation(self) -> dict[str, Any]:
         try:
-            data = json.loads(self._path(PROBATION_FILE).read_bytes())
+            data = json.loads(read_own(self._path(PROBATION_FILE)))
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -298,7 +299,7 @@ class ModelLifecycle:
     def _mark_crashed_trial(self) -> None:
         """The previous run died with a model on trial: refuse that model for good."""
         try:
-            record = json.loads(self._path(TRIAL_FILE).read_bytes())
+            record = json.loads(read_own(self._path(TRIAL_FILE)))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:

@@ -49,6 +49,7 @@ import structlog
 from agent import atomicfile
 from agent.contract.manifest import MANIFEST_FILE, MODEL_FILE, SIGNATURE_FILE
 from agent.errors import ModelStoreError
+from agent.ownfiles import read_own
 
 log = structlog.get_logger("robotpm.model")
 
@@ -326,8 +327,7 @@ def stamps_of(
 def _read_json(path: Path) -> dict[str, object]:
     """A small JSON object the store wrote, or {} when it is missing or damaged (never trusted further)."""
     try:
-        with path.open("rb") as handle:
-            data = json.loads(handle.read(1 << 20))
+        data = json.loads(read_own(path, 1 << 20))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

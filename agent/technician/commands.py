@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from agent.errors import NotAllowedError
+from agent.ownfiles import NotRegularFileError, read_own
 from agent.technician import render
 from agent.technician.operations import control_dir
 from agent.technician.reports import (
@@ -221,12 +222,16 @@ COMMANDS: Final[dict[str, Command]] = {
 
 
 def _wait_result(path: Path, wait_s: float) -> ShelveResult | None:
-    """The agent's answer, waited for up to `wait_s` (None: no answer in time)."""
+    """The agent's answer, waited for up to `wait_s` (None: no answer in time).
+
+    A FIFO or other node planted under the answer's name is waited past, never read: the
+    agent's atomic write of the answer replaces it.
+    """
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            result = ShelveResult.model_validate_json(path.read_bytes())
-        except FileNotFoundError:
+            result = ShelveResult.model_validate_json(read_own(path, report=False))
+        except (FileNotFoundError, NotRegularFileError):
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from agent.journal import (
     read_open_alerts,
     resolve_id,
 )
+from agent.ownfiles import kind_of, not_regular
 from agent.state import STATE_FILE
 from agent.technician.operations import control_dir
 from agent.technician.shelving import Shelf
@@ -62,6 +64,10 @@ def read_only(config: AgentConfig) -> Iterator[sqlite3.Connection | None]:
     if not path.exists():
         yield None
         return
+    for node in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        kind = not_regular(node)  # SQLite would block reading a FIFO: say so instead
+        if kind is not None:
+            raise RobotPMError(f"{node}: cannot read the agent's state: not a regular file but a {kind}")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         conn.execute("PRAGMA query_only=1")
@@ -247,7 +253,16 @@ def read_source(file: str, start: int, end: int) -> SourceView:
         return SourceView(file=file, byte_start=start, byte_end=end, present=False, note=note)
 
     try:
-        with Path(file).open("rb") as handle:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO in its place: no wait
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            return missing(f"it is no regular file now but a {kind_of(mode)}")
+        with os.fdopen(fd, "rb") as handle:
             if os.fstat(handle.fileno()).st_size < end:
                 return missing("the file is shorter now: rotated or truncated")
             before = b"\n"

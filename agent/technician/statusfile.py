@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.contract.alerts import ModelRef
+from agent.ownfiles import NotRegularFileError, read_own
 from agent.technician.control import write_atomic
 from agent.technician.shelving import Shelf
 
@@ -125,11 +126,16 @@ def write_status(path: Path, status: AgentStatus) -> None:
 
 
 def read_status(path: Path) -> AgentStatus | None:
-    """The status file, or None when it is missing (raises ValueError when it is damaged)."""
+    """The status file, or None when it is missing (raises ValueError when it is damaged).
+
+    A FIFO, device or symlink in its place is damaged too (ValueError, at once: never read).
+    """
     try:
-        text = path.read_bytes()
+        text = read_own(path, report=False)
     except FileNotFoundError:
         return None
+    except NotRegularFileError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from exc
     return AgentStatus.model_validate_json(text)
 
 
