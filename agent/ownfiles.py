@@ -65,14 +65,17 @@ def not_regular(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else kind_of(mode)
 
 
-def open_own(path: Path, flags: int, mode: int = 0o600) -> int:
+def open_own(path: Path | str, flags: int, mode: int = 0o600, *, follow_symlinks: bool = False) -> int:
     """``os.open(path, flags | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC, mode)``, for regular files only.
 
     Raises `NotRegularFileError` (nothing stays open) when `path` is anything else, and
-    `OSError` as `os.open` does otherwise.
+    `OSError` as `os.open` does otherwise. With `follow_symlinks` a symlink to a regular
+    file is opened (a log file the follower would read too), without ``O_NOFOLLOW``.
     """
+    path = Path(path)
+    safe = _SAFE_FLAGS & ~os.O_NOFOLLOW if follow_symlinks else _SAFE_FLAGS
     try:
-        fd = os.open(path, flags | _SAFE_FLAGS, mode)
+        fd = os.open(path, flags | safe, mode)
     except OSError as exc:
         # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO without a reader opened to write;
         # EISDIR: a directory opened to write; ENODEV, EOPNOTSUPP: a socket, a device without driver

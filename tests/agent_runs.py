@@ -67,14 +67,20 @@ class AgentRun:
 
     def status(self) -> str:
         """What ``robotpm-agent status`` prints (stdout and stderr)."""
-        result = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "status", "--config", str(self.config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = agent_cli("status", self.config)
         return result.stdout + result.stderr
+
+
+def agent_cli(command: str, config: Path, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``robotpm-agent COMMAND --config CONFIG`` as a technician runs it, bounded in time (a hang fails)."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", command, "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout_s,
+    )
 
 
 def query(state_dir: Path, sql: str) -> list[Any]:

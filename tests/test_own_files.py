@@ -15,8 +15,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,7 @@ from agent.technician.control import write_atomic
 from agent.technician.reports import read_source
 from agent.technician.shelving import ShelveResult
 from tests.agent_config import agent_config, stream
-from tests.agent_process import REPO
-from tests.agent_runs import AgentRun
+from tests.agent_runs import AgentRun, agent_cli
 from tests.models import write_linear_model
 from tests.test_daemon import HEADER, PROFILE, lines
 from tests.test_model_store import within
@@ -222,19 +219,6 @@ def health_state(state: Path) -> str | None:
         return None
 
 
-def status_text(config: Path) -> str:
-    """``robotpm-agent status``, which reads health.json and the status file; bounded in time."""
-    result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "status", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    return result.stdout + result.stderr
-
-
 @pytest.mark.parametrize("name", WRITTEN + READ_AT_START + NOT_YET_READ + CONTROL)
 def test_a_fifo_in_place_of_an_own_file_neither_blocks_nor_kills_the_agent(tmp_path: Path, name: str) -> None:
     """A FIFO planted before the start where the agent keeps `name`: it starts, stores the
@@ -250,7 +234,7 @@ def test_a_fifo_in_place_of_an_own_file_neither_blocks_nor_kills_the_agent(tmp_p
     try:
         run.wait(lambda: any(a["stream"] == "arm1" for a in stored_alerts(state)), "the alert stored")
         run.wait(lambda: health_state(state) == "running", "running in health.json")
-        run.wait(lambda: "running" in status_text(run.config), "running in status")
+        run.wait(lambda: "running" in run.status(), "running in status")
         assert 0 == run.stop(timeout=10)
     finally:
         run.kill()
@@ -351,15 +335,8 @@ def test_status_and_alerts_with_fifos_in_a_stopped_agents_state_answer_at_once(t
     (state / "control").mkdir(parents=True)
     for name in ("health.json", "control/status.json", "agent.db"):
         os.mkfifo(state / name)
-    status = status_text(run.config)
-    alerts = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "alerts", "--config", str(run.config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    status = run.status()
+    alerts = agent_cli("alerts", run.config)
     assert "Traceback" not in status + alerts.stdout + alerts.stderr
     assert "not a regular file but a fifo" in alerts.stdout + alerts.stderr
     assert 0 != alerts.returncode

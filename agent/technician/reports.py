@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import stat
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +25,7 @@ from agent.journal import (
     read_open_alerts,
     resolve_id,
 )
-from agent.ownfiles import kind_of, not_regular
+from agent.ownfiles import NotRegularFileError, not_regular, open_own
 from agent.state import STATE_FILE
 from agent.technician.operations import control_dir
 from agent.technician.shelving import Shelf
@@ -253,16 +252,8 @@ def read_source(file: str, start: int, end: int) -> SourceView:
         return SourceView(file=file, byte_start=start, byte_end=end, present=False, note=note)
 
     try:
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO in its place: no wait
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            os.close(fd)
-            raise
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            return missing(f"it is no regular file now but a {kind_of(mode)}")
-        with os.fdopen(fd, "rb") as handle:
+        # a FIFO or device in its place is refused, not waited on; a symlink is followed, as the follower does
+        with os.fdopen(open_own(file, os.O_RDONLY, follow_symlinks=True), "rb") as handle:
             if os.fstat(handle.fileno()).st_size < end:
                 return missing("the file is shorter now: rotated or truncated")
             before = b"\n"
@@ -271,6 +262,8 @@ def read_source(file: str, start: int, end: int) -> SourceView:
                 before = handle.read(1)
             handle.seek(start)
             data = handle.read(min(end - start, MAX_SOURCE_BYTES))
+    except NotRegularFileError as exc:
+        return missing(f"it is no regular file now but a {exc.kind}")
     except FileNotFoundError:
         return missing("the file is gone (rotated away or deleted)")
     except OSError as exc:
