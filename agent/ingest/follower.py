@@ -37,6 +37,8 @@ Guarantees, for files the stream can see:
 
 * **Open files bounded**: at most ``max_open_files`` descriptors; files read to their end
   are parked (closed, see `agent.ingest.parking`) and waiting files opened oldest first.
+  Saved files re-found in their own inode after a restart are resumed before the bound
+  defers any file: what they consumed is what a copy of them is recognised by.
 * **Refused paths** (a FIFO or device node in a log file's place, an unreadable file) are
   never opened blocking; counted, logged once and reported (`agent.ingest.refusals`).
 
@@ -340,7 +342,7 @@ class StreamFollower:
                 f.gone = True
                 f.last_change = now
         self._parked.forget_unlisted(seen)
-        new = self._within_bound(new)
+        new = self._within_bound(self._reopen_saved(new, now))
         if self._saved.entries:
             new = self._saved.match(new, now, self._reader.last_header)
         self._saved.place_rest(now, self._rotation.add_ghost, seen, self._reader.last_header)
@@ -357,7 +359,8 @@ class StreamFollower:
     def _within_bound(self, new: list[Candidate]) -> list[Candidate]:
         """The new files to open now, oldest first, within ``max_open_files``; the rest wait.
 
-        Room is made first by parking files read to their end (longest unchanged first).
+        Room is made first by parking files read to their end (longest unchanged first). The saved
+        files themselves are open by then (`_reopen_saved`); they count against the bound.
         """
         room = self._max_open - len(self._files)
         if len(new) > room:
@@ -383,9 +386,26 @@ class StreamFollower:
         self._waiting = new[opening:]
         return new[:opening]
 
+    def _reopen_saved(self, new: list[Candidate], now: float) -> list[Candidate]:
+        """Resume the listed files that are saved files themselves (same inode, content verified).
+
+        Before the bound defers any file, as an open file is never deferred: a saved position
+        left for a file that waits becomes a ghost without its head (`SavedPositions.place_rest`),
+        and a copy of that file still shorter than it, with no open or parked source, would be
+        taken for new content. Returns the other files. (Positions found by content in another
+        file, renamed or copied, are matched among the files opened within the bound.)
+        """
+        own = [c for c in new if (c.dev, c.ino) in self._saved.entries]
+        if not own:
+            return new
+        resumed = {c.path for c in own} - {
+            c.path for c in self._saved.match(own, now, self._reader.last_header)
+        }
+        return [c for c in new if c.path not in resumed]
+
     def _open_waiting(self, now: float) -> None:
         """Open what waits for room, as far as the bound allows, without listing the directory again."""
-        batch = self._within_bound(self._waiting)
+        batch = self._within_bound(self._reopen_saved(self._waiting, now))
         if self._saved.entries:
             batch = self._saved.match(batch, now, self._reader.last_header)
         refused: dict[str, str] = dict(self._refusals.standing)
