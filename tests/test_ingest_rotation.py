@@ -8,12 +8,18 @@ follower looks and whether or not it restarts or is killed in between.
 
 from __future__ import annotations
 
+import os
+from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.strategies import Harness, LogDir, ingest_config, stream_config
+from agent.ingest.copies import Ghost
+from agent.ingest.identity import ContentMark, digest
+from agent.ingest.rotation import RotationTracker
+from agent.ingest.tracked import TrackedFile
+from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
 
 
 def logs_at(tmp_path: Path, *, o_append: bool = True) -> LogDir:
@@ -141,3 +147,32 @@ def test_a_copy_that_is_a_prefix_of_the_live_head_is_not_read(tmp_path: Path, cu
         finish(h)
         assert h.lines == expected
         assert h.rejected == []
+
+
+def test_a_ghost_of_only_the_header_saved_without_it_is_not_claimed_by_a_copy_with_lines(
+    tmp_path: Path,
+) -> None:
+    """Found by the follower model: a file skipped as a copy before its source's header was read is
+    parked holding only the header, saved without it (``data_start`` 0); logrotate deletes it and
+    copies the live file (header + lines already read) into its reused inode. The ghost made of
+    the parked file as it changed was claimed by that copy, which read on after the header: its
+    lines came out twice. A ghost of only the stream's header identifies nothing (as a saved
+    position of it does not): the copy is judged against the live file, like any other.
+    """
+    head = HEADER + b"\n"
+    header_only = ContentMark(len(head), 0, len(head), digest(head), len(head), digest(head))
+    copy = tmp_path / "arm1.csv.1"
+    copy.write_bytes(head + b"1,1\n2,2\n")
+    counters: defaultdict[str, int] = defaultdict(int)
+    tracker = RotationTracker({}, csv=True, release_after_s=1e-6, counters=counters)
+    tracker.stream_header = lambda: HEADER
+    tracker.add_ghost(Ghost(header_only, None, 0.0, 0, head))
+    status = copy.stat()
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        f = TrackedFile(fd, status.st_dev, status.st_ino, str(copy), 1, True, 0.0)
+        tracker.classify(f, status.st_size, 0.0)
+        assert counters["copies_claimed"] == 0
+        assert f.offset == 0  # read from its start (nothing known it could be a copy of)
+    finally:
+        os.close(fd)

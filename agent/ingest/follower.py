@@ -124,6 +124,7 @@ class StreamFollower:
         self._reader = LineReader(stream, ingest, self.counters)
         self._parked = ParkedFiles(self.counters)
         self._rotation.wake_parked = self._wake_parked
+        self._rotation.stream_header = lambda: self._reader.last_header
         self._refusals = Refusals(stream.name, self.counters)
         self._max_open = ingest.max_open_files
         self._waiting: list[Candidate] = []
