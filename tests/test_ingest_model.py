@@ -516,3 +516,19 @@ def test_a_saved_position_is_given_to_its_file_before_the_bound_defers_any() -> 
     assert machine.harness.follower.stats()["files_parked"] > 0  # the bound still makes room
     machine.nothing_twice_nothing_invented()
     machine.teardown()
+
+
+def test_empty_files_waiting_to_be_judged_do_not_keep_the_live_file_out_of_the_bound() -> None:
+    """Found by the bounded machine: four empty files (copies of an empty live file, made
+    while it was looked at) were held open, pending until bytes arrived, and took all four
+    descriptors of the bound; the new live file waited behind them for ever and its line was
+    never read. An empty pending file holds nothing to read: it is parked like a drained one.
+    """
+    machine = BoundedQuickReleaseMachine()
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.kill()
+    machine.copytruncate(after=0, header=False)
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.rotate_rename(after=1)
+    machine.teardown()

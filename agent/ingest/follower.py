@@ -502,9 +502,18 @@ class StreamFollower:
 
 
 def _drained(f: TrackedFile) -> bool:
-    """Whether an open file was read to its end as last stat'ed (it can be parked).
+    """Whether an open file holds nothing more to read as last stat'ed (it can be parked).
+
+    Read to its end, or pending while it is empty (or only NULs): held open, empty files
+    could take every descriptor of the bound and the live file wait behind them for ever.
+    Parked, such a file that gets bytes is listed as changed and judged as a new file (its
+    position identifies nothing, see `agent.ingest.parking`).
 
     Not one that left the directory: a writer may still add to it, and only the open
     descriptor can reach it (it is released after ``release_after_s`` unchanged).
     """
-    return f.pending is None and not f.skipping and not f.gone and f.offset >= f.last_size
+    if f.gone:
+        return False
+    if f.pending is not None:
+        return f.pending.kind == "empty"
+    return not f.skipping and f.offset >= f.last_size
