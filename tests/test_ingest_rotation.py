@@ -8,6 +8,7 @@ follower looks and whether or not it restarts or is killed in between.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from contextlib import closing
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from agent.ingest.copies import Ghost
+from agent.ingest.discovery import Candidate
 from agent.ingest.identity import ContentMark, digest
+from agent.ingest.parking import ParkedFiles, unchanged
 from agent.ingest.rotation import RotationTracker
 from agent.ingest.tracked import TrackedFile
 from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
@@ -176,3 +179,30 @@ def test_a_ghost_of_only_the_header_saved_without_it_is_not_claimed_by_a_copy_wi
         assert f.offset == 0  # read from its start (nothing known it could be a copy of)
     finally:
         os.close(fd)
+
+
+def test_a_file_parked_again_after_a_restart_is_the_source_of_a_copy_shorter_than_its_head(
+    tmp_path: Path,
+) -> None:
+    """Found by the bounded follower model: the live file (three lines, read) was parked to make
+    room and saved so; after a kill it was listed unchanged and parked again, but its consumed
+    head is not saved, so the copy logrotate was making of it (one line so far) matched no
+    source and was read as new: its line came out twice. Parked again, its head is read back.
+    """
+    live = tmp_path / "arm1.csv"
+    live.write_bytes(b"1,1\n2,2\n3,3\n")
+    status = live.stat()
+    fd = os.open(live, os.O_RDONLY)
+    f = TrackedFile(fd, status.st_dev, status.st_ino, str(live), 0, False, 0.0)
+    f.consume_to(status.st_size, 1 << 16)
+    f.last_size, f.last_mtime = status.st_size, status.st_mtime_ns
+    before = ParkedFiles(defaultdict(int))
+    before.park(f)  # closes fd
+    ident = (status.st_dev, status.st_ino)
+    saved = json.loads(json.dumps(before.entries[ident]))  # what the checkpoint holds
+
+    after = ParkedFiles(defaultdict(int))  # a new follower, restored
+    listed = Candidate(str(live), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, 0)
+    assert unchanged(saved, listed)
+    after.restore(listed, saved)
+    assert after.source_for(0, b"1,1\n", 1) == ident

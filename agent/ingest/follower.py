@@ -335,7 +335,7 @@ class StreamFollower:
                 else:
                     self._saved.entries[ident] = changed  # appended to: resumes at its offset
             elif unchanged(self._saved.entries.get(ident, {}), c):
-                self._parked.entries[ident] = self._saved.entries.pop(ident)  # parked before a restart
+                self._parked.restore(c, self._saved.entries.pop(ident))  # parked before a restart
                 continue
             new.append(c)
         for ident, f in self._files.items():
