@@ -73,9 +73,6 @@ class FollowerMachine(RuleBasedStateMachine):
         """The filesystem's clock: the mtime of a file changed now."""
         self.mtimes: dict[int, tuple[bytes, int]] = {}
         """By inode: the content it was last seen with, and the mtime given to that content."""
-        self.reused_after: dict[int, int] = {}
-        """By inode of a deleted file: its mtime. A file in the reused inode gets a later one (see
-        `_stamp_mtimes`)."""
         self.harness = Harness(
             stream_config(root),
             ingest_config("poll", release_after_s=self.release_after_s, **bound),
@@ -106,10 +103,11 @@ class FollowerMachine(RuleBasedStateMachine):
         """Give each file changed since it was last looked at the filesystem clock's time.
 
         Also those whose real mtime moved on without a change of content (a rename keeps it).
-        A file created in the inode of a deleted one gets a later mtime than that one had, even
-        within the tick. Parking cannot tell them apart otherwise (a known limit, not modelled): a
-        parked file is known by inode, size and mtime, and a file of the same size in its reused
-        inode within the tick of its last change would be taken for it, unchanged, and never read.
+        A file changed after a deletion gets a later mtime (by 1 ns) than the deleted file had,
+        whether or not the filesystem gives it the deleted file's inode. Parking cannot tell them
+        apart otherwise (a known limit, not modelled): a parked file is known by inode, size and
+        mtime, and a file of the same size in its reused inode within the tick of its last change
+        would be taken for it, unchanged, and never read.
         """
         for path in self.log.dir.iterdir():
             try:
@@ -118,12 +116,7 @@ class FollowerMachine(RuleBasedStateMachine):
             except FileNotFoundError:
                 continue
             known = self.mtimes.get(status.st_ino)
-            if known is not None and known[0] == content:
-                mtime = known[1]
-            elif known is None and status.st_ino in self.reused_after:
-                mtime = max(self.fs_time_ns, self.reused_after.pop(status.st_ino) + 1)
-            else:
-                mtime = self.fs_time_ns
+            mtime = known[1] if known is not None and known[0] == content else self.fs_time_ns
             self.mtimes[status.st_ino] = (content, mtime)
             if status.st_mtime_ns != mtime:
                 os.utime(path, ns=(status.st_atime_ns, mtime))
@@ -148,8 +141,9 @@ class FollowerMachine(RuleBasedStateMachine):
         """Account for the lines of a file about to be deleted."""
         unread = self._unread(self.files.pop(path, []))
         st = path.stat()
-        self._stamp_mtimes()  # its last change has its time; a file in its reused inode gets a later one
-        self.reused_after[st.st_ino] = self.mtimes.pop(st.st_ino)[1]
+        self._stamp_mtimes()  # its last change has its time; files changed after it get a later one
+        del self.mtimes[st.st_ino]
+        self.fs_time_ns += 1
         held = not self.stopped and (st.st_dev, st.st_ino) in self.harness.follower.open_identities()
         if held:
             self.deleted_unread |= unread  # the follower holds it open: it must drain it
