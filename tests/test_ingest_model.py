@@ -526,3 +526,22 @@ def test_empty_files_waiting_to_be_judged_do_not_keep_the_live_file_out_of_the_b
     machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
     machine.rotate_rename(after=1)
     machine.teardown()
+
+
+def test_a_copy_of_a_parked_file_deleted_after_its_copytruncate_claims_its_ghost() -> None:
+    """Found by the bounded machine: the live file (one line, read) was parked to make room;
+    copytruncate copied it and truncated it, and it was deleted before the next listing. Its
+    parked entry was forgotten without a ghost, so the copy matched nothing known and was read
+    as new: its line came out twice. A parked file that leaves the directory leaves a ghost,
+    as an open file whose content vanished does.
+    """
+    machine = BoundedQuickReleaseMachine()
+    machine.copytruncate_observed(after=0, header=False, seen="empty", then="read")
+    machine.copytruncate(after=0, header=False)
+    machine.copytruncate(after=0, header=False)
+    machine.copytruncate(after=1, header=False)
+    machine.read(budget=1, save=False)
+    assert machine.harness.follower.stats()["parked_files"] > 0  # the live file is parked
+    machine.copytruncate(after=0, header=False)
+    machine.delete()
+    machine.teardown()

@@ -342,7 +342,8 @@ class StreamFollower:
             if ident not in seen and not f.gone:
                 f.gone = True
                 f.last_change = now
-        self._parked.forget_unlisted(seen)
+        for ghost in self._parked.forget_unlisted(seen, now):
+            self._rotation.add_ghost(ghost)
         new = self._within_bound(self._reopen_saved(new, now))
         if self._saved.entries:
             new = self._saved.match(new, now, self._reader.last_header)

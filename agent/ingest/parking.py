@@ -167,12 +167,24 @@ class ParkedFiles:
             head,
         )
 
-    def forget_unlisted(self, listed: set[Identity]) -> None:
-        """Forget the parked files that left the directory (they were read to their end)."""
+    def forget_unlisted(self, listed: set[Identity], now: float) -> list[Ghost]:
+        """Forget the parked files that left the directory (they were read to their end).
+
+        Returns the ghosts of what they held, as for an open file whose content vanished: a
+        copy of one made before it went (copytruncate, then the file deleted) claims it, rather
+        than being read as new.
+        """
+        ghosts: list[Ghost] = []
         for ident in [i for i in self.entries if i not in listed]:
-            del self.entries[ident]
-            self._heads.pop(ident, None)
+            entry = self.entries.pop(ident)
+            head = self._heads.pop(ident, None)
             self._counters["files_released"] += 1
+            mark = ContentMark.from_json(entry)
+            if identifies(mark, entry):
+                ghosts.append(
+                    Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+                )
+        return ghosts
 
 
 def unchanged(entry: dict[str, Any], c: Candidate) -> bool:
