@@ -24,7 +24,8 @@ judged as if it had stayed open, by its own inode, at once:
   file in its reused inode (logrotate deleting the oldest rotation, then copying): the
   file is read from 0, which returns no line twice.
 
-One that left the directory is forgotten: it was read to its end.
+One that left the directory is forgotten (it was read to its end), leaving the ghost of what
+was consumed, for a copy of it made before it went to claim.
 
 A parked file can also be the source of a copy before it changes (logrotate copies, then
 truncates): a new file whose meaningful head is that of a parked file (see
