@@ -368,8 +368,14 @@ class StaleWriterQuickReleaseMachine(StaleWriterMachine):
 
 @pytest.mark.parametrize(
     "machine",
-    [FollowerMachine, QuickReleaseMachine, StaleWriterMachine, StaleWriterQuickReleaseMachine],
-    ids=["hold", "release_at_once", "no_o_append", "no_o_append_release_at_once"],
+    [
+        FollowerMachine,
+        QuickReleaseMachine,
+        BoundedQuickReleaseMachine,
+        StaleWriterMachine,
+        StaleWriterQuickReleaseMachine,
+    ],
+    ids=["hold", "release_at_once", "bounded_release_at_once", "no_o_append", "no_o_append_release_at_once"],
 )
 def test_follower_never_loses_or_repeats_a_line(machine: type[FollowerMachine]) -> None:
     """Random file operations, restarts and kills: exact line accounting against the model."""
