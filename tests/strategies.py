@@ -175,12 +175,25 @@ class Harness:
     ``saved`` is the last committed state; `restart` (graceful) saves then closes,
     `kill` drops the follower without saving. Returned lines are checked for shape
     (complete lines, the right header) as they arrive.
+
+    `clock` is the followers' monotonic clock; `before_read` is called before every read
+    (e.g. to give changed files the modification time of a test's own filesystem clock).
     """
 
-    def __init__(self, stream: StreamConfig, ingest: IngestConfig, *, watch: bool = False) -> None:
+    def __init__(
+        self,
+        stream: StreamConfig,
+        ingest: IngestConfig,
+        *,
+        watch: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        before_read: Callable[[], None] | None = None,
+    ) -> None:
         self.stream = stream
         self.ingest = ingest
         self.watch = watch
+        self.clock = clock
+        self.before_read = before_read
         self.wakeup = threading.Event()
         self.lines: list[bytes] = []
         self.rejected: list[RejectedLine] = []
@@ -191,7 +204,7 @@ class Harness:
         self.follower = self._new()
 
     def _new(self) -> StreamFollower:
-        follower = StreamFollower(self.stream, self.ingest, self.wakeup)
+        follower = StreamFollower(self.stream, self.ingest, self.wakeup, clock=self.clock)
         follower.restore(json.loads(json.dumps(self.saved)) if self.saved is not None else None)
         if self.watch:
             follower.start()
@@ -200,6 +213,8 @@ class Harness:
     def read(self, max_bytes: int = 1 << 20, save: bool = True) -> int:
         """One read; returns the number of lines it gave. Saves the state after it by default."""
         got = 0
+        if self.before_read is not None:
+            self.before_read()
         for block in self.follower.read(max_bytes):
             assert not block.data or block.data.endswith(b"\n"), block
             if self.stream.format == "csv" and block.data:

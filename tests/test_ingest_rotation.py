@@ -8,12 +8,21 @@ follower looks and whether or not it restarts or is killed in between.
 
 from __future__ import annotations
 
+import json
+import os
+from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from tests.strategies import Harness, LogDir, ingest_config, stream_config
+from agent.ingest.copies import Ghost
+from agent.ingest.discovery import Candidate
+from agent.ingest.identity import ContentMark, digest
+from agent.ingest.parking import ParkedFiles, unchanged
+from agent.ingest.rotation import RotationTracker
+from agent.ingest.tracked import TrackedFile
+from tests.strategies import HEADER, Harness, LogDir, ingest_config, stream_config
 
 
 def logs_at(tmp_path: Path, *, o_append: bool = True) -> LogDir:
@@ -141,3 +150,59 @@ def test_a_copy_that_is_a_prefix_of_the_live_head_is_not_read(tmp_path: Path, cu
         finish(h)
         assert h.lines == expected
         assert h.rejected == []
+
+
+def test_a_ghost_of_only_the_header_saved_without_it_is_not_claimed_by_a_copy_with_lines(
+    tmp_path: Path,
+) -> None:
+    """Found by the follower model: a file skipped as a copy before its source's header was read is
+    parked holding only the header, saved without it (``data_start`` 0); logrotate deletes it and
+    copies the live file (header + lines already read) into its reused inode. The ghost made of
+    the parked file as it changed was claimed by that copy, which read on after the header: its
+    lines came out twice. A ghost of only the stream's header identifies nothing (as a saved
+    position of it does not): the copy is judged against the live file, like any other.
+    """
+    head = HEADER + b"\n"
+    header_only = ContentMark(len(head), 0, len(head), digest(head), len(head), digest(head))
+    copy = tmp_path / "arm1.csv.1"
+    copy.write_bytes(head + b"1,1\n2,2\n")
+    counters: defaultdict[str, int] = defaultdict(int)
+    tracker = RotationTracker({}, csv=True, release_after_s=1e-6, counters=counters)
+    tracker.stream_header = lambda: HEADER
+    tracker.add_ghost(Ghost(header_only, None, 0.0, 0, head))
+    status = copy.stat()
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        f = TrackedFile(fd, status.st_dev, status.st_ino, str(copy), 1, True, 0.0)
+        tracker.classify(f, status.st_size, 0.0)
+        assert counters["copies_claimed"] == 0
+        assert f.offset == 0  # read from its start (nothing known it could be a copy of)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_parked_again_after_a_restart_is_the_source_of_a_copy_shorter_than_its_head(
+    tmp_path: Path,
+) -> None:
+    """Found by the bounded follower model: the live file (three lines, read) was parked to make
+    room and saved so; after a kill it was listed unchanged and parked again, but its consumed
+    head is not saved, so the copy logrotate was making of it (one line so far) matched no
+    source and was read as new: its line came out twice. Parked again, its head is read back.
+    """
+    live = tmp_path / "arm1.csv"
+    live.write_bytes(b"1,1\n2,2\n3,3\n")
+    status = live.stat()
+    fd = os.open(live, os.O_RDONLY)
+    f = TrackedFile(fd, status.st_dev, status.st_ino, str(live), 0, False, 0.0)
+    f.consume_to(status.st_size, 1 << 16)
+    f.last_size, f.last_mtime = status.st_size, status.st_mtime_ns
+    before = ParkedFiles(defaultdict(int))
+    before.park(f)  # closes fd
+    ident = (status.st_dev, status.st_ino)
+    saved = json.loads(json.dumps(before.entries[ident]))  # what the checkpoint holds
+
+    after = ParkedFiles(defaultdict(int))  # a new follower, restored
+    listed = Candidate(str(live), status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, 0)
+    assert unchanged(saved, listed)
+    after.restore(listed, saved)
+    assert after.source_for(0, b"1,1\n", 1) == ident

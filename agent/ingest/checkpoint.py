@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
-from agent.ingest.identity import ContentMark, digest, meaningful_head
+from agent.ingest.identity import ContentMark, meaningful_head
 from agent.ingest.tracked import TrackedFile, open_file
 
 STATE_VERSION = 1
@@ -241,17 +241,7 @@ def identifies(mark: ContentMark, saved: dict[str, Any], last_header: bytes | No
     if not mark.identifies_content or mark.offset <= int(saved.get("data_start", 0)):
         return False
     header = header_from(saved.get("header")) or last_header
-    return header is None or not _only_header_line(mark, header)
-
-
-def _only_header_line(mark: ContentMark, header: bytes) -> bool:
-    """Whether all that `mark` consumed (after any NUL hole) is the line `header`."""
-    if mark.offset != mark.head_at + mark.head_len:
-        return False
-    return any(
-        mark.head_len == len(header) + len(end) and mark.head_sha == digest(header + end)
-        for end in (b"\n", b"\r\n")
-    )
+    return header is None or not mark.is_only_line(header)
 
 
 def header_to(header: bytes | None) -> str | None:

@@ -37,6 +37,8 @@ Guarantees, for files the stream can see:
 
 * **Open files bounded**: at most ``max_open_files`` descriptors; files read to their end
   are parked (closed, see `agent.ingest.parking`) and waiting files opened oldest first.
+  Saved files re-found in their own inode after a restart are resumed before the bound
+  defers any file: what they consumed is what a copy of them is recognised by.
 * **Refused paths** (a FIFO or device node in a log file's place, an unreadable file) are
   never opened blocking; counted, logged once and reported (`agent.ingest.refusals`).
 
@@ -122,6 +124,7 @@ class StreamFollower:
         self._reader = LineReader(stream, ingest, self.counters)
         self._parked = ParkedFiles(self.counters)
         self._rotation.wake_parked = self._wake_parked
+        self._rotation.stream_header = lambda: self._reader.last_header
         self._refusals = Refusals(stream.name, self.counters)
         self._max_open = ingest.max_open_files
         self._waiting: list[Candidate] = []
@@ -332,15 +335,16 @@ class StreamFollower:
                 else:
                     self._saved.entries[ident] = changed  # appended to: resumes at its offset
             elif unchanged(self._saved.entries.get(ident, {}), c):
-                self._parked.entries[ident] = self._saved.entries.pop(ident)  # parked before a restart
+                self._parked.restore(c, self._saved.entries.pop(ident))  # parked before a restart
                 continue
             new.append(c)
         for ident, f in self._files.items():
             if ident not in seen and not f.gone:
                 f.gone = True
                 f.last_change = now
-        self._parked.forget_unlisted(seen)
-        new = self._within_bound(new)
+        for ghost in self._parked.forget_unlisted(seen, now):
+            self._rotation.add_ghost(ghost)
+        new = self._within_bound(self._reopen_saved(new, now))
         if self._saved.entries:
             new = self._saved.match(new, now, self._reader.last_header)
         self._saved.place_rest(now, self._rotation.add_ghost, seen, self._reader.last_header)
@@ -357,7 +361,8 @@ class StreamFollower:
     def _within_bound(self, new: list[Candidate]) -> list[Candidate]:
         """The new files to open now, oldest first, within ``max_open_files``; the rest wait.
 
-        Room is made first by parking files read to their end (longest unchanged first).
+        Room is made first by parking files read to their end (longest unchanged first). The saved
+        files themselves are open by then (`_reopen_saved`); they count against the bound.
         """
         room = self._max_open - len(self._files)
         if len(new) > room:
@@ -383,9 +388,26 @@ class StreamFollower:
         self._waiting = new[opening:]
         return new[:opening]
 
+    def _reopen_saved(self, new: list[Candidate], now: float) -> list[Candidate]:
+        """Resume the listed files that are saved files themselves (same inode, content verified).
+
+        Before the bound defers any file, as an open file is never deferred: a saved position
+        left for a file that waits becomes a ghost without its head (`SavedPositions.place_rest`),
+        and a copy of that file still shorter than it, with no open or parked source, would be
+        taken for new content. Returns the other files. (Positions found by content in another
+        file, renamed or copied, are matched among the files opened within the bound.)
+        """
+        own = [c for c in new if (c.dev, c.ino) in self._saved.entries]
+        if not own:
+            return new
+        resumed = {c.path for c in own} - {
+            c.path for c in self._saved.match(own, now, self._reader.last_header)
+        }
+        return [c for c in new if c.path not in resumed]
+
     def _open_waiting(self, now: float) -> None:
         """Open what waits for room, as far as the bound allows, without listing the directory again."""
-        batch = self._within_bound(self._waiting)
+        batch = self._within_bound(self._reopen_saved(self._waiting, now))
         if self._saved.entries:
             batch = self._saved.match(batch, now, self._reader.last_header)
         refused: dict[str, str] = dict(self._refusals.standing)
@@ -481,9 +503,18 @@ class StreamFollower:
 
 
 def _drained(f: TrackedFile) -> bool:
-    """Whether an open file was read to its end as last stat'ed (it can be parked).
+    """Whether an open file holds nothing more to read as last stat'ed (it can be parked).
+
+    Read to its end, or pending while it is empty (or only NULs): held open, empty files
+    could take every descriptor of the bound and the live file wait behind them for ever.
+    Parked, such a file that gets bytes is listed as changed and judged as a new file (its
+    position identifies nothing, see `agent.ingest.parking`).
 
     Not one that left the directory: a writer may still add to it, and only the open
     descriptor can reach it (it is released after ``release_after_s`` unchanged).
     """
-    return f.pending is None and not f.skipping and not f.gone and f.offset >= f.last_size
+    if f.gone:
+        return False
+    if f.pending is not None:
+        return f.pending.kind == "empty"
+    return not f.skipping and f.offset >= f.last_size

@@ -147,6 +147,15 @@ class ContentMark:
         """Whether the mark holds meaningful bytes, so another file can be recognised by it."""
         return self.head_len > 0
 
+    def is_only_line(self, line: bytes) -> bool:
+        """Whether all that was consumed (after any NUL hole) is `line` and its line end."""
+        if self.offset != self.head_at + self.head_len:
+            return False
+        return any(
+            self.head_len == len(line) + len(end) and self.head_sha == digest(line + end)
+            for end in (b"\n", b"\r\n")
+        )
+
     def head_matches(self, fd: int) -> bool:
         """Whether the file behind `fd` holds the head we consumed, at the same place."""
         if self.head_len == 0:

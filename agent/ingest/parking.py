@@ -24,7 +24,8 @@ judged as if it had stayed open, by its own inode, at once:
   file in its reused inode (logrotate deleting the oldest rotation, then copying): the
   file is read from 0, which returns no line twice.
 
-One that left the directory is forgotten: it was read to its end.
+One that left the directory is forgotten (it was read to its end), leaving the ghost of what
+was consumed, for a copy of it made before it went to claim.
 
 A parked file can also be the source of a copy before it changes (logrotate copies, then
 truncates): a new file whose meaningful head is that of a parked file (see
@@ -48,7 +49,7 @@ from typing import Any
 from agent.ingest.checkpoint import Identity, file_entry, header_from, identifies
 from agent.ingest.copies import Ghost
 from agent.ingest.discovery import Candidate
-from agent.ingest.identity import ContentMark
+from agent.ingest.identity import ContentMark, pread_exact
 from agent.ingest.tracked import TrackedFile, open_file
 
 
@@ -59,8 +60,9 @@ class ParkedFiles:
         self._counters = counters
         self.entries: dict[Identity, dict[str, Any]] = {}
         self._heads: dict[Identity, bytes] = {}
-        """The consumed head of each file parked since the start (not saved: a ghost made of
-        its entry recognises a copy still shorter than it only while the head is known)."""
+        """The consumed head of each parked file (not saved: read back from a file parked again
+        after a restart, see `restore`; a ghost made of its entry recognises a copy still
+        shorter than it only while the head is known)."""
 
     def clear(self) -> None:
         """Forget every parked file (a restore brings its own)."""
@@ -76,6 +78,25 @@ class ParkedFiles:
         if f.head:
             self._heads[(f.dev, f.ino)] = f.head
         self._counters["files_parked"] += 1
+
+    def restore(self, c: Candidate, entry: dict[str, Any]) -> None:
+        """Park listed file `c` again, saved parked before a restart and found unchanged.
+
+        Its consumed head (not saved) is read back from it, so that a copy of it still shorter
+        than that head is recognised as one (`source_for`), as before the restart.
+        """
+        ident = (c.dev, c.ino)
+        self.entries[ident] = entry
+        opened = open_file(c.path)
+        if opened is None:
+            return
+        fd, st = opened
+        try:
+            mark = ContentMark.from_json(entry)
+            if (st.st_dev, st.st_ino) == ident and mark.identifies_content and mark.head_matches(fd):
+                self._heads[ident] = pread_exact(fd, mark.head_len, mark.head_at)
+        finally:
+            os.close(fd)
 
     def sort_out(self, c: Candidate, now: float, last_header: bytes | None) -> dict[str, Any] | Ghost | None:
         """A listed parked file: None if unchanged (it stays parked), else it is no longer parked.
@@ -147,12 +168,24 @@ class ParkedFiles:
             head,
         )
 
-    def forget_unlisted(self, listed: set[Identity]) -> None:
-        """Forget the parked files that left the directory (they were read to their end)."""
+    def forget_unlisted(self, listed: set[Identity], now: float) -> list[Ghost]:
+        """Forget the parked files that left the directory (they were read to their end).
+
+        Returns the ghosts of what they held, as for an open file whose content vanished: a
+        copy of one made before it went (copytruncate, then the file deleted) claims it, rather
+        than being read as new.
+        """
+        ghosts: list[Ghost] = []
         for ident in [i for i in self.entries if i not in listed]:
-            del self.entries[ident]
-            self._heads.pop(ident, None)
+            entry = self.entries.pop(ident)
+            head = self._heads.pop(ident, None)
             self._counters["files_released"] += 1
+            mark = ContentMark.from_json(entry)
+            if identifies(mark, entry):
+                ghosts.append(
+                    Ghost(mark, header_from(entry.get("header")), now, int(entry.get("data_start", 0)), head)
+                )
+        return ghosts
 
 
 def unchanged(entry: dict[str, Any], c: Candidate) -> bool:

@@ -56,6 +56,8 @@ class RotationTracker:
         self.wake_parked: Callable[[TrackedFile, int, bytes, float], TrackedFile | Ghost | None] | None = None
         """Set by the follower: the parked file a new file with this head may be a copy of, reopened
         (or, its content gone already, its ghost); see `agent.ingest.parking`."""
+        self.stream_header: Callable[[], bytes | None] = lambda: None
+        """Set by the follower: the stream's CSV header as last read (for ghosts saved without one)."""
 
     def add_ghost(self, ghost: Ghost) -> None:
         """Remember vanished content (the oldest ghosts beyond `MAX_GHOSTS` are forgotten).
@@ -133,7 +135,7 @@ class RotationTracker:
         # the most specific identity first; one that covers no more than a CSV header says nothing
         for ghost in sorted(self.ghosts, key=lambda g: g.mark.offset, reverse=True):
             mark = ghost.mark
-            if mark.offset <= ghost.data_start or mark.head_at != head_at:
+            if mark.offset <= ghost.data_start or mark.head_at != head_at or self._only_header(ghost):
                 continue
             if len(head) < mark.head_len:  # shorter than the ghost's head: a copy being written?
                 if ghost.head is not None and ghost.head.startswith(head):
@@ -159,6 +161,16 @@ class RotationTracker:
             source = woken
         if source is not None:
             f.pending = Pending("copy", None, source.key, size, now)
+
+    def _only_header(self, ghost: Ghost) -> bool:
+        """Whether all a ghost's content was the CSV header line, though saved without it.
+
+        (Content skipped as a copy before its source's header was read: ``data_start`` 0.) Such a
+        ghost identifies nothing, as one whose offset is its ``data_start``: every file of the
+        stream starts alike, a copy of another file among them (e.g. in its reused inode).
+        """
+        header = ghost.header or self.stream_header()
+        return self._csv and header is not None and ghost.mark.is_only_line(header)
 
     def _copy_source(self, f: TrackedFile, head_at: int, head: bytes) -> TrackedFile | None:
         """The file `f` looks like a copy of: the one sharing the longest head with it."""
