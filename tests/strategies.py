@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ class LogDir:
         os.truncate(self.current, size)
 
 
+@dataclass(eq=False)
 class Harness:
     """Drives `StreamFollower`s over one stream like the daemon does, and keeps what they returned.
 
@@ -180,27 +182,22 @@ class Harness:
     (e.g. to give changed files the modification time of a test's own filesystem clock).
     """
 
-    def __init__(
-        self,
-        stream: StreamConfig,
-        ingest: IngestConfig,
-        *,
-        watch: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-        before_read: Callable[[], None] | None = None,
-    ) -> None:
-        self.stream = stream
-        self.ingest = ingest
-        self.watch = watch
-        self.clock = clock
-        self.before_read = before_read
-        self.wakeup = threading.Event()
-        self.lines: list[bytes] = []
-        self.rejected: list[RejectedLine] = []
-        self.blocks: list[LineBlock] = []
-        self.saved: dict[str, Any] | None = None
-        self.committed = 0
-        """How many of `lines` the last saved state covers (a kill drops the rest)."""
+    stream: StreamConfig
+    ingest: IngestConfig
+    _: KW_ONLY
+    watch: bool = False
+    clock: Callable[[], float] = time.monotonic
+    before_read: Callable[[], None] | None = None
+    wakeup: threading.Event = field(default_factory=threading.Event, init=False)
+    lines: list[bytes] = field(default_factory=list, init=False)
+    rejected: list[RejectedLine] = field(default_factory=list, init=False)
+    blocks: list[LineBlock] = field(default_factory=list, init=False)
+    saved: dict[str, Any] | None = field(default=None, init=False)
+    committed: int = field(default=0, init=False)
+    """How many of `lines` the last saved state covers (a kill drops the rest)."""
+    follower: StreamFollower = field(init=False)
+
+    def __post_init__(self) -> None:
         self.follower = self._new()
 
     def _new(self) -> StreamFollower:
