@@ -324,28 +324,34 @@ def assert_consistent(config: ModelConfig, keys: FleetKeys) -> None:
     assert store.floor <= max(versions, default=0)
 
 
-class TestInbox:
-    def _inbox(self, config: ModelConfig, keys: FleetKeys | None) -> Inbox:
-        verifier = (
-            ModelVerifier(Keyring.load(keys.trusted, ModelStore(config.directory).revocations_file))
-            if keys
-            else ModelVerifier()
-        )
-        installer = BundleInstaller(
-            ModelStore(config.directory), verifier, max_bytes=config.download_max_bytes
-        )
-        assert config.inbox is not None
-        return Inbox(config.inbox, installer, verifier)
+def inbox_for(config: ModelConfig, keys: FleetKeys | None) -> Inbox:
+    """The agent's inbox over ``config.inbox``, verifying with `keys` (none: unsigned accepted)."""
+    verifier = (
+        ModelVerifier(Keyring.load(keys.trusted, ModelStore(config.directory).revocations_file))
+        if keys
+        else ModelVerifier()
+    )
+    installer = BundleInstaller(ModelStore(config.directory), verifier, max_bytes=config.download_max_bytes)
+    assert config.inbox is not None
+    return Inbox(config.inbox, installer, verifier)
 
+
+def stick_with_v2(tmp_path: Path, pki: Pki, keys: FleetKeys) -> tuple[Path, ModelConfig]:
+    """A USB stick (the inbox) holding a signed v2 bundle, and the model config reading it."""
+    stick = tmp_path / "usb"
+    config = model_config(tmp_path, pki, keys, inbox=stick)
+    write_bundle(signed_version(tmp_path, keys, 2), stick)
+    return stick, config
+
+
+class TestInbox:
     def test_a_signed_bundle_on_a_usb_stick_is_installed_and_a_tampered_one_leaves_nothing(
         self, tmp_path: Path, pki: Pki, keys: FleetKeys
     ) -> None:
-        stick = tmp_path / "usb"
-        config = model_config(tmp_path, pki, keys, inbox=stick)
-        write_bundle(signed_version(tmp_path, keys, 2), stick)
+        stick, config = stick_with_v2(tmp_path, pki, keys)
         tampered = unsigned_bundle(tmp_path, tmp_path / "attacker-web", 3)
         shutil.copy(tampered, stick / tampered.name)
-        inbox = self._inbox(config, keys)
+        inbox = inbox_for(config, keys)
         results = {r.path.name: (r.outcome, r.detail) for r in inbox.scan()}
         assert ("installed", "test-linear@2 as v2") == results["test-linear-v2.tar"]
         assert ("refused", "no signature (manifest.sig is missing)") == results["test-linear-v3.tar"]
@@ -363,7 +369,7 @@ class TestInbox:
         write_linear_model(version_dir, version=2)
         sign_model_dir(version_dir, leaked)
         write_bundle(version_dir, stick)
-        results = {r.path.name: r for r in self._inbox(config, keys).scan()}
+        results = {r.path.name: r for r in inbox_for(config, keys).scan()}
         assert "installed" == results[REVOCATIONS_FILE].outcome
         assert "release key 'leaked' is revoked" in results["test-linear-v2.tar"].detail
         assert [] == store_entries(config)
@@ -401,12 +407,10 @@ class TestNonRegularFiles:
         self, tmp_path: Path, pki: Pki, keys: FleetKeys
     ) -> None:
         """A FIFO named like a bundle and one named revocations.signed: refused as fifos, not read."""
-        stick = tmp_path / "usb"
-        config = model_config(tmp_path, pki, keys, inbox=stick)
-        write_bundle(signed_version(tmp_path, keys, 2), stick)
+        stick, config = stick_with_v2(tmp_path, pki, keys)
         os.mkfifo(stick / "test-linear-v3.tar")
         os.mkfifo(stick / REVOCATIONS_FILE)
-        inbox = TestInbox()._inbox(config, keys)
+        inbox = inbox_for(config, keys)
         results = {r.path.name: (r.outcome, r.detail) for r in within(30, inbox.scan)}
         assert ("refused", "not a regular file but a fifo") == results["test-linear-v3.tar"]
         assert ("refused", "not a regular file but a fifo") == results[REVOCATIONS_FILE]
